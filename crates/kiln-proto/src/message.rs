@@ -1,0 +1,139 @@
+use serde::{Deserialize, Serialize};
+
+/// Identifies one exchange (one exec, one ping) inside a connection.
+pub type StreamId = u32;
+
+/// One frame's payload: a message on a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub stream: StreamId,
+    pub message: Message,
+}
+
+impl Envelope {
+    pub fn new(stream: StreamId, message: Message) -> Self {
+        Self { stream, message }
+    }
+}
+
+/// Every message of the protocol. New variants go at the end (postcard encodes the index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Host → agent, first frame of a session.
+    Hello {
+        version: u32,
+        nonce: [u8; 32],
+    },
+    /// Agent → host: its version, its own nonce, and proof that it holds the secret.
+    Welcome {
+        version: u32,
+        nonce: [u8; 32],
+        proof: [u8; 32],
+        agent: AgentInfo,
+    },
+    /// Host → agent: proof that the host holds the secret.
+    Auth {
+        proof: [u8; 32],
+    },
+    /// Agent → host: the session is authenticated and open.
+    Ready,
+    /// A request failed, or the session is refused.
+    Error(RemoteError),
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// Host → agent: start a process; the envelope's stream names it from now on.
+    Exec(ExecRequest),
+    /// Agent → host: the process runs.
+    Started {
+        pid: u32,
+    },
+    Stdin(Vec<u8>),
+    /// Host → agent: no more stdin.
+    StdinClose,
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Agent → host: the process ended; no more output follows on this stream.
+    Exited(ExitStatus),
+    /// Host → agent: deliver a signal to the process (group) of this stream.
+    Signal {
+        signal: i32,
+    },
+    /// Host → agent: flush and power the guest off.
+    Shutdown,
+}
+
+/// What the agent says about itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub hostname: String,
+}
+
+/// A command to run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// When false the process gets `/dev/null` as stdin.
+    pub stdin: bool,
+}
+
+impl ExecRequest {
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: false,
+        }
+    }
+}
+
+/// How a guest process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The exit code a shell would report: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == Self::Code(0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub kind: RemoteErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    VersionMismatch,
+    AuthFailed,
+    /// The program to exec does not exist.
+    NotFound,
+    PermissionDenied,
+    /// The request was not valid (empty argv, unknown stream, bad state).
+    BadRequest,
+    Other,
+}
