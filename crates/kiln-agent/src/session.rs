@@ -1,0 +1,277 @@
+//! One host session at a time: find the sync magic, authenticate, then serve requests.
+//!
+//! Everything the host sends is untrusted input parsed with hard limits; a malformed frame
+//! ends the session (its processes are killed) and the agent waits for the next magic.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use kiln_proto::handshake::{self, Role};
+use kiln_proto::{
+    AgentInfo, CONTROL_STREAM, Envelope, FrameDecoder, Message, PROTOCOL_VERSION, RemoteError,
+    RemoteErrorKind, SYNC_MAGIC, StreamId, SyncScanner, encode_frame,
+};
+use tokio::sync::mpsc;
+
+use crate::exec::{self, ExecControl, Sender};
+use crate::link::{Link, LinkEvent};
+
+enum Phase {
+    /// Looking for [`SYNC_MAGIC`].
+    Unsynced(SyncScanner),
+    AwaitHello,
+    AwaitAuth {
+        nonce: [u8; 32],
+    },
+    Open,
+}
+
+struct Session {
+    secret: Vec<u8>,
+    phase: Phase,
+    decoder: FrameDecoder,
+    sender: Sender,
+    execs: HashMap<StreamId, ExecControl>,
+    done_tx: mpsc::UnboundedSender<(u64, StreamId)>,
+}
+
+pub async fn serve(mut link: Link, secret: Vec<u8>) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut session = Session {
+        secret,
+        phase: Phase::Unsynced(SyncScanner::new()),
+        decoder: FrameDecoder::new(),
+        sender: Sender::new(link.outgoing.clone(), link.epoch.clone()),
+        execs: HashMap::new(),
+        done_tx,
+    };
+    loop {
+        tokio::select! {
+            event = link.events.recv() => match event {
+                Some(LinkEvent::Data(bytes)) => session.feed(&bytes).await,
+                Some(LinkEvent::Disconnected) => session.reset("host disconnected"),
+                None => return,
+            },
+            Some((epoch, stream)) = done_rx.recv() => {
+                if epoch == session.sender.epoch() {
+                    session.execs.remove(&stream);
+                }
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Ends the current session: its processes are killed, its queued output dropped.
+    fn reset(&mut self, why: &str) {
+        if !matches!(self.phase, Phase::Unsynced(_)) {
+            eprintln!("kiln-agent: session ended: {why}");
+        }
+        for (_, exec) in self.execs.drain() {
+            exec.kill();
+        }
+        self.sender.epoch.fetch_add(1, Ordering::AcqRel);
+        self.decoder.clear();
+        self.phase = Phase::Unsynced(SyncScanner::new());
+    }
+
+    async fn feed(&mut self, mut bytes: &[u8]) {
+        let mut pending: Vec<u8>;
+        loop {
+            if let Phase::Unsynced(scanner) = &mut self.phase {
+                match scanner.feed(bytes) {
+                    Some(rest) => {
+                        pending = rest.to_vec();
+                        bytes = &pending;
+                        self.start_session();
+                    }
+                    None => return,
+                }
+            }
+            self.decoder.push(bytes);
+            loop {
+                match self.decoder.next_envelope() {
+                    Ok(Some(envelope)) => self.handle(envelope).await,
+                    Ok(None) => return,
+                    Err(err) => {
+                        // The bytes that did not parse may hold the next session's magic.
+                        pending = self.decoder.take_buffered();
+                        self.reset(&format!("bad frame: {err}"));
+                        bytes = &pending;
+                        break;
+                    }
+                }
+                if matches!(self.phase, Phase::Unsynced(_)) {
+                    pending = self.decoder.take_buffered();
+                    bytes = &pending;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The magic was seen: whatever ran before belongs to a session that is gone.
+    fn start_session(&mut self) {
+        for (_, exec) in self.execs.drain() {
+            exec.kill();
+        }
+        self.sender.epoch.fetch_add(1, Ordering::AcqRel);
+        self.decoder.clear();
+        self.phase = Phase::AwaitHello;
+    }
+
+    async fn handle(&mut self, envelope: Envelope) {
+        let Envelope { stream, message } = envelope;
+        match (&self.phase, message) {
+            (Phase::AwaitHello, Message::Hello { version, nonce }) => {
+                self.on_hello(version, nonce).await
+            }
+            (Phase::AwaitAuth { nonce }, Message::Auth { proof }) => {
+                if handshake::verify(&self.secret, Role::Host, nonce, &proof) {
+                    self.phase = Phase::Open;
+                    self.sender.send(CONTROL_STREAM, Message::Ready).await;
+                } else {
+                    self.refuse(
+                        RemoteErrorKind::AuthFailed,
+                        "host failed to prove the VM secret",
+                    )
+                    .await;
+                }
+            }
+            (Phase::Open, message) => self.serve_request(stream, message).await,
+            (_, other) => {
+                let what = format!("unexpected {} during the handshake", name_of(&other));
+                self.refuse(RemoteErrorKind::BadRequest, &what).await;
+            }
+        }
+    }
+
+    async fn on_hello(&mut self, version: u32, host_nonce: [u8; 32]) {
+        if version != PROTOCOL_VERSION {
+            let why = format!("agent speaks protocol {PROTOCOL_VERSION}, host speaks {version}");
+            self.sender.send_raw(&SYNC_MAGIC).await;
+            self.refuse(RemoteErrorKind::VersionMismatch, &why).await;
+            return;
+        }
+        let mut nonce = [0u8; 32];
+        if let Err(err) = getrandom::fill(&mut nonce) {
+            eprintln!("kiln-agent: no randomness for the handshake: {err}");
+            self.reset("no randomness");
+            return;
+        }
+        let welcome = Message::Welcome {
+            version: PROTOCOL_VERSION,
+            nonce,
+            proof: handshake::proof(&self.secret, Role::Agent, &host_nonce),
+            agent: agent_info(),
+        };
+        self.sender.send_raw(&SYNC_MAGIC).await;
+        self.sender.send(CONTROL_STREAM, welcome).await;
+        self.phase = Phase::AwaitAuth { nonce };
+    }
+
+    async fn refuse(&mut self, kind: RemoteErrorKind, message: &str) {
+        let error = RemoteError {
+            kind,
+            message: message.to_owned(),
+        };
+        self.sender
+            .send(CONTROL_STREAM, Message::Error(error))
+            .await;
+        // No execs run before a session opens: keep the epoch so the error frame still goes out.
+        eprintln!("kiln-agent: session refused: {message}");
+        self.decoder.clear();
+        self.phase = Phase::Unsynced(SyncScanner::new());
+    }
+
+    async fn serve_request(&mut self, stream: StreamId, message: Message) {
+        match message {
+            Message::Ping { seq } => self.sender.send(stream, Message::Pong { seq }).await,
+            Message::Exec(request) if stream != CONTROL_STREAM => {
+                if self.execs.contains_key(&stream) {
+                    self.sender
+                        .send_error(stream, RemoteErrorKind::BadRequest, "stream already in use")
+                        .await;
+                    return;
+                }
+                if let Some(control) =
+                    exec::start(stream, request, self.sender.clone(), self.done_tx.clone()).await
+                {
+                    self.execs.insert(stream, control);
+                }
+            }
+            Message::Stdin(data) => {
+                if let Some(exec) = self.execs.get(&stream) {
+                    exec.stdin(data);
+                }
+            }
+            Message::StdinClose => {
+                if let Some(exec) = self.execs.get_mut(&stream) {
+                    exec.close_stdin();
+                }
+            }
+            Message::Signal { signal } => {
+                if let Some(exec) = self.execs.get(&stream) {
+                    exec.signal(signal);
+                }
+            }
+            Message::Shutdown => power_off(),
+            other => {
+                let what = format!("unexpected {}", name_of(&other));
+                self.sender
+                    .send_error(stream, RemoteErrorKind::BadRequest, &what)
+                    .await;
+            }
+        }
+    }
+}
+
+fn name_of(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Auth { .. } => "Auth",
+        Message::Ready => "Ready",
+        Message::Error(_) => "Error",
+        Message::Ping { .. } => "Ping",
+        Message::Pong { .. } => "Pong",
+        Message::Exec(_) => "Exec",
+        Message::Started { .. } => "Started",
+        Message::Stdin(_) => "Stdin",
+        Message::StdinClose => "StdinClose",
+        Message::Stdout(_) => "Stdout",
+        Message::Stderr(_) => "Stderr",
+        Message::Exited(_) => "Exited",
+        Message::Signal { .. } => "Signal",
+        Message::Shutdown => "Shutdown",
+    }
+}
+
+fn agent_info() -> AgentInfo {
+    let uname = rustix::system::uname();
+    AgentInfo {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release: uname.release().to_string_lossy().into_owned(),
+        hostname: uname.nodename().to_string_lossy().into_owned(),
+    }
+}
+
+fn power_off() {
+    eprintln!("kiln-agent: powering off at the host's request");
+    rustix::fs::sync();
+    if let Err(err) = rustix::system::reboot(rustix::system::RebootCommand::PowerOff) {
+        eprintln!("kiln-agent: power off failed: {err}");
+    }
+}
+
+/// Keeps `encode_frame` failures out of the request paths: an envelope the agent builds is
+/// always below the frame limit because output is chunked by [`kiln_proto::MAX_CHUNK_LEN`].
+pub(crate) fn frame(stream: StreamId, message: Message) -> Option<Vec<u8>> {
+    match encode_frame(&Envelope::new(stream, message)) {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            eprintln!("kiln-agent: cannot encode a frame: {err}");
+            None
+        }
+    }
+}
