@@ -1,0 +1,148 @@
+//! Test kit for kiln (dev only): an isolated state directory per test, a shared image cache,
+//! the real `kiln` binary and agent, and prerequisite checks that fail naming what is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln::backend::qemu::QemuBackend;
+use kiln::image::ImageInputs;
+use kiln::{Kiln, Paths};
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The static guest agent built by `scripts/build-agent.sh`.
+pub fn agent_binary() -> PathBuf {
+    let path = std::env::var_os("KILN_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/x86_64-unknown-linux-gnu/agent/kiln-agent")
+        });
+    assert!(
+        path.is_file(),
+        "prerequisite missing: the static guest agent at {} (build it with scripts/build-agent.sh)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless QEMU and busybox-static are installed.
+pub fn require_vm_prerequisites() {
+    for (what, path) in [
+        (
+            "qemu-system-x86_64 (apt: qemu-system-x86)",
+            "/usr/bin/qemu-system-x86_64",
+        ),
+        ("busybox-static", "/bin/busybox"),
+    ] {
+        assert!(
+            Path::new(path).exists(),
+            "prerequisite missing: {what} at {path} (run scripts/setup.sh)"
+        );
+    }
+}
+
+/// The image cache shared by all tests (building an image takes seconds).
+pub fn shared_cache_dir() -> PathBuf {
+    std::env::var_os("KILN_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/kiln-test-cache"))
+}
+
+/// One test's kiln state. Every QEMU it started is killed when it is dropped.
+#[derive(Debug)]
+pub struct TestEnv {
+    home: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        // Under /tmp: socket paths must stay short.
+        let home = tempfile::Builder::new()
+            .prefix("kiln-t")
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("cannot create a temp dir in /tmp: {e}"));
+        Self { home }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn paths(&self) -> Paths {
+        let home = self.home.path();
+        Paths::new(home.join("data"), shared_cache_dir(), home.join("run"))
+    }
+
+    /// The library, on the QEMU backend, with this test's state and the built agent.
+    pub fn kiln(&self) -> Kiln {
+        require_vm_prerequisites();
+        let inputs = ImageInputs {
+            kernel_deb: None,
+            busybox: PathBuf::from("/bin/busybox"),
+            agent: agent_binary(),
+        };
+        Kiln::new(self.paths(), Arc::new(QemuBackend::new())).with_image_inputs(inputs)
+    }
+
+    /// The real `kiln` binary (pass `env!("CARGO_BIN_EXE_kiln")`) with this test's state.
+    pub fn cli(&self, kiln_binary: &str) -> Command {
+        let mut command = Command::new(kiln_binary);
+        command
+            .env("KILN_HOME", self.home.path())
+            .env("KILN_CACHE_DIR", shared_cache_dir())
+            .env("KILN_AGENT", agent_binary())
+            .env_remove("KILN_LOG")
+            .stdin(std::process::Stdio::null());
+        command
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let vms = self.home.path().join("run/vms");
+        let Ok(entries) = std::fs::read_dir(&vms) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let pidfile = entry.path().join("qemu.pid");
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,163 @@
+//! Choosing KVM or TCG by looking at the host, never by waiting for a hang.
+//!
+//! `/dev/kvm` existing is not enough: on a PVM host (`kvm_pvm` loaded, no `kvm_intel` or
+//! `kvm_amd`) a stock guest kernel never gets past the firmware. The probe reads the facts
+//! from `/sys/module` and `/dev/kvm` and says which accelerator it picked, and why.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a user asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM where it runs stock guests, TCG otherwise.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// What a VM actually runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        })
+    }
+}
+
+impl fmt::Display for AccelChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        })
+    }
+}
+
+/// The facts the probe found and its verdict on KVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccelProbe {
+    /// Whether KVM can run a stock guest kernel here.
+    pub kvm_usable: bool,
+    /// Why (or why not), in one sentence.
+    pub reason: String,
+}
+
+impl AccelProbe {
+    /// Probes this host.
+    pub fn probe() -> Self {
+        Self::probe_at(Path::new("/"))
+    }
+
+    /// Probes a host whose `/sys` and `/dev` live under `root` (tests use a fake tree).
+    pub fn probe_at(root: &Path) -> Self {
+        let module = |name: &str| root.join("sys/module").join(name).exists();
+        let dev_kvm: PathBuf = root.join("dev/kvm");
+        let verdict = |kvm_usable, reason: &str| Self {
+            kvm_usable,
+            reason: reason.to_owned(),
+        };
+        if !dev_kvm.exists() {
+            return verdict(
+                false,
+                "/dev/kvm does not exist (no KVM in this kernel, or no nested virtualisation)",
+            );
+        }
+        if let Err(err) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev_kvm)
+        {
+            return Self {
+                kvm_usable: false,
+                reason: format!("/dev/kvm cannot be opened: {err}"),
+            };
+        }
+        if module("kvm_pvm") {
+            return verdict(
+                false,
+                "host KVM is PVM (kvm_pvm): stock guest kernels hang under it",
+            );
+        }
+        if module("kvm_intel") {
+            return verdict(true, "kvm_intel is loaded and /dev/kvm is usable");
+        }
+        if module("kvm_amd") {
+            return verdict(true, "kvm_amd is loaded and /dev/kvm is usable");
+        }
+        verdict(
+            false,
+            "/dev/kvm exists but neither kvm_intel nor kvm_amd is loaded",
+        )
+    }
+
+    /// Resolves a user's choice against this probe.
+    pub fn choose(&self, choice: AccelChoice) -> Result<Accel, crate::Error> {
+        match (choice, self.kvm_usable) {
+            (AccelChoice::Tcg, _) | (AccelChoice::Auto, false) => Ok(Accel::Tcg),
+            (AccelChoice::Kvm | AccelChoice::Auto, true) => Ok(Accel::Kvm),
+            (AccelChoice::Kvm, false) => Err(crate::Error::KvmUnavailable {
+                reason: self.reason.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_host(modules: &[&str], dev_kvm: bool) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for m in modules {
+            std::fs::create_dir_all(root.path().join("sys/module").join(m)).unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        if dev_kvm {
+            std::fs::write(root.path().join("dev/kvm"), b"").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn pvm_host_falls_back_to_tcg_with_the_reason() {
+        let host = fake_host(&["kvm", "kvm_pvm"], true);
+        let probe = AccelProbe::probe_at(host.path());
+        assert!(!probe.kvm_usable);
+        assert!(probe.reason.contains("PVM"), "{}", probe.reason);
+        assert_eq!(probe.choose(AccelChoice::Auto).unwrap(), Accel::Tcg);
+        assert!(matches!(
+            probe.choose(AccelChoice::Kvm),
+            Err(crate::Error::KvmUnavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn intel_host_uses_kvm() {
+        let host = fake_host(&["kvm", "kvm_intel"], true);
+        let probe = AccelProbe::probe_at(host.path());
+        assert_eq!(probe.choose(AccelChoice::Auto).unwrap(), Accel::Kvm);
+        assert_eq!(probe.choose(AccelChoice::Tcg).unwrap(), Accel::Tcg);
+    }
+
+    #[test]
+    fn missing_dev_kvm_means_tcg() {
+        let host = fake_host(&["kvm_amd"], false);
+        let probe = AccelProbe::probe_at(host.path());
+        assert!(!probe.kvm_usable);
+        assert!(probe.reason.contains("/dev/kvm"));
+    }
+}

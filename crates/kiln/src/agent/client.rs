@@ -1,0 +1,384 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_proto::handshake::{self, Role};
+use kiln_proto::{
+    AgentInfo, CONTROL_STREAM, Envelope, ExecRequest, FrameDecoder, Message, PROTOCOL_VERSION,
+    RemoteErrorKind, SYNC_MAGIC, StreamId, SyncScanner, encode_frame,
+};
+use log::{debug, trace};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::mpsc;
+
+use super::AgentError;
+use super::exec::{ExecSession, StdinWriter};
+
+/// Bytes of junk tolerated before the handshake's magic (an interrupted earlier session).
+const MAX_SKIP_BEFORE_MAGIC: u64 = 16 << 20;
+/// Messages buffered per stream before the reader waits for the consumer (backpressure).
+const STREAM_BUFFER: usize = 64;
+const READ_CHUNK: usize = 64 * 1024;
+
+type Routes = Arc<Mutex<HashMap<StreamId, mpsc::Sender<Message>>>>;
+
+/// An authenticated connection to a guest agent. Cheap to clone; many commands may run at
+/// once. The connection closes when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    outgoing: mpsc::Sender<Vec<u8>>,
+    routes: Routes,
+    next_stream: AtomicU32,
+    info: AgentInfo,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl AgentClient {
+    /// Connects to `socket` and authenticates with `secret`, waiting up to `timeout` for the
+    /// agent (it may still be booting).
+    pub async fn connect(
+        socket: &Path,
+        secret: &[u8],
+        timeout: Duration,
+    ) -> Result<Self, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let stream = connect_with_retry(socket, deadline).await?;
+        let (mut read, mut write) = stream.into_split();
+
+        let mut host_nonce = [0u8; 32];
+        getrandom::fill(&mut host_nonce).map_err(|e| AgentError::Handshake {
+            reason: format!("no randomness: {e}"),
+        })?;
+        let mut hello = SYNC_MAGIC.to_vec();
+        hello.extend(frame(
+            CONTROL_STREAM,
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                nonce: host_nonce,
+            },
+        )?);
+        write
+            .write_all(&hello)
+            .await
+            .map_err(|_| AgentError::Disconnected)?;
+
+        let mut decoder = FrameDecoder::new();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let welcome = within(remaining, "handshake", async {
+            read_past_magic(&mut read, &mut decoder).await?;
+            next_message(&mut read, &mut decoder).await
+        })
+        .await?;
+        let (agent_nonce, info) = match welcome.message {
+            Message::Welcome {
+                version,
+                nonce,
+                proof,
+                agent,
+            } => {
+                if version != PROTOCOL_VERSION {
+                    return Err(AgentError::VersionMismatch {
+                        host: PROTOCOL_VERSION,
+                        agent: version,
+                    });
+                }
+                if !handshake::verify(secret, Role::Agent, &host_nonce, &proof) {
+                    return Err(AgentError::AgentNotAuthentic);
+                }
+                (nonce, agent)
+            }
+            Message::Error(e) if e.kind == RemoteErrorKind::VersionMismatch => {
+                return Err(AgentError::Handshake { reason: e.message });
+            }
+            other => {
+                return Err(AgentError::Handshake {
+                    reason: format!("expected Welcome, got {other:?}"),
+                });
+            }
+        };
+        let auth = frame(
+            CONTROL_STREAM,
+            Message::Auth {
+                proof: handshake::proof(secret, Role::Host, &agent_nonce),
+            },
+        )?;
+        write
+            .write_all(&auth)
+            .await
+            .map_err(|_| AgentError::Disconnected)?;
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
+        match within(
+            remaining,
+            "authentication",
+            next_message(&mut read, &mut decoder),
+        )
+        .await?
+        .message
+        {
+            Message::Ready => {}
+            Message::Error(e) if e.kind == RemoteErrorKind::AuthFailed => {
+                return Err(AgentError::HostRejected);
+            }
+            other => {
+                return Err(AgentError::Handshake {
+                    reason: format!("expected Ready, got {other:?}"),
+                });
+            }
+        }
+        debug!("agent {} on {} ready", info.agent_version, socket.display());
+
+        let (outgoing, mut outgoing_rx) = mpsc::channel::<Vec<u8>>(STREAM_BUFFER);
+        tokio::spawn(async move {
+            while let Some(bytes) = outgoing_rx.recv().await {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let routes: Routes = Arc::default();
+        let reader = tokio::spawn(read_loop(read, decoder, routes.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                outgoing,
+                routes,
+                next_stream: AtomicU32::new(1),
+                info,
+                reader,
+            }),
+        })
+    }
+
+    /// What the agent said about itself.
+    pub fn info(&self) -> &AgentInfo {
+        &self.inner.info
+    }
+
+    /// A protocol round trip (no process runs in the guest).
+    pub async fn ping(&self) -> Result<Duration, AgentError> {
+        let (stream, mut rx) = self.open_stream();
+        let started = Instant::now();
+        self.send(
+            stream,
+            Message::Ping {
+                seq: u64::from(stream),
+            },
+        )
+        .await?;
+        let reply = rx.recv().await;
+        self.close_stream(stream);
+        match reply {
+            Some(Message::Pong { .. }) => Ok(started.elapsed()),
+            Some(other) => Err(unexpected(other)),
+            None => Err(AgentError::Disconnected),
+        }
+    }
+
+    /// Starts a command; its output arrives as events on the returned session.
+    pub async fn exec(&self, request: ExecRequest) -> Result<ExecSession, AgentError> {
+        let wants_stdin = request.stdin;
+        let (stream, mut rx) = self.open_stream();
+        self.send(stream, Message::Exec(request)).await?;
+        match rx.recv().await {
+            Some(Message::Started { .. }) => {}
+            Some(Message::Error(e)) => {
+                self.close_stream(stream);
+                return Err(match e.kind {
+                    RemoteErrorKind::NotFound => AgentError::CommandNotFound { message: e.message },
+                    kind => AgentError::Remote {
+                        kind,
+                        message: e.message,
+                    },
+                });
+            }
+            Some(other) => {
+                self.close_stream(stream);
+                return Err(unexpected(other));
+            }
+            None => return Err(AgentError::Disconnected),
+        }
+        let stdin = wants_stdin.then(|| StdinWriter::new(self.clone(), stream));
+        Ok(ExecSession::new(self.clone(), stream, rx, stdin))
+    }
+
+    /// Asks the guest to power off. The connection drops as it does.
+    pub async fn shutdown(&self) -> Result<(), AgentError> {
+        self.send(CONTROL_STREAM, Message::Shutdown).await
+    }
+
+    fn open_stream(&self) -> (StreamId, mpsc::Receiver<Message>) {
+        let stream = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        if let Ok(mut routes) = self.inner.routes.lock() {
+            routes.insert(stream, tx);
+        }
+        (stream, rx)
+    }
+
+    pub(super) fn close_stream(&self, stream: StreamId) {
+        if let Ok(mut routes) = self.inner.routes.lock() {
+            routes.remove(&stream);
+        }
+    }
+
+    pub(super) async fn send(&self, stream: StreamId, message: Message) -> Result<(), AgentError> {
+        let bytes = frame(stream, message)?;
+        self.inner
+            .outgoing
+            .send(bytes)
+            .await
+            .map_err(|_| AgentError::Disconnected)
+    }
+}
+
+fn frame(stream: StreamId, message: Message) -> Result<Vec<u8>, AgentError> {
+    encode_frame(&Envelope::new(stream, message)).map_err(|e| AgentError::Handshake {
+        reason: e.to_string(),
+    })
+}
+
+fn unexpected(message: Message) -> AgentError {
+    match message {
+        Message::Error(e) => AgentError::Remote {
+            kind: e.kind,
+            message: e.message,
+        },
+        other => AgentError::Handshake {
+            reason: format!("unexpected message {other:?}"),
+        },
+    }
+}
+
+async fn within<T>(
+    timeout: Duration,
+    what: &'static str,
+    work: impl Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| AgentError::Timeout {
+            what,
+            after: timeout,
+        })?
+}
+
+/// QEMU accepts one client at a time and its listen backlog is short: a busy socket refuses
+/// connections for a while. Retry until the deadline.
+async fn connect_with_retry(socket: &Path, deadline: Instant) -> Result<UnixStream, AgentError> {
+    let mut delay = Duration::from_millis(5);
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(err)
+                if Instant::now() < deadline
+                    && matches!(
+                        err.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::WouldBlock
+                    ) =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(AgentError::Connect {
+                    path: socket.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+async fn read_past_magic(
+    read: &mut OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+) -> Result<(), AgentError> {
+    let mut scanner = SyncScanner::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = read
+            .read(&mut buf)
+            .await
+            .map_err(|_| AgentError::Disconnected)?;
+        if n == 0 {
+            return Err(AgentError::Disconnected);
+        }
+        if let Some(rest) = scanner.feed(&buf[..n]) {
+            if scanner.skipped() > 0 {
+                debug!(
+                    "skipped {} stale bytes before the agent's answer",
+                    scanner.skipped()
+                );
+            }
+            decoder.push(rest);
+            return Ok(());
+        }
+        if scanner.skipped() > MAX_SKIP_BEFORE_MAGIC {
+            return Err(AgentError::Handshake {
+                reason: format!("no handshake within {MAX_SKIP_BEFORE_MAGIC} bytes"),
+            });
+        }
+    }
+}
+
+async fn next_message(
+    read: &mut OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+) -> Result<Envelope, AgentError> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if let Some(envelope) = decoder.next_envelope()? {
+            return Ok(envelope);
+        }
+        // End of stream, clean or reset: a frame cut off in the middle is reported as such.
+        let n = read.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            decoder.finish()?;
+            return Err(AgentError::Disconnected);
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
+/// Routes each message to its stream. Unknown streams are ignored (a stream the host already
+/// closed); a bad frame ends the connection, and every stream sees it end.
+async fn read_loop(mut read: OwnedReadHalf, mut decoder: FrameDecoder, routes: Routes) {
+    loop {
+        let envelope = match next_message(&mut read, &mut decoder).await {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                debug!("agent connection ended: {err}");
+                break;
+            }
+        };
+        trace!("agent -> host: stream {}", envelope.stream);
+        let route = routes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&envelope.stream).cloned());
+        if let Some(tx) = route {
+            let _ = tx.send(envelope.message).await;
+        }
+    }
+    if let Ok(mut routes) = routes.lock() {
+        routes.clear();
+    }
+}

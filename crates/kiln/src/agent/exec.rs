@@ -1,0 +1,174 @@
+use kiln_proto::{ExitStatus, MAX_CHUNK_LEN, Message, StreamId};
+use tokio::sync::mpsc;
+
+use super::{AgentClient, AgentError};
+
+/// Output of a running command, in the order the agent sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The last event of a session.
+    Exited(ExitStatus),
+}
+
+/// Everything a finished command printed, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// The most output [`ExecSession::output`] collects per stream.
+pub const MAX_COLLECTED_OUTPUT: usize = 256 << 20;
+
+/// A command running in the guest.
+#[derive(Debug)]
+pub struct ExecSession {
+    client: AgentClient,
+    stream: StreamId,
+    events: mpsc::Receiver<Message>,
+    stdin: Option<StdinWriter>,
+    finished: bool,
+}
+
+impl ExecSession {
+    pub(super) fn new(
+        client: AgentClient,
+        stream: StreamId,
+        events: mpsc::Receiver<Message>,
+        stdin: Option<StdinWriter>,
+    ) -> Self {
+        Self {
+            client,
+            stream,
+            events,
+            stdin,
+            finished: false,
+        }
+    }
+
+    /// The command's stdin, when the request asked for one. Take it to write from another task.
+    pub fn take_stdin(&mut self) -> Option<StdinWriter> {
+        self.stdin.take()
+    }
+
+    /// The next event; `Ok(None)` after `Exited`.
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, AgentError> {
+        if self.finished {
+            return Ok(None);
+        }
+        loop {
+            let event = match self.events.recv().await {
+                None => return Err(AgentError::Disconnected),
+                Some(Message::Stdout(data)) => ExecEvent::Stdout(data),
+                Some(Message::Stderr(data)) => ExecEvent::Stderr(data),
+                Some(Message::Exited(status)) => {
+                    self.finished = true;
+                    self.client.close_stream(self.stream);
+                    ExecEvent::Exited(status)
+                }
+                Some(Message::Error(e)) => {
+                    return Err(AgentError::Remote {
+                        kind: e.kind,
+                        message: e.message,
+                    });
+                }
+                // Anything else on an exec stream is ignored rather than trusted.
+                Some(_) => continue,
+            };
+            return Ok(Some(event));
+        }
+    }
+
+    /// Sends a signal to the command's process group.
+    pub async fn signal(&self, signal: i32) -> Result<(), AgentError> {
+        self.client
+            .send(self.stream, Message::Signal { signal })
+            .await
+    }
+
+    /// Waits for the command and collects its output (bounded by [`MAX_COLLECTED_OUTPUT`]).
+    pub async fn output(mut self) -> Result<ExecOutput, AgentError> {
+        drop(self.stdin.take());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match self.next_event().await? {
+                Some(ExecEvent::Stdout(data)) => append(&mut stdout, &data, "stdout")?,
+                Some(ExecEvent::Stderr(data)) => append(&mut stderr, &data, "stderr")?,
+                Some(ExecEvent::Exited(status)) => {
+                    return Ok(ExecOutput {
+                        status,
+                        stdout,
+                        stderr,
+                    });
+                }
+                None => return Err(AgentError::Disconnected),
+            }
+        }
+    }
+}
+
+impl Drop for ExecSession {
+    fn drop(&mut self) {
+        self.client.close_stream(self.stream);
+    }
+}
+
+fn append(buf: &mut Vec<u8>, data: &[u8], stream: &'static str) -> Result<(), AgentError> {
+    if buf.len() + data.len() > MAX_COLLECTED_OUTPUT {
+        return Err(AgentError::OutputTooLarge {
+            stream,
+            limit: MAX_COLLECTED_OUTPUT,
+        });
+    }
+    buf.extend_from_slice(data);
+    Ok(())
+}
+
+/// Writes to a command's stdin. Dropping it (or [`close`](Self::close)) sends end-of-file.
+#[derive(Debug)]
+pub struct StdinWriter {
+    client: AgentClient,
+    stream: StreamId,
+    closed: bool,
+}
+
+impl StdinWriter {
+    pub(super) fn new(client: AgentClient, stream: StreamId) -> Self {
+        Self {
+            client,
+            stream,
+            closed: false,
+        }
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), AgentError> {
+        for chunk in data.chunks(MAX_CHUNK_LEN) {
+            self.client
+                .send(self.stream, Message::Stdin(chunk.to_vec()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) -> Result<(), AgentError> {
+        self.closed = true;
+        self.client.send(self.stream, Message::StdinClose).await
+    }
+}
+
+impl Drop for StdinWriter {
+    fn drop(&mut self) {
+        if !self.closed {
+            let client = self.client.clone();
+            let stream = self.stream;
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = client.send(stream, Message::StdinClose).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Rendering a typed QEMU launch into its argument list. Pure: golden-tested without QEMU.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::Accel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// QEMU's minimal machine: virtio-mmio devices, no PCI, fastest to boot.
+    Microvm,
+    Q35,
+}
+
+/// Everything QEMU is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuLaunch {
+    pub name: String,
+    pub machine: Machine,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub firmware: Option<PathBuf>,
+    /// An uncompressed ELF `vmlinux`: QEMU boots it through its PVH entry.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub serial_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub agent_socket: PathBuf,
+    /// Handed to the guest through fw_cfg, never on the (world-readable) command line.
+    pub secret: PathBuf,
+    pub pidfile: PathBuf,
+    pub disks: Vec<PathBuf>,
+    pub user_net: bool,
+}
+
+/// Builds QEMU's argv (without the program name).
+pub fn render(l: &QemuLaunch) -> Vec<OsString> {
+    let mut argv = Argv::default();
+    // virtio devices: MMIO transport on microvm, PCI on q35.
+    let virtio = |dev: &str| match l.machine {
+        Machine::Microvm => format!("{dev}-device"),
+        Machine::Q35 => format!("{dev}-pci"),
+    };
+    argv.push(["-name", &format!("guest={},debug-threads=on", l.name)]);
+    argv.push([
+        "-machine",
+        match l.machine {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        },
+    ]);
+    match l.accel {
+        Accel::Kvm => argv.push(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => argv.push(["-accel", "tcg", "-cpu", "max"]),
+    }
+    argv.push(["-smp", &l.cpus.to_string()]);
+    argv.push(["-m", &format!("{}M", l.memory_mib)]);
+    argv.push(["-nodefaults", "-no-user-config", "-display", "none"]);
+    if let Some(firmware) = &l.firmware {
+        argv.push_path("-bios", firmware);
+    }
+    argv.push_path("-kernel", &l.kernel);
+    argv.push_path("-initrd", &l.initrd);
+    argv.push(["-append", &l.cmdline]);
+    argv.push_kv("-chardev", "file,id=serial0,append=on,path=", &l.serial_log);
+    argv.push(["-serial", "chardev:serial0"]);
+    argv.push_kv(
+        "-chardev",
+        "socket,id=qmp,server=on,wait=off,path=",
+        &l.qmp_socket,
+    );
+    argv.push(["-mon", "chardev=qmp,mode=control"]);
+    argv.push_kv(
+        "-chardev",
+        "socket,id=agent,server=on,wait=off,path=",
+        &l.agent_socket,
+    );
+    argv.push(["-device", &virtio("virtio-serial")]);
+    argv.push([
+        "-device",
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            kiln_proto::PORT_NAME
+        ),
+    ]);
+    argv.push_kv("-fw_cfg", "name=opt/org.kiln/secret,file=", &l.secret);
+    argv.push(["-device", &virtio("virtio-rng")]);
+    if l.user_net {
+        argv.push(["-netdev", "user,id=net0"]);
+        argv.push(["-device", &format!("{},netdev=net0", virtio("virtio-net"))]);
+    }
+    for (i, disk) in l.disks.iter().enumerate() {
+        argv.push_kv(
+            "-drive",
+            &format!("id=disk{i},if=none,format=qcow2,file="),
+            disk,
+        );
+        argv.push([
+            "-device",
+            &format!("{},drive=disk{i}", virtio("virtio-blk")),
+        ]);
+    }
+    argv.push(["-daemonize"]);
+    argv.push_path("-pidfile", &l.pidfile);
+    argv.0
+}
+
+#[derive(Default)]
+struct Argv(Vec<OsString>);
+
+impl Argv {
+    fn push<const N: usize>(&mut self, args: [&str; N]) {
+        self.0.extend(args.iter().map(OsString::from));
+    }
+
+    fn push_path(&mut self, flag: &str, path: &std::path::Path) {
+        self.0.push(flag.into());
+        self.0.push(path.into());
+    }
+
+    /// `flag prefix+path`: paths stay `OsString`s, never pass through a lossy conversion.
+    /// A comma in a path would split QEMU's option list, so it is doubled (QEMU's escape).
+    fn push_kv(&mut self, flag: &str, prefix: &str, path: &std::path::Path) {
+        let mut value = OsString::from(prefix);
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let escaped: Vec<u8> = bytes
+            .iter()
+            .flat_map(|&b| if b == b',' { vec![b',', b','] } else { vec![b] })
+            .collect();
+        value.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&escaped));
+        self.0.push(flag.into());
+        self.0.push(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(machine: Machine, accel: Accel) -> QemuLaunch {
+        let p = |s: &str| PathBuf::from(format!("/k/vms/web-1/{s}"));
+        QemuLaunch {
+            name: "web-1".into(),
+            machine,
+            accel,
+            cpus: 2,
+            memory_mib: 1024,
+            firmware: Some(PathBuf::from("/usr/share/qemu/qboot.rom")),
+            kernel: PathBuf::from("/k/images/default/vmlinux"),
+            initrd: PathBuf::from("/k/images/default/initramfs.cpio"),
+            cmdline: "console=ttyS0 kiln.name=web-1".into(),
+            serial_log: p("serial.log"),
+            qmp_socket: p("qmp.sock"),
+            agent_socket: p("agent.sock"),
+            secret: p("secret"),
+            pidfile: p("qemu.pid"),
+            disks: vec![p("disk0.qcow2")],
+            user_net: true,
+        }
+    }
+
+    fn joined(l: &QemuLaunch) -> String {
+        render(l)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn microvm_tcg_golden() {
+        let expected = "-name guest=web-1,debug-threads=on -machine microvm -accel tcg -cpu max \
+-smp 2 -m 1024M -nodefaults -no-user-config -display none -bios /usr/share/qemu/qboot.rom \
+-kernel /k/images/default/vmlinux -initrd /k/images/default/initramfs.cpio \
+-append console=ttyS0 kiln.name=web-1 \
+-chardev file,id=serial0,append=on,path=/k/vms/web-1/serial.log -serial chardev:serial0 \
+-chardev socket,id=qmp,server=on,wait=off,path=/k/vms/web-1/qmp.sock -mon chardev=qmp,mode=control \
+-chardev socket,id=agent,server=on,wait=off,path=/k/vms/web-1/agent.sock \
+-device virtio-serial-device -device virtserialport,chardev=agent,name=org.kiln.agent.0 \
+-fw_cfg name=opt/org.kiln/secret,file=/k/vms/web-1/secret -device virtio-rng-device \
+-netdev user,id=net0 -device virtio-net-device,netdev=net0 \
+-drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0 \
+-daemonize -pidfile /k/vms/web-1/qemu.pid";
+        assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);
+    }
+
+    #[test]
+    fn q35_kvm_uses_pci_devices_and_host_cpu() {
+        let mut l = launch(Machine::Q35, Accel::Kvm);
+        l.firmware = None;
+        l.user_net = false;
+        l.disks.clear();
+        let argv = joined(&l);
+        assert!(argv.contains("-machine q35 -accel kvm -cpu host"));
+        assert!(argv.contains("-device virtio-serial-pci"));
+        assert!(!argv.contains("-bios"));
+        assert!(!argv.contains("-netdev"));
+        assert!(!argv.contains("-drive"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_for_qemu() {
+        let mut l = launch(Machine::Microvm, Accel::Tcg);
+        l.serial_log = PathBuf::from("/a,b/serial.log");
+        assert!(joined(&l).contains("path=/a,,b/serial.log"));
+    }
+}

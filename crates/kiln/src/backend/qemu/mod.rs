@@ -1,0 +1,228 @@
+//! The daemonless QEMU backend: one `qemu-system-x86_64` process per VM, started with
+//! `-daemonize` so it outlives the `kiln` that started it, controlled over a QMP socket.
+
+mod argv;
+mod process;
+mod qmp;
+
+pub use argv::{Machine, QemuLaunch, render};
+pub use qmp::QmpClient;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{debug, info};
+
+use super::{Backend, Launch};
+use crate::state::{BackendKind, MachineRecord, VmPaths};
+use crate::{IoError, Result, VmSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot run {}", program.display())]
+    NotInstalled {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu exited with status {status} while starting: {stderr}")]
+    StartFailed { status: i32, stderr: String },
+    #[error("qemu wrote no usable pid to {}", path.display())]
+    NoPid { path: PathBuf },
+    #[error("QMP on {}: {reason}", path.display())]
+    Qmp { path: PathBuf, reason: String },
+    #[error("qemu-img failed: {stderr}")]
+    ImgFailed { stderr: String },
+}
+
+impl QemuError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::NotInstalled { .. } => Some(
+                "install QEMU 10 with scripts/setup.sh (qemu-system-x86 from bookworm-backports)"
+                    .to_owned(),
+            ),
+            Self::StartFailed { .. } => Some("run `kiln doctor` to check this host".to_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Where QEMU and its firmware are.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    binary: PathBuf,
+    img_binary: PathBuf,
+    /// qboot for microvm: SeaBIOS sometimes stalls there (see ENVIRONMENT.md).
+    firmware: Option<PathBuf>,
+    machine: Machine,
+}
+
+impl Default for QemuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QemuBackend {
+    /// QEMU from `KILN_QEMU` or `PATH`, qboot from QEMU's data directory when present.
+    pub fn new() -> Self {
+        let binary = std::env::var_os("KILN_QEMU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        let firmware = ["/usr/share/qemu/qboot.rom", "/usr/share/qboot/bios.bin"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        Self {
+            binary,
+            img_binary: PathBuf::from("qemu-img"),
+            firmware,
+            machine: Machine::Microvm,
+        }
+    }
+
+    pub fn binary(&self) -> &std::path::Path {
+        &self.binary
+    }
+
+    pub fn firmware(&self) -> Option<&std::path::Path> {
+        self.firmware.as_deref()
+    }
+
+    /// The typed launch description for a VM (what `start` renders and runs).
+    pub fn plan(&self, launch: &Launch<'_>) -> QemuLaunch {
+        let paths = launch.paths;
+        QemuLaunch {
+            name: launch.spec.name().to_owned(),
+            machine: self.machine,
+            accel: launch.accel,
+            cpus: launch.spec.cpus(),
+            memory_mib: launch.spec.memory_mib(),
+            firmware: match self.machine {
+                Machine::Microvm => self.firmware.clone(),
+                Machine::Q35 => None,
+            },
+            kernel: launch.image.kernel(),
+            initrd: launch.image.initramfs(),
+            cmdline: kernel_cmdline(launch.spec.name()),
+            serial_log: paths.serial_log(),
+            qmp_socket: paths.qmp_socket(),
+            agent_socket: paths.agent_socket(),
+            secret: paths.secret(),
+            pidfile: paths.pidfile(),
+            disks: (0..launch.spec.disks().len())
+                .map(|i| paths.disk(i))
+                .collect(),
+            user_net: launch
+                .spec
+                .networks()
+                .iter()
+                .any(|n| matches!(n, crate::NetworkRef::User)),
+        }
+    }
+
+    /// `qemu-system-x86_64 --version`, first line.
+    pub async fn version(&self) -> Result<String> {
+        let output = tokio::process::Command::new(&self.binary)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|source| QemuError::NotInstalled {
+                program: self.binary.clone(),
+                source,
+            })?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    }
+}
+
+fn kernel_cmdline(name: &str) -> String {
+    format!("console=ttyS0 reboot=t panic=-1 quiet kiln.name={name}")
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    async fn create(&self, spec: &VmSpec, paths: &VmPaths) -> Result<()> {
+        for (index, disk) in spec.disks().iter().enumerate() {
+            let path = paths.disk(index);
+            if path.exists() {
+                continue;
+            }
+            let output = tokio::process::Command::new(&self.img_binary)
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&path)
+                .arg(disk.size().bytes().to_string())
+                .output()
+                .await
+                .map_err(|source| QemuError::NotInstalled {
+                    program: self.img_binary.clone(),
+                    source,
+                })?;
+            if !output.status.success() {
+                return Err(QemuError::ImgFailed {
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&self, launch: &Launch<'_>) -> Result<MachineRecord> {
+        let plan = self.plan(launch);
+        let argv = render(&plan);
+        debug!("qemu argv: {} {argv:?}", self.binary.display());
+        // Stale sockets of an earlier run would make QEMU fail to bind.
+        for socket in [&plan.qmp_socket, &plan.agent_socket, &plan.pidfile] {
+            match std::fs::remove_file(socket) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(IoError::new("remove", socket, err).into()),
+            }
+        }
+        let pid = process::spawn_daemonized(&self.binary, &argv, &plan.pidfile).await?;
+        info!(
+            "started qemu for {} as pid {pid} ({})",
+            plan.name, plan.accel
+        );
+        Ok(MachineRecord {
+            pid,
+            accel: launch.accel,
+            accel_reason: launch.accel_reason.to_owned(),
+            started_at: crate::vm::now_secs(),
+        })
+    }
+
+    async fn running_pid(&self, paths: &VmPaths) -> Option<u32> {
+        let pid = process::read_pidfile(&paths.pidfile())?;
+        process::is_alive(pid, &paths.qmp_socket()).then_some(pid)
+    }
+
+    async fn kill(&self, paths: &VmPaths) -> Result<()> {
+        let qmp = paths.qmp_socket();
+        let Some(pid) = self.running_pid(paths).await else {
+            return Ok(());
+        };
+        let quit = async {
+            let mut client = QmpClient::connect(&qmp).await?;
+            client.execute("quit", None).await.map(drop)
+        };
+        if let Err(err) = tokio::time::timeout(Duration::from_secs(3), quit)
+            .await
+            .unwrap_or(Ok(()))
+        {
+            debug!("QMP quit failed ({err}); killing pid {pid}");
+        }
+        process::wait_or_kill(pid, &qmp, Duration::from_secs(5)).await;
+        Ok(())
+    }
+}

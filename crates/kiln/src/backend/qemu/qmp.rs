@@ -1,0 +1,108 @@
+//! A small typed QMP client: greeting, capability negotiation, commands, with events skipped.
+//! QEMU is a host process we started, but its answers are still read with a line limit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::QemuError;
+use crate::Result;
+
+const MAX_LINE: usize = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct QmpClient {
+    path: PathBuf,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl QmpClient {
+    pub async fn connect(path: &Path) -> Result<Self> {
+        let err = |reason: String| QemuError::Qmp {
+            path: path.to_owned(),
+            reason,
+        };
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| err(format!("cannot connect: {e}")))?;
+        let (read, writer) = stream.into_split();
+        let mut client = Self {
+            path: path.to_owned(),
+            reader: BufReader::new(read),
+            writer,
+        };
+        let greeting = client.read_message().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(err(format!("unexpected greeting {greeting}")).into());
+        }
+        client.execute("qmp_capabilities", None).await?;
+        Ok(client)
+    }
+
+    /// Runs a command and returns its `return` value.
+    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        let mut request = json!({ "execute": command });
+        if let Some(arguments) = arguments {
+            request["arguments"] = arguments;
+        }
+        let mut line = request.to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| self.error(format!("cannot send {command}: {e}")))?;
+        loop {
+            let message = self.read_message().await?;
+            if message.get("event").is_some() {
+                continue;
+            }
+            if let Some(ret) = message.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(error) = message.get("error") {
+                return Err(self.error(format!("{command} failed: {error}")).into());
+            }
+        }
+    }
+
+    /// `query-status`'s `status` (`running`, `paused`, ...).
+    pub async fn status(&mut self) -> Result<String> {
+        let ret = self.execute("query-status", None).await?;
+        Ok(ret
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned())
+    }
+
+    async fn read_message(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        let read = tokio::time::timeout(TIMEOUT, async {
+            let mut limited = (&mut self.reader).take(MAX_LINE as u64);
+            limited.read_line(&mut line).await
+        })
+        .await;
+        match read {
+            Err(_) => Err(self.error("no answer in time".into()).into()),
+            Ok(Err(e)) => Err(self.error(format!("read failed: {e}")).into()),
+            Ok(Ok(0)) => Err(self.error("connection closed".into()).into()),
+            Ok(Ok(_)) => serde_json::from_str(&line)
+                .map_err(|e| self.error(format!("invalid JSON: {e}")).into()),
+        }
+    }
+
+    fn error(&self, reason: String) -> QemuError {
+        QemuError::Qmp {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;

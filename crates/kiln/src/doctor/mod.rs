@@ -1,0 +1,142 @@
+//! Host diagnosis as data: each [`Check`] says what was looked at, what was found, and how to
+//! fix it (as an argv). The CLI renders them; nothing here prints.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::backend::qemu::QemuBackend;
+use crate::image::{ImageInputs, ImageStore};
+use crate::{AccelProbe, Paths};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Works, but not as well as it could (TCG instead of KVM).
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// A command that fixes the problem, when there is one.
+    pub fix: Option<Vec<String>>,
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            status,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn fix(mut self, argv: &[&str]) -> Self {
+        self.fix = Some(argv.iter().map(|s| (*s).to_owned()).collect());
+        self
+    }
+}
+
+/// Everything `kiln doctor` looks at.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    pub checks: Vec<Check>,
+}
+
+impl Diagnosis {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+}
+
+pub async fn diagnose(paths: &Paths) -> Diagnosis {
+    let mut checks = Vec::new();
+    let probe = AccelProbe::probe();
+    checks.push(if probe.kvm_usable {
+        Check::new("acceleration", Status::Ok, format!("kvm: {}", probe.reason))
+    } else {
+        Check::new(
+            "acceleration",
+            Status::Warn,
+            format!("tcg (software emulation, slower): {}", probe.reason),
+        )
+    });
+
+    let qemu = QemuBackend::new();
+    checks.push(match qemu.version().await {
+        Ok(version) => Check::new("qemu", Status::Ok, version),
+        Err(err) => Check::new("qemu", Status::Fail, err.to_string()).fix(&["scripts/setup.sh"]),
+    });
+    checks.push(match qemu.firmware() {
+        Some(fw) => Check::new(
+            "microvm firmware",
+            Status::Ok,
+            format!("qboot at {}", fw.display()),
+        ),
+        None => Check::new(
+            "microvm firmware",
+            Status::Warn,
+            "qboot.rom not found: microvm falls back to SeaBIOS, which sometimes stalls",
+        )
+        .fix(&[
+            "apt-get",
+            "install",
+            "-t",
+            "bookworm-backports",
+            "qemu-system-data",
+        ]),
+    });
+    checks.push(if Path::new("/bin/busybox").is_file() {
+        Check::new("busybox", Status::Ok, "/bin/busybox")
+    } else {
+        Check::new("busybox", Status::Fail, "/bin/busybox is missing").fix(&[
+            "apt-get",
+            "install",
+            "busybox-static",
+        ])
+    });
+    checks.push(match ImageInputs::discover() {
+        Ok(inputs) => Check::new(
+            "guest agent",
+            Status::Ok,
+            inputs.agent.display().to_string(),
+        ),
+        Err(err) => Check::new("guest agent", Status::Fail, err.to_string())
+            .fix(&["scripts/build-agent.sh"]),
+    });
+    checks.push(
+        match ImageStore::new(paths.clone()).get(crate::spec::DEFAULT_IMAGE) {
+            Ok(image) => Check::new(
+                "default image",
+                Status::Ok,
+                format!(
+                    "kernel {} at {}",
+                    image.manifest.kernel_release,
+                    image.dir.display()
+                ),
+            ),
+            Err(_) => Check::new(
+                "default image",
+                Status::Warn,
+                "not built yet: `kiln up` builds it (about half a minute)",
+            )
+            .fix(&["kiln", "image", "build"]),
+        },
+    );
+    checks.push(Check::new(
+        "state",
+        Status::Ok,
+        format!(
+            "data {}, images {}",
+            paths.data_dir().display(),
+            paths.cache_dir().display()
+        ),
+    ));
+    Diagnosis { checks }
+}

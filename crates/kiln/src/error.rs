@@ -1,0 +1,121 @@
+use std::path::PathBuf;
+
+use crate::VmState;
+use crate::agent::AgentError;
+use crate::backend::qemu::QemuError;
+use crate::image::ImageError;
+use crate::spec::SpecError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An IO error together with what was being done and to which path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}", path.display())]
+pub struct IoError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A closure for `map_err`: `fs::read(p).map_err(IoError::at("read", p))`.
+    pub fn at(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self { op, path, source }
+    }
+}
+
+/// Everything the kiln library can fail with. Match on the variant; `hint()` says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("VM {name} already exists")]
+    VmAlreadyExists { name: String },
+    #[error("VM {name} not found")]
+    VmNotFound { name: String },
+    #[error("VM {name} is {state}; {action} needs it {needed}")]
+    WrongState {
+        name: String,
+        state: VmState,
+        action: &'static str,
+        needed: VmState,
+    },
+    #[error("unknown image {name}")]
+    UnknownImage { name: String },
+    #[error("KVM was requested but is not usable: {reason}")]
+    KvmUnavailable { reason: String },
+    #[error("VM {name} did not become ready: {reason}")]
+    BootFailed {
+        name: String,
+        reason: String,
+        /// The last lines the guest printed on its serial console.
+        serial_tail: String,
+    },
+    #[error("state file {} is invalid", path.display())]
+    CorruptState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("socket path {} is longer than the {max} bytes a Unix socket allows", path.display())]
+    SocketPathTooLong { path: PathBuf, max: usize },
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+}
+
+impl Error {
+    /// A sentence telling the user what to try next, where kiln knows one.
+    pub fn hint(&self) -> Option<String> {
+        let hint = match self {
+            Self::Spec(err) => return err.hint(),
+            Self::VmAlreadyExists { name } => {
+                format!("pick another name, or remove it first with `kiln rm --force {name}`")
+            }
+            Self::VmNotFound { .. } => "`kiln ls` lists the VMs that exist".to_owned(),
+            Self::WrongState { name, needed, .. } => match needed {
+                VmState::Running => format!("start it with `kiln start {name}`"),
+                VmState::Stopped => format!("stop it with `kiln stop {name}`, or use --force"),
+            },
+            Self::UnknownImage { .. } => {
+                "`kiln image ls` lists the images; `kiln image build` builds the default one".to_owned()
+            }
+            Self::KvmUnavailable { .. } => {
+                "use `--accel tcg` (or auto), and run `kiln doctor` to see why KVM is not usable"
+                    .to_owned()
+            }
+            Self::BootFailed { name, .. } => format!(
+                "see the guest console with `kiln logs {name}`; under TCG (no KVM) a boot takes seconds, so a slow machine may need a longer --boot-timeout"
+            ),
+            Self::CorruptState { .. } => {
+                "the file was damaged or written by another kiln; remove the VM with `kiln rm --force`".to_owned()
+            }
+            Self::SocketPathTooLong { .. } => {
+                "set KILN_HOME (or XDG_RUNTIME_DIR) to a shorter directory".to_owned()
+            }
+            Self::Io(err) if err.source.kind() == std::io::ErrorKind::PermissionDenied => {
+                format!("check the permissions of {}", err.path.display())
+            }
+            Self::Io(_) => return None,
+            Self::Image(err) => return err.hint(),
+            Self::Agent(err) => return err.hint(),
+            Self::Qemu(err) => return err.hint(),
+        };
+        Some(hint)
+    }
+}

@@ -1,0 +1,117 @@
+//! Debian packages: finding the kernel package, downloading it with `apt-get download`, and
+//! unpacking it with `dpkg-deb -x` (never installing it). These programs are the interface to
+//! the package system, so they run as subprocesses with argv built as a list.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use log::debug;
+use tokio::process::Command;
+
+use super::ImageError;
+use crate::IoError;
+
+/// The metapackage that names the current kernel.
+const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
+
+async fn run(program: &str, args: Vec<OsString>, cwd: Option<&Path>) -> Result<String, ImageError> {
+    debug!("running {program} {args:?}");
+    let mut command = Command::new(program);
+    command.args(&args).stdin(std::process::Stdio::null());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let output = command
+        .output()
+        .await
+        .map_err(|source| ImageError::ToolMissing {
+            program: program.to_owned(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(ImageError::ToolFailed {
+            program: program.to_owned(),
+            status: output.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The versioned kernel package the metapackage depends on, e.g. `linux-image-6.1.0-56-amd64`.
+pub async fn resolve_kernel_package() -> Result<String, ImageError> {
+    let out = run(
+        "apt-cache",
+        vec!["depends".into(), KERNEL_METAPACKAGE.into()],
+        None,
+    )
+    .await?;
+    parse_kernel_dependency(&out).ok_or(ImageError::KernelPackageUnknown)
+}
+
+fn parse_kernel_dependency(apt_cache_depends: &str) -> Option<String> {
+    apt_cache_depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| {
+            p.starts_with("linux-image-") && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
+        })
+        .map(str::to_owned)
+}
+
+/// Downloads `package`'s .deb into `dir` and returns its path.
+pub async fn download(package: &str, dir: &Path) -> Result<PathBuf, ImageError> {
+    run(
+        "apt-get",
+        vec!["download".into(), package.into()],
+        Some(dir),
+    )
+    .await?;
+    find_deb(dir, package)?.ok_or_else(|| ImageError::ToolFailed {
+        program: "apt-get".to_owned(),
+        status: 0,
+        stderr: format!("no {package}_*.deb appeared in {}", dir.display()),
+    })
+}
+
+/// The newest `.deb` of `package` (or of any kernel package when `package` is a prefix) in `dir`.
+pub fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>, ImageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(IoError::new("list", dir, err).into()),
+    };
+    let mut debs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(package) && n.ends_with(".deb"))
+        })
+        .collect();
+    debs.sort();
+    Ok(debs.pop())
+}
+
+/// Unpacks a .deb's files under `dest`.
+pub async fn unpack(deb: &Path, dest: &Path) -> Result<(), ImageError> {
+    run("dpkg-deb", vec!["-x".into(), deb.into(), dest.into()], None)
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dependency_is_read_from_apt_cache_output() {
+        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n";
+        assert_eq!(
+            parse_kernel_dependency(out).as_deref(),
+            Some("linux-image-6.1.0-56-amd64")
+        );
+        assert_eq!(parse_kernel_dependency("linux-image-amd64\n"), None);
+    }
+}

@@ -1,0 +1,107 @@
+//! The initramfs: busybox, the kernel modules, the agent, and an init script that loads the
+//! modules, mounts the basics, sets up the network and keeps the agent running.
+
+use std::path::Path;
+
+use super::ImageError;
+use super::cpio::CpioWriter;
+use super::kernel::Module;
+use crate::IoError;
+
+/// What goes into the archive.
+#[derive(Debug)]
+pub struct InitramfsParts<'a> {
+    pub busybox: &'a Path,
+    pub agent: &'a Path,
+    pub modules: &'a [Module],
+}
+
+/// `/init`. Module parameters the kernel command line carries (`virtio_mmio.device=…`, which
+/// QEMU's microvm adds for its devices) are passed to `insmod`, which does not read them itself.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /tmp /run /root
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+params_for() {
+  for p in $(cat /proc/cmdline); do
+    case "$p" in "$1".*) printf '%s ' "${p#"$1".}" ;; esac
+  done
+}
+while read -r m; do
+  # shellcheck disable=SC2046
+  insmod "/lib/modules/$m.ko" $(params_for "$m") 2>/dev/null || echo "kiln-init: cannot load $m"
+done < /etc/kiln/modules
+for p in $(cat /proc/cmdline); do
+  case "$p" in kiln.name=*) hostname "${p#kiln.name=}" ;; esac
+done
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  # QEMU user-mode networking: fixed addresses.
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+  echo "nameserver 10.0.2.3" > /etc/resolv.conf
+fi
+echo "kiln-init: starting agent"
+while true; do
+  /sbin/kiln-agent
+  echo "kiln-init: agent exited ($?), restarting"
+  sleep 1
+done
+"#;
+
+/// Writes the archive to `out`.
+pub fn write(parts: &InitramfsParts<'_>, out: &Path) -> Result<(), ImageError> {
+    let file = std::fs::File::create(out).map_err(IoError::at("create", out))?;
+    let mut cpio = CpioWriter::new(std::io::BufWriter::new(file));
+    let read = |path: &Path| std::fs::read(path).map_err(IoError::at("read", path));
+    let io = |err: std::io::Error| IoError::new("write", out, err);
+
+    for dir in [
+        "bin",
+        "sbin",
+        "dev",
+        "etc",
+        "etc/kiln",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "root",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "mnt",
+    ] {
+        cpio.dir(dir, 0o755).map_err(io)?;
+    }
+    cpio.char_device("dev/console", 0o600, 5, 1).map_err(io)?;
+    cpio.file("bin/busybox", 0o755, &read(parts.busybox)?)
+        .map_err(io)?;
+    cpio.symlink("bin/sh", "busybox").map_err(io)?;
+    cpio.file("sbin/kiln-agent", 0o755, &read(parts.agent)?)
+        .map_err(io)?;
+    cpio.file("init", 0o755, INIT.as_bytes()).map_err(io)?;
+    let mut order = String::new();
+    for module in parts.modules {
+        let target = format!("lib/modules/{}.ko", module.name);
+        cpio.file(&target, 0o644, &read(&module.path)?)
+            .map_err(io)?;
+        order.push_str(&module.name);
+        order.push('\n');
+    }
+    cpio.file("etc/kiln/modules", 0o644, order.as_bytes())
+        .map_err(io)?;
+    cpio.file("etc/hostname", 0o644, b"kiln\n").map_err(io)?;
+    let mut writer = cpio.finish().map_err(io)?;
+    std::io::Write::flush(&mut writer).map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! kiln: code-first virtual machines.
+//!
+//! Describe a VM in Rust, and kiln boots it on the daemonless QEMU backend, talks to its guest
+//! agent, and keeps its state under XDG directories:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kiln::Error> {
+//! use kiln::{Kiln, VmSpec, ExecRequest, progress::NoProgress};
+//! let kiln = Kiln::from_env()?;
+//! let spec = VmSpec::builder("web-1").cpus(2).memory_mib(512).build()?;
+//! let vm = kiln.up(spec, &NoProgress).await?;
+//! let output = vm.exec_output(ExecRequest::new(["uname", "-r"])).await?;
+//! println!("{}", String::from_utf8_lossy(&output.stdout));
+//! # Ok(()) }
+//! ```
+
+pub mod accel;
+pub mod agent;
+pub mod backend;
+pub mod doctor;
+mod error;
+pub mod image;
+pub mod progress;
+pub mod spec;
+pub mod state;
+mod vm;
+
+pub use accel::{Accel, AccelChoice, AccelProbe};
+pub use agent::{AgentClient, ExecEvent, ExecOutput};
+pub use error::{Error, IoError, Result};
+pub use kiln_proto::{ExecRequest, ExitStatus, RemoteErrorKind};
+pub use spec::{ByteSize, DiskSpec, NetworkRef, SpecError, VmSpec, VmSpecBuilder};
+pub use state::Paths;
+pub use vm::{BootPolicy, Kiln, Vm, VmInfo, VmState};
+
+/// The default boot policy with another timeout.
+pub fn vm_boot_policy(timeout: std::time::Duration) -> BootPolicy {
+    BootPolicy {
+        timeout,
+        ..BootPolicy::default()
+    }
+}

@@ -1,0 +1,345 @@
+//! What a VM should be: [`VmSpec`] and its parts, built and loaded through one [`validate`].
+
+mod disk;
+mod network;
+mod size;
+
+pub use disk::DiskSpec;
+pub use network::NetworkRef;
+pub use size::{ByteSize, SizeError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::AccelChoice;
+
+/// The smallest memory a kiln guest boots with.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// The most vCPUs a kiln VM may have.
+pub const MAX_CPUS: u32 = 64;
+/// The image used when a spec names none.
+pub const DEFAULT_IMAGE: &str = "default";
+
+/// A spec that failed validation. Each variant names the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid VM name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("a VM needs at least 1 vCPU")]
+    ZeroCpus,
+    #[error("{cpus} vCPUs is more than the {max} kiln allows")]
+    TooManyCpus { cpus: u32, max: u32 },
+    #[error("{memory_mib} MiB of memory is below the {min} MiB a guest needs")]
+    MemoryTooSmall { memory_mib: u64, min: u64 },
+    #[error("{memory_mib} MiB of memory is more than this host has ({host_mib} MiB)")]
+    MemoryTooLarge { memory_mib: u64, host_mib: u64 },
+    #[error("invalid image name {name:?}")]
+    InvalidImage { name: String },
+    #[error("disk {index} is empty: a disk needs a size of at least 1 MiB")]
+    EmptyDisk { index: usize },
+    #[error("network name {name:?} is invalid")]
+    InvalidNetwork { name: String },
+    #[error(transparent)]
+    Size(#[from] SizeError),
+}
+
+impl SpecError {
+    pub fn hint(&self) -> Option<String> {
+        let hint = match self {
+            Self::InvalidName { .. } => {
+                "a name is 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+            }
+            Self::ZeroCpus | Self::TooManyCpus { .. } => "pass --cpus between 1 and 64",
+            Self::MemoryTooSmall { .. } | Self::MemoryTooLarge { .. } => {
+                "pass --memory with a unit, e.g. 512M or 2G"
+            }
+            Self::Size(_) => "sizes are a number with an optional unit: 512M, 2G, 1T",
+            _ => return None,
+        };
+        Some(hint.to_owned())
+    }
+}
+
+/// Checks a VM or network name: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let invalid = |reason| SpecError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    let Some(first) = name.chars().next() else {
+        return Err(invalid("it is empty"));
+    };
+    if name.len() > 63 {
+        return Err(invalid("it is longer than 63 characters"));
+    }
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(invalid("it must start with a lowercase letter or a digit"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(invalid("only a-z, 0-9 and '-' are allowed"));
+    }
+    Ok(())
+}
+
+/// What a VM should be. Build one with [`VmSpec::builder`]; fields are read through getters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "VmSpecFields", into = "VmSpecFields")]
+pub struct VmSpec {
+    fields: VmSpecFields,
+}
+
+/// The plain data of a spec, as stored on disk. Anything loaded goes through [`validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmSpecFields {
+    name: String,
+    cpus: u32,
+    memory_mib: u64,
+    #[serde(default)]
+    disks: Vec<DiskSpec>,
+    #[serde(default)]
+    networks: Vec<NetworkRef>,
+    image: String,
+    #[serde(default)]
+    accel: AccelChoice,
+}
+
+impl TryFrom<VmSpecFields> for VmSpec {
+    type Error = SpecError;
+    fn try_from(fields: VmSpecFields) -> Result<Self, SpecError> {
+        validate(&fields, host_memory_mib())?;
+        Ok(Self { fields })
+    }
+}
+
+impl From<VmSpec> for VmSpecFields {
+    fn from(spec: VmSpec) -> Self {
+        spec.fields
+    }
+}
+
+/// The one check every spec passes, whether built in code or loaded from disk.
+fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), SpecError> {
+    validate_name(&spec.name)?;
+    if spec.cpus == 0 {
+        return Err(SpecError::ZeroCpus);
+    }
+    if spec.cpus > MAX_CPUS {
+        return Err(SpecError::TooManyCpus {
+            cpus: spec.cpus,
+            max: MAX_CPUS,
+        });
+    }
+    if spec.memory_mib < MIN_MEMORY_MIB {
+        return Err(SpecError::MemoryTooSmall {
+            memory_mib: spec.memory_mib,
+            min: MIN_MEMORY_MIB,
+        });
+    }
+    if let Some(host_mib) = host_memory_mib
+        && spec.memory_mib > host_mib
+    {
+        return Err(SpecError::MemoryTooLarge {
+            memory_mib: spec.memory_mib,
+            host_mib,
+        });
+    }
+    if validate_name(&spec.image).is_err() {
+        return Err(SpecError::InvalidImage {
+            name: spec.image.clone(),
+        });
+    }
+    for (index, disk) in spec.disks.iter().enumerate() {
+        if disk.size().mib() == 0 {
+            return Err(SpecError::EmptyDisk { index });
+        }
+    }
+    for network in &spec.networks {
+        network.validate()?;
+    }
+    Ok(())
+}
+
+/// Total memory of this host, from /proc/meminfo; `None` where it cannot be read.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+impl VmSpec {
+    pub fn builder(name: impl Into<String>) -> VmSpecBuilder {
+        VmSpecBuilder {
+            fields: VmSpecFields {
+                name: name.into(),
+                cpus: 1,
+                memory_mib: 512,
+                disks: Vec::new(),
+                networks: Vec::new(),
+                image: DEFAULT_IMAGE.to_owned(),
+                accel: AccelChoice::Auto,
+            },
+            networks_set: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.fields.name
+    }
+    pub fn cpus(&self) -> u32 {
+        self.fields.cpus
+    }
+    pub fn memory_mib(&self) -> u64 {
+        self.fields.memory_mib
+    }
+    pub fn disks(&self) -> &[DiskSpec] {
+        &self.fields.disks
+    }
+    pub fn networks(&self) -> &[NetworkRef] {
+        &self.fields.networks
+    }
+    pub fn image(&self) -> &str {
+        &self.fields.image
+    }
+    pub fn accel(&self) -> AccelChoice {
+        self.fields.accel
+    }
+}
+
+/// Builds a [`VmSpec`]; [`build`](Self::build) validates.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct VmSpecBuilder {
+    fields: VmSpecFields,
+    networks_set: bool,
+}
+
+impl VmSpecBuilder {
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.fields.cpus = cpus;
+        self
+    }
+    pub fn memory_mib(mut self, mib: u64) -> Self {
+        self.fields.memory_mib = mib;
+        self
+    }
+    pub fn memory_gib(mut self, gib: u64) -> Self {
+        self.fields.memory_mib = gib.saturating_mul(1024);
+        self
+    }
+    pub fn memory(mut self, size: ByteSize) -> Self {
+        self.fields.memory_mib = size.mib();
+        self
+    }
+    pub fn disk(mut self, disk: DiskSpec) -> Self {
+        self.fields.disks.push(disk);
+        self
+    }
+    /// Adds a NIC. Without any, a VM gets one user-mode (NAT) NIC.
+    pub fn network(mut self, network: NetworkRef) -> Self {
+        self.fields.networks.push(network);
+        self.networks_set = true;
+        self
+    }
+    /// No NIC at all.
+    pub fn no_network(mut self) -> Self {
+        self.fields.networks.clear();
+        self.networks_set = true;
+        self
+    }
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.fields.image = image.into();
+        self
+    }
+    pub fn accel(mut self, accel: AccelChoice) -> Self {
+        self.fields.accel = accel;
+        self
+    }
+
+    pub fn build(mut self) -> Result<VmSpec, SpecError> {
+        if !self.networks_set {
+            self.fields.networks.push(NetworkRef::User);
+        }
+        VmSpec::try_from(self.fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_pattern() {
+        for good in ["a", "web-1", "0vm", &"a".repeat(63)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "Web",
+            "a_b",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(SpecError::InvalidName { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn builder_rejects_bad_cpu_and_memory() {
+        assert_eq!(
+            VmSpec::builder("a").cpus(0).build(),
+            Err(SpecError::ZeroCpus)
+        );
+        assert!(matches!(
+            VmSpec::builder("a").cpus(65).build(),
+            Err(SpecError::TooManyCpus { cpus: 65, .. })
+        ));
+        assert!(matches!(
+            VmSpec::builder("a").memory_mib(63).build(),
+            Err(SpecError::MemoryTooSmall { memory_mib: 63, .. })
+        ));
+        assert!(matches!(
+            validate(&VmSpec::builder("a").build().unwrap().fields, Some(256)),
+            Err(SpecError::MemoryTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn default_spec_has_one_user_nic_and_the_default_image() {
+        let spec = VmSpec::builder("web-1").build().unwrap();
+        assert_eq!(spec.networks(), &[NetworkRef::User]);
+        assert_eq!(spec.image(), DEFAULT_IMAGE);
+        assert_eq!(spec.cpus(), 1);
+    }
+
+    #[test]
+    fn loaded_specs_go_through_the_same_validation() {
+        let json = r#"{"name":"Bad Name","cpus":1,"memory_mib":512,"image":"default"}"#;
+        let err = serde_json::from_str::<VmSpec>(json).unwrap_err();
+        assert!(err.to_string().contains("invalid VM name"), "{err}");
+        let unknown = r#"{"name":"a","cpus":1,"memory_mib":512,"image":"default","gpu":true}"#;
+        assert!(serde_json::from_str::<VmSpec>(unknown).is_err());
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = VmSpec::builder("web-1")
+            .cpus(2)
+            .memory_gib(1)
+            .disk(DiskSpec::new_gib(4))
+            .build()
+            .unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), spec);
+    }
+}

@@ -1,0 +1,14 @@
+//! kiln's state on disk: where it lives, how it is written, how it is locked.
+//!
+//! Everything a VM owns lives in one directory (`0700`); files are written atomically
+//! (temp file + rename) so a kiln killed at any point leaves either the old or the new file.
+
+mod fsutil;
+mod lock;
+mod paths;
+mod record;
+
+pub use fsutil::{create_private_dir, read_json, write_atomic, write_json_atomic};
+pub use lock::Lock;
+pub use paths::{Paths, VmPaths};
+pub use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord};

@@ -1,0 +1,157 @@
+use std::path::{Path, PathBuf};
+
+use crate::{Error, IoError, Result};
+
+/// Where a Unix socket path must fit (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The directories kiln uses.
+///
+/// `KILN_HOME` puts everything under one directory (tests give each test its own);
+/// `KILN_CACHE_DIR` moves only the image cache (tests share one). Otherwise the XDG base
+/// directories are used: data in `$XDG_DATA_HOME/kiln`, images in `$XDG_CACHE_HOME/kiln`,
+/// sockets in `$XDG_RUNTIME_DIR/kiln` (or the data directory when that is unset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    data: PathBuf,
+    cache: PathBuf,
+    runtime: PathBuf,
+}
+
+impl Paths {
+    pub fn new(data: PathBuf, cache: PathBuf, runtime: PathBuf) -> Self {
+        Self {
+            data,
+            cache,
+            runtime,
+        }
+    }
+
+    /// All of kiln's state under one root.
+    pub fn under(root: &Path) -> Self {
+        Self::new(root.join("data"), root.join("cache"), root.join("run"))
+    }
+
+    pub fn from_env() -> Result<Self> {
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let mut paths = if let Some(root) = var("KILN_HOME") {
+            Self::under(&root)
+        } else {
+            let home = var("HOME").unwrap_or_else(|| PathBuf::from("/root"));
+            let data = var("XDG_DATA_HOME")
+                .unwrap_or_else(|| home.join(".local/share"))
+                .join("kiln");
+            let cache = var("XDG_CACHE_HOME")
+                .unwrap_or_else(|| home.join(".cache"))
+                .join("kiln");
+            let runtime = var("XDG_RUNTIME_DIR")
+                .map(|d| d.join("kiln"))
+                .unwrap_or_else(|| data.join("run"));
+            Self::new(data, cache, runtime)
+        };
+        if let Some(cache) = var("KILN_CACHE_DIR") {
+            paths.cache = cache;
+        }
+        Ok(paths)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache
+    }
+    pub fn vms_dir(&self) -> PathBuf {
+        self.data.join("vms")
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.data.join("locks")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.cache.join("images")
+    }
+    pub fn debs_dir(&self) -> PathBuf {
+        self.cache.join("debs")
+    }
+
+    pub fn vm(&self, name: &str) -> VmPaths {
+        VmPaths {
+            dir: self.vms_dir().join(name),
+            run: self.runtime.join("vms").join(name),
+            lock: self.locks_dir().join(format!("{name}.lock")),
+        }
+    }
+}
+
+/// The files of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    dir: PathBuf,
+    run: PathBuf,
+    lock: PathBuf,
+}
+
+impl VmPaths {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+    pub fn lock(&self) -> &Path {
+        &self.lock
+    }
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+    pub fn secret(&self) -> PathBuf {
+        self.dir.join("secret")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.run.join("qemu.pid")
+    }
+    pub fn disk(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("disk{index}.qcow2"))
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run.join("qmp.sock")
+    }
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run.join("agent.sock")
+    }
+
+    /// Refuses socket paths the kernel could not bind.
+    pub fn check_socket_paths(&self) -> Result<()> {
+        for path in [self.qmp_socket(), self.agent_socket()] {
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(Error::SocketPathTooLong {
+                    path,
+                    max: MAX_SOCKET_PATH,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the VM's directories; missing ones are fine.
+    pub fn remove_all(&self) -> Result<()> {
+        for dir in [&self.run, &self.dir] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(IoError::new("remove", dir, err).into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{Accel, VmSpec};
+
+/// Bumped when the record's meaning changes; new fields use `#[serde(default)]` instead.
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Qemu,
+}
+
+/// What kiln knows about one VM, stored as `vm.json` in its directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub version: u32,
+    pub spec: VmSpec,
+    pub backend: BackendKind,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// The image's manifest digest the VM was created from.
+    pub image_digest: String,
+    /// Whether the user wants it running: a dead QEMU with `true` here crashed or was killed.
+    #[serde(default)]
+    pub should_run: bool,
+    /// The machine process last started.
+    #[serde(default)]
+    pub machine: Option<MachineRecord>,
+    /// Why the last boot or stop went wrong, shown by `kiln ls`.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// A started QEMU process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub pid: u32,
+    pub accel: Accel,
+    pub accel_reason: String,
+    pub started_at: u64,
+}

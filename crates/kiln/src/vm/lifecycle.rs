@@ -1,0 +1,277 @@
+//! Creating, starting, stopping and removing VMs. Each verb holds the VM's lock, so two
+//! kilns never act on one VM at once; a kiln killed mid-verb leaves files the next verb
+//! recognises and cleans up.
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::{Kiln, Vm, VmState, now_secs, read_record};
+use crate::agent::AgentClient;
+use crate::backend::Launch;
+use crate::image::join_error;
+use crate::progress::{self, Event, Reporter, Stage};
+use crate::state::{self, BackendKind, Lock, MachineRecord, RECORD_VERSION, VmPaths, VmRecord};
+use crate::{Error, IoError, Result, VmSpec};
+
+/// How long a guest gets to power off by itself before its machine is killed.
+const GRACEFUL_STOP: Duration = Duration::from_secs(15);
+
+async fn lock(paths: &VmPaths) -> Result<Lock> {
+    let path = paths.lock().to_owned();
+    tokio::task::spawn_blocking(move || Lock::acquire(&path))
+        .await
+        .map_err(join_error)?
+}
+
+fn serial_tail(paths: &VmPaths, lines: usize) -> String {
+    let log = std::fs::read(paths.serial_log()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&log);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Kiln {
+    /// Creates a VM from `spec` and boots it; returns once its agent answers.
+    pub async fn up(&self, spec: VmSpec, reporter: &dyn Reporter) -> Result<Vm> {
+        let name = spec.name().to_owned();
+        let paths = self.paths.vm(&name);
+        paths.check_socket_paths()?;
+        let _lock = lock(&paths).await?;
+        if read_record(&paths)?.is_some() {
+            return Err(Error::VmAlreadyExists { name });
+        }
+        // A directory without a record is what a killed `up` leaves: start over.
+        self.backend.kill(&paths).await?;
+        paths.remove_all()?;
+
+        let probe = self.accel_probe();
+        let accel = probe.choose(spec.accel())?;
+        reporter.report(Event::AccelChosen {
+            accel,
+            reason: probe.reason.clone(),
+        });
+        let image = self
+            .images
+            .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
+            .await?;
+
+        let record = progress::stage(reporter, Stage::CreateVm, async {
+            state::create_private_dir(paths.dir())?;
+            state::create_private_dir(paths.run_dir())?;
+            let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+            getrandom::fill(&mut secret).map_err(|e| {
+                IoError::new(
+                    "generate",
+                    paths.secret(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            state::write_atomic(&paths.secret(), &secret)?;
+            self.backend.create(&spec, &paths).await?;
+            let record = VmRecord {
+                version: RECORD_VERSION,
+                spec: spec.clone(),
+                backend: BackendKind::Qemu,
+                created_at: now_secs(),
+                image_digest: image.manifest.digest(),
+                should_run: true,
+                machine: None,
+                last_error: None,
+            };
+            // From here on the VM exists.
+            state::write_json_atomic(&paths.record(), &record)?;
+            Ok::<_, Error>(record)
+        })
+        .await?;
+        self.boot(record, paths, accel, &probe.reason, reporter)
+            .await
+    }
+
+    /// Starts a stopped VM and waits for its agent. A running VM is left alone.
+    pub async fn start(&self, name: &str, reporter: &dyn Reporter) -> Result<Vm> {
+        let vm = self.get(name).await?;
+        let _lock = lock(&vm.paths).await?;
+        let record = read_record(&vm.paths)?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        if self.backend.running_pid(&vm.paths).await.is_some() {
+            reporter.report(Event::Note {
+                message: format!("{name} is already running"),
+            });
+            return Ok(Vm { record, ..vm });
+        }
+        let probe = self.accel_probe();
+        let accel = probe.choose(record.spec.accel())?;
+        reporter.report(Event::AccelChosen {
+            accel,
+            reason: probe.reason.clone(),
+        });
+        self.boot(record, vm.paths, accel, &probe.reason, reporter)
+            .await
+    }
+
+    /// Starts the machine and waits for the agent, retrying a boot that stalls.
+    async fn boot(
+        &self,
+        mut record: VmRecord,
+        paths: VmPaths,
+        accel: crate::Accel,
+        accel_reason: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        let name = record.spec.name().to_owned();
+        let image = self.images.get(record.spec.image())?;
+        if image.manifest.digest() != record.image_digest {
+            info!(
+                "{name}: image {} was rebuilt since the VM was created",
+                image.name()
+            );
+            record.image_digest = image.manifest.digest();
+        }
+        let mut failure = String::new();
+        for attempt in 1..=self.boot.attempts.max(1) {
+            let launch = Launch {
+                spec: &record.spec,
+                image: &image,
+                paths: &paths,
+                accel,
+                accel_reason,
+            };
+            let machine: MachineRecord =
+                progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
+            record.machine = Some(machine);
+            record.should_run = true;
+            record.last_error = None;
+            state::write_json_atomic(&paths.record(), &record)?;
+
+            let waited =
+                progress::stage(reporter, Stage::WaitAgent, self.wait_for_agent(&paths)).await;
+            match waited {
+                Ok(client) => {
+                    info!(
+                        "{name} is ready: agent {}, kernel {}",
+                        client.info().agent_version,
+                        client.info().kernel_release
+                    );
+                    return Ok(Vm {
+                        name,
+                        paths,
+                        record,
+                        backend: self.backend.clone(),
+                    });
+                }
+                Err(reason) => {
+                    failure = reason;
+                    self.backend.kill(&paths).await?;
+                    if attempt < self.boot.attempts {
+                        warn!("{name}: boot attempt {attempt} failed: {failure}; retrying");
+                        reporter.report(Event::Note {
+                            message: format!("boot attempt {attempt} failed ({failure}); retrying"),
+                        });
+                    }
+                }
+            }
+        }
+        record.should_run = false;
+        record.last_error = Some(format!("boot failed: {failure}"));
+        state::write_json_atomic(&paths.record(), &record)?;
+        Err(Error::BootFailed {
+            name,
+            reason: failure,
+            serial_tail: serial_tail(&paths, 20),
+        })
+    }
+
+    /// Waits for the agent's handshake while watching that the machine still runs.
+    async fn wait_for_agent(&self, paths: &VmPaths) -> std::result::Result<AgentClient, String> {
+        let secret_path = paths.secret();
+        let secret = std::fs::read(&secret_path)
+            .map_err(|e| format!("cannot read {}: {e}", secret_path.display()))?;
+        let timeout = self.boot.timeout;
+        let started = Instant::now();
+        let socket = paths.agent_socket();
+        let connect = AgentClient::connect(&socket, &secret, timeout);
+        tokio::pin!(connect);
+        loop {
+            tokio::select! {
+                result = &mut connect => {
+                    return result.map_err(|e| match e {
+                        crate::agent::AgentError::Timeout { .. } => {
+                            format!("the agent did not answer within {}s", timeout.as_secs())
+                        }
+                        other => other.to_string(),
+                    });
+                }
+                () = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if self.backend.running_pid(paths).await.is_none() {
+                        return Err(format!(
+                            "qemu exited {:.1}s into the boot",
+                            started.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Powers a VM off: the agent asks the guest to shut down, and the machine is killed if
+    /// it has not exited after a grace period. A stopped VM is left alone.
+    pub async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        let vm = self.get(name).await?;
+        let _lock = lock(&vm.paths).await?;
+        let mut record = read_record(&vm.paths)?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        progress::stage(reporter, Stage::Stop, async {
+            if self.backend.running_pid(&vm.paths).await.is_some() {
+                let graceful = async {
+                    let agent = vm.agent_within(Duration::from_secs(5)).await?;
+                    agent.shutdown().await?;
+                    Ok::<_, Error>(())
+                };
+                if let Err(err) = graceful.await {
+                    warn!("{name}: graceful shutdown failed ({err}); killing the machine");
+                }
+                let deadline = Instant::now() + GRACEFUL_STOP;
+                while Instant::now() < deadline
+                    && self.backend.running_pid(&vm.paths).await.is_some()
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                self.backend.kill(&vm.paths).await?;
+            }
+            record.should_run = false;
+            record.last_error = None;
+            state::write_json_atomic(&vm.paths.record(), &record)
+        })
+        .await
+    }
+
+    /// Removes a VM and everything it owns. A running VM needs `force`.
+    pub async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()> {
+        crate::spec::validate_name(name)?;
+        let paths = self.paths.vm(name);
+        let _lock = lock(&paths).await?;
+        if read_record(&paths).ok().flatten().is_none() && !paths.dir().exists() {
+            return Err(Error::VmNotFound {
+                name: name.to_owned(),
+            });
+        }
+        progress::stage(reporter, Stage::Remove, async {
+            if self.backend.running_pid(&paths).await.is_some() {
+                if !force {
+                    return Err(Error::WrongState {
+                        name: name.to_owned(),
+                        state: VmState::Running,
+                        action: "rm",
+                        needed: VmState::Stopped,
+                    });
+                }
+                self.backend.kill(&paths).await?;
+            }
+            paths.remove_all()
+        })
+        .await
+    }
+}

@@ -1,0 +1,260 @@
+//! VMs: the [`Kiln`] context and its verbs. State on disk is reconciled with reality (the
+//! machine's pidfile and `/proc`) on every read, never trusted blindly.
+
+mod lifecycle;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::agent::{AgentClient, ExecOutput};
+use crate::backend::Backend;
+use crate::backend::qemu::QemuBackend;
+use crate::image::{ImageInputs, ImageStore};
+use crate::state::{self, Paths, VmPaths, VmRecord};
+use crate::{Accel, AccelProbe, Error, ExecRequest, IoError, Result};
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How long a boot may take before it counts as failed, and how often it is tried.
+#[derive(Debug, Clone, Copy)]
+pub struct BootPolicy {
+    pub timeout: Duration,
+    pub attempts: u32,
+}
+
+impl Default for BootPolicy {
+    /// TCG boots take seconds (about 4 s measured on a PVM host); a minute covers slow hosts.
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            attempts: 2,
+        }
+    }
+}
+
+/// The entry point of the library: where state lives and which backend runs VMs.
+#[derive(Debug, Clone)]
+pub struct Kiln {
+    paths: Paths,
+    backend: Arc<dyn Backend>,
+    images: ImageStore,
+    image_inputs: Option<ImageInputs>,
+    boot: BootPolicy,
+}
+
+impl Kiln {
+    /// State from the environment (`KILN_HOME` or XDG), the daemonless QEMU backend.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::new(Paths::from_env()?, Arc::new(QemuBackend::new())))
+    }
+
+    pub fn new(paths: Paths, backend: Arc<dyn Backend>) -> Self {
+        Self {
+            images: ImageStore::new(paths.clone()),
+            paths,
+            backend,
+            image_inputs: None,
+            boot: BootPolicy::default(),
+        }
+    }
+
+    /// Builds images from these inputs instead of discovering them.
+    #[must_use]
+    pub fn with_image_inputs(mut self, inputs: ImageInputs) -> Self {
+        self.image_inputs = Some(inputs);
+        self
+    }
+
+    #[must_use]
+    pub fn with_boot_policy(mut self, boot: BootPolicy) -> Self {
+        self.boot = boot;
+        self
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    pub fn accel_probe(&self) -> AccelProbe {
+        AccelProbe::probe()
+    }
+
+    /// A handle on an existing VM.
+    pub async fn get(&self, name: &str) -> Result<Vm> {
+        crate::spec::validate_name(name).map_err(Error::Spec)?;
+        let paths = self.paths.vm(name);
+        let record = read_record(&paths)?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        Ok(Vm {
+            name: name.to_owned(),
+            paths,
+            record,
+            backend: self.backend.clone(),
+        })
+    }
+
+    /// What is known of one VM, checked against reality.
+    pub async fn info(&self, name: &str) -> Result<VmInfo> {
+        Ok(self.get(name).await?.info().await)
+    }
+
+    /// Every VM, sorted by name.
+    pub async fn list(&self) -> Result<Vec<VmInfo>> {
+        let dir = self.paths.vms_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(IoError::new("list", dir, err).into()),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let mut infos = Vec::new();
+        for name in names {
+            match self.get(&name).await {
+                Ok(vm) => infos.push(vm.info().await),
+                // A directory without a record is a create that was interrupted: not a VM.
+                Err(Error::VmNotFound { .. } | Error::Spec(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(infos)
+    }
+}
+
+fn read_record(paths: &VmPaths) -> Result<Option<VmRecord>> {
+    state::read_json(&paths.record())
+}
+
+/// Whether a VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Running,
+    Stopped,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        })
+    }
+}
+
+/// A VM as `kiln ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    /// Why a VM is in its state when that is not what was asked for.
+    pub detail: Option<String>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub image: String,
+    pub accel: Option<Accel>,
+    pub pid: Option<u32>,
+    pub created_at: u64,
+}
+
+/// A handle on one VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    name: String,
+    paths: VmPaths,
+    record: VmRecord,
+    backend: Arc<dyn Backend>,
+}
+
+impl Vm {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn paths(&self) -> &VmPaths {
+        &self.paths
+    }
+
+    pub fn record(&self) -> &VmRecord {
+        &self.record
+    }
+
+    pub async fn state(&self) -> VmState {
+        match self.backend.running_pid(&self.paths).await {
+            Some(_) => VmState::Running,
+            None => VmState::Stopped,
+        }
+    }
+
+    pub async fn info(&self) -> VmInfo {
+        let pid = self.backend.running_pid(&self.paths).await;
+        let state = if pid.is_some() {
+            VmState::Running
+        } else {
+            VmState::Stopped
+        };
+        let detail = match (state, self.record.should_run) {
+            (VmState::Stopped, true) => Some(
+                self.record
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "qemu exited unexpectedly".to_owned()),
+            ),
+            (VmState::Stopped, false) => self.record.last_error.clone(),
+            (VmState::Running, _) => None,
+        };
+        let spec = &self.record.spec;
+        VmInfo {
+            name: self.name.clone(),
+            state,
+            detail,
+            cpus: spec.cpus(),
+            memory_mib: spec.memory_mib(),
+            image: spec.image().to_owned(),
+            accel: self.record.machine.as_ref().map(|m| m.accel),
+            pid,
+            created_at: self.record.created_at,
+        }
+    }
+
+    /// Connects to the guest agent (the VM must run).
+    pub async fn agent(&self) -> Result<AgentClient> {
+        self.agent_within(Duration::from_secs(30)).await
+    }
+
+    pub async fn agent_within(&self, timeout: Duration) -> Result<AgentClient> {
+        let state = self.state().await;
+        if state != VmState::Running {
+            return Err(Error::WrongState {
+                name: self.name.clone(),
+                state,
+                action: "exec",
+                needed: VmState::Running,
+            });
+        }
+        let secret_path = self.paths.secret();
+        let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
+        Ok(AgentClient::connect(&self.paths.agent_socket(), &secret, timeout).await?)
+    }
+
+    /// Runs a command and collects its output.
+    pub async fn exec_output(&self, request: ExecRequest) -> Result<ExecOutput> {
+        let agent = self.agent().await?;
+        Ok(agent.exec(request).await?.output().await?)
+    }
+}
