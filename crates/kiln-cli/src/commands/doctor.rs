@@ -1,0 +1,32 @@
+use kiln::Paths;
+use kiln::doctor::{self, Status};
+
+use super::Outcome;
+use crate::ui;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: Args) -> Outcome {
+    let diagnosis = doctor::diagnose(&Paths::from_env()?).await;
+    if args.json {
+        ui::print_json(&diagnosis)?;
+    } else {
+        for check in &diagnosis.checks {
+            let mark = match check.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            println!("{mark}  {:<17} {}", check.name, check.detail);
+            if let Some(fix) = &check.fix {
+                println!("      {:<17} fix: {}", "", fix.join(" "));
+            }
+        }
+    }
+    Ok(if diagnosis.ok() { 0 } else { 1 })
+}

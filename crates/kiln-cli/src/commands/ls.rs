@@ -1,0 +1,47 @@
+use kiln::{ByteSize, Kiln};
+
+use super::Outcome;
+use crate::ui;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: Args) -> Outcome {
+    let vms = Kiln::from_env()?.list().await?;
+    if args.json {
+        ui::print_json(&vms)?;
+        return Ok(0);
+    }
+    if vms.is_empty() {
+        eprintln!("No VMs. Create one with `kiln up NAME`.");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|vm| {
+            vec![
+                vm.name.clone(),
+                vm.state.to_string(),
+                vm.cpus.to_string(),
+                ByteSize::from_mib(vm.memory_mib).to_string(),
+                vm.accel
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                vm.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                vm.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        ui::table(
+            &["NAME", "STATE", "CPUS", "MEMORY", "ACCEL", "PID", "DETAIL"],
+            &rows
+        )
+    );
+    Ok(0)
+}

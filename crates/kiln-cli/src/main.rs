@@ -1,0 +1,83 @@
+//! `kiln`: the command line. Parses arguments, calls one library function per command, and
+//! renders the result. It alone owns the terminal.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod commands;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Code-first virtual machines",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a VM and boot it (builds the image on first use)
+    Up(commands::up::Args),
+    /// List VMs
+    Ls(commands::ls::Args),
+    /// Run a command in a VM, streaming its output; exits with the command's exit code
+    Exec(commands::exec::Args),
+    /// Show a VM's serial console log
+    Logs(commands::logs::Args),
+    /// Power a VM off
+    Stop(commands::stop::Args),
+    /// Boot a stopped VM
+    Start(commands::start::Args),
+    /// Remove a VM and its files
+    Rm(commands::rm::Args),
+    /// Check this host: QEMU, acceleration, image inputs
+    Doctor(commands::doctor::Args),
+    /// Build and list guest images
+    #[command(subcommand)]
+    Image(commands::image::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ui::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => commands::up::run(args).await,
+            Command::Ls(args) => commands::ls::run(args).await,
+            Command::Exec(args) => commands::exec::run(args).await,
+            Command::Logs(args) => commands::logs::run(args).await,
+            Command::Stop(args) => commands::stop::run(args).await,
+            Command::Start(args) => commands::start::run(args).await,
+            Command::Rm(args) => commands::rm::run(args).await,
+            Command::Doctor(args) => commands::doctor::run(args).await,
+            Command::Image(command) => commands::image::run(command).await,
+        }
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(err) => {
+            ui::print_error(&err);
+            1
+        }
+    };
+    // Exit without waiting for a stdin reader blocked in the runtime's thread pool.
+    std::process::exit(code)
+}

@@ -1,0 +1,155 @@
+//! Everything the user sees: progress on stderr, results on stdout, errors with their causes
+//! and a hint.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::progress::{Event, Reporter};
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Prints `error:` with the error, `caused by:` for each source, and `hint:` if known.
+pub fn print_error(err: &kiln::Error) {
+    eprintln!("error: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        // Transparent wrappers repeat their inner message: print each sentence once.
+        if cause.to_string() != err.to_string() {
+            eprintln!("caused by: {cause}");
+        }
+        source = cause.source();
+    }
+    if let kiln::Error::BootFailed { serial_tail, .. } = err
+        && !serial_tail.is_empty()
+    {
+        eprintln!("last lines of the guest console:");
+        for line in serial_tail.lines() {
+            eprintln!("  | {line}");
+        }
+    }
+    if let Some(hint) = err.hint() {
+        eprintln!("hint: {hint}");
+    }
+}
+
+/// Shows stages as spinners on a terminal, as plain lines otherwise.
+pub struct Progress {
+    tty: bool,
+    current: Mutex<Option<ProgressBar>>,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            current: Mutex::new(None),
+        }
+    }
+
+    fn finish_current(&self) {
+        if let Ok(mut current) = self.current.lock()
+            && let Some(bar) = current.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn report(&self, event: Event) {
+        match event {
+            Event::AccelChosen { accel, reason } => {
+                eprintln!("  accel     {accel} ({reason})");
+            }
+            Event::StageStarted { stage } => {
+                if self.tty {
+                    let bar = ProgressBar::new_spinner();
+                    if let Ok(style) = ProgressStyle::with_template("  {spinner} {msg} {elapsed}") {
+                        bar.set_style(style);
+                    }
+                    bar.set_message(stage.label());
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                    if let Ok(mut current) = self.current.lock() {
+                        *current = Some(bar);
+                    }
+                }
+            }
+            Event::StageDone { stage, elapsed } => {
+                self.finish_current();
+                eprintln!(
+                    "  done      {} ({:.2}s)",
+                    stage.label(),
+                    elapsed.as_secs_f64()
+                );
+            }
+            Event::Note { message } => {
+                self.finish_current();
+                eprintln!("  note      {message}");
+            }
+        }
+    }
+}
+
+/// Renders rows as aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn print_json<T: serde::Serialize>(value: &T) -> kiln::Result<()> {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => {
+            println!("{json}");
+            Ok(())
+        }
+        Err(err) => {
+            eprintln!("error: cannot render JSON: {err}");
+            Ok(())
+        }
+    }
+}
+
+/// clap value parser for VM names: a bad name is a usage error (exit 2).
+pub fn parse_name(name: &str) -> Result<String, String> {
+    kiln::spec::validate_name(name)
+        .map(|()| name.to_owned())
+        .map_err(|err| match err.hint() {
+            Some(hint) => format!("{err}\n  hint: {hint}"),
+            None => err.to_string(),
+        })
+}

@@ -1,0 +1,190 @@
+//! The `kiln` binary as a user runs it: messages and exit codes.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::process::Output;
+
+use kiln_testkit::TestEnv;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn run(env: &TestEnv, args: &[&str]) -> Output {
+    env.cli(KILN).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let env = TestEnv::new();
+    let out = run(&env, &["--help"]);
+    assert!(out.status.success());
+    for command in [
+        "up", "ls", "exec", "logs", "stop", "start", "rm", "doctor", "image",
+    ] {
+        assert!(stdout(&out).contains(command), "help lacks {command}");
+    }
+}
+
+#[test]
+fn unknown_command_is_a_usage_error() {
+    let env = TestEnv::new();
+    let out = run(&env, &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unrecognized subcommand"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn invalid_names_and_sizes_are_usage_errors_with_a_hint() {
+    let env = TestEnv::new();
+    for name in ["Web", "a/b", "..", "has space", &"x".repeat(64)] {
+        let out = run(&env, &["up", name]);
+        assert_eq!(out.status.code(), Some(2), "name {name:?}");
+        assert!(stderr(&out).contains("invalid VM name"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
+    }
+    for size in ["0x", "-1G", "1PB"] {
+        let out = run(&env, &["up", "ok", "--memory", size]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "size {size:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Nothing was created by any of these.
+    assert!(!env.home().join("data/vms").exists());
+}
+
+#[test]
+fn zero_cpus_and_tiny_memory_are_refused_with_a_hint() {
+    let env = TestEnv::new();
+    let out = run(&env, &["up", "small", "--memory", "32M"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: 32 MiB of memory is below"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("hint:"));
+    let out = run(&env, &["up", "small", "--cpus", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("at least 1 vCPU"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_vm_says_so_and_how_to_list() {
+    let env = TestEnv::new();
+    for args in [
+        &["exec", "ghost", "--", "true"][..],
+        &["stop", "ghost"],
+        &["rm", "ghost"],
+    ] {
+        let out = run(&env, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("error: VM ghost not found"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("hint: `kiln ls`"), "{}", stderr(&out));
+    }
+    let out = run(&env, &["ls", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), "[]");
+}
+
+#[test]
+fn doctor_reports_acceleration_with_its_reason() {
+    let env = TestEnv::new();
+    let out = run(&env, &["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let accel = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "acceleration")
+        .unwrap();
+    let detail = accel["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("kvm") || detail.starts_with("tcg"),
+        "{detail}"
+    );
+}
+
+/// One real VM through the CLI: up, ls, exec, a duplicate up, an exec on a stopped VM, rm.
+#[test]
+fn lifecycle_through_the_cli() {
+    let env = TestEnv::new();
+    let out = run(&env, &["up", "cli-vm", "--memory", "256M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("accel"),
+        "up must say which accelerator: {}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &env,
+        &[
+            "exec",
+            "cli-vm",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "hi\n");
+    assert_eq!(stderr(&out), "oops\n");
+
+    let out = run(&env, &["exec", "cli-vm", "--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+
+    let out = run(&env, &["up", "cli-vm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("error: VM cli-vm already exists"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("hint:"));
+
+    let out = run(&env, &["ls", "--json"]);
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(vms[0]["name"], "cli-vm");
+    assert_eq!(vms[0]["state"], "running");
+
+    let out = run(&env, &["stop", "cli-vm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&env, &["exec", "cli-vm", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is stopped; exec needs it running"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("hint: start it with `kiln start cli-vm`"));
+
+    let out = run(&env, &["logs", "cli-vm"]);
+    assert!(
+        stdout(&out).contains("kiln-init: starting agent"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(&env, &["rm", "cli-vm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&env, &["ls", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]");
+}
