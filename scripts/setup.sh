@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs what kiln needs on a Debian 12 host, idempotently: QEMU 10 from bookworm-backports
+# (the image's qemu-utils 10 conflicts with bookworm's qemu-system 7.2), busybox-static, and the
+# tools kiln's image builder calls (apt-get download, dpkg-deb). Safe to run again: it only acts
+# on what is missing.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_backports_source() {
+  local list=/etc/apt/sources.list.d/kiln-bookworm-backports.sources
+  if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
+    return 0
+  fi
+  # Reuse the mirror of the existing Debian source instead of hard-coding one.
+  local uri
+  uri=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  if [ -z "$uri" ]; then
+    uri=$(awk '/^deb / && $0 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+  fi
+  [ -n "$uri" ] || { log "cannot find the Debian mirror in /etc/apt; add bookworm-backports by hand"; exit 1; }
+  log "adding bookworm-backports from $uri"
+  as_root tee "$list" >/dev/null <<SRC
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  APT_UPDATED=0
+}
+
+APT_UPDATED=0
+apt_update_once() {
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    log "apt-get update"
+    as_root apt-get update -qq
+    APT_UPDATED=1
+  fi
+}
+
+missing_packages() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || printf '%s ' "$p"
+  done
+}
+
+main() {
+  export DEBIAN_FRONTEND=noninteractive
+  ensure_backports_source
+  # kiln's image builder runs `apt-get download` for the kernel: that needs fresh package lists.
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*bookworm-backports*Packages*' -print -quit 2>/dev/null)" ]; then
+    APT_UPDATED=0
+    apt_update_once
+  fi
+
+  local want_bpo want
+  want_bpo=$(missing_packages qemu-system-x86)
+  if [ -n "$want_bpo" ]; then
+    apt_update_once
+    log "installing from bookworm-backports: $want_bpo"
+    # shellcheck disable=SC2086
+    as_root apt-get install -y -qq -t bookworm-backports --no-install-recommends $want_bpo qemu-system-data >/dev/null
+  fi
+  want=$(missing_packages busybox-static dpkg xz-utils)
+  if [ -n "$want" ]; then
+    apt_update_once
+    log "installing: $want"
+    # shellcheck disable=SC2086
+    as_root apt-get install -y -qq --no-install-recommends $want >/dev/null
+  fi
+  log "ready: $(qemu-system-x86_64 --version | head -n1)"
+}
+
+main "$@"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up what is missing on this host, then runs the whole test suite: formatting, lints,
+# unit tests, and the integration tests that boot real VMs under QEMU (TCG where KVM cannot
+# run stock guests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+scripts/build-agent.sh >/dev/null
+
+echo "== cargo fmt" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+echo "== tests" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
