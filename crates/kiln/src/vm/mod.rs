@@ -87,6 +87,14 @@ impl Kiln {
         &self.images
     }
 
+    pub fn image_inputs(&self) -> Option<&ImageInputs> {
+        self.image_inputs.as_ref()
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
     pub fn accel_probe(&self) -> AccelProbe {
         AccelProbe::probe()
     }
@@ -129,6 +137,8 @@ impl Kiln {
                 Ok(vm) => infos.push(vm.info().await),
                 // A directory without a record is a create that was interrupted: not a VM.
                 Err(Error::VmNotFound { .. } | Error::Spec(_)) => {}
+                // One damaged record must not hide the other VMs.
+                Err(err @ Error::CorruptState { .. }) => log::warn!("skipping {name}: {err}"),
                 Err(err) => return Err(err),
             }
         }
