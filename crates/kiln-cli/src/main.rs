@@ -42,6 +42,9 @@ enum Command {
     /// Build and list guest images
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Measure boot and exec against bare QEMU, in one run
+    #[command(subcommand)]
+    Bench(commands::bench::Command),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             Command::Rm(args) => commands::rm::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Image(command) => commands::image::run(command).await,
+            Command::Bench(command) => commands::bench::run(command).await,
         }
     });
     let code = match result {

@@ -17,6 +17,7 @@
 pub mod accel;
 pub mod agent;
 pub mod backend;
+pub mod bench;
 pub mod doctor;
 mod error;
 pub mod image;

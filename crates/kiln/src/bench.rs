@@ -1,0 +1,208 @@
+//! Benchmarks: kiln against bare QEMU, measured in the same run on the same host. Speed goals
+//! live here, never in timed tests. Nothing here prints: a report comes back to the caller.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backend::Launch;
+use crate::progress::{Event, NoProgress, Reporter};
+use crate::{ExecRequest, Kiln, Result, VmSpec, state};
+
+/// What init prints on the serial console just before it starts the agent.
+pub const INIT_MARKER: &str = "kiln-init: starting agent";
+
+/// Median and tail of a set of samples, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[Duration]) -> Self {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if ms.is_empty() {
+                return 0.0;
+            }
+            let i = ((ms.len() - 1) as f64 * q).round() as usize;
+            ms[i.min(ms.len() - 1)]
+        };
+        Self {
+            samples: ms.len(),
+            p50_ms: at(0.5),
+            p95_ms: at(0.95),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    pub accel: crate::Accel,
+    pub accel_reason: String,
+    /// Bare QEMU, same argv, until init's marker.
+    pub bare_qemu: Stats,
+    /// `Kiln::up` until the agent answered.
+    pub kiln_up: Stats,
+    /// kiln_up.p50 / bare_qemu.p50 (goal ≤ 1.10).
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    /// A protocol round trip, no guest process (goal p50 ≤ 0.5 ms under TCG).
+    pub ping: Stats,
+    /// `exec true` end to end over an open connection.
+    pub exec_true: Stats,
+    /// The guest's own time to spawn `/bin/true`, measured inside it (ms per spawn).
+    pub guest_spawn_ms: f64,
+    /// exec_true.p50 / (guest_spawn + ping.p50) (goal ≤ 1.3).
+    pub exec_ratio: f64,
+}
+
+fn spec(name: &str) -> Result<VmSpec> {
+    Ok(VmSpec::builder(name).memory_mib(256).build()?)
+}
+
+/// Boots `runs` times each way, alternating, and compares medians.
+pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<BootReport> {
+    let probe = kiln.accel_probe();
+    let accel = probe.choose(crate::AccelChoice::Auto)?;
+    let image = kiln
+        .images()
+        .ensure(
+            crate::spec::DEFAULT_IMAGE,
+            kiln.image_inputs(),
+            false,
+            reporter,
+        )
+        .await?;
+    let (mut bare, mut up) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        bare.push(bare_boot(kiln, &image, accel, &probe.reason).await?);
+        let name = format!("bench-{run}");
+        let started = Instant::now();
+        let booted = kiln.up(spec(&name)?, &NoProgress).await;
+        let elapsed = started.elapsed();
+        kiln.remove(&name, true, &NoProgress).await?;
+        booted?;
+        up.push(elapsed);
+        reporter.report(Event::Note {
+            message: format!(
+                "run {run}/{runs}: bare qemu {:.2}s, kiln up {:.2}s",
+                bare[bare.len() - 1].as_secs_f64(),
+                elapsed.as_secs_f64()
+            ),
+        });
+    }
+    let (bare_qemu, kiln_up) = (Stats::of(&bare), Stats::of(&up));
+    Ok(BootReport {
+        accel,
+        accel_reason: probe.reason,
+        ratio: kiln_up.p50_ms / bare_qemu.p50_ms.max(f64::EPSILON),
+        bare_qemu,
+        kiln_up,
+    })
+}
+
+/// QEMU started with exactly the argv kiln uses, timed until init prints its marker.
+async fn bare_boot(
+    kiln: &Kiln,
+    image: &crate::image::Image,
+    accel: crate::Accel,
+    accel_reason: &str,
+) -> Result<Duration> {
+    let spec = spec("bench-bare")?;
+    let paths = kiln.paths().vm("bench-bare-qemu");
+    paths.check_socket_paths()?;
+    kiln.backend().kill(&paths).await?;
+    paths.remove_all()?;
+    state::create_private_dir(paths.dir())?;
+    state::create_private_dir(paths.run_dir())?;
+    state::write_atomic(&paths.secret(), b"bench")?;
+    let launch = Launch {
+        spec: &spec,
+        image,
+        paths: &paths,
+        accel,
+        accel_reason,
+    };
+    let started = Instant::now();
+    kiln.backend().start(&launch).await?;
+    let deadline = started + Duration::from_secs(60);
+    let log = paths.serial_log();
+    let mut found = None;
+    while Instant::now() < deadline {
+        let text = std::fs::read(&log).unwrap_or_default();
+        if text
+            .windows(INIT_MARKER.len())
+            .any(|w| w == INIT_MARKER.as_bytes())
+        {
+            found = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let serial_tail = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
+        .lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    kiln.backend().kill(&paths).await?;
+    paths.remove_all()?;
+    found.ok_or_else(|| crate::Error::BootFailed {
+        name: "bench-bare-qemu".to_owned(),
+        reason: "init's marker did not appear within 60s".to_owned(),
+        serial_tail,
+    })
+}
+
+/// Agent ping and `exec true`, `count` times each, next to the guest's own spawn time.
+pub async fn latency(kiln: &Kiln, count: usize, reporter: &dyn Reporter) -> Result<LatencyReport> {
+    let name = "bench-latency";
+    let _ = kiln.remove(name, true, &NoProgress).await;
+    let vm = kiln.up(spec(name)?, reporter).await?;
+    let result = async {
+        let agent = vm.agent().await?;
+        let mut pings = Vec::with_capacity(count);
+        for _ in 0..count {
+            pings.push(agent.ping().await?);
+        }
+        let mut execs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let started = Instant::now();
+            agent.exec(ExecRequest::new(["true"])).await?.output().await?;
+            execs.push(started.elapsed());
+        }
+        // The guest times 100 spawns of /bin/true itself (10 ms clock, over about a second).
+        let script = "read a _ < /proc/uptime; i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done; read b _ < /proc/uptime; echo $a $b";
+        let out = agent
+            .exec(ExecRequest::new(["sh", "-c", script]))
+            .await?
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut fields = text.split_whitespace().filter_map(|f| f.parse::<f64>().ok());
+        let guest_spawn_ms = match (fields.next(), fields.next()) {
+            (Some(a), Some(b)) => (b - a) * 1e3 / 100.0,
+            _ => f64::NAN,
+        };
+        let (ping, exec_true) = (Stats::of(&pings), Stats::of(&execs));
+        Ok::<_, crate::Error>(LatencyReport {
+            exec_ratio: exec_true.p50_ms / (guest_spawn_ms + ping.p50_ms),
+            ping,
+            exec_true,
+            guest_spawn_ms,
+        })
+    }
+    .await;
+    kiln.remove(name, true, &NoProgress).await?;
+    result
+}
