@@ -49,6 +49,8 @@ pub struct BootReport {
     pub kiln_up: Stats,
     /// kiln_up.p50 / bare_qemu.p50 (goal ≤ 1.10).
     pub ratio: f64,
+    /// Bare boots that wedged in early boot and were retried (kiln retries its own).
+    pub bare_stalls: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,8 +83,26 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
         )
         .await?;
     let (mut bare, mut up) = (Vec::new(), Vec::new());
+    let mut bare_stalls = 0;
     for run in 1..=runs {
-        bare.push(bare_boot(kiln, &image, accel, &probe.reason).await?);
+        // The same policy as kiln's: a boot silent past the first-output deadline is retried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match bare_boot(kiln, &image, accel, &probe.reason).await {
+                Ok(elapsed) => {
+                    bare.push(elapsed);
+                    break;
+                }
+                Err(crate::Error::BootFailed { .. }) if attempt < 3 => {
+                    bare_stalls += 1;
+                    reporter.report(Event::Note {
+                        message: "bare qemu boot stalled; retrying".to_owned(),
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        }
         let name = format!("bench-{run}");
         let started = Instant::now();
         let booted = kiln.up(spec(&name)?, &NoProgress).await;
@@ -103,6 +123,7 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
         accel,
         accel_reason: probe.reason,
         ratio: kiln_up.p50_ms / bare_qemu.p50_ms.max(f64::EPSILON),
+        bare_stalls,
         bare_qemu,
         kiln_up,
     })
@@ -133,10 +154,14 @@ async fn bare_boot(
     let started = Instant::now();
     kiln.backend().start(&launch).await?;
     let deadline = started + Duration::from_secs(60);
+    let silent_deadline = started + crate::BootPolicy::default().first_output_timeout;
     let log = paths.serial_log();
     let mut found = None;
     while Instant::now() < deadline {
         let text = std::fs::read(&log).unwrap_or_default();
+        if text.is_empty() && Instant::now() > silent_deadline {
+            break;
+        }
         if text
             .windows(INIT_MARKER.len())
             .any(|w| w == INIT_MARKER.as_bytes())
@@ -159,7 +184,7 @@ async fn bare_boot(
     paths.remove_all()?;
     found.ok_or_else(|| crate::Error::BootFailed {
         name: "bench-bare-qemu".to_owned(),
-        reason: "init's marker did not appear within 60s".to_owned(),
+        reason: "init's marker did not appear".to_owned(),
         serial_tail,
     })
 }

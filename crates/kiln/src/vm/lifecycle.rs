@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use super::{Kiln, Vm, VmState, now_secs, read_record};
+use super::{Kiln, Vm, VmState, console_is_silent, now_secs, read_record};
 use crate::agent::AgentClient;
 use crate::backend::Launch;
 use crate::image::join_error;
@@ -22,6 +22,16 @@ async fn lock(paths: &VmPaths) -> Result<Lock> {
     tokio::task::spawn_blocking(move || Lock::acquire(&path))
         .await
         .map_err(join_error)?
+}
+
+/// Keeps the previous boot's console as `serial.log.1`, so this boot starts with an empty log.
+fn rotate_serial_log(paths: &VmPaths) -> Result<()> {
+    let log = paths.serial_log();
+    match std::fs::rename(&log, log.with_extension("log.1")) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(IoError::new("rotate", log, err).into()),
+    }
 }
 
 fn serial_tail(paths: &VmPaths, lines: usize) -> String {
@@ -138,6 +148,7 @@ impl Kiln {
                 accel,
                 accel_reason,
             };
+            rotate_serial_log(&paths)?;
             let machine: MachineRecord =
                 progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
             record.machine = Some(machine);
@@ -208,6 +219,12 @@ impl Kiln {
                         return Err(format!(
                             "qemu exited {:.1}s into the boot",
                             started.elapsed().as_secs_f64()
+                        ));
+                    }
+                    if started.elapsed() > self.boot.first_output_timeout && console_is_silent(paths) {
+                        return Err(format!(
+                            "the guest printed nothing within {}s (stalled in early boot)",
+                            self.boot.first_output_timeout.as_secs()
                         ));
                     }
                 }

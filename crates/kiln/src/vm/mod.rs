@@ -26,18 +26,30 @@ pub(crate) fn now_secs() -> u64 {
 /// How long a boot may take before it counts as failed, and how often it is tried.
 #[derive(Debug, Clone, Copy)]
 pub struct BootPolicy {
+    /// Until the agent answers.
     pub timeout: Duration,
+    /// Until the guest prints anything on its console. Under TCG, microvm guests sometimes
+    /// wedge in early boot: the TSC cannot be calibrated against the PIT, microvm has no
+    /// HPET or PM timer to fall back on, and the kernel spins waiting for a timer tick. Such
+    /// a guest never prints; a healthy one prints within about 2.5 s here.
+    pub first_output_timeout: Duration,
     pub attempts: u32,
 }
 
 impl Default for BootPolicy {
-    /// TCG boots take seconds (about 4 s measured on a PVM host); a minute covers slow hosts.
+    /// TCG boots take seconds (about 2.5 s measured on a PVM host); a minute covers slow hosts.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(60),
-            attempts: 2,
+            first_output_timeout: Duration::from_secs(15),
+            attempts: 3,
         }
     }
+}
+
+/// Whether the guest has printed anything on its serial console yet.
+pub(crate) fn console_is_silent(paths: &VmPaths) -> bool {
+    std::fs::metadata(paths.serial_log()).map_or(true, |m| m.len() == 0)
 }
 
 /// The entry point of the library: where state lives and which backend runs VMs.
