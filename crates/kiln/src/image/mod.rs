@@ -169,17 +169,11 @@ impl ImageStore {
 
     /// All cached images.
     pub fn list(&self) -> crate::Result<Vec<Image>> {
-        let root = self.paths.images_dir();
-        let entries = match std::fs::read_dir(&root) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(IoError::new("list", root, err).into()),
-        };
-        let mut images: Vec<Image> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().and_then(|n| self.get(n).ok()))
+        // Build directories (`.default.build`) and lock files have no manifest: skipped.
+        let images: Vec<Image> = state::list_names(&self.paths.images_dir())?
+            .iter()
+            .filter_map(|name| self.get(name).ok())
             .collect();
-        images.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(images)
     }
 

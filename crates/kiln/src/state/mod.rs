@@ -8,7 +8,7 @@ mod lock;
 mod paths;
 mod record;
 
-pub use fsutil::{create_private_dir, read_json, write_atomic, write_json_atomic};
+pub use fsutil::{create_private_dir, list_names, read_json, write_atomic, write_json_atomic};
 pub use lock::Lock;
 pub use paths::{Paths, VmPaths};
 pub use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord};

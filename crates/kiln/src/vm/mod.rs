@@ -133,16 +133,7 @@ impl Kiln {
 
     /// Every VM, sorted by name.
     pub async fn list(&self) -> Result<Vec<VmInfo>> {
-        let dir = self.paths.vms_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(IoError::new("list", dir, err).into()),
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        names.sort();
+        let names = state::list_names(&self.paths.vms_dir())?;
         let mut infos = Vec::new();
         for name in names {
             match self.get(&name).await {
