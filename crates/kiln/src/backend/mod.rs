@@ -24,6 +24,9 @@ pub struct Launch<'a> {
 pub trait Backend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;
 
+    /// Refuses a spec this backend cannot run, before anything is created.
+    fn check(&self, spec: &VmSpec) -> Result<()>;
+
     /// Prepares what the VM needs on disk the first time (disk files).
     async fn create(&self, spec: &VmSpec, paths: &VmPaths) -> Result<()>;
 

@@ -47,6 +47,7 @@ impl Kiln {
         let name = spec.name().to_owned();
         let paths = self.paths.vm(&name);
         paths.check_socket_paths()?;
+        self.backend.check(&spec)?;
         let _lock = lock(&paths).await?;
         if read_record(&paths)?.is_some() {
             return Err(Error::VmAlreadyExists { name });

@@ -34,6 +34,8 @@ pub enum QemuError {
     Qmp { path: PathBuf, reason: String },
     #[error("qemu-img failed: {stderr}")]
     ImgFailed { stderr: String },
+    #[error("the QEMU backend cannot attach network {name:?} yet: only user-mode NAT")]
+    NamedNetworkUnsupported { name: String },
 }
 
 impl QemuError {
@@ -149,6 +151,15 @@ fn kernel_cmdline(name: &str) -> String {
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
+    }
+
+    fn check(&self, spec: &VmSpec) -> Result<()> {
+        for network in spec.networks() {
+            if let crate::NetworkRef::Named(name) = network {
+                return Err(QemuError::NamedNetworkUnsupported { name: name.clone() }.into());
+            }
+        }
+        Ok(())
     }
 
     async fn create(&self, spec: &VmSpec, paths: &VmPaths) -> Result<()> {
