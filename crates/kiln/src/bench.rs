@@ -171,15 +171,7 @@ async fn bare_boot(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let serial_tail = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default())
-        .lines()
-        .rev()
-        .take(20)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let serial_tail = crate::vm::serial_tail(&paths, 20);
     kiln.backend().kill(&paths).await?;
     paths.remove_all()?;
     found.ok_or_else(|| crate::Error::BootFailed {

@@ -34,7 +34,8 @@ fn rotate_serial_log(paths: &VmPaths) -> Result<()> {
     }
 }
 
-fn serial_tail(paths: &VmPaths, lines: usize) -> String {
+/// The last `lines` lines the guest printed on its serial console.
+pub(crate) fn serial_tail(paths: &VmPaths, lines: usize) -> String {
     let log = std::fs::read(paths.serial_log()).unwrap_or_default();
     let text = String::from_utf8_lossy(&log);
     let all: Vec<&str> = text.lines().collect();

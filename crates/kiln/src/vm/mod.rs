@@ -3,6 +3,8 @@
 
 mod lifecycle;
 
+pub(crate) use lifecycle::serial_tail;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
