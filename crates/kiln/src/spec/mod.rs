@@ -1,13 +1,21 @@
 //! What a VM should be: [`VmSpec`] and its parts, built and loaded through one [`validate`].
 
 mod disk;
+mod mac;
 mod network;
 mod size;
 
 pub use disk::DiskSpec;
-pub use network::NetworkRef;
+pub use mac::MacAddr;
+pub use network::{
+    DhcpRange, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
+    check_no_overlap, subnets_overlap,
+};
 pub use size::{ByteSize, SizeError};
 
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::accel::AccelChoice;
@@ -38,6 +46,52 @@ pub enum SpecError {
     EmptyDisk { index: usize },
     #[error("network name {name:?} is invalid")]
     InvalidNetwork { name: String },
+    #[error("invalid MAC address {mac:?}: {reason}")]
+    InvalidMac { mac: String, reason: &'static str },
+    #[error("MAC address {mac} appears twice in {context}")]
+    DuplicateMac { mac: MacAddr, context: String },
+    #[error("network {network}: {text:?} is not a subnet like 10.10.0.0/24")]
+    InvalidSubnetText { network: String, text: String },
+    #[error("network {network}: subnet {subnet} is invalid: {reason}")]
+    InvalidSubnet {
+        network: String,
+        subnet: Ipv4Net,
+        reason: &'static str,
+    },
+    #[error("network {network}: DHCP range {start}-{end} is invalid: {reason}")]
+    InvalidDhcpRange {
+        network: String,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+        reason: &'static str,
+    },
+    #[error("network {network}: reserved address {ip} is outside the guests' part of {subnet}")]
+    ReservationOutsideSubnet {
+        network: String,
+        ip: Ipv4Addr,
+        subnet: Ipv4Net,
+    },
+    #[error("network {network}: address {ip} is reserved twice")]
+    DuplicateReservedIp { network: String, ip: Ipv4Addr },
+    #[error("networks {first} ({first_subnet}) and {second} ({second_subnet}) overlap")]
+    OverlappingSubnets {
+        first: String,
+        first_subnet: Ipv4Net,
+        second: String,
+        second_subnet: Ipv4Net,
+    },
+    #[error("boot device {device} is listed twice")]
+    DuplicateBootDevice { device: BootDevice },
+    #[error("boot device {device} is listed but the VM has no {needs}")]
+    BootDeviceMissing {
+        device: BootDevice,
+        needs: &'static str,
+    },
+    #[error("disk {index}: base image {} must be an absolute path", path.display())]
+    RelativeDiskBase {
+        index: usize,
+        path: std::path::PathBuf,
+    },
     #[error(transparent)]
     Size(#[from] SizeError),
 }
@@ -53,6 +107,13 @@ impl SpecError {
                 "pass --memory with a unit, e.g. 512M or 2G"
             }
             Self::Size(_) => "sizes are a number with an optional unit: 512M, 2G, 1T",
+            Self::InvalidMac { .. } | Self::DuplicateMac { .. } => {
+                "a MAC is six hex octets like 52:54:00:12:34:56, unique per NIC"
+            }
+            Self::OverlappingSubnets { .. } => "give each network its own subnet",
+            Self::ReservationOutsideSubnet { .. } => {
+                "reserve an address inside the subnet, other than its first (the host's)"
+            }
             _ => return None,
         };
         Some(hint.to_owned())
@@ -104,6 +165,28 @@ struct VmSpecFields {
     image: String,
     #[serde(default)]
     accel: AccelChoice,
+    /// Empty: boot the kiln image's kernel directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    boot_order: Vec<BootDevice>,
+}
+
+/// A device firmware boots from, in [`VmSpecBuilder::boot_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootDevice {
+    /// The first disk.
+    Disk,
+    /// PXE on the first NIC.
+    Network,
+}
+
+impl std::fmt::Display for BootDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Disk => "disk",
+            Self::Network => "network",
+        })
+    }
 }
 
 impl TryFrom<VmSpecFields> for VmSpec {
@@ -155,9 +238,40 @@ fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), Spe
         if disk.size().mib() == 0 {
             return Err(SpecError::EmptyDisk { index });
         }
+        if let Some(base) = disk.base()
+            && !base.is_absolute()
+        {
+            return Err(SpecError::RelativeDiskBase {
+                index,
+                path: base.to_owned(),
+            });
+        }
     }
-    for network in &spec.networks {
+    for (index, network) in spec.networks.iter().enumerate() {
         network.validate()?;
+        if let Some(mac) = network.mac()
+            && spec.networks[..index].iter().any(|n| n.mac() == Some(mac))
+        {
+            return Err(SpecError::DuplicateMac {
+                mac,
+                context: format!("the NICs of VM {}", spec.name),
+            });
+        }
+    }
+    for (index, device) in spec.boot_order.iter().enumerate() {
+        if spec.boot_order[..index].contains(device) {
+            return Err(SpecError::DuplicateBootDevice { device: *device });
+        }
+        let (present, needs) = match device {
+            BootDevice::Disk => (!spec.disks.is_empty(), "disk"),
+            BootDevice::Network => (!spec.networks.is_empty(), "NIC"),
+        };
+        if !present {
+            return Err(SpecError::BootDeviceMissing {
+                device: *device,
+                needs,
+            });
+        }
     }
     Ok(())
 }
@@ -181,6 +295,7 @@ impl VmSpec {
                 networks: Vec::new(),
                 image: DEFAULT_IMAGE.to_owned(),
                 accel: AccelChoice::Auto,
+                boot_order: Vec::new(),
             },
             networks_set: false,
         }
@@ -206,6 +321,10 @@ impl VmSpec {
     }
     pub fn accel(&self) -> AccelChoice {
         self.fields.accel
+    }
+    /// Firmware boot order; empty means direct kernel boot of the kiln image.
+    pub fn boot_order(&self) -> &[BootDevice] {
+        &self.fields.boot_order
     }
 }
 
@@ -256,6 +375,12 @@ impl VmSpecBuilder {
     }
     pub fn accel(mut self, accel: AccelChoice) -> Self {
         self.fields.accel = accel;
+        self
+    }
+    /// Boots through firmware from these devices in order (e.g. PXE, then disk) instead of
+    /// booting the kiln image's kernel directly.
+    pub fn boot_order(mut self, devices: impl IntoIterator<Item = BootDevice>) -> Self {
+        self.fields.boot_order = devices.into_iter().collect();
         self
     }
 
@@ -329,6 +454,45 @@ mod tests {
         assert!(err.to_string().contains("invalid VM name"), "{err}");
         let unknown = r#"{"name":"a","cpus":1,"memory_mib":512,"image":"default","gpu":true}"#;
         assert!(serde_json::from_str::<VmSpec>(unknown).is_err());
+    }
+
+    #[test]
+    fn nics_boot_order_and_disk_bases_are_checked() {
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        assert!(matches!(
+            VmSpec::builder("a")
+                .network(NetworkRef::named_with_mac("lab", mac))
+                .network(NetworkRef::named_with_mac("lab2", mac))
+                .build(),
+            Err(SpecError::DuplicateMac { .. })
+        ));
+        assert!(matches!(
+            VmSpec::builder("a").boot_order([BootDevice::Disk]).build(),
+            Err(SpecError::BootDeviceMissing { .. })
+        ));
+        assert!(matches!(
+            VmSpec::builder("a")
+                .disk(DiskSpec::new_gib(1))
+                .boot_order([BootDevice::Disk, BootDevice::Disk])
+                .build(),
+            Err(SpecError::DuplicateBootDevice { .. })
+        ));
+        assert!(matches!(
+            VmSpec::builder("a")
+                .disk(DiskSpec::new_gib(1).backed_by("base.qcow2"))
+                .build(),
+            Err(SpecError::RelativeDiskBase { .. })
+        ));
+        let spec = VmSpec::builder("web-1")
+            .cpus(2)
+            .memory_gib(1)
+            .disk(DiskSpec::new_gib(4))
+            .network(NetworkRef::named("lab"))
+            .boot_order([BootDevice::Network, BootDevice::Disk])
+            .build()
+            .unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), spec);
     }
 
     #[test]

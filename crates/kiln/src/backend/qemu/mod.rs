@@ -36,6 +36,8 @@ pub enum QemuError {
     ImgFailed { stderr: String },
     #[error("the QEMU backend cannot attach network {name:?} yet: only user-mode NAT")]
     NamedNetworkUnsupported { name: String },
+    #[error("the QEMU backend boots the kiln image directly: it has no firmware boot order")]
+    FirmwareBootUnsupported,
 }
 
 impl QemuError {
@@ -46,6 +48,10 @@ impl QemuError {
                     .to_owned(),
             ),
             Self::StartFailed { .. } => Some("run `kiln doctor` to check this host".to_owned()),
+            Self::NamedNetworkUnsupported { .. } | Self::FirmwareBootUnsupported => Some(
+                "named networks and PXE boot need the libvirt backend (--backend libvirt)"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }
@@ -155,9 +161,15 @@ impl Backend for QemuBackend {
 
     fn check(&self, spec: &VmSpec) -> Result<()> {
         for network in spec.networks() {
-            if let crate::NetworkRef::Named(name) = network {
-                return Err(QemuError::NamedNetworkUnsupported { name: name.clone() }.into());
+            if let Some(name) = network.network_name() {
+                return Err(QemuError::NamedNetworkUnsupported {
+                    name: name.to_owned(),
+                }
+                .into());
             }
+        }
+        if !spec.boot_order().is_empty() {
+            return Err(QemuError::FirmwareBootUnsupported.into());
         }
         Ok(())
     }
@@ -168,8 +180,12 @@ impl Backend for QemuBackend {
             if path.exists() {
                 continue;
             }
-            let output = tokio::process::Command::new(&self.img_binary)
-                .args(["create", "-q", "-f", "qcow2"])
+            let mut command = tokio::process::Command::new(&self.img_binary);
+            command.args(["create", "-q", "-f", "qcow2"]);
+            if let Some(base) = disk.base() {
+                command.arg("-b").arg(base).args(["-F", "qcow2"]);
+            }
+            let output = command
                 .arg(&path)
                 .arg(disk.size().bytes().to_string())
                 .output()
