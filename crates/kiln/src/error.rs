@@ -77,6 +77,8 @@ pub enum Error {
     Agent(#[from] AgentError),
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Libvirt(#[from] crate::backend::libvirt::LibvirtError),
 }
 
 impl Error {
@@ -115,6 +117,7 @@ impl Error {
             Self::Image(err) => return err.hint(),
             Self::Agent(err) => return err.hint(),
             Self::Qemu(err) => return err.hint(),
+            Self::Libvirt(err) => return err.hint(),
         };
         Some(hint)
     }

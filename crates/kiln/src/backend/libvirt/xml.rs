@@ -1,0 +1,916 @@
+//! The libvirt XML kiln writes and reads: typed structs rendered by a serializer, never
+//! strings glued together. Only the parts kiln reads back are parsed (metadata, the agent
+//! channel's socket, the secret); libvirt owns the rest of a live document.
+
+use serde::{Deserialize, Serialize};
+
+use super::LibvirtError;
+use crate::spec::{NetworkMode, NetworkSpec};
+
+/// The XML namespace of kiln's metadata elements.
+pub const KILN_NS: &str = "https://kiln.dev/xmlns/libvirt/1";
+/// The fw_cfg entry the guest agent reads its secret from.
+pub const SECRET_FW_CFG: &str = "opt/org.kiln/secret";
+
+fn render<T: Serialize>(root: &str, value: &T) -> Result<String, LibvirtError> {
+    let mut out = String::new();
+    let mut serializer = quick_xml::se::Serializer::with_root(&mut out, Some(root))
+        .map_err(|err| LibvirtError::Xml(err.to_string()))?;
+    serializer.indent(' ', 2);
+    value
+        .serialize(serializer)
+        .map_err(|err| LibvirtError::Xml(err.to_string()))?;
+    out.push('\n');
+    Ok(out)
+}
+
+fn parse<'de, T: Deserialize<'de>>(what: &'static str, xml: &'de str) -> Result<T, LibvirtError> {
+    quick_xml::de::from_str(xml).map_err(|err| LibvirtError::Xml(format!("{what}: {err}")))
+}
+
+#[derive(Debug, Serialize)]
+struct Empty {}
+
+#[derive(Debug, Serialize)]
+struct Text<T> {
+    #[serde(rename = "@unit", skip_serializing_if = "Option::is_none")]
+    unit: Option<&'static str>,
+    #[serde(rename = "$text")]
+    value: T,
+}
+
+/// What kiln stores in a resource it owns: who owns it and the spec it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KilnTag {
+    /// The score (or `kiln up`) that owns the resource.
+    pub owner: String,
+    /// The spec, as JSON.
+    pub spec: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MetadataOut<'a> {
+    #[serde(rename = "kiln:resource")]
+    resource: TagOut<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct TagOut<'a> {
+    #[serde(rename = "@xmlns:kiln")]
+    ns: &'static str,
+    #[serde(rename = "kiln:owner")]
+    owner: &'a str,
+    #[serde(rename = "kiln:spec")]
+    spec: &'a str,
+}
+
+impl<'a> From<&'a KilnTag> for MetadataOut<'a> {
+    fn from(tag: &'a KilnTag) -> Self {
+        Self {
+            resource: TagOut {
+                ns: KILN_NS,
+                owner: &tag.owner,
+                spec: &tag.spec,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Domains
+
+/// Everything a domain document says, in kiln's terms.
+#[derive(Debug, Clone)]
+pub struct DomainDef {
+    pub name: String,
+    /// `kvm` or `qemu` (TCG).
+    pub kvm: bool,
+    pub tag: KilnTag,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub secret_hex: String,
+    /// Direct kernel boot; `None` boots through firmware in `boot order`.
+    pub kernel: Option<KernelBoot>,
+    pub disks: Vec<DomainDisk>,
+    pub nics: Vec<DomainNic>,
+    /// Where the serial console is logged, on the libvirt host.
+    pub serial_log: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelBoot {
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainDisk {
+    pub pool: String,
+    pub volume: String,
+    pub boot_order: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainNic {
+    /// `None`: user-mode NAT.
+    pub network: Option<String>,
+    pub mac: Option<String>,
+    pub boot_order: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct DomainOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    name: &'a str,
+    metadata: MetadataOut<'a>,
+    memory: Text<u64>,
+    vcpu: u32,
+    sysinfo: SysinfoOut<'a>,
+    os: OsOut<'a>,
+    features: FeaturesOut,
+    on_poweroff: &'static str,
+    on_reboot: &'static str,
+    on_crash: &'static str,
+    devices: DevicesOut<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct SysinfoOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    entry: Vec<EntryOut<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntryOut<'a> {
+    #[serde(rename = "@name")]
+    name: &'static str,
+    #[serde(rename = "$text")]
+    value: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct OsOut<'a> {
+    #[serde(rename = "type")]
+    os_type: OsTypeOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initrd: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct OsTypeOut {
+    #[serde(rename = "@arch")]
+    arch: &'static str,
+    #[serde(rename = "@machine")]
+    machine: &'static str,
+    #[serde(rename = "$text")]
+    value: &'static str,
+}
+
+/// QEMU 10 refuses `-no-acpi`, which libvirt passes when ACPI is not asked for.
+#[derive(Debug, Serialize)]
+struct FeaturesOut {
+    acpi: Empty,
+}
+
+#[derive(Debug, Serialize)]
+struct DevicesOut<'a> {
+    disk: Vec<DiskOut<'a>>,
+    interface: Vec<InterfaceOut<'a>>,
+    serial: SerialOut<'a>,
+    channel: ChannelOut,
+    rng: RngOut,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@device")]
+    device: &'static str,
+    driver: DriverOut,
+    source: VolumeSourceOut<'a>,
+    target: DiskTargetOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<BootOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct DriverOut {
+    #[serde(rename = "@name")]
+    name: &'static str,
+    #[serde(rename = "@type")]
+    format: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeSourceOut<'a> {
+    #[serde(rename = "@pool")]
+    pool: &'a str,
+    #[serde(rename = "@volume")]
+    volume: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskTargetOut {
+    #[serde(rename = "@dev")]
+    dev: String,
+    #[serde(rename = "@bus")]
+    bus: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct BootOut {
+    #[serde(rename = "@order")]
+    order: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct InterfaceOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<NetworkSourceOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<MacOut<'a>>,
+    model: TypeOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<BootOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkSourceOut<'a> {
+    #[serde(rename = "@network")]
+    network: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct MacOut<'a> {
+    #[serde(rename = "@address")]
+    address: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct TypeOut {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct SerialOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<LogOut<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct LogOut<'a> {
+    #[serde(rename = "@file")]
+    file: &'a str,
+    #[serde(rename = "@append")]
+    append: &'static str,
+}
+
+/// The agent's port. Without a source path libvirt picks one it can create and label; kiln
+/// reads it back from the live XML.
+#[derive(Debug, Serialize)]
+struct ChannelOut {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    source: ChannelSourceOut,
+    target: ChannelTargetOut,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelSourceOut {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelTargetOut {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RngOut {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    backend: RngBackendOut,
+}
+
+#[derive(Debug, Serialize)]
+struct RngBackendOut {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    #[serde(rename = "$text")]
+    device: &'static str,
+}
+
+/// `vda`, `vdb`, … `vdz`, `vdaa`, …
+fn disk_target(index: usize) -> String {
+    let mut name = String::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        name.insert(0, char::from(b'a' + (n % 26) as u8));
+        n /= 26;
+    }
+    format!("vd{name}")
+}
+
+impl DomainDef {
+    pub fn to_xml(&self) -> Result<String, LibvirtError> {
+        let doc = DomainOut {
+            kind: if self.kvm { "kvm" } else { "qemu" },
+            name: &self.name,
+            metadata: (&self.tag).into(),
+            memory: Text {
+                unit: Some("MiB"),
+                value: self.memory_mib,
+            },
+            vcpu: self.cpus,
+            sysinfo: SysinfoOut {
+                kind: "fwcfg",
+                entry: vec![EntryOut {
+                    name: SECRET_FW_CFG,
+                    value: &self.secret_hex,
+                }],
+            },
+            os: OsOut {
+                // microvm is refused by libvirt ("No PCI buses available"): q35 it is.
+                os_type: OsTypeOut {
+                    arch: "x86_64",
+                    machine: "q35",
+                    value: "hvm",
+                },
+                kernel: self.kernel.as_ref().map(|k| k.kernel.as_str()),
+                initrd: self.kernel.as_ref().map(|k| k.initrd.as_str()),
+                cmdline: self.kernel.as_ref().map(|k| k.cmdline.as_str()),
+            },
+            features: FeaturesOut { acpi: Empty {} },
+            on_poweroff: "destroy",
+            on_reboot: "restart",
+            on_crash: "destroy",
+            devices: DevicesOut {
+                disk: self
+                    .disks
+                    .iter()
+                    .enumerate()
+                    .map(|(index, disk)| DiskOut {
+                        kind: "volume",
+                        device: "disk",
+                        driver: DriverOut {
+                            name: "qemu",
+                            format: "qcow2",
+                        },
+                        source: VolumeSourceOut {
+                            pool: &disk.pool,
+                            volume: &disk.volume,
+                        },
+                        target: DiskTargetOut {
+                            dev: disk_target(index),
+                            bus: "virtio",
+                        },
+                        boot: disk.boot_order.map(|order| BootOut { order }),
+                    })
+                    .collect(),
+                interface: self
+                    .nics
+                    .iter()
+                    .map(|nic| InterfaceOut {
+                        kind: if nic.network.is_some() {
+                            "network"
+                        } else {
+                            "user"
+                        },
+                        source: nic
+                            .network
+                            .as_deref()
+                            .map(|network| NetworkSourceOut { network }),
+                        mac: nic.mac.as_deref().map(|address| MacOut { address }),
+                        model: TypeOut { kind: "virtio" },
+                        boot: nic.boot_order.map(|order| BootOut { order }),
+                    })
+                    .collect(),
+                serial: SerialOut {
+                    kind: "pty",
+                    log: self.serial_log.as_deref().map(|file| LogOut {
+                        file,
+                        append: "off",
+                    }),
+                },
+                channel: ChannelOut {
+                    kind: "unix",
+                    source: ChannelSourceOut { mode: "bind" },
+                    target: ChannelTargetOut {
+                        kind: "virtio",
+                        name: kiln_proto::PORT_NAME,
+                    },
+                },
+                rng: RngOut {
+                    model: "virtio",
+                    backend: RngBackendOut {
+                        model: "random",
+                        device: "/dev/urandom",
+                    },
+                },
+            },
+        };
+        render("domain", &doc)
+    }
+}
+
+/// The parts of a live domain document kiln reads back.
+#[derive(Debug, Clone, Default)]
+pub struct DomainObserved {
+    pub tag: Option<KilnTag>,
+    pub secret_hex: Option<String>,
+    pub agent_socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DomainIn {
+    #[serde(default)]
+    metadata: Option<MetadataIn>,
+    #[serde(default)]
+    sysinfo: Vec<SysinfoIn>,
+    #[serde(default)]
+    devices: Option<DevicesIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetadataIn {
+    /// `kiln:resource`: the deserializer matches local names.
+    #[serde(default)]
+    resource: Option<TagIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TagIn {
+    owner: String,
+    spec: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SysinfoIn {
+    #[serde(rename = "@type")]
+    kind: String,
+    #[serde(default)]
+    entry: Vec<EntryIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EntryIn {
+    #[serde(rename = "@name")]
+    name: String,
+    #[serde(rename = "$text", default)]
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DevicesIn {
+    #[serde(default)]
+    channel: Vec<ChannelIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelIn {
+    #[serde(default)]
+    source: Option<ChannelSourceIn>,
+    #[serde(default)]
+    target: Option<ChannelTargetIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelSourceIn {
+    #[serde(rename = "@path", default)]
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelTargetIn {
+    #[serde(rename = "@name", default)]
+    name: Option<String>,
+}
+
+fn tag_of(metadata: Option<MetadataIn>) -> Option<KilnTag> {
+    metadata.and_then(|m| m.resource).map(|t| KilnTag {
+        owner: t.owner,
+        spec: t.spec,
+    })
+}
+
+pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
+    let doc: DomainIn = parse("domain XML", xml)?;
+    let secret_hex = doc
+        .sysinfo
+        .into_iter()
+        .filter(|s| s.kind == "fwcfg")
+        .flat_map(|s| s.entry)
+        .find(|e| e.name == SECRET_FW_CFG)
+        .map(|e| e.value);
+    let agent_socket = doc.devices.and_then(|d| {
+        d.channel
+            .into_iter()
+            .find(|c| {
+                c.target.as_ref().and_then(|t| t.name.as_deref()) == Some(kiln_proto::PORT_NAME)
+            })
+            .and_then(|c| c.source)
+            .and_then(|s| s.path)
+    });
+    Ok(DomainObserved {
+        tag: tag_of(doc.metadata),
+        secret_hex,
+        agent_socket,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Networks
+
+#[derive(Debug, Serialize)]
+struct NetworkOut<'a> {
+    name: &'a str,
+    metadata: MetadataOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forward: Option<ForwardOut>,
+    ip: IpOut,
+}
+
+#[derive(Debug, Serialize)]
+struct ForwardOut {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct IpOut {
+    #[serde(rename = "@address")]
+    address: String,
+    #[serde(rename = "@prefix")]
+    prefix: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dhcp: Option<DhcpOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct DhcpOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range: Option<RangeOut>,
+    host: Vec<HostOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct RangeOut {
+    #[serde(rename = "@start")]
+    start: String,
+    #[serde(rename = "@end")]
+    end: String,
+}
+
+#[derive(Debug, Serialize)]
+struct HostOut {
+    #[serde(rename = "@mac")]
+    mac: String,
+    #[serde(rename = "@ip")]
+    ip: String,
+    #[serde(rename = "@name", skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// A network document for `spec`, tagged with `tag`.
+pub fn network_xml(spec: &NetworkSpec, tag: &KilnTag) -> Result<String, LibvirtError> {
+    let has_dhcp = spec.dhcp().is_some() || !spec.reservations().is_empty();
+    let doc = NetworkOut {
+        name: spec.name(),
+        metadata: tag.into(),
+        forward: match spec.mode() {
+            NetworkMode::Nat => Some(ForwardOut { mode: "nat" }),
+            NetworkMode::Isolated => None,
+        },
+        ip: IpOut {
+            address: spec.gateway().to_string(),
+            prefix: spec.subnet().prefix_len(),
+            dhcp: has_dhcp.then(|| DhcpOut {
+                range: spec.dhcp().map(|r| RangeOut {
+                    start: r.start.to_string(),
+                    end: r.end.to_string(),
+                }),
+                host: spec
+                    .reservations()
+                    .iter()
+                    .map(|r| HostOut {
+                        mac: r.mac.to_string(),
+                        ip: r.ip.to_string(),
+                        name: r.hostname.clone(),
+                    })
+                    .collect(),
+            }),
+        },
+    };
+    render("network", &doc)
+}
+
+/// The parts of a network document kiln reads back: its tag and its subnet, which kiln
+/// compares with the networks it is asked to create.
+#[derive(Debug, Default)]
+pub struct NetworkObserved {
+    pub tag: Option<KilnTag>,
+    pub subnets: Vec<ipnet::Ipv4Net>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NetworkIn {
+    #[serde(default)]
+    metadata: Option<MetadataIn>,
+    #[serde(default)]
+    ip: Vec<IpIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IpIn {
+    #[serde(rename = "@address", default)]
+    address: Option<String>,
+    #[serde(rename = "@prefix", default)]
+    prefix: Option<u8>,
+    #[serde(rename = "@netmask", default)]
+    netmask: Option<String>,
+    #[serde(rename = "@family", default)]
+    family: Option<String>,
+}
+
+pub fn parse_network(xml: &str) -> Result<NetworkObserved, LibvirtError> {
+    let doc: NetworkIn = parse("network XML", xml)?;
+    let subnets = doc
+        .ip
+        .iter()
+        .filter(|ip| ip.family.as_deref().is_none_or(|f| f == "ipv4"))
+        .filter_map(|ip| {
+            let address: std::net::Ipv4Addr = ip.address.as_deref()?.parse().ok()?;
+            let prefix = match (ip.prefix, ip.netmask.as_deref()) {
+                (Some(prefix), _) => prefix,
+                (None, Some(mask)) => {
+                    let mask: std::net::Ipv4Addr = mask.parse().ok()?;
+                    u8::try_from(u32::from(mask).count_ones()).ok()?
+                }
+                (None, None) => return None,
+            };
+            ipnet::Ipv4Net::new(address, prefix).ok().map(|n| n.trunc())
+        })
+        .collect();
+    Ok(NetworkObserved {
+        tag: tag_of(doc.metadata),
+        subnets,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+
+#[derive(Debug, Serialize)]
+struct PoolOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    name: &'a str,
+    target: PoolTargetOut<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct PoolTargetOut<'a> {
+    path: &'a str,
+}
+
+/// A directory pool at `path`.
+pub fn pool_xml(name: &str, path: &str) -> Result<String, LibvirtError> {
+    render(
+        "pool",
+        &PoolOut {
+            kind: "dir",
+            name,
+            target: PoolTargetOut { path },
+        },
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeOut<'a> {
+    name: &'a str,
+    capacity: Text<u64>,
+    target: VolumeTargetOut,
+    #[serde(rename = "backingStore", skip_serializing_if = "Option::is_none")]
+    backing_store: Option<BackingOut<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeTargetOut {
+    format: TypeOut,
+}
+
+#[derive(Debug, Serialize)]
+struct BackingOut<'a> {
+    path: &'a str,
+    format: TypeOut,
+}
+
+/// What a volume holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeFormat {
+    /// A guest disk.
+    Qcow2,
+    /// A file uploaded as is (kernel, initramfs).
+    Raw,
+}
+
+/// A volume document: `capacity` bytes, optionally a copy-on-write overlay on `backing`.
+pub fn volume_xml(
+    name: &str,
+    capacity: u64,
+    format: VolumeFormat,
+    backing: Option<&str>,
+) -> Result<String, LibvirtError> {
+    let format = TypeOut {
+        kind: match format {
+            VolumeFormat::Qcow2 => "qcow2",
+            VolumeFormat::Raw => "raw",
+        },
+    };
+    render(
+        "volume",
+        &VolumeOut {
+            name,
+            capacity: Text {
+                unit: Some("bytes"),
+                value: capacity,
+            },
+            target: VolumeTargetOut { format },
+            backing_store: backing.map(|path| BackingOut {
+                path,
+                format: TypeOut { kind: "qcow2" },
+            }),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compares with `golden/NAME.xml`; `KILN_BLESS=1` rewrites the file instead.
+    fn assert_golden(name: &str, xml: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/backend/libvirt/golden")
+            .join(format!("{name}.xml"));
+        if std::env::var_os("KILN_BLESS").is_some() {
+            std::fs::write(&path, xml).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            xml, golden,
+            "{name}: rerun with KILN_BLESS=1 if the change is intended"
+        );
+    }
+
+    fn tag() -> KilnTag {
+        KilnTag {
+            owner: "lab".to_owned(),
+            spec: r#"{"name":"web-1","note":"<&>"}"#.to_owned(),
+        }
+    }
+
+    fn web(kernel: bool) -> DomainDef {
+        DomainDef {
+            name: "web-1".to_owned(),
+            kvm: false,
+            tag: tag(),
+            memory_mib: 1024,
+            cpus: 2,
+            secret_hex: "00ff".to_owned(),
+            kernel: kernel.then(|| KernelBoot {
+                kernel: "/pool/kiln-image-abc-vmlinux".to_owned(),
+                initrd: "/pool/kiln-image-abc-initramfs".to_owned(),
+                cmdline: "console=ttyS0 kiln.name=web-1".to_owned(),
+            }),
+            disks: vec![DomainDisk {
+                pool: "kiln".to_owned(),
+                volume: "web-1-disk0.qcow2".to_owned(),
+                boot_order: (!kernel).then_some(2),
+            }],
+            nics: vec![
+                DomainNic {
+                    network: Some("lab".to_owned()),
+                    mac: Some("52:54:00:00:00:01".to_owned()),
+                    boot_order: (!kernel).then_some(1),
+                },
+                DomainNic {
+                    network: None,
+                    mac: None,
+                    boot_order: None,
+                },
+            ],
+            serial_log: Some("/var/log/libvirt/qemu/web-1-serial.log".to_owned()),
+        }
+    }
+
+    #[test]
+    fn domain_with_direct_kernel_boot() {
+        let xml = web(true).to_xml().unwrap();
+        assert_golden("domain-kernel", &xml);
+    }
+
+    #[test]
+    fn domain_booting_pxe_then_disk() {
+        let xml = web(false).to_xml().unwrap();
+        assert_golden("domain-pxe", &xml);
+    }
+
+    #[test]
+    fn domain_reads_back_tag_secret_and_socket() {
+        let mut xml = web(true).to_xml().unwrap();
+        // libvirt fills in the socket path it chose.
+        xml = xml.replace(
+            r#"<source mode="bind"/>"#,
+            r#"<source mode="bind" path="/var/lib/libvirt/qemu/channel/target/d-1/org.kiln.agent.0"/>"#,
+        );
+        let observed = parse_domain(&xml).unwrap();
+        assert_eq!(observed.tag, Some(tag()));
+        assert_eq!(observed.secret_hex.as_deref(), Some("00ff"));
+        assert_eq!(
+            observed.agent_socket.as_deref(),
+            Some("/var/lib/libvirt/qemu/channel/target/d-1/org.kiln.agent.0")
+        );
+    }
+
+    #[test]
+    fn foreign_domain_has_no_tag() {
+        let observed = parse_domain("<domain type='kvm'><name>x</name></domain>").unwrap();
+        assert_eq!(observed.tag, None);
+        assert_eq!(observed.agent_socket, None);
+    }
+
+    #[test]
+    fn nat_network_with_reservations() {
+        let mac = "52:54:00:00:00:01".parse().unwrap();
+        let spec = NetworkSpec::nat("lab", "10.10.0.0/24")
+            .dhcp(
+                "10.10.0.100".parse().unwrap(),
+                "10.10.0.200".parse().unwrap(),
+            )
+            .reserve_host(mac, "10.10.0.10".parse().unwrap(), "web-1")
+            .build()
+            .unwrap();
+        let xml = network_xml(&spec, &tag()).unwrap();
+        assert_golden("network-nat", &xml);
+        let observed = parse_network(&xml).unwrap();
+        assert_eq!(observed.tag, Some(tag()));
+        assert_eq!(observed.subnets, vec!["10.10.0.0/24".parse().unwrap()]);
+    }
+
+    #[test]
+    fn isolated_network_without_dhcp() {
+        let spec = NetworkSpec::isolated("back", "192.168.50.0/28")
+            .build()
+            .unwrap();
+        let xml = network_xml(&spec, &tag()).unwrap();
+        assert_golden("network-isolated", &xml);
+    }
+
+    #[test]
+    fn libvirt_netmask_networks_parse() {
+        let xml = "<network><name>default</name><ip address='192.168.122.1' netmask='255.255.255.0'/></network>";
+        let observed = parse_network(xml).unwrap();
+        assert_eq!(observed.subnets, vec!["192.168.122.0/24".parse().unwrap()]);
+        assert_eq!(observed.tag, None);
+    }
+
+    #[test]
+    fn overlay_volume_and_pool() {
+        let xml = volume_xml(
+            "web-1-disk0.qcow2",
+            4 << 30,
+            VolumeFormat::Qcow2,
+            Some("/var/lib/kiln/base.qcow2"),
+        )
+        .unwrap();
+        assert_golden("volume-overlay", &xml);
+        let xml = pool_xml("kiln", "/var/lib/libvirt/images/kiln").unwrap();
+        assert_golden("pool", &xml);
+    }
+
+    #[test]
+    fn disk_targets_count_like_libvirt() {
+        assert_eq!(disk_target(0), "vda");
+        assert_eq!(disk_target(25), "vdz");
+        assert_eq!(disk_target(26), "vdaa");
+    }
+}
