@@ -43,6 +43,14 @@ pub enum Error {
     VmAlreadyExists { name: String },
     #[error("VM {name} not found")]
     VmNotFound { name: String },
+    #[error("VM {vm} is placed on host {host}, which the topology does not have")]
+    UnknownHost { host: String, vm: String },
+    #[error("{kind} {name} exists but {}", match owner { Some(o) => format!("belongs to {o}"), None => "kiln did not create it".to_owned() })]
+    NotOwned {
+        kind: crate::score::ResourceKind,
+        name: String,
+        owner: Option<String>,
+    },
     #[error("VM {name} is {state}; {action} needs it {needed}")]
     WrongState {
         name: String,
@@ -90,6 +98,12 @@ impl Error {
                 format!("pick another name, or remove it first with `kiln rm --force {name}`")
             }
             Self::VmNotFound { .. } => "`kiln ls` lists the VMs that exist".to_owned(),
+            Self::UnknownHost { .. } => {
+                "place VMs only on hosts added with MultiHost::with_host".to_owned()
+            }
+            Self::NotOwned { kind, name, .. } => format!(
+                "kiln changes only what it owns: rename the {kind} in your score, or remove {name} yourself"
+            ),
             Self::WrongState { name, needed, .. } => match needed {
                 VmState::Running => format!("start it with `kiln start {name}`"),
                 VmState::Stopped => format!("stop it with `kiln stop {name}`, or use --force"),

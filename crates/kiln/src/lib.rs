@@ -22,15 +22,20 @@ pub mod doctor;
 mod error;
 pub mod image;
 pub mod progress;
+pub mod score;
 pub mod spec;
 pub mod state;
+pub mod topology;
 mod vm;
 
 pub use accel::{Accel, AccelChoice, AccelProbe};
 pub use agent::{AgentClient, ExecEvent, ExecOutput};
 pub use error::{Error, IoError, Result};
 pub use kiln_proto::{ExecRequest, ExitStatus, RemoteErrorKind};
-pub use spec::{ByteSize, DiskSpec, NetworkRef, SpecError, VmSpec, VmSpecBuilder};
+pub use spec::{
+    BootDevice, ByteSize, DiskSpec, MacAddr, NetworkRef, NetworkSpec, SpecError, VmSpec,
+    VmSpecBuilder,
+};
 pub use state::Paths;
 pub use vm::{BootPolicy, Kiln, Vm, VmInfo, VmState};
 

@@ -80,6 +80,8 @@ pub enum SpecError {
         second: String,
         second_subnet: Ipv4Net,
     },
+    #[error("{kind} {name:?} appears twice")]
+    DuplicateName { kind: &'static str, name: String },
     #[error("boot device {device} is listed twice")]
     DuplicateBootDevice { device: BootDevice },
     #[error("boot device {device} is listed but the VM has no {needs}")]

@@ -30,6 +30,9 @@ pub struct VmRecord {
     /// Why the last boot or stop went wrong, shown by `kiln ls`.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The score that created it; `None` for a VM made by `kiln up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A started QEMU process.

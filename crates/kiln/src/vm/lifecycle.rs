@@ -45,6 +45,16 @@ pub(crate) fn serial_tail(paths: &VmPaths, lines: usize) -> String {
 impl Kiln {
     /// Creates a VM from `spec` and boots it; returns once its agent answers.
     pub async fn up(&self, spec: VmSpec, reporter: &dyn Reporter) -> Result<Vm> {
+        self.up_as(spec, None, reporter).await
+    }
+
+    /// [`up`](Self::up), recording `owner` (a score's name) in the VM's record.
+    pub async fn up_as(
+        &self,
+        spec: VmSpec,
+        owner: Option<&str>,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
         let name = spec.name().to_owned();
         let paths = self.paths.vm(&name);
         paths.check_socket_paths()?;
@@ -90,6 +100,7 @@ impl Kiln {
                 should_run: true,
                 machine: None,
                 last_error: None,
+                owner: owner.map(str::to_owned),
             };
             // From here on the VM exists.
             state::write_json_atomic(&paths.record(), &record)?;
@@ -265,6 +276,27 @@ impl Kiln {
             state::write_json_atomic(&vm.paths.record(), &record)
         })
         .await
+    }
+
+    /// Gives a stopped VM new vCPU and memory settings (the rest of `spec` must match).
+    pub async fn reconfigure(&self, spec: &VmSpec) -> Result<()> {
+        let name = spec.name();
+        let vm = self.get(name).await?;
+        let _lock = lock(&vm.paths).await?;
+        let mut record = read_record(&vm.paths)?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        if self.backend.running_pid(&vm.paths).await.is_some() {
+            return Err(Error::WrongState {
+                name: name.to_owned(),
+                state: VmState::Running,
+                action: "reconfigure",
+                needed: VmState::Stopped,
+            });
+        }
+        self.backend.check(spec)?;
+        record.spec = spec.clone();
+        state::write_json_atomic(&vm.paths.record(), &record)
     }
 
     /// Removes a VM and everything it owns. A running VM needs `force`.

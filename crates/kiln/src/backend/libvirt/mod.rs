@@ -36,28 +36,12 @@ pub enum LibvirtError {
     },
     #[error("invalid libvirt XML: {0}")]
     Xml(String),
-    #[error("{kind} {name} exists on {uri} but kiln does not own it")]
-    NotOwned {
-        uri: String,
-        kind: &'static str,
-        name: String,
-    },
     #[error("storage pool {pool} on {uri} has {available} bytes free; the new disks need {needed}")]
     PoolTooSmall {
         uri: String,
         pool: String,
         needed: u64,
         available: u64,
-    },
-    #[error(
-        "network {network} ({subnet}) overlaps network {existing} ({existing_subnet}) on {uri}"
-    )]
-    SubnetInUse {
-        uri: String,
-        network: String,
-        subnet: ipnet::Ipv4Net,
-        existing: String,
-        existing_subnet: ipnet::Ipv4Net,
     },
     #[error("domain {name} on {uri} has no kiln agent channel (or no secret)")]
     NoAgentChannel { uri: String, name: String },
@@ -74,11 +58,7 @@ impl LibvirtError {
             Self::Connect { .. } => {
                 "check the URI and that libvirtd listens there; `kiln doctor --connect URI` checks it".to_owned()
             }
-            Self::NotOwned { kind, name, .. } => format!(
-                "kiln leaves resources it did not create alone: rename yours, or remove the {kind} {name} by hand"
-            ),
             Self::PoolTooSmall { .. } => "free space in the pool or ask for smaller disks".to_owned(),
-            Self::SubnetInUse { .. } => "pick a subnet no other network on the host uses".to_owned(),
             Self::NoAgentChannel { .. } => {
                 "only domains kiln created (with the kiln image) have an agent".to_owned()
             }
@@ -408,6 +388,13 @@ impl LibvirtConn {
 
     /// Every domain kiln tagged, with its state.
     pub async fn kiln_domains(&self) -> Result<Vec<DomainState>, LibvirtError> {
+        let mut domains = self.domains().await?;
+        domains.retain(|d| d.observed.tag.is_some());
+        Ok(domains)
+    }
+
+    /// Every domain on the host, kiln's or not, with its state.
+    pub async fn domains(&self) -> Result<Vec<DomainState>, LibvirtError> {
         self.call(|inner| {
             let domains = inner
                 .conn
@@ -416,10 +403,7 @@ impl LibvirtConn {
             let mut states = Vec::new();
             for dom in domains {
                 let name = dom.name().map_err(inner.err("read", "a domain name"))?;
-                let state = inner.domain_state(&dom, &name)?;
-                if state.observed.tag.is_some() {
-                    states.push(state);
-                }
+                states.push(inner.domain_state(&dom, &name)?);
             }
             states.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(states)

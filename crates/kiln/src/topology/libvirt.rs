@@ -1,0 +1,518 @@
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use log::{debug, info};
+
+use crate::agent::{AgentClient, AgentError};
+use crate::backend::libvirt::{
+    DomainDef, DomainDisk, DomainNic, DomainState, KernelBoot, KilnTag, LibvirtConn, LibvirtError,
+    LibvirtOptions, VolumeFormat,
+};
+use crate::image::{Image, ImageInputs, ImageStore};
+use crate::progress::{self, Event, Reporter, Stage};
+use crate::score::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
+use crate::spec::{BootDevice, NetworkSpec};
+use crate::{Accel, AccelChoice, AccelProbe, Error, Paths, Result, VmSpec};
+
+/// A libvirt host, local or remote, reached through one URI.
+#[derive(Debug, Clone)]
+pub struct LibvirtHost {
+    conn: LibvirtConn,
+    images: ImageStore,
+    image_inputs: Option<ImageInputs>,
+    boot_timeout: Duration,
+}
+
+fn disk_volume(vm: &str, index: usize) -> String {
+    format!("{vm}-disk{index}.qcow2")
+}
+
+fn image_volumes(image: &Image) -> [String; 3] {
+    let digest = image.manifest.digest();
+    let id = format!(
+        "kiln-image-{}-{}",
+        image.name(),
+        &digest[..digest.len().min(12)]
+    );
+    [
+        format!("{id}-vmlinux"),
+        format!("{id}-initramfs"),
+        format!("{id}-complete"),
+    ]
+}
+
+impl LibvirtHost {
+    /// Connects to `uri`; images are built into (and taken from) the cache under `paths`.
+    pub async fn connect(uri: &str, paths: &Paths) -> Result<Self> {
+        Self::connect_with(uri, LibvirtOptions::for_uri(uri), paths).await
+    }
+
+    pub async fn connect_with(uri: &str, options: LibvirtOptions, paths: &Paths) -> Result<Self> {
+        Ok(Self {
+            conn: LibvirtConn::open_with(uri, options).await?,
+            images: ImageStore::new(paths.clone()),
+            image_inputs: None,
+            boot_timeout: Duration::from_secs(120),
+        })
+    }
+
+    /// Builds images from these inputs instead of discovering them.
+    #[must_use]
+    pub fn with_image_inputs(mut self, inputs: ImageInputs) -> Self {
+        self.image_inputs = Some(inputs);
+        self
+    }
+
+    /// How long a VM may take to boot until its agent answers.
+    #[must_use]
+    pub fn with_boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    pub fn conn(&self) -> &LibvirtConn {
+        &self.conn
+    }
+
+    pub fn uri(&self) -> &str {
+        self.conn.uri()
+    }
+
+    /// Whether guests really run here (the test driver only pretends).
+    fn runs_guests(&self) -> bool {
+        !self.conn.is_test_driver()
+    }
+
+    /// KVM or TCG for a spec. On this machine the local probe decides; on a remote host kiln
+    /// cannot look at `/dev/kvm`, so only an explicit `--accel kvm` asks for it.
+    fn choose_accel(&self, spec: &VmSpec) -> Result<(Accel, String)> {
+        if self.conn.is_local() {
+            let probe = AccelProbe::probe();
+            let accel = probe.choose(spec.accel())?;
+            return Ok((accel, probe.reason));
+        }
+        Ok(match spec.accel() {
+            AccelChoice::Kvm => (Accel::Kvm, "asked for".to_owned()),
+            _ => (
+                Accel::Tcg,
+                "a remote host's KVM cannot be probed from here; pass --accel kvm to use it"
+                    .to_owned(),
+            ),
+        })
+    }
+
+    /// Uploads the kiln image's kernel and initramfs into the pool (once per image digest)
+    /// and returns their paths on the host.
+    async fn ensure_image(
+        &self,
+        spec: &VmSpec,
+        reporter: &dyn Reporter,
+    ) -> Result<(String, String)> {
+        if !self.runs_guests() {
+            let dir = &self.conn.options().pool_path;
+            return Ok((
+                format!("{dir}/kiln-test-vmlinux"),
+                format!("{dir}/kiln-test-initramfs"),
+            ));
+        }
+        let image = self
+            .images
+            .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
+            .await?;
+        let [kernel, initrd, complete] = image_volumes(&image);
+        let existing = self.conn.list_volumes().await?;
+        if ![&kernel, &initrd, &complete]
+            .iter()
+            .all(|v| existing.contains(v))
+        {
+            progress::stage(reporter, Stage::UploadImage, async {
+                // Without the marker an earlier upload may have been cut short: redo both.
+                self.conn.upload_volume(&kernel, &image.kernel()).await?;
+                self.conn.upload_volume(&initrd, &image.initramfs()).await?;
+                self.conn
+                    .ensure_volume(&complete, 1, VolumeFormat::Raw, None)
+                    .await?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
+        let kernel_path = self
+            .conn
+            .ensure_volume(&kernel, 1, VolumeFormat::Raw, None)
+            .await?;
+        let initrd_path = self
+            .conn
+            .ensure_volume(&initrd, 1, VolumeFormat::Raw, None)
+            .await?;
+        Ok((kernel_path, initrd_path))
+    }
+
+    async fn domain_def(
+        &self,
+        spec: &VmSpec,
+        owner: &str,
+        secret_hex: String,
+        reporter: &dyn Reporter,
+    ) -> Result<DomainDef> {
+        let (accel, reason) = self.choose_accel(spec)?;
+        reporter.report(Event::AccelChosen {
+            accel,
+            reason: reason.clone(),
+        });
+        let boot_position = |device: BootDevice| {
+            spec.boot_order()
+                .iter()
+                .position(|d| *d == device)
+                .and_then(|p| u32::try_from(p + 1).ok())
+        };
+        let kernel = if spec.boot_order().is_empty() {
+            let (kernel, initrd) = self.ensure_image(spec, reporter).await?;
+            let dhcp = spec.networks().iter().any(|n| n.network_name().is_some());
+            let mut cmdline = format!(
+                "console=ttyS0 reboot=t panic=-1 quiet kiln.name={}",
+                spec.name()
+            );
+            if dhcp {
+                cmdline.push_str(" kiln.net=dhcp");
+            }
+            Some(KernelBoot {
+                kernel,
+                initrd,
+                cmdline,
+            })
+        } else {
+            None
+        };
+        let pool = self.conn.options().pool_name.clone();
+        Ok(DomainDef {
+            name: spec.name().to_owned(),
+            kvm: accel == Accel::Kvm,
+            tag: KilnTag {
+                owner: owner.to_owned(),
+                spec: serde_json::to_string(spec).map_err(|e| LibvirtError::Xml(e.to_string()))?,
+            },
+            memory_mib: spec.memory_mib(),
+            cpus: spec.cpus(),
+            secret_hex,
+            kernel,
+            disks: (0..spec.disks().len())
+                .map(|index| DomainDisk {
+                    pool: pool.clone(),
+                    volume: disk_volume(spec.name(), index),
+                    boot_order: if index == 0 {
+                        boot_position(BootDevice::Disk)
+                    } else {
+                        None
+                    },
+                })
+                .collect(),
+            nics: spec
+                .networks()
+                .iter()
+                .enumerate()
+                .map(|(index, nic)| DomainNic {
+                    network: nic.network_name().map(str::to_owned),
+                    mac: nic.mac().map(|m| m.to_string()),
+                    boot_order: if index == 0 {
+                        boot_position(BootDevice::Network)
+                    } else {
+                        None
+                    },
+                })
+                .collect(),
+            serial_log: self
+                .conn
+                .options()
+                .serial_log_dir
+                .as_ref()
+                .map(|dir| format!("{dir}/{}-serial.log", spec.name())),
+        })
+    }
+
+    /// Waits until the VM's agent answers; fails with the console's tail when it does not.
+    async fn wait_for_agent(&self, spec: &VmSpec, reporter: &dyn Reporter) -> Result<()> {
+        if !self.runs_guests() || !spec.boot_order().is_empty() {
+            return Ok(());
+        }
+        progress::stage(reporter, Stage::WaitAgent, async {
+            let started = Instant::now();
+            let deadline = started + self.boot_timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .agent_within(spec.name(), left.min(Duration::from_secs(5)))
+                    .await
+                {
+                    Ok(agent) => {
+                        agent.ping().await?;
+                        info!("{} answered after {:.1?}", spec.name(), started.elapsed());
+                        return Ok(());
+                    }
+                    Err(err) if Instant::now() < deadline => {
+                        debug!("{} not ready yet: {err}", spec.name());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(err) => {
+                        return Err(Error::BootFailed {
+                            name: spec.name().to_owned(),
+                            reason: err.to_string(),
+                            serial_tail: self.serial_tail(spec.name()),
+                        });
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// The end of a VM's console log, when the host is this machine.
+    pub fn serial_tail(&self, name: &str) -> String {
+        let Some(dir) = &self.conn.options().serial_log_dir else {
+            return String::new();
+        };
+        if !self.conn.is_local() {
+            return String::new();
+        }
+        let log = std::fs::read(format!("{dir}/{name}-serial.log")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&log);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    async fn agent_within(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
+        let state = self.running_domain(name).await?;
+        let (Some(socket), Some(secret)) = (
+            state.observed.agent_socket.as_deref(),
+            state.observed.secret_hex.as_deref(),
+        ) else {
+            return Err(LibvirtError::NoAgentChannel {
+                uri: self.uri().to_owned(),
+                name: name.to_owned(),
+            }
+            .into());
+        };
+        let secret = hex::decode(secret).map_err(|_| LibvirtError::NoAgentChannel {
+            uri: self.uri().to_owned(),
+            name: name.to_owned(),
+        })?;
+        Ok(AgentClient::connect(std::path::Path::new(socket), &secret, timeout).await?)
+    }
+
+    async fn running_domain(&self, name: &str) -> Result<DomainState> {
+        match self.conn.domain(name).await? {
+            Some(state) if state.active => Ok(state),
+            Some(_) => Err(LibvirtError::NotRunning {
+                uri: self.uri().to_owned(),
+                name: name.to_owned(),
+            }
+            .into()),
+            None => Err(Error::VmNotFound {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Removes image volumes and the pool once no kiln domain is left on the host.
+    async fn collect_garbage(&self) -> Result<()> {
+        if !self.conn.kiln_domains().await?.is_empty() {
+            return Ok(());
+        }
+        for volume in self.conn.list_volumes().await? {
+            if volume.starts_with("kiln-image-") {
+                self.conn.delete_volume(&volume).await?;
+            }
+        }
+        if self.conn.remove_pool_if_empty().await? {
+            info!("removed the empty kiln pool on {}", self.uri());
+        }
+        Ok(())
+    }
+}
+
+fn observed_vm(state: DomainState) -> ObservedVm {
+    let (owner, spec) = match &state.observed.tag {
+        Some(tag) => (
+            Some(tag.owner.clone()),
+            serde_json::from_str(&tag.spec).ok(),
+        ),
+        None => (None, None),
+    };
+    ObservedVm {
+        name: state.name,
+        host: None,
+        owner,
+        spec,
+        running: state.active,
+    }
+}
+
+#[async_trait]
+impl Topology for LibvirtHost {
+    fn describe(&self) -> String {
+        format!("libvirt {}", self.uri())
+    }
+
+    async fn ensure_ready(&self, _reporter: &dyn Reporter) -> Result<()> {
+        self.conn.ensure_pool_active().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl VmHost for LibvirtHost {
+    async fn observe_vms(&self) -> Result<Vec<ObservedVm>> {
+        Ok(self
+            .conn
+            .domains()
+            .await?
+            .into_iter()
+            .map(observed_vm)
+            .collect())
+    }
+
+    async fn check_vms(&self, creating: &[&VmSpec]) -> Result<()> {
+        let needed: u64 = creating
+            .iter()
+            .flat_map(|vm| vm.disks())
+            .map(|d| d.size().bytes())
+            .sum();
+        if needed == 0 {
+            return Ok(());
+        }
+        self.conn.ensure_pool_active().await?;
+        let available = self.conn.pool_available().await?;
+        if needed > available {
+            return Err(LibvirtError::PoolTooSmall {
+                uri: self.uri().to_owned(),
+                pool: self.conn.options().pool_name.clone(),
+                needed,
+                available,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
+        self.conn.ensure_pool_active().await?;
+        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        getrandom::fill(&mut secret)
+            .map_err(|e| LibvirtError::Xml(format!("random secret: {e}")))?;
+        let def = self
+            .domain_def(spec, owner, hex::encode(secret), reporter)
+            .await?;
+        progress::stage(reporter, Stage::CreateVm, async {
+            for (index, disk) in spec.disks().iter().enumerate() {
+                self.conn
+                    .ensure_volume(
+                        &disk_volume(spec.name(), index),
+                        disk.size().bytes(),
+                        VolumeFormat::Qcow2,
+                        disk.base(),
+                    )
+                    .await?;
+            }
+            self.conn.define_domain(&def).await?;
+            self.conn.start_domain(spec.name()).await?;
+            Ok::<_, Error>(())
+        })
+        .await?;
+        self.wait_for_agent(spec, reporter).await
+    }
+
+    async fn update_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
+        let current = self.conn.domain(spec.name()).await?;
+        let secret = current
+            .as_ref()
+            .and_then(|s| s.observed.secret_hex.clone())
+            .unwrap_or_default();
+        let def = self.domain_def(spec, owner, secret, reporter).await?;
+        self.conn.define_domain(&def).await?;
+        // A running domain takes new vCPUs and memory on its next start.
+        self.conn.destroy_domain(spec.name()).await?;
+        self.conn.start_domain(spec.name()).await?;
+        self.wait_for_agent(spec, reporter).await
+    }
+
+    async fn delete_vm(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        progress::stage(reporter, Stage::Remove, async {
+            self.conn.undefine_domain(name).await?;
+            let prefix = format!("{name}-disk");
+            for volume in self.conn.list_volumes().await? {
+                if volume.starts_with(&prefix) && volume.ends_with(".qcow2") {
+                    self.conn.delete_volume(&volume).await?;
+                }
+            }
+            if let Some(dir) = &self.conn.options().serial_log_dir
+                && self.conn.is_local()
+            {
+                let _ = std::fs::remove_file(format!("{dir}/{name}-serial.log"));
+            }
+            self.collect_garbage().await
+        })
+        .await
+    }
+
+    async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .agent_within(name, left.min(Duration::from_secs(10)))
+                .await
+            {
+                Err(Error::Agent(AgentError::Timeout { .. })) if Instant::now() < deadline => {
+                    log::warn!("{name}: agent handshake timed out; reconnecting");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl NetworkHost for LibvirtHost {
+    async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>> {
+        Ok(self
+            .conn
+            .networks()
+            .await?
+            .into_iter()
+            .map(|state| {
+                let (owner, spec) = match &state.observed.tag {
+                    Some(tag) => (
+                        Some(tag.owner.clone()),
+                        serde_json::from_str(&tag.spec).ok(),
+                    ),
+                    None => (None, None),
+                };
+                ObservedNetwork {
+                    name: state.name,
+                    owner,
+                    spec,
+                    subnets: state.observed.subnets,
+                    active: state.active,
+                }
+            })
+            .collect())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
+        let tag = KilnTag {
+            owner: owner.to_owned(),
+            spec: serde_json::to_string(spec).map_err(|e| LibvirtError::Xml(e.to_string()))?,
+        };
+        let doc = crate::backend::libvirt::xml::network_xml(spec, &tag)?;
+        self.conn.define_network(spec.name(), doc).await?;
+        self.conn.ensure_network_active(spec.name()).await?;
+        Ok(())
+    }
+
+    async fn start_network(&self, name: &str) -> Result<()> {
+        Ok(self.conn.ensure_network_active(name).await?)
+    }
+
+    async fn delete_network(&self, name: &str) -> Result<()> {
+        Ok(self.conn.remove_network(name).await?)
+    }
+}

@@ -1,0 +1,11 @@
+//! Where scores run: [`LibvirtHost`] (one libvirt URI), [`LocalHost`] (the daemonless QEMU
+//! backend on this machine) and [`MultiHost`] (several libvirt hosts, VMs placed by name or
+//! spread).
+
+mod libvirt;
+mod local;
+mod multi;
+
+pub use libvirt::LibvirtHost;
+pub use local::LocalHost;
+pub use multi::{MultiHost, Placement};

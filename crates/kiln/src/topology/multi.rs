@@ -1,0 +1,270 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::LibvirtHost;
+use crate::progress::Reporter;
+use crate::score::{NetworkHost, ObservedNetwork, ObservedVm, ResourceKind, Topology, VmHost};
+use crate::spec::NetworkSpec;
+use crate::{AgentClient, Error, Result, VmSpec};
+
+/// Where a VM goes on a [`MultiHost`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On this host.
+    Host(String),
+    /// On the host with the fewest kiln VMs (the first such host on a tie).
+    Spread,
+}
+
+/// Several hosts under one topology. Networks are made on every host (a VM's network must
+/// exist where it runs); each VM goes where its [`Placement`] says.
+#[derive(Debug, Clone)]
+pub struct MultiHost<H = LibvirtHost> {
+    hosts: Vec<(String, H)>,
+    placements: BTreeMap<String, String>,
+}
+
+impl<H> Default for MultiHost<H> {
+    fn default() -> Self {
+        Self {
+            hosts: Vec::new(),
+            placements: BTreeMap::new(),
+        }
+    }
+}
+
+impl<H: VmHost> MultiHost<H> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a host under a name (the name placements use).
+    #[must_use]
+    pub fn with_host(mut self, name: impl Into<String>, host: H) -> Self {
+        self.hosts.push((name.into(), host));
+        self
+    }
+
+    /// Puts VM `vm` on host `host`; unplaced VMs are spread.
+    #[must_use]
+    pub fn place(mut self, vm: impl Into<String>, host: impl Into<String>) -> Self {
+        self.placements.insert(vm.into(), host.into());
+        self
+    }
+
+    pub fn placement(&self, vm: &str) -> Placement {
+        self.placements
+            .get(vm)
+            .map_or(Placement::Spread, |h| Placement::Host(h.clone()))
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, &H)> {
+        self.hosts.iter().map(|(name, host)| (name.as_str(), host))
+    }
+
+    fn host(&self, name: &str, vm: &str) -> Result<&H> {
+        self.hosts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, h)| h)
+            .ok_or_else(|| Error::UnknownHost {
+                host: name.to_owned(),
+                vm: vm.to_owned(),
+            })
+    }
+
+    /// The host each new VM goes to, given the kiln VMs each host already has.
+    async fn assign<'a>(&self, specs: &[&'a VmSpec]) -> Result<Vec<(&'a VmSpec, String)>> {
+        let mut load: Vec<(String, usize)> = Vec::new();
+        for (name, host) in &self.hosts {
+            let count = host
+                .observe_vms()
+                .await?
+                .iter()
+                .filter(|vm| vm.owner.is_some())
+                .count();
+            load.push((name.clone(), count));
+        }
+        let mut out = Vec::new();
+        for spec in specs {
+            let target = match self.placement(spec.name()) {
+                Placement::Host(host) => {
+                    self.host(&host, spec.name())?;
+                    host
+                }
+                Placement::Spread => load
+                    .iter()
+                    .min_by_key(|(_, count)| *count)
+                    .map(|(name, _)| name.clone())
+                    .ok_or_else(|| Error::UnknownHost {
+                        host: "(none: the topology has no hosts)".to_owned(),
+                        vm: spec.name().to_owned(),
+                    })?,
+            };
+            if let Some(entry) = load.iter_mut().find(|(name, _)| *name == target) {
+                entry.1 += 1;
+            }
+            out.push((*spec, target));
+        }
+        Ok(out)
+    }
+
+    /// The host a VM is on.
+    async fn find(&self, vm: &str) -> Result<&H> {
+        for (_, host) in &self.hosts {
+            if host.observe_vms().await?.iter().any(|o| o.name == vm) {
+                return Ok(host);
+            }
+        }
+        Err(Error::VmNotFound {
+            name: vm.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl<H: VmHost> Topology for MultiHost<H> {
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.hosts.iter().map(|(n, _)| n.as_str()).collect();
+        format!("{} hosts ({})", names.len(), names.join(", "))
+    }
+
+    async fn ensure_ready(&self, reporter: &dyn Reporter) -> Result<()> {
+        for (_, host) in &self.hosts {
+            host.ensure_ready(reporter).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<H: VmHost> VmHost for MultiHost<H> {
+    async fn observe_vms(&self) -> Result<Vec<ObservedVm>> {
+        let mut all = Vec::new();
+        for (name, host) in &self.hosts {
+            for mut vm in host.observe_vms().await? {
+                vm.host = Some(name.clone());
+                all.push(vm);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn check_vms(&self, creating: &[&VmSpec]) -> Result<()> {
+        let assigned = self.assign(creating).await?;
+        for (name, host) in &self.hosts {
+            let mine: Vec<&VmSpec> = assigned
+                .iter()
+                .filter(|(_, h)| h == name)
+                .map(|(spec, _)| *spec)
+                .collect();
+            host.check_vms(&mine).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
+        let assigned = self.assign(&[spec]).await?;
+        let target = assigned
+            .first()
+            .map(|(_, h)| h.as_str())
+            .unwrap_or_default();
+        self.host(target, spec.name())?
+            .create_vm(spec, owner, reporter)
+            .await
+    }
+
+    async fn update_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
+        self.find(spec.name())
+            .await?
+            .update_vm(spec, owner, reporter)
+            .await
+    }
+
+    async fn delete_vm(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        self.find(name).await?.delete_vm(name, reporter).await
+    }
+
+    async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
+        self.find(name).await?.vm_agent(name, timeout).await
+    }
+}
+
+#[async_trait]
+impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
+    /// Networks of every host, merged by name. One that some host lacks is reported without a
+    /// spec, so a plan replaces it everywhere; the subnets of all networks on every host are
+    /// reported, so a new subnet is checked against each host.
+    async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>> {
+        let mut per_host = Vec::new();
+        for (_, host) in &self.hosts {
+            per_host.push(host.observe_networks().await?);
+        }
+        let mut merged: BTreeMap<String, ObservedNetwork> = BTreeMap::new();
+        let mut seen_on: BTreeMap<String, usize> = BTreeMap::new();
+        for nets in &per_host {
+            for net in nets {
+                *seen_on.entry(net.name.clone()).or_default() += 1;
+                merged
+                    .entry(net.name.clone())
+                    .and_modify(|m| {
+                        m.active &= net.active;
+                        m.subnets.extend(net.subnets.iter().copied());
+                        if m.owner != net.owner {
+                            m.owner = None;
+                        }
+                    })
+                    .or_insert_with(|| net.clone());
+            }
+        }
+        Ok(merged
+            .into_values()
+            .map(|mut net| {
+                if seen_on.get(&net.name) != Some(&self.hosts.len()) {
+                    net.spec = None;
+                }
+                net
+            })
+            .collect())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
+        for (_, host) in &self.hosts {
+            let existing = host
+                .observe_networks()
+                .await?
+                .into_iter()
+                .find(|n| n.name == spec.name());
+            match existing {
+                None => host.create_network(spec, owner).await?,
+                Some(net) if net.owner.as_deref() == Some(owner) => {
+                    host.start_network(spec.name()).await?;
+                }
+                Some(net) => {
+                    return Err(Error::NotOwned {
+                        kind: ResourceKind::Network,
+                        name: net.name,
+                        owner: net.owner,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_network(&self, name: &str) -> Result<()> {
+        for (_, host) in &self.hosts {
+            host.start_network(name).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_network(&self, name: &str) -> Result<()> {
+        for (_, host) in &self.hosts {
+            host.delete_network(name).await?;
+        }
+        Ok(())
+    }
+}
