@@ -50,6 +50,38 @@ pub fn require_vm_prerequisites() {
     }
 }
 
+/// What the default image is built from, in tests.
+pub fn image_inputs() -> ImageInputs {
+    ImageInputs {
+        kernel_deb: None,
+        busybox: PathBuf::from("/bin/busybox"),
+        agent: agent_binary(),
+    }
+}
+
+/// The socket of a system libvirtd on this machine.
+pub const LIBVIRTD_SOCKET: &str = "/run/libvirt/libvirt-sock";
+
+/// Fails the test unless a system libvirtd answers on this machine.
+pub fn require_libvirtd() {
+    require_vm_prerequisites();
+    assert!(
+        Path::new(LIBVIRTD_SOCKET).exists(),
+        "prerequisite missing: a running libvirtd (socket {LIBVIRTD_SOCKET}); start it with `scripts/libvirtd.sh start`"
+    );
+}
+
+/// A name no other test run uses at the same time (libvirt objects are host-wide).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// The image cache shared by all tests (building an image takes seconds).
 pub fn shared_cache_dir() -> PathBuf {
     std::env::var_os("KILN_TEST_CACHE")
@@ -91,12 +123,16 @@ impl TestEnv {
     /// The library, on the QEMU backend, with this test's state and the built agent.
     pub fn kiln(&self) -> Kiln {
         require_vm_prerequisites();
-        let inputs = ImageInputs {
-            kernel_deb: None,
-            busybox: PathBuf::from("/bin/busybox"),
-            agent: agent_binary(),
-        };
-        Kiln::new(self.paths(), Arc::new(QemuBackend::new())).with_image_inputs(inputs)
+        Kiln::new(self.paths(), Arc::new(QemuBackend::new())).with_image_inputs(image_inputs())
+    }
+
+    /// A `test:///…` URI of libvirt's test driver with its own, empty state: each URI is an
+    /// independent "host" (no daemon, nothing runs).
+    pub fn test_driver_uri(&self, host: &str) -> String {
+        let node = self.home.path().join(format!("{host}.xml"));
+        std::fs::write(&node, "<node/>\n")
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", node.display()));
+        format!("test://{}", node.display())
     }
 
     /// The real `kiln` binary (pass `env!("CARGO_BIN_EXE_kiln")`) with this test's state.

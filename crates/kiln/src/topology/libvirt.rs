@@ -186,6 +186,7 @@ impl LibvirtHost {
         let pool = self.conn.options().pool_name.clone();
         Ok(DomainDef {
             name: spec.name().to_owned(),
+            uuid: None,
             kvm: accel == Accel::Kvm,
             tag: KilnTag {
                 owner: owner.to_owned(),
@@ -422,11 +423,16 @@ impl VmHost for LibvirtHost {
 
     async fn update_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         let current = self.conn.domain(spec.name()).await?;
-        let secret = current
-            .as_ref()
-            .and_then(|s| s.observed.secret_hex.clone())
-            .unwrap_or_default();
-        let def = self.domain_def(spec, owner, secret, reporter).await?;
+        let observed = current.map(|s| s.observed).unwrap_or_default();
+        let mut def = self
+            .domain_def(
+                spec,
+                owner,
+                observed.secret_hex.unwrap_or_default(),
+                reporter,
+            )
+            .await?;
+        def.uuid = observed.uuid;
         self.conn.define_domain(&def).await?;
         // A running domain takes new vCPUs and memory on its next start.
         self.conn.destroy_domain(spec.name()).await?;

@@ -248,10 +248,20 @@ impl LibvirtConn {
         .await
     }
 
-    /// The names of the volumes in kiln's pool.
+    /// Whether kiln's pool is defined.
+    pub async fn pool_exists(&self) -> Result<bool, LibvirtError> {
+        self.call(|inner| Ok(inner.lookup_pool()?.is_some())).await
+    }
+
+    /// The names of the volumes in kiln's pool (none when the pool is absent or stopped).
     pub async fn list_volumes(&self) -> Result<Vec<String>, LibvirtError> {
         self.call(|inner| {
-            let pool = inner.pool()?;
+            let Some(pool) = inner.lookup_pool()? else {
+                return Ok(Vec::new());
+            };
+            if !pool.is_active().map_err(inner.err("read", "the pool"))? {
+                return Ok(Vec::new());
+            }
             pool.refresh(0).map_err(inner.err("refresh", "the pool"))?;
             pool.list_volumes().map_err(inner.err("list", "volumes"))
         })

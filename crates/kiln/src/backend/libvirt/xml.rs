@@ -83,6 +83,8 @@ impl<'a> From<&'a KilnTag> for MetadataOut<'a> {
 #[derive(Debug, Clone)]
 pub struct DomainDef {
     pub name: String,
+    /// Set when redefining an existing domain (libvirt matches definitions by UUID).
+    pub uuid: Option<String>,
     /// `kvm` or `qemu` (TCG).
     pub kvm: bool,
     pub tag: KilnTag,
@@ -124,6 +126,8 @@ struct DomainOut<'a> {
     #[serde(rename = "@type")]
     kind: &'static str,
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uuid: Option<&'a str>,
     metadata: MetadataOut<'a>,
     memory: Text<u64>,
     vcpu: u32,
@@ -334,6 +338,7 @@ impl DomainDef {
         let doc = DomainOut {
             kind: if self.kvm { "kvm" } else { "qemu" },
             name: &self.name,
+            uuid: self.uuid.as_deref(),
             metadata: (&self.tag).into(),
             memory: Text {
                 unit: Some("MiB"),
@@ -434,6 +439,7 @@ impl DomainDef {
 /// The parts of a live domain document kiln reads back.
 #[derive(Debug, Clone, Default)]
 pub struct DomainObserved {
+    pub uuid: Option<String>,
     pub tag: Option<KilnTag>,
     pub secret_hex: Option<String>,
     pub agent_socket: Option<String>,
@@ -441,6 +447,8 @@ pub struct DomainObserved {
 
 #[derive(Debug, Deserialize)]
 struct DomainIn {
+    #[serde(default)]
+    uuid: Option<String>,
     #[serde(default)]
     metadata: Option<MetadataIn>,
     #[serde(default)]
@@ -530,6 +538,7 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
             .and_then(|s| s.path)
     });
     Ok(DomainObserved {
+        uuid: doc.uuid,
         tag: tag_of(doc.metadata),
         secret_hex,
         agent_socket,
@@ -791,6 +800,7 @@ mod tests {
     fn web(kernel: bool) -> DomainDef {
         DomainDef {
             name: "web-1".to_owned(),
+            uuid: None,
             kvm: false,
             tag: tag(),
             memory_mib: 1024,
