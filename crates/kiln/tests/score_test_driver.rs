@@ -4,7 +4,7 @@
 
 use kiln::backend::libvirt::LibvirtConn;
 use kiln::progress::NoProgress;
-use kiln::score::{Change, Interpret, NetworkScore, Score, VmScore};
+use kiln::score::{Change, NetworkScore, Score, VmScore};
 use kiln::spec::NetworkSpec;
 use kiln::topology::{LibvirtHost, MultiHost};
 use kiln::{DiskSpec, Error, MacAddr, NetworkRef, SpecError, VmSpec};
