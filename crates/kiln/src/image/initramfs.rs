@@ -41,12 +41,21 @@ for p in $(cat /proc/cmdline); do
   case "$p" in kiln.name=*) hostname "${p#kiln.name=}" ;; esac
 done
 ip link set lo up
+net=user
+for p in $(cat /proc/cmdline); do
+  case "$p" in kiln.net=*) net="${p#kiln.net=}" ;; esac
+done
 if [ -e /sys/class/net/eth0 ]; then
-  # QEMU user-mode networking: fixed addresses.
   ip link set eth0 up
-  ip addr add 10.0.2.15/24 dev eth0
-  ip route add default via 10.0.2.2
-  echo "nameserver 10.0.2.3" > /etc/resolv.conf
+  if [ "$net" = dhcp ]; then
+    # A libvirt network: ask its dnsmasq, in the background so the agent starts at once.
+    udhcpc -i eth0 -b -q -t 10 -s /etc/kiln/udhcpc.sh >/dev/null 2>&1 &
+  else
+    # QEMU user-mode networking: fixed addresses.
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+    echo "nameserver 10.0.2.3" > /etc/resolv.conf
+  fi
 fi
 echo "kiln-init: starting agent"
 while true; do
@@ -54,6 +63,19 @@ while true; do
   echo "kiln-init: agent exited ($?), restarting"
   sleep 1
 done
+"#;
+
+/// What `udhcpc` runs when it gets a lease: configure the address, route and DNS.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
 "#;
 
 /// Writes the archive to `out`.
@@ -90,6 +112,8 @@ pub fn write(parts: &InitramfsParts<'_>, out: &Path) -> Result<(), ImageError> {
     cpio.file("sbin/kiln-agent", 0o755, &read(parts.agent)?)
         .map_err(io)?;
     cpio.file("init", 0o755, INIT.as_bytes()).map_err(io)?;
+    cpio.file("etc/kiln/udhcpc.sh", 0o755, UDHCPC_SCRIPT.as_bytes())
+        .map_err(io)?;
     let mut order = String::new();
     for module in parts.modules {
         let target = format!("lib/modules/{}.ko", module.name);

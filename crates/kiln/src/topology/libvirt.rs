@@ -292,11 +292,9 @@ impl LibvirtHost {
             }
             .into());
         };
-        let secret = hex::decode(secret).map_err(|_| LibvirtError::NoAgentChannel {
-            uri: self.uri().to_owned(),
-            name: name.to_owned(),
-        })?;
-        Ok(AgentClient::connect(std::path::Path::new(socket), &secret, timeout).await?)
+        // libvirt passes the fw_cfg entry as a string: the guest reads the hex text itself,
+        // so the text (not the bytes it encodes) is the shared secret.
+        Ok(AgentClient::connect(std::path::Path::new(socket), secret.as_bytes(), timeout).await?)
     }
 
     async fn running_domain(&self, name: &str) -> Result<DomainState> {

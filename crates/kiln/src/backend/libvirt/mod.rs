@@ -135,6 +135,9 @@ pub struct NetworkState {
     pub observed: xml::NetworkObserved,
 }
 
+/// Bytes per stream message when uploading.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
 fn is_code(err: &virt::error::Error, code: ErrorNumber) -> bool {
     err.code() == Enum::Known(code)
 }
@@ -342,12 +345,15 @@ impl LibvirtConn {
                 }
                 return Err(inner.err("upload to", &name)(err));
             }
-            let mut sent = 0;
-            while sent < data.len() {
-                let n = stream
-                    .send(&data[sent..])
-                    .map_err(inner.err("upload to", &name))?;
-                sent += usize::try_from(n).unwrap_or(0).max(1);
+            // libvirt's RPC messages carry at most 32 MiB: send in small pieces.
+            for chunk in data.chunks(UPLOAD_CHUNK) {
+                let mut sent = 0;
+                while sent < chunk.len() {
+                    let n = stream
+                        .send(&chunk[sent..])
+                        .map_err(inner.err("upload to", &name))?;
+                    sent += usize::try_from(n).unwrap_or(0).max(1);
+                }
             }
             stream
                 .finish()
@@ -373,11 +379,11 @@ impl LibvirtConn {
                 {
                     return Ok(false);
                 }
-                // Removes the (empty) directory too.
-                if let Err(err) = pool.delete(0) {
-                    debug!("deleting the pool directory: {}", err.message());
-                }
                 pool.destroy().map_err(inner.err("stop", "the pool"))?;
+            }
+            // Removes the (empty) directory; libvirt does this only for a stopped pool.
+            if let Err(err) = pool.delete(0) {
+                debug!("deleting the pool directory: {}", err.message());
             }
             pool.undefine().map_err(inner.err("undefine", "the pool"))?;
             Ok(true)

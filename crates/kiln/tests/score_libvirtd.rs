@@ -1,0 +1,109 @@
+//! Scores against a real libvirtd (`qemu:///system`) with TCG domains: the VM boots the kiln
+//! image, its agent answers through the libvirt channel, a re-apply changes nothing, and
+//! destroy leaves no domain, network, volume or file behind.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use kiln::backend::libvirt::LibvirtOptions;
+use kiln::progress::NoProgress;
+use kiln::score::{NetworkScore, Score, VmHost, VmScore};
+use kiln::spec::NetworkSpec;
+use kiln::topology::LibvirtHost;
+use kiln::{DiskSpec, ExecRequest, ExitStatus, NetworkRef, VmSpec};
+use kiln_testkit::{TestEnv, image_inputs, require_libvirtd, unique_name};
+
+const URI: &str = "qemu:///system";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_boots_the_kiln_image_exec_works_and_destroy_cleans_up() {
+    require_libvirtd();
+    let env = TestEnv::new();
+    let id = unique_name("kt");
+    // A pool of this test's own, so parallel runs and real kiln pools are never touched.
+    let options = LibvirtOptions {
+        pool_name: id.clone(),
+        pool_path: format!("/var/lib/libvirt/images/{id}"),
+        serial_log_dir: Some("/var/log/libvirt/qemu".to_owned()),
+    };
+    let host = LibvirtHost::connect_with(URI, options.clone(), &env.paths())
+        .await
+        .unwrap()
+        .with_image_inputs(image_inputs());
+
+    // A subnet unlikely to clash: 10.2xx.<pid>.0/24.
+    let third = std::process::id() % 250;
+    let net_name = format!("{id}-net");
+    let mac = "52:54:00:4b:00:01".parse().unwrap();
+    let network = NetworkSpec::nat(&net_name, &format!("10.231.{third}.0/24"))
+        .dhcp(
+            format!("10.231.{third}.100").parse().unwrap(),
+            format!("10.231.{third}.150").parse().unwrap(),
+        )
+        .reserve(mac, format!("10.231.{third}.10").parse().unwrap())
+        .build()
+        .unwrap();
+    let vm_name = format!("{id}-vm");
+    let vm = VmSpec::builder(&vm_name)
+        .memory_mib(256)
+        .network(NetworkRef::named_with_mac(&net_name, mac))
+        .disk(DiskSpec::new_gib(1))
+        .build()
+        .unwrap();
+    let networks = NetworkScore::new(format!("{id}-n"), [network]).unwrap();
+    let vms = VmScore::new(id.clone(), [vm]).unwrap();
+    let net_interpret = Score::<LibvirtHost>::create_interpret(&networks);
+    let vm_interpret = Score::<LibvirtHost>::create_interpret(&vms);
+
+    let result = async {
+        net_interpret.execute(&host, &NoProgress).await?;
+        vm_interpret.execute(&host, &NoProgress).await?;
+
+        // The guest runs the kiln image and answers through the agent channel.
+        let agent = host.vm_agent(&vm_name, Duration::from_secs(30)).await?;
+        let out = agent
+            .exec(ExecRequest::new(["sh", "-c", "hostname; ls /dev/vda"]))
+            .await?
+            .output()
+            .await?;
+        assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{vm_name}\n/dev/vda\n")
+        );
+        drop(agent);
+
+        let again = vm_interpret.execute(&host, &NoProgress).await?;
+        assert!(again.is_unchanged(), "{again}");
+        let again = net_interpret.execute(&host, &NoProgress).await?;
+        assert!(again.is_unchanged(), "{again}");
+        Ok::<_, kiln::Error>(())
+    }
+    .await;
+
+    // Destroy runs whatever happened above, so a failure leaves nothing behind either.
+    let destroyed = vm_interpret.destroy(&host, &NoProgress).await;
+    let destroyed_net = net_interpret.destroy(&host, &NoProgress).await;
+    result.unwrap();
+    destroyed.unwrap();
+    destroyed_net.unwrap();
+
+    let conn = host.conn();
+    assert!(
+        conn.domain(&vm_name).await.unwrap().is_none(),
+        "domain left"
+    );
+    assert!(
+        conn.network(&net_name).await.unwrap().is_none(),
+        "network left"
+    );
+    assert!(!conn.pool_exists().await.unwrap(), "pool left");
+    assert!(
+        !std::path::Path::new(&options.pool_path).exists(),
+        "pool directory left"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/var/log/libvirt/qemu/{vm_name}-serial.log")).exists(),
+        "serial log left"
+    );
+}
