@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiln needs on a Debian 12 host, idempotently: QEMU 10 from bookworm-backports
-# (the image's qemu-utils 10 conflicts with bookworm's qemu-system 7.2), busybox-static, and the
-# tools kiln's image builder calls (apt-get download, dpkg-deb). Safe to run again: it only acts
+# (the image's qemu-utils 10 conflicts with bookworm's qemu-system 7.2), busybox-static, the
+# tools kiln's image builder calls (apt-get download, dpkg-deb), and libvirt (daemon, headers,
+# dnsmasq) for the libvirt backend. Safe to run again: it only acts
 # on what is missing.
 set -euo pipefail
 
@@ -67,7 +68,10 @@ main() {
     # shellcheck disable=SC2086
     as_root apt-get install -y -qq -t bookworm-backports --no-install-recommends $want_bpo qemu-system-data >/dev/null
   fi
-  want=$(missing_packages busybox-static dpkg xz-utils)
+  # libvirt: the daemon, its headers for the `virt` crate, dnsmasq and iptables for NAT
+  # networks.
+  want=$(missing_packages busybox-static dpkg xz-utils libvirt-daemon-system libvirt-dev \
+    pkg-config dnsmasq-base iptables)
   if [ -n "$want" ]; then
     apt_update_once
     log "installing: $want"

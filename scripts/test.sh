@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/build-agent.sh >/dev/null
+# The libvirt tests talk to a real libvirtd: start it if nothing runs it, and stop only
+# what this script started.
+started=$(scripts/libvirtd.sh start)
+trap 'scripts/libvirtd.sh stop $started' EXIT
 
 echo "== cargo fmt" >&2
 cargo fmt --all -- --check
