@@ -18,6 +18,8 @@ pub mod accel;
 pub mod agent;
 pub mod backend;
 pub mod bench;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod doctor;
 mod error;
 pub mod image;

@@ -32,15 +32,12 @@ async fn apply_boots_the_kiln_image_exec_works_and_destroy_cleans_up() {
         .with_image_inputs(image_inputs());
 
     // A subnet unlikely to clash: 10.2xx.<pid>.0/24.
-    let third = std::process::id() % 250;
+    let third = u8::try_from(std::process::id() % 250).unwrap();
     let net_name = format!("{id}-net");
     let mac = "52:54:00:4b:00:01".parse().unwrap();
     let network = NetworkSpec::nat(&net_name, &format!("10.231.{third}.0/24"))
-        .dhcp(
-            format!("10.231.{third}.100").parse().unwrap(),
-            format!("10.231.{third}.150").parse().unwrap(),
-        )
-        .reserve(mac, format!("10.231.{third}.10").parse().unwrap())
+        .dhcp([10, 231, third, 100], [10, 231, third, 150])
+        .reserve(mac, [10, 231, third, 10])
         .build()
         .unwrap();
     let vm_name = format!("{id}-vm");

@@ -17,12 +17,12 @@ fn mac(text: &str) -> MacAddr {
 fn lab() -> NetworkSpec {
     NetworkSpec::nat("lab", "10.10.0.0/24")
         .dhcp(
-            "10.10.0.100".parse().unwrap(),
-            "10.10.0.200".parse().unwrap(),
+            std::net::Ipv4Addr::from([10, 10, 0, 100]),
+            std::net::Ipv4Addr::from([10, 10, 0, 200]),
         )
         .reserve_host(
             mac("52:54:00:00:00:01"),
-            "10.10.0.10".parse().unwrap(),
+            std::net::Ipv4Addr::from([10, 10, 0, 10]),
             "web-1",
         )
         .build()
@@ -211,7 +211,10 @@ async fn bad_input_is_refused_before_anything_changes() {
     ));
     assert!(matches!(
         NetworkSpec::nat("lab", "10.10.0.0/24")
-            .reserve(mac("52:54:00:00:00:02"), "10.10.1.5".parse().unwrap())
+            .reserve(
+                mac("52:54:00:00:00:02"),
+                std::net::Ipv4Addr::from([10, 10, 1, 5])
+            )
             .build(),
         Err(SpecError::ReservationOutsideSubnet { .. })
     ));

@@ -259,26 +259,35 @@ impl NetworkSpecBuilder {
         }
     }
 
-    pub fn dhcp(mut self, start: Ipv4Addr, end: Ipv4Addr) -> Self {
-        self.dhcp = Some(DhcpRange { start, end });
+    /// Hands out `start..=end` (`[10, 77, 0, 100]` or an `Ipv4Addr`).
+    pub fn dhcp(mut self, start: impl Into<Ipv4Addr>, end: impl Into<Ipv4Addr>) -> Self {
+        self.dhcp = Some(DhcpRange {
+            start: start.into(),
+            end: end.into(),
+        });
         self
     }
 
     /// Always hands `ip` to `mac`.
-    pub fn reserve(mut self, mac: MacAddr, ip: Ipv4Addr) -> Self {
+    pub fn reserve(mut self, mac: MacAddr, ip: impl Into<Ipv4Addr>) -> Self {
         self.reservations.push(Reservation {
             mac,
-            ip,
+            ip: ip.into(),
             hostname: None,
         });
         self
     }
 
     /// Always hands `ip` and `hostname` to `mac`.
-    pub fn reserve_host(mut self, mac: MacAddr, ip: Ipv4Addr, hostname: impl Into<String>) -> Self {
+    pub fn reserve_host(
+        mut self,
+        mac: MacAddr,
+        ip: impl Into<Ipv4Addr>,
+        hostname: impl Into<String>,
+    ) -> Self {
         self.reservations.push(Reservation {
             mac,
-            ip,
+            ip: ip.into(),
             hostname: Some(hostname.into()),
         });
         self

@@ -873,10 +873,10 @@ mod tests {
         let mac = "52:54:00:00:00:01".parse().unwrap();
         let spec = NetworkSpec::nat("lab", "10.10.0.0/24")
             .dhcp(
-                "10.10.0.100".parse().unwrap(),
-                "10.10.0.200".parse().unwrap(),
+                std::net::Ipv4Addr::from([10, 10, 0, 100]),
+                std::net::Ipv4Addr::from([10, 10, 0, 200]),
             )
-            .reserve_host(mac, "10.10.0.10".parse().unwrap(), "web-1")
+            .reserve_host(mac, std::net::Ipv4Addr::from([10, 10, 0, 10]), "web-1")
             .build()
             .unwrap();
         let xml = network_xml(&spec, &tag()).unwrap();

@@ -1,0 +1,167 @@
+//! An operator program's entry point: `kiln::cli::run(topology, scores)` gives it `plan`,
+//! `apply` and `destroy`, with `--yes`, `--json` and progress on stderr.
+//!
+//! ```no_run
+//! # async fn demo() -> std::process::ExitCode {
+//! use kiln::score::{Score, VmScore};
+//! use kiln::topology::LocalHost;
+//! let kiln = kiln::Kiln::from_env().unwrap();
+//! let vms = VmScore::new("demo", [kiln::VmSpec::builder("web-1").build().unwrap()]).unwrap();
+//! let scores: Vec<Box<dyn Score<LocalHost>>> = vec![Box::new(vms)];
+//! kiln::cli::run(LocalHost::new(kiln), scores).await
+//! # }
+//! ```
+//!
+//! This is a program's front end, so it writes to stdout and stderr itself.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::progress::{Event, Reporter};
+use crate::score::{Outcome, Plan, Score, Topology};
+
+#[derive(Debug, Parser)]
+#[command(about = "Plan, apply or destroy this program's scores")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// Print plans and outcomes as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what apply would change.
+    Plan,
+    /// Make the scores true (asks first unless --yes).
+    Apply {
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Remove what the scores own (asks first unless --yes).
+    Destroy {
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// Progress as plain lines on stderr.
+#[derive(Debug)]
+struct Lines;
+
+impl Reporter for Lines {
+    fn report(&self, event: Event) {
+        match event {
+            Event::AccelChosen { .. } => {}
+            Event::StageStarted { stage } => eprintln!("  … {}", stage.label()),
+            Event::StageDone { stage, elapsed } => {
+                eprintln!("  ✓ {} ({:.1}s)", stage.label(), elapsed.as_secs_f64());
+            }
+            Event::Note { message } => eprintln!("  {message}"),
+        }
+    }
+}
+
+fn confirm(question: &str) -> bool {
+    if !std::io::stdin().is_terminal() {
+        eprintln!("{question} refused: stdin is not a terminal; pass --yes");
+        return false;
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).is_ok()
+        && matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+fn show(plans: &[Plan], json: bool) {
+    if json {
+        match serde_json::to_string_pretty(plans) {
+            Ok(text) => println!("{text}"),
+            Err(err) => eprintln!("error: {err}"),
+        }
+    } else {
+        for plan in plans {
+            println!("{plan}");
+        }
+    }
+}
+
+fn fail(err: &crate::Error) -> ExitCode {
+    eprintln!("error: {err}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        eprintln!("caused by: {cause}");
+        source = cause.source();
+    }
+    if let Some(hint) = err.hint() {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Parses the program's arguments and plans, applies or destroys `scores` on `topology`.
+/// Scores are applied in order and destroyed in reverse (networks before the VMs on them).
+pub async fn run<T: Topology>(topology: T, scores: Vec<Box<dyn Score<T>>>) -> ExitCode {
+    let args = Args::parse();
+    match run_args(&args, &topology, &scores).await {
+        Ok(code) => code,
+        Err(err) => fail(&err),
+    }
+}
+
+async fn plan_all<T: Topology>(
+    topology: &T,
+    scores: &[Box<dyn Score<T>>],
+) -> crate::Result<Vec<Plan>> {
+    let mut plans = Vec::new();
+    for score in scores {
+        plans.push(score.create_interpret().plan(topology).await?);
+    }
+    Ok(plans)
+}
+
+async fn run_args<T: Topology>(
+    args: &Args,
+    topology: &T,
+    scores: &[Box<dyn Score<T>>],
+) -> crate::Result<ExitCode> {
+    eprintln!("topology: {}", topology.describe());
+    topology.ensure_ready(&Lines).await?;
+    match args.command {
+        Command::Plan => show(&plan_all(topology, scores).await?, args.json),
+        Command::Apply { yes } => {
+            let plans = plan_all(topology, scores).await?;
+            if plans.iter().all(Plan::is_unchanged) {
+                show(&plans, args.json);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !yes {
+                show(&plans, false);
+                if !confirm("apply these changes?") {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            let mut outcomes: Vec<Outcome> = Vec::new();
+            for score in scores {
+                outcomes.push(score.create_interpret().execute(topology, &Lines).await?);
+            }
+            show(&outcomes, args.json);
+        }
+        Command::Destroy { yes } => {
+            if !yes && !confirm("destroy everything these scores own?") {
+                return Ok(ExitCode::FAILURE);
+            }
+            let mut outcomes: Vec<Outcome> = Vec::new();
+            for score in scores.iter().rev() {
+                outcomes.push(score.create_interpret().destroy(topology, &Lines).await?);
+            }
+            show(&outcomes, args.json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
