@@ -9,10 +9,14 @@ pub struct Args {
     /// Print JSON for scripts
     #[arg(long)]
     pub json: bool,
+    /// The libvirt URI to check (default: $KILN_LIBVIRT_URI or qemu:///system)
+    #[arg(long, value_name = "URI")]
+    pub connect: Option<String>,
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let diagnosis = doctor::diagnose(&Paths::from_env()?).await;
+    let uri = args.connect.unwrap_or_else(doctor::default_libvirt_uri);
+    let diagnosis = doctor::diagnose(&Paths::from_env()?, &uri).await;
     if args.json {
         ui::print_json(&diagnosis)?;
     } else {

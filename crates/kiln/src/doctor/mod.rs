@@ -55,7 +55,38 @@ impl Diagnosis {
     }
 }
 
-pub async fn diagnose(paths: &Paths) -> Diagnosis {
+/// The libvirt URI `doctor` checks when none is given: `KILN_LIBVIRT_URI`, else the system
+/// daemon.
+pub fn default_libvirt_uri() -> String {
+    std::env::var("KILN_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".to_owned())
+}
+
+/// Whether libvirt answers at `uri`. Only a warning when it does not: the daemonless
+/// backend needs no daemon.
+async fn check_libvirt(uri: &str) -> Check {
+    match crate::backend::libvirt::LibvirtConn::open(uri).await {
+        Ok(conn) => match conn.describe().await {
+            Ok((version, host)) => {
+                Check::new("libvirt", Status::Ok, format!("{uri}: {version} on {host}"))
+            }
+            Err(err) => Check::new("libvirt", Status::Warn, format!("{uri}: {err}")),
+        },
+        Err(err) => {
+            let check = Check::new(
+                "libvirt",
+                Status::Warn,
+                format!("{err} (only libvirt topologies need it; start virtlogd -d first)"),
+            );
+            if uri.starts_with("qemu:///") {
+                check.fix(&["libvirtd", "-d"])
+            } else {
+                check
+            }
+        }
+    }
+}
+
+pub async fn diagnose(paths: &Paths, libvirt_uri: &str) -> Diagnosis {
     let mut checks = Vec::new();
     let probe = AccelProbe::probe();
     checks.push(if probe.kvm_usable {
@@ -138,5 +169,6 @@ pub async fn diagnose(paths: &Paths) -> Diagnosis {
             paths.cache_dir().display()
         ),
     ));
+    checks.push(check_libvirt(libvirt_uri).await);
     Diagnosis { checks }
 }
