@@ -188,10 +188,7 @@ impl LibvirtHost {
             name: spec.name().to_owned(),
             uuid: None,
             kvm: accel == Accel::Kvm,
-            tag: KilnTag {
-                owner: owner.to_owned(),
-                spec: serde_json::to_string(spec).map_err(|e| LibvirtError::Xml(e.to_string()))?,
-            },
+            tag: KilnTag::new(owner, spec)?,
             memory_mib: spec.memory_mib(),
             cpus: spec.cpus(),
             secret_hex,
@@ -329,13 +326,7 @@ impl LibvirtHost {
 }
 
 fn observed_vm(state: DomainState) -> ObservedVm {
-    let (owner, spec) = match &state.observed.tag {
-        Some(tag) => (
-            Some(tag.owner.clone()),
-            serde_json::from_str(&tag.spec).ok(),
-        ),
-        None => (None, None),
-    };
+    let (owner, spec) = KilnTag::decode(state.observed.tag.as_ref());
     ObservedVm {
         name: state.name,
         host: None,
@@ -483,13 +474,7 @@ impl NetworkHost for LibvirtHost {
             .await?
             .into_iter()
             .map(|state| {
-                let (owner, spec) = match &state.observed.tag {
-                    Some(tag) => (
-                        Some(tag.owner.clone()),
-                        serde_json::from_str(&tag.spec).ok(),
-                    ),
-                    None => (None, None),
-                };
+                let (owner, spec) = KilnTag::decode(state.observed.tag.as_ref());
                 ObservedNetwork {
                     name: state.name,
                     owner,
@@ -502,10 +487,7 @@ impl NetworkHost for LibvirtHost {
     }
 
     async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
-        let tag = KilnTag {
-            owner: owner.to_owned(),
-            spec: serde_json::to_string(spec).map_err(|e| LibvirtError::Xml(e.to_string()))?,
-        };
+        let tag = KilnTag::new(owner, spec)?;
         let doc = crate::backend::libvirt::xml::network_xml(spec, &tag)?;
         self.conn.define_network(spec.name(), doc).await?;
         self.conn.ensure_network_active(spec.name()).await?;

@@ -48,6 +48,29 @@ pub struct KilnTag {
     pub spec: String,
 }
 
+impl KilnTag {
+    /// A tag saying `owner` made the resource from `spec`.
+    pub fn new<S: Serialize>(owner: &str, spec: &S) -> Result<Self, LibvirtError> {
+        Ok(Self {
+            owner: owner.to_owned(),
+            spec: serde_json::to_string(spec).map_err(|e| LibvirtError::Xml(e.to_string()))?,
+        })
+    }
+
+    /// The owner and, when it still parses, the spec.
+    pub fn decode<S: serde::de::DeserializeOwned>(
+        tag: Option<&Self>,
+    ) -> (Option<String>, Option<S>) {
+        match tag {
+            Some(tag) => (
+                Some(tag.owner.clone()),
+                serde_json::from_str(&tag.spec).ok(),
+            ),
+            None => (None, None),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct MetadataOut<'a> {
     #[serde(rename = "kiln:resource")]
