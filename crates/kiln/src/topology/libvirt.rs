@@ -218,12 +218,7 @@ impl LibvirtHost {
                     },
                 })
                 .collect(),
-            serial_log: self
-                .conn
-                .options()
-                .serial_log_dir
-                .as_ref()
-                .map(|dir| format!("{dir}/{}-serial.log", spec.name())),
+            serial_log: self.serial_log(spec.name()),
         })
     }
 
@@ -263,18 +258,18 @@ impl LibvirtHost {
         .await
     }
 
+    /// Where a VM's console is logged on the libvirt host, if it is.
+    fn serial_log(&self, name: &str) -> Option<String> {
+        let dir = self.conn.options().serial_log_dir.as_ref()?;
+        Some(format!("{dir}/{name}-serial.log"))
+    }
+
     /// The end of a VM's console log, when the host is this machine.
     pub fn serial_tail(&self, name: &str) -> String {
-        let Some(dir) = &self.conn.options().serial_log_dir else {
-            return String::new();
-        };
-        if !self.conn.is_local() {
-            return String::new();
+        match self.serial_log(name) {
+            Some(log) if self.conn.is_local() => crate::vm::log_tail(log.as_ref(), 20),
+            _ => String::new(),
         }
-        let log = std::fs::read(format!("{dir}/{name}-serial.log")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&log);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     async fn agent_within(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
@@ -438,10 +433,10 @@ impl VmHost for LibvirtHost {
                     self.conn.delete_volume(&volume).await?;
                 }
             }
-            if let Some(dir) = &self.conn.options().serial_log_dir
+            if let Some(log) = self.serial_log(name)
                 && self.conn.is_local()
             {
-                let _ = std::fs::remove_file(format!("{dir}/{name}-serial.log"));
+                let _ = std::fs::remove_file(log);
             }
             self.collect_garbage().await
         })

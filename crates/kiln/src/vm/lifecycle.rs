@@ -36,7 +36,12 @@ fn rotate_serial_log(paths: &VmPaths) -> Result<()> {
 
 /// The last `lines` lines the guest printed on its serial console.
 pub(crate) fn serial_tail(paths: &VmPaths, lines: usize) -> String {
-    let log = std::fs::read(paths.serial_log()).unwrap_or_default();
+    log_tail(&paths.serial_log(), lines)
+}
+
+/// The last `lines` lines of a log file; empty when it cannot be read.
+pub(crate) fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let log = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&log);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -3,7 +3,7 @@
 
 mod lifecycle;
 
-pub(crate) use lifecycle::serial_tail;
+pub(crate) use lifecycle::{log_tail, serial_tail};
 
 use std::fmt;
 use std::sync::Arc;
