@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::plan::json_diffs;
+use super::plan::spec_diffs;
 use super::{
     Change, Interpret, NetworkHost, ObservedNetwork, Outcome, Plan, ResourceKind, ResourcePlan,
     Score, check_unique_names, not_owned, validate_score_name,
@@ -76,13 +76,7 @@ impl NetworkInterpret {
                     ));
                 }
                 Some(net) => {
-                    let want = serde_json::to_value(spec).unwrap_or_default();
-                    let have = net
-                        .spec
-                        .as_ref()
-                        .map(|s| serde_json::to_value(s).unwrap_or_default())
-                        .unwrap_or_default();
-                    let diffs = json_diffs(&have, &want);
+                    let diffs = spec_diffs(net.spec.as_ref(), spec);
                     if !diffs.is_empty() {
                         plan.resources.push(
                             ResourcePlan::new(ResourceKind::Network, spec.name(), Change::Replace)

@@ -168,6 +168,13 @@ impl fmt::Display for Plan {
     }
 }
 
+/// The top-level fields in which what exists (`have`; `None` when its spec is unknown)
+/// differs from what is wanted.
+pub(crate) fn spec_diffs<S: Serialize>(have: Option<&S>, want: &S) -> Vec<FieldDiff> {
+    let value = |s: &S| serde_json::to_value(s).unwrap_or_default();
+    json_diffs(&have.map(value).unwrap_or_default(), &value(want))
+}
+
 /// The top-level fields of two JSON objects that differ, as text.
 pub(crate) fn json_diffs(from: &serde_json::Value, to: &serde_json::Value) -> Vec<FieldDiff> {
     let empty = serde_json::Map::new();

@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::plan::json_diffs;
+use super::plan::spec_diffs;
 use super::{
     Change, FieldDiff, Interpret, ObservedVm, Outcome, Plan, ResourceKind, ResourcePlan, Score,
     VmHost, check_unique_names, not_owned, validate_score_name,
@@ -91,13 +91,7 @@ impl VmInterpret {
             if current.owner.as_deref() != Some(owner) {
                 return Err(not_owned(ResourceKind::Vm, name, current.owner.as_deref()));
             }
-            let want = serde_json::to_value(spec).unwrap_or_default();
-            let have = current
-                .spec
-                .as_ref()
-                .map(|s| serde_json::to_value(s).unwrap_or_default())
-                .unwrap_or_default();
-            let mut diffs = json_diffs(&have, &want);
+            let mut diffs = spec_diffs(current.spec.as_ref(), spec);
             let change = if diffs.is_empty() && current.running {
                 Change::Unchanged
             } else if diffs
