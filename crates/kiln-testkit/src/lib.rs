@@ -71,6 +71,20 @@ pub fn require_libvirtd() {
     );
 }
 
+/// The same system libvirtd reached as a remote host would be (`scripts/libvirtd.sh start`
+/// makes it listen there).
+pub const LIBVIRTD_TCP_URI: &str = "qemu+tcp://127.0.0.1/system";
+
+/// Fails the test unless the system libvirtd also listens on TCP on loopback.
+pub fn require_libvirtd_tcp() {
+    require_libvirtd();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 16509)).is_ok(),
+        "prerequisite missing: libvirtd listening on 127.0.0.1:16509 for {LIBVIRTD_TCP_URI}; \
+         `scripts/libvirtd.sh start` starts it so (`libvirtd -d --listen -f /run/kiln-libvirtd.conf`)"
+    );
+}
+
 /// A name no other test run uses at the same time (libvirt objects are host-wide).
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,6 +1,8 @@
-//! Scores against a real libvirtd (`qemu:///system`) with TCG domains: the VM boots the kiln
-//! image, its agent answers through the libvirt channel, a re-apply changes nothing, and
-//! destroy leaves no domain, network, volume or file behind.
+//! Scores against a real libvirtd with TCG domains, reached both locally (`qemu:///system`)
+//! and as a remote host (`qemu+tcp://127.0.0.1/system`: images go up through the storage
+//! API, the agent is tunnelled through the connection): the VM boots the kiln image, its
+//! agent answers, a re-apply changes nothing, and destroy leaves no domain, network, volume
+//! or file behind.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
@@ -11,33 +13,44 @@ use kiln::score::{NetworkScore, Score, VmHost, VmScore};
 use kiln::spec::NetworkSpec;
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, ExecRequest, ExitStatus, NetworkRef, VmSpec};
-use kiln_testkit::{TestEnv, image_inputs, require_libvirtd, unique_name};
-
-const URI: &str = "qemu:///system";
+use kiln_testkit::{
+    LIBVIRTD_TCP_URI, TestEnv, image_inputs, require_libvirtd, require_libvirtd_tcp, unique_name,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_boots_the_kiln_image_exec_works_and_destroy_cleans_up() {
+async fn local_apply_boots_the_kiln_image_exec_works_and_destroy_cleans_up() {
     require_libvirtd();
+    apply_exec_destroy("qemu:///system", 231).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_apply_uploads_the_image_tunnels_the_agent_and_destroy_cleans_up() {
+    require_libvirtd_tcp();
+    apply_exec_destroy(LIBVIRTD_TCP_URI, 232).await;
+}
+
+async fn apply_exec_destroy(uri: &str, second_octet: u8) {
     let env = TestEnv::new();
     let id = unique_name("kt");
     // A pool of this test's own, so parallel runs and real kiln pools are never touched.
     let options = LibvirtOptions {
         pool_name: id.clone(),
         pool_path: format!("/var/lib/libvirt/images/{id}"),
-        serial_log_dir: Some("/var/log/libvirt/qemu".to_owned()),
+        log_serial: true,
     };
-    let host = LibvirtHost::connect_with(URI, options.clone(), &env.paths())
+    let host = LibvirtHost::connect_with(uri, options.clone(), &env.paths())
         .await
         .unwrap()
         .with_image_inputs(image_inputs());
 
-    // A subnet unlikely to clash: 10.2xx.<pid>.0/24.
+    // A subnet unlikely to clash: 10.<second_octet>.<pid>.0/24.
     let third = u8::try_from(std::process::id() % 250).unwrap();
+    let net = |host: u8| [10, second_octet, third, host];
     let net_name = format!("{id}-net");
     let mac = "52:54:00:4b:00:01".parse().unwrap();
-    let network = NetworkSpec::nat(&net_name, &format!("10.231.{third}.0/24"))
-        .dhcp([10, 231, third, 100], [10, 231, third, 150])
-        .reserve(mac, [10, 231, third, 10])
+    let network = NetworkSpec::nat(&net_name, &format!("10.{second_octet}.{third}.0/24"))
+        .dhcp(net(100), net(150))
+        .reserve(mac, net(10))
         .build()
         .unwrap();
     let vm_name = format!("{id}-vm");
@@ -100,7 +113,7 @@ async fn apply_boots_the_kiln_image_exec_works_and_destroy_cleans_up() {
         "pool directory left"
     );
     assert!(
-        !std::path::Path::new(&format!("/var/log/libvirt/qemu/{vm_name}-serial.log")).exists(),
+        !std::path::Path::new(&format!("{}/{vm_name}-serial.log", options.pool_path)).exists(),
         "serial log left"
     );
 }

@@ -10,9 +10,8 @@ use kiln_proto::{
     RemoteErrorKind, SYNC_MAGIC, StreamId, SyncScanner, encode_frame,
 };
 use log::{debug, trace};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 use super::AgentError;
@@ -25,6 +24,8 @@ const STREAM_BUFFER: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 
 type Routes = Arc<Mutex<HashMap<StreamId, mpsc::Sender<Message>>>>;
+/// The agent's half of a byte stream to it: a Unix socket, or a channel tunnelled by libvirt.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
 
 /// An authenticated connection to a guest agent. Cheap to clone; many commands may run at
 /// once. The connection closes when the last clone is dropped.
@@ -58,8 +59,47 @@ impl AgentClient {
     ) -> Result<Self, AgentError> {
         let deadline = Instant::now() + timeout;
         let stream = connect_with_retry(socket, deadline).await?;
-        let (mut read, mut write) = stream.into_split();
+        let (read, write) = stream.into_split();
+        Self::handshake(
+            Box::new(read),
+            write,
+            secret,
+            deadline,
+            &socket.display().to_string(),
+        )
+        .await
+    }
 
+    /// Authenticates over an already open byte stream to the agent (a channel that libvirt
+    /// tunnels from a remote host, for one); `peer` names it in logs.
+    pub async fn over_stream<R, W>(
+        read: R,
+        write: W,
+        secret: &[u8],
+        timeout: Duration,
+        peer: &str,
+    ) -> Result<Self, AgentError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::handshake(
+            Box::new(read),
+            write,
+            secret,
+            Instant::now() + timeout,
+            peer,
+        )
+        .await
+    }
+
+    async fn handshake(
+        mut read: ReadHalf,
+        mut write: impl AsyncWrite + Unpin + Send + 'static,
+        secret: &[u8],
+        deadline: Instant,
+        peer: &str,
+    ) -> Result<Self, AgentError> {
         let mut host_nonce = [0u8; 32];
         getrandom::fill(&mut host_nonce).map_err(|e| AgentError::Handshake {
             reason: format!("no randomness: {e}"),
@@ -142,7 +182,7 @@ impl AgentClient {
                 });
             }
         }
-        debug!("agent {} on {} ready", info.agent_version, socket.display());
+        debug!("agent {} on {peer} ready", info.agent_version);
 
         let (outgoing, mut outgoing_rx) = mpsc::channel::<Vec<u8>>(STREAM_BUFFER);
         tokio::spawn(async move {
@@ -308,7 +348,7 @@ async fn connect_with_retry(socket: &Path, deadline: Instant) -> Result<UnixStre
 }
 
 async fn read_past_magic(
-    read: &mut OwnedReadHalf,
+    read: &mut ReadHalf,
     decoder: &mut FrameDecoder,
 ) -> Result<(), AgentError> {
     let mut scanner = SyncScanner::new();
@@ -340,7 +380,7 @@ async fn read_past_magic(
 }
 
 async fn next_message(
-    read: &mut OwnedReadHalf,
+    read: &mut ReadHalf,
     decoder: &mut FrameDecoder,
 ) -> Result<Envelope, AgentError> {
     let mut buf = vec![0u8; READ_CHUNK];
@@ -360,7 +400,7 @@ async fn next_message(
 
 /// Routes each message to its stream. Unknown streams are ignored (a stream the host already
 /// closed); a bad frame ends the connection, and every stream sees it end.
-async fn read_loop(mut read: OwnedReadHalf, mut decoder: FrameDecoder, routes: Routes) {
+async fn read_loop(mut read: ReadHalf, mut decoder: FrameDecoder, routes: Routes) {
     loop {
         let envelope = match next_message(&mut read, &mut decoder).await {
             Ok(envelope) => envelope,

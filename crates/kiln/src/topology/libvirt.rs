@@ -27,6 +27,10 @@ fn disk_volume(vm: &str, index: usize) -> String {
     format!("{vm}-disk{index}.qcow2")
 }
 
+fn serial_log_volume(vm: &str) -> String {
+    format!("{vm}-serial.log")
+}
+
 fn image_volumes(image: &Image) -> [String; 3] {
     let digest = image.manifest.digest();
     let id = format!(
@@ -260,8 +264,10 @@ impl LibvirtHost {
 
     /// Where a VM's console is logged on the libvirt host, if it is.
     fn serial_log(&self, name: &str) -> Option<String> {
-        let dir = self.conn.options().serial_log_dir.as_ref()?;
-        Some(format!("{dir}/{name}-serial.log"))
+        let options = self.conn.options();
+        options
+            .log_serial
+            .then(|| format!("{}/{}", options.pool_path, serial_log_volume(name)))
     }
 
     /// The end of a VM's console log, when the host is this machine.
@@ -274,19 +280,35 @@ impl LibvirtHost {
 
     async fn agent_within(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
         let state = self.running_domain(name).await?;
-        let (Some(socket), Some(secret)) = (
-            state.observed.agent_socket.as_deref(),
-            state.observed.secret_hex.as_deref(),
-        ) else {
-            return Err(LibvirtError::NoAgentChannel {
-                uri: self.uri().to_owned(),
-                name: name.to_owned(),
-            }
-            .into());
+        let no_channel = || LibvirtError::NoAgentChannel {
+            uri: self.uri().to_owned(),
+            name: name.to_owned(),
         };
         // libvirt passes the fw_cfg entry as a string: the guest reads the hex text itself,
         // so the text (not the bytes it encodes) is the shared secret.
-        Ok(AgentClient::connect(std::path::Path::new(socket), secret.as_bytes(), timeout).await?)
+        let secret = state
+            .observed
+            .secret_hex
+            .as_deref()
+            .ok_or_else(no_channel)?;
+        if self.conn.is_local() {
+            let socket = state
+                .observed
+                .agent_socket
+                .as_deref()
+                .ok_or_else(no_channel)?;
+            return Ok(AgentClient::connect(
+                std::path::Path::new(socket),
+                secret.as_bytes(),
+                timeout,
+            )
+            .await?);
+        }
+        // The channel's socket is on the remote host: libvirt tunnels it.
+        let channel = self.conn.open_channel(name, kiln_proto::PORT_NAME).await?;
+        let (read, write) = tokio::io::split(channel);
+        let peer = format!("{name} on {}", self.uri());
+        Ok(AgentClient::over_stream(read, write, secret.as_bytes(), timeout, &peer).await?)
     }
 
     async fn running_domain(&self, name: &str) -> Result<DomainState> {
@@ -303,9 +325,19 @@ impl LibvirtHost {
         }
     }
 
-    /// Removes image volumes and the pool once no kiln domain is left on the host.
+    /// Removes image volumes and the pool once no domain on the host uses the pool (boots
+    /// from its files or has disks in it).
     async fn collect_garbage(&self) -> Result<()> {
-        if !self.conn.kiln_domains().await?.is_empty() {
+        let options = self.conn.options();
+        let in_pool = format!("{}/", options.pool_path);
+        let in_use = self.conn.domains().await?.into_iter().any(|d| {
+            d.observed.disk_pools.contains(&options.pool_name)
+                || d.observed
+                    .boot_files
+                    .iter()
+                    .any(|f| f.starts_with(&in_pool))
+        });
+        if in_use {
             return Ok(());
         }
         for volume in self.conn.list_volumes().await? {
@@ -428,15 +460,11 @@ impl VmHost for LibvirtHost {
         progress::stage(reporter, Stage::Remove, async {
             self.conn.undefine_domain(name).await?;
             let prefix = format!("{name}-disk");
+            let log = serial_log_volume(name);
             for volume in self.conn.list_volumes().await? {
-                if volume.starts_with(&prefix) && volume.ends_with(".qcow2") {
+                if (volume.starts_with(&prefix) && volume.ends_with(".qcow2")) || volume == log {
                     self.conn.delete_volume(&volume).await?;
                 }
-            }
-            if let Some(log) = self.serial_log(name)
-                && self.conn.is_local()
-            {
-                let _ = std::fs::remove_file(log);
             }
             self.collect_garbage().await
         })

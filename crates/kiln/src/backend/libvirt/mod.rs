@@ -4,6 +4,7 @@
 //! libvirt is the source of truth for what exists: kiln tags what it owns with a metadata
 //! element (owner and spec) in the domain or network document, and reads it back to plan.
 
+mod channel;
 pub mod xml;
 
 use std::path::Path;
@@ -74,8 +75,9 @@ pub struct LibvirtOptions {
     pub pool_name: String,
     /// Its directory on the libvirt host.
     pub pool_path: String,
-    /// Where serial consoles are logged on the libvirt host (`None`: not logged).
-    pub serial_log_dir: Option<String>,
+    /// Whether serial consoles are logged, as `<vm>-serial.log` in the pool's directory: the
+    /// storage API then removes a log on any host, remote ones included.
+    pub log_serial: bool,
 }
 
 impl LibvirtOptions {
@@ -93,7 +95,7 @@ impl LibvirtOptions {
                 let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".to_owned());
                 format!("{home}/.local/share/libvirt/images/kiln")
             },
-            serial_log_dir: system.then(|| "/var/log/libvirt/qemu".to_owned()),
+            log_serial: !uri.starts_with("test:"),
         }
     }
 }

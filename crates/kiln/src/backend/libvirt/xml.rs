@@ -466,6 +466,10 @@ pub struct DomainObserved {
     pub tag: Option<KilnTag>,
     pub secret_hex: Option<String>,
     pub agent_socket: Option<String>,
+    /// Files the domain boots from (kernel, initrd) and pools its disks come from: what
+    /// keeps a pool in use.
+    pub boot_files: Vec<String>,
+    pub disk_pools: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,7 +481,17 @@ struct DomainIn {
     #[serde(default)]
     sysinfo: Vec<SysinfoIn>,
     #[serde(default)]
+    os: Option<OsIn>,
+    #[serde(default)]
     devices: Option<DevicesIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OsIn {
+    #[serde(default)]
+    kernel: Option<String>,
+    #[serde(default)]
+    initrd: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,6 +527,20 @@ struct EntryIn {
 struct DevicesIn {
     #[serde(default)]
     channel: Vec<ChannelIn>,
+    #[serde(default)]
+    disk: Vec<DiskIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DiskIn {
+    #[serde(default)]
+    source: Option<DiskSourceIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DiskSourceIn {
+    #[serde(rename = "@pool", default)]
+    pool: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -551,20 +579,36 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
         .flat_map(|s| s.entry)
         .find(|e| e.name == SECRET_FW_CFG)
         .map(|e| e.value);
-    let agent_socket = doc.devices.and_then(|d| {
-        d.channel
+    let boot_files = doc
+        .os
+        .map(|os| os.kernel.into_iter().chain(os.initrd).collect())
+        .unwrap_or_default();
+    let devices = doc.devices.unwrap_or(DevicesIn {
+        channel: Vec::new(),
+        disk: Vec::new(),
+    });
+    let disk_pools = devices
+        .disk
+        .into_iter()
+        .filter_map(|d| d.source.and_then(|s| s.pool))
+        .collect();
+    let agent_socket = {
+        devices
+            .channel
             .into_iter()
             .find(|c| {
                 c.target.as_ref().and_then(|t| t.name.as_deref()) == Some(kiln_proto::PORT_NAME)
             })
             .and_then(|c| c.source)
             .and_then(|s| s.path)
-    });
+    };
     Ok(DomainObserved {
         uuid: doc.uuid,
         tag: tag_of(doc.metadata),
         secret_hex,
         agent_socket,
+        boot_files,
+        disk_pools,
     })
 }
 
@@ -882,6 +926,14 @@ mod tests {
             observed.agent_socket.as_deref(),
             Some("/var/lib/libvirt/qemu/channel/target/d-1/org.kiln.agent.0")
         );
+        assert_eq!(
+            observed.boot_files,
+            [
+                "/pool/kiln-image-abc-vmlinux",
+                "/pool/kiln-image-abc-initramfs"
+            ]
+        );
+        assert_eq!(observed.disk_pools, ["kiln"]);
     }
 
     #[test]
