@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use kiln_testkit::TestEnv;
+use kiln_testkit::{LIBVIRTD_TCP_URI, TestEnv, require_libvirtd_tcp, unique_name};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -25,7 +25,7 @@ fn help_lists_the_commands() {
     let out = run(&env, &["--help"]);
     assert!(out.status.success());
     for command in [
-        "up", "ls", "exec", "logs", "stop", "start", "rm", "doctor", "image",
+        "up", "ls", "exec", "logs", "stop", "start", "rm", "doctor", "image", "bench",
     ] {
         assert!(stdout(&out).contains(command), "help lacks {command}");
     }
@@ -187,4 +187,111 @@ fn lifecycle_through_the_cli() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = run(&env, &["ls", "--json"]);
     assert_eq!(stdout(&out).trim(), "[]");
+}
+
+/// Removes a libvirt VM whatever happens in the test.
+struct RemoveOnDrop<'a> {
+    env: &'a TestEnv,
+    name: String,
+}
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = run(
+            self.env,
+            &["rm", "--force", &self.name, "--connect", LIBVIRTD_TCP_URI],
+        );
+    }
+}
+
+/// The same verbs on a libvirt host reached as a remote one: `up --connect`, then `ls`,
+/// `exec`, `logs`, `stop`, `start` and `rm` find the VM without being told the URI again.
+#[test]
+fn libvirt_lifecycle_through_the_cli() {
+    require_libvirtd_tcp();
+    let env = TestEnv::new();
+    let name = unique_name("cli-lv");
+    let _cleanup = RemoveOnDrop {
+        env: &env,
+        name: name.clone(),
+    };
+    let out = run(
+        &env,
+        &[
+            "up",
+            &name,
+            "--memory",
+            "256M",
+            "--connect",
+            LIBVIRTD_TCP_URI,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(LIBVIRTD_TCP_URI), "{}", stdout(&out));
+
+    let out = run(&env, &["ls", "--json"]);
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vm = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} not listed: {vms}"));
+    assert_eq!(vm["host"], LIBVIRTD_TCP_URI);
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["memory_mib"], 256);
+
+    let out = run(
+        &env,
+        &[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "hostname; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{name}\n"));
+    assert_eq!(stderr(&out), "oops\n");
+
+    let out = run(&env, &["up", &name, "--connect", LIBVIRTD_TCP_URI]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+
+    let out = run(&env, &["logs", &name]);
+    assert!(
+        stdout(&out).contains("kiln-init: starting agent"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(&env, &["rm", &name]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("rm needs it stopped"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(&env, &["stop", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&env, &["exec", &name, "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
+
+    let out = run(&env, &["start", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&env, &["exec", &name, "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = run(&env, &["rm", "--force", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&env, &["ls", "--json"]);
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !vms.to_string().contains(&name),
+        "{name} still listed: {vms}"
+    );
 }

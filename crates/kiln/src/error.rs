@@ -43,6 +43,8 @@ pub enum Error {
     VmAlreadyExists { name: String },
     #[error("VM {name} not found")]
     VmNotFound { name: String },
+    #[error("there is a VM {name} on several hosts: {}", hosts.join(", "))]
+    AmbiguousVm { name: String, hosts: Vec<String> },
     #[error("VM {vm} is placed on host {host}, which the topology does not have")]
     UnknownHost { host: String, vm: String },
     #[error("{kind} {name} exists but {}", match owner { Some(o) => format!("belongs to {o}"), None => "kiln did not create it".to_owned() })]
@@ -98,6 +100,10 @@ impl Error {
                 format!("pick another name, or remove it first with `kiln rm --force {name}`")
             }
             Self::VmNotFound { .. } => "`kiln ls` lists the VMs that exist".to_owned(),
+            Self::AmbiguousVm { hosts, .. } => {
+                let example = hosts.first().map_or("URI", String::as_str);
+                format!("say which one with --connect, e.g. --connect {example}")
+            }
             Self::UnknownHost { .. } => {
                 "place VMs only on hosts added with MultiHost::with_host".to_owned()
             }

@@ -1,6 +1,8 @@
 use std::io::{Read, Write};
 
-use kiln::{ExecEvent, ExecRequest, Kiln};
+use kiln::score::VmHost;
+use kiln::topology::Located;
+use kiln::{ExecEvent, ExecRequest};
 use tokio::sync::mpsc;
 
 use super::Outcome;
@@ -10,6 +12,8 @@ use kiln::RemoteErrorKind;
 pub struct Args {
     #[arg(value_parser = crate::ui::parse_name)]
     pub name: String,
+    #[command(flatten)]
+    pub target: super::Target,
     /// Do not forward this terminal's stdin (the command gets /dev/null)
     #[arg(long, short = 'n')]
     pub no_stdin: bool,
@@ -24,6 +28,9 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// How long a libvirt VM's agent may take to answer (it may be taking over a channel).
+const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -31,8 +38,11 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let vm = Kiln::from_env()?.get(&args.name).await?;
-    let agent = vm.agent().await?;
+    let fleet = super::fleet()?;
+    let agent = match args.target.locate(&fleet, &args.name).await? {
+        Located::Local(vm) => vm.agent().await?,
+        Located::Libvirt(host) => host.vm_agent(&args.name, AGENT_TIMEOUT).await?,
+    };
     let mut request = ExecRequest::new(args.command);
     request.env = args.env;
     request.cwd = args.workdir;

@@ -1,4 +1,4 @@
-use kiln::{ByteSize, Kiln};
+use kiln::ByteSize;
 
 use super::Outcome;
 use crate::ui;
@@ -11,7 +11,11 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let vms = Kiln::from_env()?.list().await?;
+    let listing = super::fleet()?.list().await?;
+    for (uri, err) in &listing.unreachable {
+        eprintln!("warning: cannot list the VMs on {uri}: {err}");
+    }
+    let vms = listing.vms;
     if args.json {
         ui::print_json(&vms)?;
         return Ok(0);
@@ -25,6 +29,7 @@ pub async fn run(args: Args) -> Outcome {
         .map(|vm| {
             vec![
                 vm.name.clone(),
+                vm.host.clone().unwrap_or_else(|| "local".into()),
                 vm.state.to_string(),
                 vm.cpus.to_string(),
                 ByteSize::from_mib(vm.memory_mib).to_string(),
@@ -39,7 +44,9 @@ pub async fn run(args: Args) -> Outcome {
     print!(
         "{}",
         ui::table(
-            &["NAME", "STATE", "CPUS", "MEMORY", "ACCEL", "PID", "DETAIL"],
+            &[
+                "NAME", "HOST", "STATE", "CPUS", "MEMORY", "ACCEL", "PID", "DETAIL"
+            ],
             &rows
         )
     );

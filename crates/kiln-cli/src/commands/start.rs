@@ -1,3 +1,5 @@
+use kiln::topology::{Fleet, Located};
+
 use super::Outcome;
 use super::up::kiln_with_timeout;
 use crate::ui::Progress;
@@ -6,14 +8,20 @@ use crate::ui::Progress;
 pub struct Args {
     #[arg(value_parser = crate::ui::parse_name)]
     pub name: String,
+    #[command(flatten)]
+    pub target: super::Target,
     /// Seconds a boot may take before it is retried or fails
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let kiln = kiln_with_timeout(args.boot_timeout)?;
-    let vm = kiln.start(&args.name, &Progress::new()).await?;
-    println!("{} is running", vm.name());
+    let fleet = Fleet::new(kiln_with_timeout(args.boot_timeout)?);
+    let progress = Progress::new();
+    match args.target.locate(&fleet, &args.name).await? {
+        Located::Local(_) => drop(fleet.kiln().start(&args.name, &progress).await?),
+        Located::Libvirt(host) => host.start(&args.name, &progress).await?,
+    }
+    println!("{} is running", args.name);
     Ok(0)
 }

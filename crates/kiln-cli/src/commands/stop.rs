@@ -1,4 +1,4 @@
-use kiln::Kiln;
+use kiln::topology::Located;
 
 use super::Outcome;
 use crate::ui::Progress;
@@ -7,10 +7,17 @@ use crate::ui::Progress;
 pub struct Args {
     #[arg(value_parser = crate::ui::parse_name)]
     pub name: String,
+    #[command(flatten)]
+    pub target: super::Target,
 }
 
 pub async fn run(args: Args) -> Outcome {
-    Kiln::from_env()?.stop(&args.name, &Progress::new()).await?;
+    let fleet = super::fleet()?;
+    let progress = Progress::new();
+    match args.target.locate(&fleet, &args.name).await? {
+        Located::Local(_) => fleet.kiln().stop(&args.name, &progress).await?,
+        Located::Libvirt(host) => host.stop(&args.name, &progress).await?,
+    }
     println!("{} is stopped", args.name);
     Ok(0)
 }

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use kiln::topology::Fleet;
 use kiln::{AccelChoice, ByteSize, DiskSpec, Kiln, VmSpec};
 
 use super::Outcome;
@@ -25,6 +26,19 @@ pub struct Args {
     /// Seconds a boot may take before it is retried or fails
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
+    /// Where the VM runs: qemu (daemonless, this machine) or libvirt
+    #[arg(long, value_enum, default_value_t = BackendArg::Qemu)]
+    pub backend: BackendArg,
+    /// The libvirt URI (implies --backend libvirt; default: $KILN_LIBVIRT_URI or
+    /// qemu:///system), e.g. qemu+ssh://root@host/system
+    #[arg(long, value_name = "URI")]
+    pub connect: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Qemu,
+    Libvirt,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -59,17 +73,29 @@ pub async fn run(args: Args) -> Outcome {
     }
     let spec = builder.build()?;
     let kiln = kiln_with_timeout(args.boot_timeout)?;
+    let uri = match (args.backend, args.connect) {
+        (_, Some(uri)) => Some(uri),
+        (BackendArg::Libvirt, None) => Some(kiln::doctor::default_libvirt_uri()),
+        (BackendArg::Qemu, None) => None,
+    };
+    let on = uri
+        .as_deref()
+        .map(|u| format!(" on {u}"))
+        .unwrap_or_default();
     eprintln!(
-        "Creating {} ({} vCPU, {})",
+        "Creating {} ({} vCPU, {}){on}",
         spec.name(),
         spec.cpus(),
         args.memory
     );
-    let vm = kiln.up(spec, &Progress::new()).await?;
+    match &uri {
+        Some(uri) => Fleet::new(kiln).up_on(uri, &spec, &Progress::new()).await?,
+        None => drop(kiln.up(spec.clone(), &Progress::new()).await?),
+    }
     println!(
-        "{} is running. Try: kiln exec {} -- uname -a",
-        vm.name(),
-        vm.name()
+        "{} is running{on}. Try: kiln exec {} -- uname -a",
+        spec.name(),
+        spec.name()
     );
     Ok(0)
 }

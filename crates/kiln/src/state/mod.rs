@@ -4,11 +4,13 @@
 //! (temp file + rename) so a kiln killed at any point leaves either the old or the new file.
 
 mod fsutil;
+mod hosts;
 mod lock;
 mod paths;
 mod record;
 
 pub use fsutil::{create_private_dir, list_names, read_json, write_atomic, write_json_atomic};
+pub use hosts::KnownHosts;
 pub use lock::Lock;
 pub use paths::{Paths, VmPaths};
 pub use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord};

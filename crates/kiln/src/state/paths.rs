@@ -68,6 +68,10 @@ impl Paths {
     pub fn vms_dir(&self) -> PathBuf {
         self.data.join("vms")
     }
+    /// The libvirt URIs VMs were created on ([`super::KnownHosts`]).
+    pub fn hosts_file(&self) -> PathBuf {
+        self.data.join("hosts.json")
+    }
     pub fn locks_dir(&self) -> PathBuf {
         self.data.join("locks")
     }

@@ -2,10 +2,12 @@
 //! backend on this machine) and [`MultiHost`] (several libvirt hosts, VMs placed by name or
 //! spread).
 
+mod fleet;
 mod libvirt;
 mod local;
 mod multi;
 
-pub use libvirt::LibvirtHost;
+pub use fleet::{Fleet, Listing, Located};
+pub use libvirt::{CLI_OWNER, LibvirtHost};
 pub use local::LocalHost;
 pub use multi::{MultiHost, Placement};

@@ -15,7 +15,7 @@ use crate::state::{self, BackendKind, Lock, MachineRecord, RECORD_VERSION, VmPat
 use crate::{Error, IoError, Result, VmSpec};
 
 /// How long a guest gets to power off by itself before its machine is killed.
-const GRACEFUL_STOP: Duration = Duration::from_secs(15);
+pub(crate) const GRACEFUL_STOP: Duration = Duration::from_secs(15);
 
 async fn lock(paths: &VmPaths) -> Result<Lock> {
     let path = paths.lock().to_owned();

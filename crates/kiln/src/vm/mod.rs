@@ -3,7 +3,7 @@
 
 mod lifecycle;
 
-pub(crate) use lifecycle::{log_tail, serial_tail};
+pub(crate) use lifecycle::{GRACEFUL_STOP, log_tail, serial_tail};
 
 use std::fmt;
 use std::sync::Arc;
@@ -97,6 +97,10 @@ impl Kiln {
         &self.paths
     }
 
+    pub fn boot_policy(&self) -> BootPolicy {
+        self.boot
+    }
+
     pub fn images(&self) -> &ImageStore {
         &self.images
     }
@@ -176,6 +180,8 @@ impl fmt::Display for VmState {
 #[derive(Debug, Clone, Serialize)]
 pub struct VmInfo {
     pub name: String,
+    /// The libvirt URI the VM runs on; `None` for the daemonless backend on this machine.
+    pub host: Option<String>,
     pub state: VmState,
     /// Why a VM is in its state when that is not what was asked for.
     pub detail: Option<String>,
@@ -236,6 +242,7 @@ impl Vm {
         let spec = &self.record.spec;
         VmInfo {
             name: self.name.clone(),
+            host: None,
             state,
             detail,
             cpus: spec.cpus(),

@@ -23,6 +23,9 @@ use virt::sys;
 
 pub use xml::{DomainDef, DomainDisk, DomainNic, KernelBoot, KilnTag, VolumeFormat};
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What can go wrong talking to libvirt. Each variant names the URI and the object.
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
@@ -155,8 +158,14 @@ impl LibvirtConn {
         // libvirt prints every error to stderr by default; kiln reports them itself.
         QUIET.call_once(virt::error::clear_error_callback);
         let owned = uri.to_owned();
-        let conn = tokio::task::spawn_blocking(move || Connect::open(Some(&owned)))
+        let opening = tokio::task::spawn_blocking(move || Connect::open(Some(&owned)));
+        // An unreachable remote host (a dropped SSH or TCP connection) can block for minutes.
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, opening)
             .await
+            .map_err(|_| LibvirtError::Connect {
+                uri: uri.to_owned(),
+                message: format!("no answer within {CONNECT_TIMEOUT:?}"),
+            })?
             .map_err(|err| LibvirtError::Connect {
                 uri: uri.to_owned(),
                 message: err.to_string(),
@@ -362,6 +371,53 @@ impl LibvirtConn {
                 .map_err(inner.err("finish the upload to", &name))?;
             debug!("uploaded {} ({len} bytes) to {name}", file.display());
             Ok((path, true))
+        })
+        .await
+    }
+
+    /// Reads a volume from `offset` to its end, at most `max` bytes; `None` when there is no
+    /// such volume. Works on remote hosts (it is how `kiln logs` reads a console log there).
+    pub async fn read_volume(
+        &self,
+        name: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, LibvirtError> {
+        let name = name.to_owned();
+        self.call(move |inner| {
+            let Some(pool) = inner.lookup_pool()? else {
+                return Ok(None);
+            };
+            // A file that grew (a log) shows its new size only after a refresh.
+            pool.refresh(0).map_err(inner.err("refresh", "the pool"))?;
+            let Some(vol) = inner.volume(&pool, &name)? else {
+                return Ok(None);
+            };
+            let size = vol.info().map_err(inner.err("read", &name))?.capacity;
+            if offset >= size {
+                return Ok(Some(Vec::new()));
+            }
+            let length = (size - offset).min(max as u64);
+            let stream =
+                Stream::new(&inner.conn, 0).map_err(inner.err("open a stream for", &name))?;
+            vol.download(&stream, offset, length, 0)
+                .map_err(inner.err("download", &name))?;
+            let mut data = Vec::new();
+            let mut buf = vec![0u8; UPLOAD_CHUNK];
+            loop {
+                let n = stream
+                    .recv(&mut buf)
+                    .map_err(inner.err("download", &name))?;
+                let Ok(n) = usize::try_from(n) else { break };
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .finish()
+                .map_err(inner.err("finish the download of", &name))?;
+            Ok(Some(data))
         })
         .await
     }

@@ -463,6 +463,8 @@ impl DomainDef {
 #[derive(Debug, Clone, Default)]
 pub struct DomainObserved {
     pub uuid: Option<String>,
+    /// The domain type: `kvm`, or `qemu` for TCG.
+    pub kind: Option<String>,
     pub tag: Option<KilnTag>,
     pub secret_hex: Option<String>,
     pub agent_socket: Option<String>,
@@ -474,6 +476,8 @@ pub struct DomainObserved {
 
 #[derive(Debug, Deserialize)]
 struct DomainIn {
+    #[serde(rename = "@type", default)]
+    kind: Option<String>,
     #[serde(default)]
     uuid: Option<String>,
     #[serde(default)]
@@ -603,6 +607,7 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
             .and_then(|s| s.path)
     };
     Ok(DomainObserved {
+        kind: doc.kind,
         uuid: doc.uuid,
         tag: tag_of(doc.metadata),
         secret_hex,
@@ -934,6 +939,7 @@ mod tests {
             ]
         );
         assert_eq!(observed.disk_pools, ["kiln"]);
+        assert_eq!(observed.kind.as_deref(), Some("qemu"));
     }
 
     #[test]

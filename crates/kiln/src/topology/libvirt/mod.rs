@@ -1,3 +1,7 @@
+mod vms;
+
+pub use vms::CLI_OWNER;
+
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;

@@ -1,0 +1,136 @@
+//! Every VM of this user, wherever it runs: the daemonless ones on this machine and those
+//! on the libvirt hosts kiln remembers ([`KnownHosts`]). This is how `kiln exec web-1`
+//! finds `web-1` without being told where it is.
+
+use std::time::Duration;
+
+use log::debug;
+
+use super::LibvirtHost;
+use crate::progress::Reporter;
+use crate::state::KnownHosts;
+use crate::{Error, Kiln, Result, Vm, VmInfo, VmSpec};
+
+/// Where a VM was found.
+#[derive(Debug)]
+pub enum Located {
+    Local(Box<Vm>),
+    Libvirt(LibvirtHost),
+}
+
+/// What `kiln ls` shows: the VMs, and the hosts that could not be asked.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub vms: Vec<VmInfo>,
+    pub unreachable: Vec<(String, Error)>,
+}
+
+/// The local VMs and the remembered libvirt hosts.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    kiln: Kiln,
+    hosts: KnownHosts,
+    boot_timeout: Duration,
+}
+
+impl Fleet {
+    pub fn new(kiln: Kiln) -> Self {
+        Self {
+            hosts: KnownHosts::new(kiln.paths()),
+            boot_timeout: kiln.boot_policy().timeout,
+            kiln,
+        }
+    }
+
+    pub fn kiln(&self) -> &Kiln {
+        &self.kiln
+    }
+
+    /// A libvirt host, with this fleet's image cache and boot timeout.
+    pub async fn connect(&self, uri: &str) -> Result<LibvirtHost> {
+        let mut host = LibvirtHost::connect(uri, self.kiln.paths())
+            .await?
+            .with_boot_timeout(self.boot_timeout);
+        if let Some(inputs) = self.kiln.image_inputs() {
+            host = host.with_image_inputs(inputs.clone());
+        }
+        Ok(host)
+    }
+
+    /// Creates a VM on a libvirt host and remembers the host. It is remembered first, so
+    /// whatever a failed or killed `up` leaves there still shows in `ls`.
+    pub async fn up_on(&self, uri: &str, spec: &VmSpec, reporter: &dyn Reporter) -> Result<()> {
+        let host = self.connect(uri).await?;
+        self.hosts.remember(uri).await?;
+        host.up(spec, reporter).await
+    }
+
+    /// Every VM: local ones first, then each remembered host's.
+    pub async fn list(&self) -> Result<Listing> {
+        let mut listing = Listing {
+            vms: self.kiln.list().await?,
+            unreachable: Vec::new(),
+        };
+        for uri in self.hosts.libvirt_uris()? {
+            match self.connect(&uri).await {
+                Ok(host) => match host.list().await {
+                    Ok(vms) => listing.vms.extend(vms),
+                    Err(err) => listing.unreachable.push((uri, err)),
+                },
+                Err(err) => listing.unreachable.push((uri, err)),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Finds a VM: on `uri` when given; otherwise on this machine, then on the remembered
+    /// hosts. A name on several hosts is refused: `--connect` says which one.
+    pub async fn locate(&self, name: &str, uri: Option<&str>) -> Result<Located> {
+        crate::spec::validate_name(name)?;
+        if let Some(uri) = uri {
+            let host = self.connect(uri).await?;
+            return match host.find(name).await? {
+                Some(_) => Ok(Located::Libvirt(host)),
+                None => Err(Error::VmNotFound {
+                    name: name.to_owned(),
+                }),
+            };
+        }
+        match self.kiln.get(name).await {
+            Ok(vm) => return Ok(Located::Local(Box::new(vm))),
+            Err(Error::VmNotFound { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        let mut found = Vec::new();
+        for uri in self.hosts.libvirt_uris()? {
+            let host = match self.connect(&uri).await {
+                Ok(host) => host,
+                Err(err) => {
+                    debug!("skipping {uri} while looking for {name}: {err}");
+                    continue;
+                }
+            };
+            if host.find(name).await.ok().flatten().is_some() {
+                found.push(host);
+            }
+        }
+        match found.len() {
+            0 => Err(Error::VmNotFound {
+                name: name.to_owned(),
+            }),
+            1 => Ok(Located::Libvirt(found.remove(0))),
+            _ => Err(Error::AmbiguousVm {
+                name: name.to_owned(),
+                hosts: found.iter().map(|h| h.uri().to_owned()).collect(),
+            }),
+        }
+    }
+
+    /// Forgets a host once kiln has no VM left on it.
+    pub async fn forget_if_empty(&self, host: &LibvirtHost) -> Result<()> {
+        if host.list().await?.is_empty() {
+            self.hosts.forget(host.uri()).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! One VM at a time on a libvirt host: what `kiln up --connect URI`, `ls`, `start`, `stop`
+//! and `rm` do there. Scores go through [`VmHost`]; these verbs use the same calls and tag
+//! what they create as [`CLI_OWNER`]'s.
+
+use std::time::{Duration, Instant};
+
+use log::warn;
+
+use super::LibvirtHost;
+use crate::backend::libvirt::{DomainState, KilnTag};
+use crate::progress::{self, Reporter, Stage};
+use crate::score::{ResourceKind, VmHost};
+use crate::vm::GRACEFUL_STOP;
+use crate::{Accel, Error, Result, VmInfo, VmSpec, VmState};
+
+/// The owner tag of VMs created one by one (`kiln up`), as opposed to by a score.
+pub const CLI_OWNER: &str = "kiln-up";
+
+impl LibvirtHost {
+    /// Creates and boots one VM, refusing a name in use. A VM that fails to boot is removed
+    /// again, so a retry starts clean.
+    pub async fn up(&self, spec: &VmSpec, reporter: &dyn Reporter) -> Result<()> {
+        if self.conn.domain(spec.name()).await?.is_some() {
+            return Err(Error::VmAlreadyExists {
+                name: spec.name().to_owned(),
+            });
+        }
+        self.check_vms(&[spec]).await?;
+        let created = self.create_vm(spec, CLI_OWNER, reporter).await;
+        if created.is_err()
+            && let Err(err) = self.delete_vm(spec.name(), reporter).await
+        {
+            warn!("{}: cleaning up after a failed up: {err}", spec.name());
+        }
+        created
+    }
+
+    /// The VMs kiln created on this host, sorted by name.
+    pub async fn list(&self) -> Result<Vec<VmInfo>> {
+        let mut vms: Vec<VmInfo> = self
+            .conn
+            .kiln_domains()
+            .await?
+            .into_iter()
+            .map(|d| self.vm_info(d))
+            .collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vms)
+    }
+
+    /// One VM kiln created here; `None` when there is no domain of that name.
+    pub async fn find(&self, name: &str) -> Result<Option<VmInfo>> {
+        match self.conn.domain(name).await? {
+            Some(d) if d.observed.tag.is_some() => Ok(Some(self.vm_info(d))),
+            Some(_) => Err(foreign(name)),
+            None => Ok(None),
+        }
+    }
+
+    /// Boots a stopped VM and waits for its agent; a running one is left alone.
+    pub async fn start(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        let domain = self.kiln_domain(name).await?;
+        if domain.active {
+            return Ok(());
+        }
+        self.conn.start_domain(name).await?;
+        match KilnTag::decode(domain.observed.tag.as_ref()).1 {
+            Some(spec) => self.wait_for_agent(&spec, reporter).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the guest to power off, and pulls the plug if it has not after a grace period.
+    pub async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        let domain = self.kiln_domain(name).await?;
+        if !domain.active {
+            return Ok(());
+        }
+        progress::stage(reporter, Stage::Stop, async {
+            let graceful = async {
+                self.vm_agent(name, Duration::from_secs(5))
+                    .await?
+                    .shutdown()
+                    .await?;
+                Ok::<_, Error>(())
+            };
+            if let Err(err) = graceful.await {
+                warn!("{name}: graceful shutdown failed ({err}); powering it off");
+            }
+            let deadline = Instant::now() + GRACEFUL_STOP;
+            while Instant::now() < deadline && self.kiln_domain(name).await?.active {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(self.conn.destroy_domain(name).await?)
+        })
+        .await
+    }
+
+    /// Removes a VM, its disks and its log. A running VM needs `force`.
+    pub async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()> {
+        let domain = self.kiln_domain(name).await?;
+        if domain.active && !force {
+            return Err(Error::WrongState {
+                name: name.to_owned(),
+                state: VmState::Running,
+                action: "rm",
+                needed: VmState::Stopped,
+            });
+        }
+        self.delete_vm(name, reporter).await
+    }
+
+    /// A VM's console log from `offset` on (at most 4 MiB at a time), and whether the VM is
+    /// running. Read through the storage API, so it works for remote hosts too.
+    pub async fn read_log(&self, name: &str, offset: u64) -> Result<(Vec<u8>, bool)> {
+        let domain = self.kiln_domain(name).await?;
+        let log = self
+            .conn
+            .read_volume(&super::serial_log_volume(name), offset, 4 << 20)
+            .await?
+            .unwrap_or_default();
+        Ok((log, domain.active))
+    }
+
+    /// A domain kiln created; any other is not kiln's to change.
+    async fn kiln_domain(&self, name: &str) -> Result<DomainState> {
+        match self.conn.domain(name).await? {
+            Some(d) if d.observed.tag.is_some() => Ok(d),
+            Some(_) => Err(foreign(name)),
+            None => Err(Error::VmNotFound {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    fn vm_info(&self, domain: DomainState) -> VmInfo {
+        let (owner, spec) = KilnTag::decode(domain.observed.tag.as_ref());
+        let state = if domain.active {
+            VmState::Running
+        } else {
+            VmState::Stopped
+        };
+        let accel = match domain.observed.kind.as_deref() {
+            Some("kvm") => Accel::Kvm,
+            _ => Accel::Tcg,
+        };
+        let accel = domain.active.then_some(accel);
+        VmInfo {
+            name: domain.name,
+            host: Some(self.uri().to_owned()),
+            state,
+            detail: owner
+                .filter(|o| o != CLI_OWNER)
+                .map(|o| format!("managed by score {o}")),
+            cpus: spec.as_ref().map_or(0, VmSpec::cpus),
+            memory_mib: spec.as_ref().map_or(0, VmSpec::memory_mib),
+            image: spec
+                .as_ref()
+                .map(|s| s.image().to_owned())
+                .unwrap_or_default(),
+            accel,
+            pid: None,
+            created_at: 0,
+        }
+    }
+}
+
+fn foreign(name: &str) -> Error {
+    Error::NotOwned {
+        kind: ResourceKind::Vm,
+        name: name.to_owned(),
+        owner: None,
+    }
+}
