@@ -295,3 +295,19 @@ fn libvirt_lifecycle_through_the_cli() {
         "{name} still listed: {vms}"
     );
 }
+
+/// The score benchmark runs end to end and reports a no-op re-apply for each run (the goal
+/// itself is checked by people reading the bench, not by a timed test).
+#[test]
+fn score_bench_reports_noop_reapplies() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &["bench", "score", "--vms", "3", "--runs", "2", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["vms"], 3);
+    assert_eq!(report["noop_apply"]["samples"], 2);
+    assert!(report["noop_apply"]["p50_ms"].as_f64().unwrap() > 0.0);
+}

@@ -41,6 +41,8 @@ pub enum Error {
     Spec(#[from] SpecError),
     #[error("VM {name} already exists")]
     VmAlreadyExists { name: String },
+    #[error("the benchmark's result is not valid: {reason}")]
+    BenchInvalid { reason: String },
     #[error("VM {name} not found")]
     VmNotFound { name: String },
     #[error("there is a VM {name} on several hosts: {}", hosts.join(", "))]
@@ -133,7 +135,7 @@ impl Error {
             Self::Io(err) if err.source.kind() == std::io::ErrorKind::PermissionDenied => {
                 format!("check the permissions of {}", err.path.display())
             }
-            Self::Io(_) => return None,
+            Self::Io(_) | Self::BenchInvalid { .. } => return None,
             Self::Image(err) => return err.hint(),
             Self::Agent(err) => return err.hint(),
             Self::Qemu(err) => return err.hint(),

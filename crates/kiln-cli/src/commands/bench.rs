@@ -17,6 +17,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply a score of many VMs on libvirt's test driver, then time re-applies that change
+    /// nothing
+    Score {
+        /// VMs in the score
+        #[arg(long, default_value_t = 20)]
+        vms: usize,
+        /// No-op re-applies to time
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// `up` until the agent answers on a real libvirtd, against the daemonless backend
+    Libvirt {
+        /// The libvirt URI (default: $KILN_LIBVIRT_URI or qemu:///system)
+        #[arg(long, value_name = "URI")]
+        connect: Option<String>,
+        /// Boots of each kind, alternating
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn ms(stats: &Stats) -> String {
@@ -27,7 +50,57 @@ fn ms(stats: &Stats) -> String {
 }
 
 pub async fn run(command: Command) -> Outcome {
-    let Command::Boot { runs, count, json } = command;
+    match command {
+        Command::Boot { runs, count, json } => boot(runs, count, json).await,
+        Command::Score { vms, runs, json } => score(vms, runs, json).await,
+        Command::Libvirt {
+            connect,
+            runs,
+            json,
+        } => libvirt(connect, runs, json).await,
+    }
+}
+
+async fn score(vms: usize, runs: u32, json: bool) -> Outcome {
+    let report = bench::score(&Kiln::from_env()?, vms, runs).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!("score of {vms} VMs on libvirt's test driver:");
+    println!("  first apply                {:>8.1} ms", report.apply_ms);
+    println!(
+        "  no-op re-apply, {runs} runs  p50 {:>8.1} ms   p95 {:>8.1} ms   (goal p50 <= 100 ms)",
+        report.noop_apply.p50_ms, report.noop_apply.p95_ms
+    );
+    println!("  destroy                    {:>8.1} ms", report.destroy_ms);
+    Ok(0)
+}
+
+async fn libvirt(connect: Option<String>, runs: u32, json: bool) -> Outcome {
+    let uri = connect.unwrap_or_else(kiln::doctor::default_libvirt_uri);
+    let report = bench::libvirt_boot(&Kiln::from_env()?, &uri, runs, &Progress::new()).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!("up -> agent ready, {runs} runs each, alternating:");
+    println!(
+        "  libvirt ({uri})   median {:>7.0} ms",
+        report.libvirt_up.p50_ms
+    );
+    println!(
+        "  daemonless qemu                     median {:>7.0} ms",
+        report.kiln_up.p50_ms
+    );
+    println!(
+        "  ratio libvirt / daemonless          {:>7.2}",
+        report.ratio
+    );
+    Ok(0)
+}
+
+async fn boot(runs: u32, count: usize, json: bool) -> Outcome {
     let kiln = Kiln::from_env()?;
     let progress = Progress::new();
     let boot = bench::boot(&kiln, runs, &progress).await?;

@@ -1,6 +1,10 @@
 //! Benchmarks: kiln against bare QEMU, measured in the same run on the same host. Speed goals
 //! live here, never in timed tests. Nothing here prints: a report comes back to the caller.
 
+mod libvirt;
+
+pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
+
 use std::time::{Duration, Instant};
 
 use serde::Serialize;

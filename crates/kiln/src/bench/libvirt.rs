@@ -1,0 +1,135 @@
+//! The declarative layer and the libvirt backend, measured.
+//!
+//! - [`score`]: applying a score of many VMs, then re-applying it when nothing changed, on
+//!   libvirt's test driver (the cost of kiln itself: listing, parsing tags, diffing).
+//! - [`libvirt_boot`]: `up` until the agent answers through a real libvirtd, against the
+//!   daemonless backend, alternating in the same run.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{Stats, spec};
+use crate::progress::{Event, NoProgress, Reporter};
+use crate::score::{Score, VmScore};
+use crate::topology::LibvirtHost;
+use crate::{DiskSpec, Error, Kiln, Result, VmSpec, state};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreReport {
+    pub vms: usize,
+    /// The first apply: every VM created.
+    pub apply_ms: f64,
+    /// Re-applies that found nothing to change (goal p50 ≤ 100 ms for 20 VMs).
+    pub noop_apply: Stats,
+    pub destroy_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LibvirtBootReport {
+    pub uri: String,
+    /// `LibvirtHost::up` (define, start) until the agent answered.
+    pub libvirt_up: Stats,
+    /// `Kiln::up` (the daemonless backend) until the agent answered.
+    pub kiln_up: Stats,
+    /// libvirt_up.p50 / kiln_up.p50.
+    pub ratio: f64,
+}
+
+/// Applies a score of `vms` VMs (one disk each) on a fresh test-driver host, re-applies it
+/// `runs` times, then destroys it.
+pub async fn score(kiln: &Kiln, vms: usize, runs: u32) -> Result<ScoreReport> {
+    let node = kiln.paths().data_dir().join("bench-test-node.xml");
+    state::create_private_dir(kiln.paths().data_dir())?;
+    state::write_atomic(&node, b"<node/>\n")?;
+    let uri = format!("test://{}", node.display());
+    let result = async {
+        let host = LibvirtHost::connect(&uri, kiln.paths()).await?;
+        let specs = (0..vms)
+            .map(|i| {
+                Ok(VmSpec::builder(format!("bench-{i:03}"))
+                    .memory_mib(256)
+                    .disk(DiskSpec::new_gib(1))
+                    .build()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let score = VmScore::new("bench", specs)?;
+        let interpret = Score::<LibvirtHost>::create_interpret(&score);
+
+        let started = Instant::now();
+        interpret.execute(&host, &NoProgress).await?;
+        let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut noop = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let outcome = interpret.execute(&host, &NoProgress).await?;
+            noop.push(started.elapsed());
+            if !outcome.is_unchanged() {
+                return Err(Error::BenchInvalid {
+                    reason: format!("a re-apply changed something:\n{outcome}"),
+                });
+            }
+        }
+        let started = Instant::now();
+        interpret.destroy(&host, &NoProgress).await?;
+        Ok(ScoreReport {
+            vms,
+            apply_ms,
+            noop_apply: Stats::of(&noop),
+            destroy_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+    .await;
+    let _ = std::fs::remove_file(&node);
+    result
+}
+
+/// Boots one VM `runs` times each way, alternating: on libvirt at `uri`, and daemonless.
+pub async fn libvirt_boot(
+    kiln: &Kiln,
+    uri: &str,
+    runs: u32,
+    reporter: &dyn Reporter,
+) -> Result<LibvirtBootReport> {
+    let mut host = LibvirtHost::connect(uri, kiln.paths()).await?;
+    if let Some(inputs) = kiln.image_inputs() {
+        host = host.with_image_inputs(inputs.clone());
+    }
+    // The image upload happens once per host; it is not what a boot costs.
+    let warm = spec("bench-lv-warm")?;
+    let _ = host.remove("bench-lv-warm", true, &NoProgress).await;
+    host.up(&warm, reporter).await?;
+    host.remove(warm.name(), true, &NoProgress).await?;
+    let (mut on_libvirt, mut daemonless) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let name = format!("bench-lv-{run}");
+        let started = Instant::now();
+        let booted = host.up(&spec(&name)?, &NoProgress).await;
+        let elapsed = started.elapsed();
+        host.remove(&name, true, &NoProgress).await?;
+        booted?;
+        on_libvirt.push(elapsed);
+
+        let name = format!("bench-up-{run}");
+        let started = Instant::now();
+        let booted = kiln.up(spec(&name)?, &NoProgress).await;
+        let local = started.elapsed();
+        kiln.remove(&name, true, &NoProgress).await?;
+        booted?;
+        daemonless.push(local);
+        reporter.report(Event::Note {
+            message: format!(
+                "run {run}/{runs}: libvirt {:.2}s, daemonless {:.2}s",
+                elapsed.as_secs_f64(),
+                local.as_secs_f64()
+            ),
+        });
+    }
+    let (libvirt_up, kiln_up) = (Stats::of(&on_libvirt), Stats::of(&daemonless));
+    Ok(LibvirtBootReport {
+        uri: uri.to_owned(),
+        ratio: libvirt_up.p50_ms / kiln_up.p50_ms.max(f64::EPSILON),
+        libvirt_up,
+        kiln_up,
+    })
+}
