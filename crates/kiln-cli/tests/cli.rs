@@ -25,7 +25,7 @@ fn help_lists_the_commands() {
     let out = run(&env, &["--help"]);
     assert!(out.status.success());
     for command in [
-        "up", "ls", "exec", "logs", "stop", "start", "rm", "doctor", "image", "bench",
+        "up", "ls", "exec", "cp", "logs", "stop", "start", "rm", "doctor", "image", "bench",
     ] {
         assert!(stdout(&out).contains(command), "help lacks {command}");
     }
@@ -147,6 +147,28 @@ fn lifecycle_through_the_cli() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(stdout(&out), "hi\n");
     assert_eq!(stderr(&out), "oops\n");
+
+    // cp both ways: into an existing directory, and back under a new name.
+    let file = env.home().join("note.txt");
+    std::fs::write(&file, "from the host\n").unwrap();
+    let out = run(&env, &["cp", file.to_str().unwrap(), "cli-vm:/root"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back = env.home().join("back.txt");
+    let out = run(
+        &env,
+        &["cp", "cli-vm:/root/note.txt", back.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "from the host\n");
+    let out = run(&env, &["cp", "cli-vm:/nope", back.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("/nope does not exist in the guest"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&env, &["cp", "a", "b"]);
+    assert_eq!(out.status.code(), Some(2));
 
     let out = run(&env, &["exec", "cli-vm", "--", "no-such-command"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));

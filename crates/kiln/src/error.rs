@@ -91,6 +91,8 @@ pub enum Error {
     Qemu(#[from] QemuError),
     #[error(transparent)]
     Libvirt(#[from] crate::backend::libvirt::LibvirtError),
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
 }
 
 impl Error {
@@ -140,6 +142,7 @@ impl Error {
             Self::Agent(err) => return err.hint(),
             Self::Qemu(err) => return err.hint(),
             Self::Libvirt(err) => return err.hint(),
+            Self::Copy(err) => return err.hint(),
         };
         Some(hint)
     }

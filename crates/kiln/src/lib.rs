@@ -20,6 +20,7 @@ pub mod backend;
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod copy;
 pub mod doctor;
 mod error;
 pub mod image;

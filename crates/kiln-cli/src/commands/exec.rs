@@ -1,7 +1,5 @@
 use std::io::{Read, Write};
 
-use kiln::score::VmHost;
-use kiln::topology::Located;
 use kiln::{ExecEvent, ExecRequest};
 use tokio::sync::mpsc;
 
@@ -28,9 +26,6 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
-/// How long a libvirt VM's agent may take to answer (it may be taking over a channel).
-const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -38,11 +33,9 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let fleet = super::fleet()?;
-    let agent = match args.target.locate(&fleet, &args.name).await? {
-        Located::Local(vm) => vm.agent().await?,
-        Located::Libvirt(host) => host.vm_agent(&args.name, AGENT_TIMEOUT).await?,
-    };
+    let agent = super::fleet()?
+        .agent(&args.name, args.target.connect.as_deref())
+        .await?;
     let mut request = ExecRequest::new(args.command);
     request.env = args.env;
     request.cwd = args.workdir;

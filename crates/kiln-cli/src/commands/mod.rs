@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod cp;
 pub mod doctor;
 pub mod exec;
 pub mod image;

@@ -8,8 +8,12 @@ use log::debug;
 
 use super::LibvirtHost;
 use crate::progress::Reporter;
+use crate::score::VmHost;
 use crate::state::KnownHosts;
-use crate::{Error, Kiln, Result, Vm, VmInfo, VmSpec};
+use crate::{AgentClient, Error, Kiln, Result, Vm, VmInfo, VmSpec};
+
+/// How long a libvirt VM's agent may take to answer (it may be taking over a channel).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a VM was found.
 #[derive(Debug)]
@@ -123,6 +127,14 @@ impl Fleet {
                 name: name.to_owned(),
                 hosts: found.iter().map(|h| h.uri().to_owned()).collect(),
             }),
+        }
+    }
+
+    /// Connects to the agent of a running VM, wherever it is.
+    pub async fn agent(&self, name: &str, uri: Option<&str>) -> Result<AgentClient> {
+        match self.locate(name, uri).await? {
+            Located::Local(vm) => vm.agent().await,
+            Located::Libvirt(host) => host.vm_agent(name, AGENT_TIMEOUT).await,
         }
     }
 

@@ -1,0 +1,343 @@
+//! Files between the host and a guest (`kiln cp`). A tar stream goes over an exec of the
+//! guest's busybox `tar`, in both directions, in bounded chunks: a file of any size passes
+//! without being held in memory. Modes are kept (never setuid bits from a guest), directories
+//! are copied recursively, and what a guest sends is unpacked only below the destination.
+//!
+//! Like `cp -r`: when the destination is an existing directory, the source is copied into it
+//! under its own name; otherwise the destination is the copy's new name.
+
+mod unpack;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::agent::{AgentClient, AgentError, ExecEvent, ExecSession};
+use crate::{ExecRequest, ExitStatus, IoError, Result};
+
+/// Bytes per chunk between the tar thread and the agent.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight: backpressure keeps memory at a few MiB whatever the size copied.
+const IN_FLIGHT: usize = 8;
+/// The guest's stderr kept for an error message.
+const STDERR_KEPT: usize = 16 * 1024;
+
+/// What went wrong copying files.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{path} does not exist in the guest")]
+    GuestPathMissing { path: String },
+    #[error("cannot copy directory {src} over the file {dest}")]
+    DirectoryOverFile { src: String, dest: String },
+    #[error("tar in the guest failed ({status}): {stderr}")]
+    GuestFailed { status: String, stderr: String },
+    #[error("the guest sent an entry outside the destination: {path:?}")]
+    UnsafePath { path: String },
+    #[error(
+        "the guest sent {path:?} of type {kind}; only files, directories and symlinks are copied"
+    )]
+    UnsupportedEntry { path: String, kind: String },
+    #[error("{path}: not a path kiln can copy (it has no file name)")]
+    NoFileName { path: String },
+}
+
+impl CopyError {
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Self::GuestPathMissing { .. } => {
+                "check the path with `kiln exec NAME -- ls -l PATH`".to_owned()
+            }
+            Self::UnsafePath { .. } | Self::UnsupportedEntry { .. } => {
+                "the guest is not behaving; nothing outside the destination was written".to_owned()
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// What was copied.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CopyStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Copies the host file or directory `src` to `dest` in the guest.
+pub async fn push(agent: &AgentClient, src: &Path, dest: &str) -> Result<CopyStats> {
+    let meta = std::fs::symlink_metadata(src).map_err(IoError::at("read", src))?;
+    let (dir, top) = match guest_kind(agent, dest).await? {
+        GuestKind::Dir => (dest.to_owned(), file_name(src)?),
+        GuestKind::File if meta.is_dir() => {
+            return Err(CopyError::DirectoryOverFile {
+                src: src.display().to_string(),
+                dest: dest.to_owned(),
+            }
+            .into());
+        }
+        GuestKind::File | GuestKind::New => (parent_of(dest), file_name(Path::new(dest))?),
+    };
+    let mut request = ExecRequest::new(["tar", "-x", "-f", "-", "-C", dir.as_str()]);
+    request.stdin = true;
+    let mut session = agent.exec(request).await?;
+    let mut stdin = session
+        .take_stdin()
+        .ok_or(crate::agent::AgentError::Disconnected)?;
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+    let src_owned = src.to_owned();
+    let packing = tokio::task::spawn_blocking(move || pack(&src_owned, &top, tx));
+    let forward = async {
+        while let Some(chunk) = rx.recv().await {
+            stdin.write(&chunk).await?;
+        }
+        stdin.close().await?;
+        Ok::<_, crate::Error>(())
+    };
+    let (forwarded, exited) = tokio::join!(forward, wait_exit(&mut session, None));
+    let stats = packing.await.map_err(crate::image::join_error)??;
+    let (status, stderr) = exited?;
+    check_status(status, stderr)?;
+    forwarded?;
+    Ok(stats)
+}
+
+/// Copies `src` in the guest to the host path `dest`.
+pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopyStats> {
+    let expected = file_name(Path::new(src))?;
+    let target = match std::fs::metadata(dest) {
+        Ok(meta) if meta.is_dir() => unpack::Target {
+            dir: dest.to_owned(),
+            top: expected.clone(),
+            expected,
+        },
+        _ => {
+            let dir = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            unpack::Target {
+                dir,
+                top: file_name(dest)?,
+                expected,
+            }
+        }
+    };
+    // Exit code 3: the source does not exist (tar's own errors exit 1).
+    let script = r#"[ -e "$1" ] || [ -L "$1" ] || exit 3; cd "$(dirname "$1")" && exec tar -c -f - "$(basename "$1")""#;
+    let mut session = agent
+        .exec(ExecRequest::new(["sh", "-c", script, "kiln-cp", src]))
+        .await?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+    let unpacking =
+        tokio::task::spawn_blocking(move || unpack::unpack(ChannelReader::new(rx), &target));
+    let exited = wait_exit(&mut session, Some(tx)).await;
+    let unpacked = unpacking.await.map_err(crate::image::join_error)?;
+    let (status, stderr) = exited?;
+    if status == ExitStatus::Code(3) {
+        return Err(CopyError::GuestPathMissing {
+            path: src.to_owned(),
+        }
+        .into());
+    }
+    let stats = unpacked?;
+    check_status(status, stderr)?;
+    Ok(stats)
+}
+
+/// Drains a command's events until it exits: stdout goes to `stdout` (when the receiver is
+/// gone, the command is killed and the rest dropped), stderr is kept for an error message.
+async fn wait_exit(
+    session: &mut ExecSession,
+    mut stdout: Option<mpsc::Sender<Vec<u8>>>,
+) -> Result<(ExitStatus, String)> {
+    let mut stderr = Vec::new();
+    loop {
+        match session.next_event().await? {
+            Some(ExecEvent::Stdout(data)) => {
+                if let Some(tx) = &stdout
+                    && tx.send(data).await.is_err()
+                {
+                    stdout = None;
+                    let _ = session.signal(9).await;
+                }
+            }
+            Some(ExecEvent::Stderr(data)) => {
+                let room = STDERR_KEPT.saturating_sub(stderr.len());
+                stderr.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            Some(ExecEvent::Exited(status)) => {
+                return Ok((status, String::from_utf8_lossy(&stderr).trim().to_owned()));
+            }
+            None => return Err(AgentError::Disconnected.into()),
+        }
+    }
+}
+
+fn check_status(status: ExitStatus, stderr: String) -> Result<()> {
+    if status == ExitStatus::Code(0) {
+        return Ok(());
+    }
+    let status = match status {
+        ExitStatus::Code(code) => format!("exit code {code}"),
+        ExitStatus::Signal(signal) => format!("killed by signal {signal}"),
+    };
+    Err(CopyError::GuestFailed { status, stderr }.into())
+}
+
+enum GuestKind {
+    Dir,
+    File,
+    New,
+}
+
+/// What `path` is in the guest; its parent must exist.
+async fn guest_kind(agent: &AgentClient, path: &str) -> Result<GuestKind> {
+    let script = r#"if [ -d "$1" ]; then echo dir; elif [ -e "$1" ]; then echo file; elif [ -d "$(dirname "$1")" ]; then echo new; else echo missing; fi"#;
+    let out = agent
+        .exec(ExecRequest::new(["sh", "-c", script, "kiln-cp", path]))
+        .await?
+        .output()
+        .await?;
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "dir" => Ok(GuestKind::Dir),
+        "file" => Ok(GuestKind::File),
+        "new" => Ok(GuestKind::New),
+        _ => Err(CopyError::GuestPathMissing {
+            path: parent_of(path),
+        }
+        .into()),
+    }
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            CopyError::NoFileName {
+                path: path.display().to_string(),
+            }
+            .into()
+        })
+}
+
+fn parent_of(guest_path: &str) -> String {
+    match Path::new(guest_path).parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_string_lossy().into_owned(),
+        _ if guest_path.starts_with('/') => "/".to_owned(),
+        _ => ".".to_owned(),
+    }
+}
+
+/// Writes `src` as a tar stream named `top`, in chunks to `tx`. Blocking. Symlinks are
+/// copied as links, never followed.
+fn pack(src: &Path, top: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
+    let mut builder = tar::Builder::new(ChannelWriter::new(tx));
+    builder.follow_symlinks(false);
+    let io = |op| IoError::at(op, src);
+    let meta = std::fs::symlink_metadata(src).map_err(io("read"))?;
+    if meta.is_dir() {
+        builder.append_dir_all(top, src).map_err(io("pack"))?;
+    } else {
+        builder
+            .append_path_with_name(src, top)
+            .map_err(io("pack"))?;
+    }
+    let stats = count(src)?;
+    let mut writer = builder.into_inner().map_err(io("pack"))?;
+    writer.flush().map_err(io("send"))?;
+    Ok(stats)
+}
+
+/// The regular files below `path` and their bytes.
+fn count(path: &Path) -> Result<CopyStats> {
+    let meta = std::fs::symlink_metadata(path).map_err(IoError::at("read", path))?;
+    if meta.is_file() {
+        return Ok(CopyStats {
+            files: 1,
+            bytes: meta.len(),
+        });
+    }
+    let mut stats = CopyStats::default();
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(IoError::at("read directory", path))? {
+            let entry = entry.map_err(IoError::at("read directory", path))?;
+            let sub = count(&entry.path())?;
+            stats.files += sub.files;
+            stats.bytes += sub.bytes;
+        }
+    }
+    Ok(stats)
+}
+
+/// A blocking writer that hands full chunks to an async consumer.
+struct ChannelWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the guest stopped reading")
+        })
+    }
+}
+
+/// A blocking reader over chunks from an async producer.
+struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
