@@ -39,6 +39,9 @@ enum Command {
     Start(commands::start::Args),
     /// Remove a VM and its files
     Rm(commands::rm::Args),
+    /// Run a command in a throwaway VM with a workspace, bring back changed files, remove
+    /// the VM (also on failure or Ctrl-C)
+    Run(commands::run::Args),
     /// Check this host: QEMU, acceleration, image inputs
     Doctor(commands::doctor::Args),
     /// Build and list guest images
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             Command::Stop(args) => commands::stop::run(args).await,
             Command::Start(args) => commands::start::run(args).await,
             Command::Rm(args) => commands::rm::run(args).await,
+            Command::Run(args) => commands::run::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Image(command) => commands::image::run(command).await,
             Command::Bench(command) => commands::bench::run(command).await,

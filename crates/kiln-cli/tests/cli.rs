@@ -333,3 +333,106 @@ fn score_bench_reports_noop_reapplies() {
     assert_eq!(report["noop_apply"]["samples"], 2);
     assert!(report["noop_apply"]["p50_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// `kiln run`: the command's exit code, a file it creates comes back, the VM is gone.
+#[test]
+fn run_returns_files_and_the_exit_code_and_removes_the_vm() {
+    let env = TestEnv::new();
+    let ws = env.home().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("in.txt"), "input\n").unwrap();
+    let out = run(
+        &env,
+        &[
+            "run",
+            "--memory",
+            "384M",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z < in.txt > out.txt; echo done; exit 9",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "done\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("out.txt")).unwrap(),
+        "INPUT\n"
+    );
+    let out = run(&env, &["ls", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]");
+}
+
+/// Ctrl-C on `kiln run` leaves no VM and no QEMU process: once during boot, and once in the
+/// middle of the command.
+#[test]
+fn run_interrupted_leaves_no_vm_and_no_qemu() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let interrupt = |child: &std::process::Child| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(child),
+            rustix::process::Signal::INT,
+        )
+        .unwrap();
+    };
+    // During boot: as soon as the VM shows up.
+    let mut child = env
+        .cli(KILN)
+        .args(["run", "--memory", "256M", "--", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !stdout(&run(&env, &["ls", "--json"])).contains("\"name\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session VM never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    interrupt(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_no_vm_and_no_qemu(&env);
+
+    // In the middle of the command: once it has printed.
+    let mut child = env
+        .cli(KILN)
+        .args([
+            "run",
+            "--memory",
+            "256M",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    interrupt(&child);
+    // The guest's sleep dies of the forwarded SIGINT: 128 + 2.
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_no_vm_and_no_qemu(&env);
+}
+
+fn assert_no_vm_and_no_qemu(env: &TestEnv) {
+    let out = run(env, &["ls", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]");
+    let home = env.home().to_str().unwrap().to_owned();
+    let qemus = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&home))
+        .count();
+    assert_eq!(qemus, 0, "a QEMU of this test still runs");
+}

@@ -26,6 +26,7 @@ mod error;
 pub mod image;
 pub mod progress;
 pub mod score;
+pub mod session;
 pub mod spec;
 pub mod state;
 pub mod topology;

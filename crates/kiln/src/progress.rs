@@ -27,6 +27,8 @@ pub enum Stage {
     WaitAgent,
     Stop,
     Remove,
+    PushWorkspace,
+    PullChanges,
 }
 
 impl Stage {
@@ -40,6 +42,8 @@ impl Stage {
             Self::WaitAgent => "wait for guest agent",
             Self::Stop => "stop",
             Self::Remove => "remove",
+            Self::PushWorkspace => "push workspace",
+            Self::PullChanges => "pull changed files",
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))

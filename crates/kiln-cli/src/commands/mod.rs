@@ -6,6 +6,7 @@ pub mod image;
 pub mod logs;
 pub mod ls;
 pub mod rm;
+pub mod run;
 pub mod start;
 pub mod stop;
 pub mod up;

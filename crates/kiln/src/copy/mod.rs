@@ -109,8 +109,10 @@ pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopySta
     let target = match std::fs::metadata(dest) {
         Ok(meta) if meta.is_dir() => unpack::Target {
             dir: dest.to_owned(),
-            top: expected.clone(),
-            expected,
+            rename: Some(unpack::Rename {
+                top: expected.clone(),
+                expected,
+            }),
         },
         _ => {
             let dir = match dest.parent() {
@@ -119,8 +121,10 @@ pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopySta
             };
             unpack::Target {
                 dir,
-                top: file_name(dest)?,
-                expected,
+                rename: Some(unpack::Rename {
+                    top: file_name(dest)?,
+                    expected,
+                }),
             }
         }
     };
@@ -133,6 +137,54 @@ pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopySta
     let unpacking =
         tokio::task::spawn_blocking(move || unpack::unpack(ChannelReader::new(rx), &target));
     let exited = wait_exit(&mut session, Some(tx)).await;
+    finish_pull(unpacking, exited, src).await
+}
+
+/// Copies the files `paths` (relative to `guest_dir`) into `host_dir`, keeping their
+/// relative paths. Directories on the way are created; a listed directory is not descended.
+pub(crate) async fn pull_paths(
+    agent: &AgentClient,
+    guest_dir: &str,
+    paths: &[String],
+    host_dir: &Path,
+) -> Result<CopyStats> {
+    if paths.is_empty() {
+        return Ok(CopyStats::default());
+    }
+    let target = unpack::Target {
+        dir: host_dir.to_owned(),
+        rename: None,
+    };
+    let script = r#"cd "$1" || exit 3; xargs -0 tar -c -f - --no-recursion"#;
+    let mut request = ExecRequest::new(["sh", "-c", script, "kiln-cp", guest_dir]);
+    request.stdin = true;
+    let mut session = agent.exec(request).await?;
+    let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+    // xargs runs tar once per batch of names: the archives follow each other.
+    let unpacking = tokio::task::spawn_blocking(move || {
+        unpack::unpack_concatenated(ChannelReader::new(rx), &target)
+    });
+    let mut list = Vec::new();
+    for path in paths {
+        list.extend_from_slice(path.as_bytes());
+        list.push(0);
+    }
+    let send_list = async {
+        stdin.write(&list).await?;
+        stdin.close().await?;
+        Ok::<_, crate::Error>(())
+    };
+    let (sent, exited) = tokio::join!(send_list, wait_exit(&mut session, Some(tx)));
+    sent?;
+    finish_pull(unpacking, exited, guest_dir).await
+}
+
+async fn finish_pull(
+    unpacking: tokio::task::JoinHandle<Result<CopyStats>>,
+    exited: Result<(ExitStatus, String)>,
+    src: &str,
+) -> Result<CopyStats> {
     let unpacked = unpacking.await.map_err(crate::image::join_error)?;
     let (status, stderr) = exited?;
     if status == ExitStatus::Code(3) {

@@ -10,11 +10,16 @@ use tar::{Archive, EntryType};
 use super::{CopyError, CopyStats};
 use crate::{IoError, Result};
 
-/// Where the entries go: `dir/<top>/...`, with the archive's top name `expected` renamed to
-/// `top`.
+/// Where the entries go: below `dir`, the archive's top name renamed when asked.
 #[derive(Debug, Clone)]
-pub(super) struct Target {
+pub(crate) struct Target {
     pub dir: PathBuf,
+    pub rename: Option<Rename>,
+}
+
+/// Every entry must start with `expected`, which becomes `top`.
+#[derive(Debug, Clone)]
+pub(crate) struct Rename {
     pub expected: String,
     pub top: String,
 }
@@ -26,11 +31,14 @@ impl Target {
             path: entry.display().to_string(),
         };
         let mut components = entry.components().filter(|c| *c != Component::CurDir);
-        match components.next() {
-            Some(Component::Normal(first)) if first == self.expected.as_str() => {}
+        let mut out = self.dir.clone();
+        match (components.next(), &self.rename) {
+            (Some(Component::Normal(first)), Some(rename)) if first == rename.expected.as_str() => {
+                out.push(&rename.top);
+            }
+            (Some(Component::Normal(first)), None) => out.push(first),
             _ => return Err(unsafe_path()),
         }
-        let mut out = self.dir.join(&self.top);
         for component in components {
             match component {
                 Component::Normal(part) => out.push(part),
@@ -64,8 +72,18 @@ fn check_no_symlink_between(base: &Path, path: &Path) -> std::result::Result<(),
 }
 
 /// Unpacks a tar stream into `target`. Blocking.
-pub(super) fn unpack(reader: impl Read, target: &Target) -> Result<CopyStats> {
+pub(crate) fn unpack(reader: impl Read, target: &Target) -> Result<CopyStats> {
+    unpack_archive(Archive::new(reader), target)
+}
+
+/// Unpacks archives that follow each other in one stream (`xargs tar` writes one per batch).
+pub(crate) fn unpack_concatenated(reader: impl Read, target: &Target) -> Result<CopyStats> {
     let mut archive = Archive::new(reader);
+    archive.set_ignore_zeros(true);
+    unpack_archive(archive, target)
+}
+
+fn unpack_archive<R: Read>(mut archive: Archive<R>, target: &Target) -> Result<CopyStats> {
     // Never setuid/setgid bits or ownership from the guest.
     archive.set_preserve_permissions(false);
     archive.set_preserve_ownerships(false);
@@ -112,8 +130,25 @@ mod tests {
     fn target() -> Target {
         Target {
             dir: PathBuf::from("/dest"),
-            expected: "logs".to_owned(),
-            top: "copy".to_owned(),
+            rename: Some(Rename {
+                expected: "logs".to_owned(),
+                top: "copy".to_owned(),
+            }),
+        }
+    }
+
+    #[test]
+    fn without_a_rename_any_relative_path_below_is_taken() {
+        let t = Target {
+            dir: PathBuf::from("/dest"),
+            rename: None,
+        };
+        assert_eq!(
+            t.place(Path::new("src/main.rs")).unwrap(),
+            Path::new("/dest/src/main.rs")
+        );
+        for bad in ["../x", "/x", "a/../../x"] {
+            assert!(t.place(Path::new(bad)).is_err(), "{bad:?} was accepted");
         }
     }
 
@@ -174,8 +209,7 @@ mod tests {
         });
         let t = Target {
             dir: dir.path().to_owned(),
-            expected: "logs".to_owned(),
-            top: "logs".to_owned(),
+            rename: None,
         };
         let err = unpack(&data[..], &t).unwrap_err();
         assert!(
@@ -196,8 +230,7 @@ mod tests {
         });
         let t = Target {
             dir: dir.path().to_owned(),
-            expected: "logs".to_owned(),
-            top: "logs".to_owned(),
+            rename: None,
         };
         assert!(matches!(
             unpack(&data[..], &t),
@@ -220,8 +253,7 @@ mod tests {
         });
         let t = Target {
             dir: dir.path().to_owned(),
-            expected: "logs".to_owned(),
-            top: "logs".to_owned(),
+            rename: None,
         };
         let stats = unpack(&data[..], &t).unwrap();
         assert_eq!((stats.files, stats.bytes), (1, 2));

@@ -1,0 +1,153 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use kiln::session::Session;
+use kiln::{ByteSize, ExecEvent, ExecRequest, VmSpec};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::Outcome;
+use super::up::kiln_with_timeout;
+use crate::ui::Progress;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A host directory to push to /workspace (the command's working directory); files the
+    /// command creates or changes there come back
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory, e.g. 1G (the workspace lives in it)
+    #[arg(long, default_value = "1G")]
+    pub memory: ByteSize,
+    /// Seconds a boot may take before it is retried or fails
+    #[arg(long, default_value_t = 60)]
+    pub boot_timeout: u64,
+    /// Set an environment variable for the command (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = super::exec::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The command and its arguments
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// The exit code of a run cut short by Ctrl-C or SIGTERM, like a shell's.
+const INTERRUPTED: i32 = 130;
+
+pub async fn run(args: Args) -> Outcome {
+    let workspace = match &args.workspace {
+        Some(dir) => {
+            Some(std::fs::canonicalize(dir).map_err(kiln::IoError::at("find the workspace", dir))?)
+        }
+        None => None,
+    };
+    let spec = VmSpec::builder(Session::unique_name())
+        .cpus(args.cpus)
+        .memory(args.memory)
+        .build()?;
+    let kiln = kiln_with_timeout(args.boot_timeout)?;
+    let mut session = Session::new(kiln, spec, workspace);
+    let progress = Progress::new();
+    let mut request = ExecRequest::new(args.command);
+    request.env = args.env;
+
+    let mut interrupts = Interrupts::new()?;
+    let result = drive(&mut session, request, &progress, &mut interrupts).await;
+    // The VM goes whatever happened: a failed command, a failed boot, an interruption.
+    let removed = session.shutdown(&progress).await;
+    let code = result?;
+    removed?;
+    Ok(code)
+}
+
+/// Boots, pushes, runs and pulls; returns the command's exit code.
+async fn drive(
+    session: &mut Session,
+    request: ExecRequest,
+    progress: &Progress,
+    interrupts: &mut Interrupts,
+) -> Outcome {
+    tokio::select! {
+        ready = session.ensure_ready(progress) => ready?,
+        () = interrupts.next() => return Ok(INTERRUPTED),
+    }
+    let mut exec = session.run(request).await?;
+    let mut forwarded = false;
+    let code = loop {
+        let event = tokio::select! {
+            event = exec.next_event() => event?,
+            () = interrupts.next() => {
+                if forwarded {
+                    eprintln!("kiln: interrupted again; removing the VM");
+                    return Ok(INTERRUPTED);
+                }
+                // The first Ctrl-C goes to the command, like a local one.
+                forwarded = true;
+                exec.signal(2).await?;
+                continue;
+            }
+        };
+        match event {
+            Some(ExecEvent::Stdout(data)) => write_all(&mut std::io::stdout(), &data),
+            Some(ExecEvent::Stderr(data)) => write_all(&mut std::io::stderr(), &data),
+            Some(ExecEvent::Exited(status)) => break status.shell_code(),
+            None => break 0,
+        }
+    };
+    let report = tokio::select! {
+        report = session.pull_changes(progress) => report?,
+        () = interrupts.next() => return Ok(INTERRUPTED),
+    };
+    if !report.is_empty() {
+        eprintln!(
+            "kiln: {} created, {} changed ({} bytes) in the workspace",
+            report.created.len(),
+            report.changed.len(),
+            report.bytes
+        );
+        for path in &report.conflicts {
+            eprintln!(
+                "kiln: {path} changed on both sides; the host's is kept, the guest's is {path}.kiln-guest"
+            );
+        }
+        if !report.deleted.is_empty() {
+            eprintln!(
+                "kiln: {} files deleted in the guest are kept on the host: {}",
+                report.deleted.len(),
+                report.deleted.join(", ")
+            );
+        }
+    }
+    Ok(code)
+}
+
+/// Ctrl-C and SIGTERM, listened to for the whole run: one that arrives between two waits is
+/// kept until the next.
+struct Interrupts {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupts {
+    fn new() -> kiln::Result<Self> {
+        let listen =
+            |kind| signal(kind).map_err(|e| kiln::IoError::new("listen for signals on", "", e));
+        Ok(Self {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+fn write_all(out: &mut impl Write, data: &[u8]) {
+    let _ = out.write_all(data);
+    let _ = out.flush();
+}
