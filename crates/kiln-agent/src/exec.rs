@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kiln_proto::{
     ExecRequest, ExitStatus, MAX_CHUNK_LEN, Message, RemoteError, RemoteErrorKind, StreamId,
+    TtySize,
 };
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -69,9 +70,17 @@ impl Sender {
 pub struct ExecControl {
     pid: Pid,
     stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The pseudo-terminal's controller side, for a command started with a tty.
+    pty: Option<Arc<std::fs::File>>,
 }
 
 impl ExecControl {
+    pub fn resize(&self, size: TtySize) {
+        if let Some(pty) = &self.pty {
+            let _ = rustix::termios::tcsetwinsize(pty.as_ref(), winsize(size));
+        }
+    }
+
     pub fn stdin(&self, data: Vec<u8>) {
         if let Some(tx) = &self.stdin {
             let _ = tx.send(data);
@@ -107,6 +116,9 @@ pub async fn start(
             .await;
         return None;
     };
+    if let Some(size) = request.tty {
+        return start_tty(stream, &request, size, sender, done).await;
+    }
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -125,14 +137,7 @@ pub async fn start(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            let kind = match err.kind() {
-                std::io::ErrorKind::NotFound => RemoteErrorKind::NotFound,
-                std::io::ErrorKind::PermissionDenied => RemoteErrorKind::PermissionDenied,
-                _ => RemoteErrorKind::Other,
-            };
-            sender
-                .send_error(stream, kind, &format!("cannot run {program}: {err}"))
-                .await;
+            report_spawn_error(&sender, stream, program, &err).await;
             return None;
         }
     };
@@ -165,14 +170,7 @@ pub async fn start(
         .map(|pipe| tokio::spawn(pump(pipe, sender.clone(), epoch, stream, Message::Stderr)));
 
     tokio::spawn(async move {
-        let status = match child.wait().await {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => ExitStatus::Code(code),
-                (None, Some(signal)) => ExitStatus::Signal(signal),
-                (None, None) => ExitStatus::Code(-1),
-            },
-            Err(_) => ExitStatus::Code(-1),
-        };
+        let status = exit_status(child.wait().await);
         for pump in [stdout, stderr].into_iter().flatten() {
             let abort = pump.abort_handle();
             if tokio::time::timeout(DRAIN_AFTER_EXIT, pump).await.is_err() {
@@ -182,7 +180,167 @@ pub async fn start(
         sender.send_in(epoch, stream, Message::Exited(status)).await;
         let _ = done.send((epoch, stream));
     });
-    Some(ExecControl { pid, stdin })
+    Some(ExecControl {
+        pid,
+        stdin,
+        pty: None,
+    })
+}
+
+fn exit_status(waited: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
+    match waited {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(signal)) => ExitStatus::Signal(signal),
+            (None, None) => ExitStatus::Code(-1),
+        },
+        Err(_) => ExitStatus::Code(-1),
+    }
+}
+
+async fn report_spawn_error(
+    sender: &Sender,
+    stream: StreamId,
+    program: &str,
+    err: &std::io::Error,
+) {
+    let kind = match err.kind() {
+        std::io::ErrorKind::NotFound => RemoteErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => RemoteErrorKind::PermissionDenied,
+        _ => RemoteErrorKind::Other,
+    };
+    sender
+        .send_error(stream, kind, &format!("cannot run {program}: {err}"))
+        .await;
+}
+
+fn winsize(size: TtySize) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+/// Opens a pseudo-terminal: the controller side, and the path of the terminal side.
+fn open_pty(size: TtySize) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&controller)?;
+    unlockpt(&controller)?;
+    let name = ptsname(&controller, Vec::new())?;
+    let controller = std::fs::File::from(controller);
+    rustix::termios::tcsetwinsize(&controller, winsize(size))?;
+    Ok((
+        controller,
+        std::path::PathBuf::from(name.to_string_lossy().into_owned()),
+    ))
+}
+
+/// Starts a command on a new pseudo-terminal. busybox `setsid -c` makes it a session leader
+/// with the terminal as its controlling tty (no unsafe `pre_exec` needed here).
+async fn start_tty(
+    stream: StreamId,
+    request: &ExecRequest,
+    size: TtySize,
+    sender: Sender,
+    done: mpsc::UnboundedSender<(u64, StreamId)>,
+) -> Option<ExecControl> {
+    let program = request.argv.first().map_or("", String::as_str);
+    let opened = open_pty(size).and_then(|(controller, path)| {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+        };
+        Ok((controller, open()?, open()?, open()?))
+    });
+    let (controller, tty_in, tty_out, tty_err) = match opened {
+        Ok(files) => files,
+        Err(err) => {
+            report_spawn_error(&sender, stream, "a pseudo-terminal for", &err).await;
+            return None;
+        }
+    };
+    let mut command = tokio::process::Command::new("setsid");
+    command
+        .arg("-c")
+        .args(&request.argv)
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::from(tty_in))
+        .stdout(Stdio::from(tty_out))
+        .stderr(Stdio::from(tty_err));
+    if let Some(cwd) = &request.cwd {
+        command.current_dir(cwd);
+    }
+    let spawned = command.spawn();
+    // The terminal side stays open only in the child: its exit ends the controller's reads.
+    drop(command);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            report_spawn_error(&sender, stream, program, &err).await;
+            return None;
+        }
+    };
+    let raw_pid = child.id().unwrap_or(0);
+    let pid = Pid::from_raw(raw_pid as i32)?;
+    let epoch = sender.epoch();
+    sender
+        .send_in(epoch, stream, Message::Started { pid: raw_pid })
+        .await;
+    let controller = Arc::new(controller);
+
+    // Keyboard -> terminal, and terminal -> host: blocking reads of a pty, on threads.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = controller.clone();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        while let Some(data) = rx.blocking_recv() {
+            if (&*writer).write_all(&data).is_err() {
+                return;
+            }
+        }
+    });
+    let reader = controller.clone();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; MAX_CHUNK_LEN.min(64 * 1024)];
+        // EIO once the last process holding the terminal side exits.
+        while let Ok(n) = (&*reader).read(&mut buf) {
+            if n == 0 || out_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let output_sender = sender.clone();
+    let output = tokio::spawn(async move {
+        while let Some(data) = out_rx.recv().await {
+            output_sender
+                .send_in(epoch, stream, Message::Stdout(data))
+                .await;
+        }
+    });
+    tokio::spawn(async move {
+        let status = exit_status(child.wait().await);
+        let abort = output.abort_handle();
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, output)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+        sender.send_in(epoch, stream, Message::Exited(status)).await;
+        let _ = done.send((epoch, stream));
+    });
+    Some(ExecControl {
+        pid,
+        stdin: Some(tx),
+        pty: Some(controller),
+    })
 }
 
 async fn pump(

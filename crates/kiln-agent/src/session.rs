@@ -215,6 +215,11 @@ impl Session {
                     exec.signal(signal);
                 }
             }
+            Message::Resize(size) => {
+                if let Some(exec) = self.execs.get(&stream) {
+                    exec.resize(size);
+                }
+            }
             Message::Shutdown => power_off(),
             other => {
                 let what = format!("unexpected {}", name_of(&other));
@@ -244,6 +249,7 @@ fn name_of(message: &Message) -> &'static str {
         Message::Exited(_) => "Exited",
         Message::Signal { .. } => "Signal",
         Message::Shutdown => "Shutdown",
+        Message::Resize(_) => "Resize",
     }
 }
 

@@ -29,6 +29,8 @@ enum Command {
     Ls(commands::ls::Args),
     /// Run a command in a VM, streaming its output; exits with the command's exit code
     Exec(commands::exec::Args),
+    /// An interactive shell in a VM (Ctrl-] detaches)
+    Console(commands::console::Args),
     /// Copy files between the host and a VM: `kiln cp ./dir web-1:/srv`, `kiln cp web-1:/etc/hosts .`
     Cp(commands::cp::Args),
     /// Show a VM's serial console log
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(args).await,
             Command::Ls(args) => commands::ls::run(args).await,
             Command::Exec(args) => commands::exec::run(args).await,
+            Command::Console(args) => commands::console::run(args).await,
             Command::Cp(args) => commands::cp::run(args).await,
             Command::Logs(args) => commands::logs::run(args).await,
             Command::Stop(args) => commands::stop::run(args).await,

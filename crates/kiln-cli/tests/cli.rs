@@ -436,3 +436,74 @@ fn assert_no_vm_and_no_qemu(env: &TestEnv) {
         .count();
     assert_eq!(qemus, 0, "a QEMU of this test still runs");
 }
+
+/// `kiln console` on a real terminal (a pty the test owns): a command runs, and Ctrl-]
+/// detaches with exit code 0 and the terminal restored.
+#[test]
+fn console_runs_a_shell_and_detaches_on_ctrl_bracket() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::{Read, Write};
+    let env = TestEnv::new();
+    let out = run(&env, &["up", "con", "--memory", "256M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&controller).unwrap();
+    unlockpt(&controller).unwrap();
+    let path = ptsname(&controller, Vec::new()).unwrap();
+    let terminal = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path.to_str().unwrap())
+            .unwrap()
+    };
+    let before = rustix::termios::tcgetattr(terminal()).unwrap();
+    let mut child = env
+        .cli(KILN)
+        .args(["console", "con"])
+        .stdin(terminal())
+        .stdout(terminal())
+        .stderr(terminal())
+        .spawn()
+        .unwrap();
+    let mut controller = std::fs::File::from(controller);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = controller.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let read_until = |marker: &str| {
+        let mut seen = String::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !seen.contains(marker) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(data) => seen.push_str(&String::from_utf8_lossy(&data)),
+                Err(_) => panic!("no {marker:?} on the console; saw {seen:?}"),
+            }
+        }
+        seen
+    };
+    read_until("Detach with Ctrl-]");
+    controller
+        .write_all(b"echo c-$((6*7)); hostname\r")
+        .unwrap();
+    let seen = read_until("c-42");
+    read_until("con");
+    assert!(!seen.contains("error"), "{seen:?}");
+    controller.write_all(&[0x1d]).unwrap();
+    read_until("[detached]");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // The terminal is back in the mode it had.
+    let after = rustix::termios::tcgetattr(terminal()).unwrap();
+    assert_eq!(after.local_modes, before.local_modes);
+
+    let out = run(&env, &["rm", "--force", "con"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

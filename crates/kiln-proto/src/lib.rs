@@ -22,10 +22,11 @@ mod message;
 pub use codec::{DecodeError, EncodeError, FrameDecoder, SyncScanner, encode_frame};
 pub use message::{
     AgentInfo, Envelope, ExecRequest, ExitStatus, Message, RemoteError, RemoteErrorKind, StreamId,
+    TtySize,
 };
 
 /// The protocol version. Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Hard upper bound on the length of one frame's payload, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;

@@ -64,6 +64,15 @@ pub enum Message {
     },
     /// Host → agent: flush and power the guest off.
     Shutdown,
+    /// Host → agent: the terminal of this stream's process (started with a `tty`) changed size.
+    Resize(TtySize),
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// What the agent says about itself in the handshake.
@@ -82,6 +91,10 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     /// When false the process gets `/dev/null` as stdin.
     pub stdin: bool,
+    /// Run on a pseudo-terminal of this size (a session leader with it as its controlling
+    /// terminal): stdout carries everything it writes, stderr stays empty, and stdin is the
+    /// keyboard (Ctrl-C is the byte 0x03, turned into SIGINT by the guest's line discipline).
+    pub tty: Option<TtySize>,
 }
 
 impl ExecRequest {
@@ -95,6 +108,7 @@ impl ExecRequest {
             env: Vec::new(),
             cwd: None,
             stdin: false,
+            tty: None,
         }
     }
 }

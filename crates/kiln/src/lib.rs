@@ -35,7 +35,7 @@ mod vm;
 pub use accel::{Accel, AccelChoice, AccelProbe};
 pub use agent::{AgentClient, ExecEvent, ExecOutput};
 pub use error::{Error, IoError, Result};
-pub use kiln_proto::{ExecRequest, ExitStatus, RemoteErrorKind};
+pub use kiln_proto::{ExecRequest, ExitStatus, RemoteErrorKind, TtySize};
 pub use spec::{
     BootDevice, ByteSize, DiskSpec, MacAddr, NetworkRef, NetworkSpec, SpecError, VmSpec,
     VmSpecBuilder,

@@ -18,6 +18,9 @@ pub struct Args {
     /// Set an environment variable in the guest (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Run on a pseudo-terminal (interactive programs; Ctrl-] detaches)
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// Working directory in the guest
     #[arg(long = "workdir", short = 'w')]
     pub workdir: Option<String>,
@@ -40,6 +43,9 @@ pub async fn run(args: Args) -> Outcome {
     request.env = args.env;
     request.cwd = args.workdir;
     request.stdin = !args.no_stdin;
+    if args.tty {
+        return super::console::interactive(&agent, request).await;
+    }
     let mut session = match agent.exec(request).await {
         Ok(session) => session,
         // Like a shell: 127 when the command does not exist, 126 when it cannot run.

@@ -89,6 +89,11 @@ impl ExecSession {
             .await
     }
 
+    /// Tells a command started with a tty that its terminal changed size.
+    pub async fn resize(&self, size: kiln_proto::TtySize) -> Result<(), AgentError> {
+        self.client.send(self.stream, Message::Resize(size)).await
+    }
+
     /// Waits for the command and collects its output (bounded by [`MAX_COLLECTED_OUTPUT`]).
     pub async fn output(mut self) -> Result<ExecOutput, AgentError> {
         drop(self.stdin.take());
