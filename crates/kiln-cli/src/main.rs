@@ -33,6 +33,8 @@ enum Command {
     Console(commands::console::Args),
     /// Copy files between the host and a VM: `kiln cp ./dir web-1:/srv`, `kiln cp web-1:/etc/hosts .`
     Cp(commands::cp::Args),
+    /// Forward a host port to a running VM (kept across restarts), remove one, or list them
+    Forward(commands::forward::Args),
     /// Show a VM's serial console log
     Logs(commands::logs::Args),
     /// Power a VM off
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
             Command::Exec(args) => commands::exec::run(args).await,
             Command::Console(args) => commands::console::run(args).await,
             Command::Cp(args) => commands::cp::run(args).await,
+            Command::Forward(args) => commands::forward::run(args).await,
             Command::Logs(args) => commands::logs::run(args).await,
             Command::Stop(args) => commands::stop::run(args).await,
             Command::Start(args) => commands::start::run(args).await,

@@ -61,6 +61,19 @@ fn invalid_names_and_sizes_are_usage_errors_with_a_hint() {
             stderr(&out)
         );
     }
+    for (flag, value) in [
+        ("-p", "0:80"),
+        ("-p", "70000:80"),
+        ("-p", "80:80/sctp"),
+        ("-v", "/only-host"),
+    ] {
+        let out = run(&env, &["up", "ok", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", stderr(&out));
+    }
+    let out = run(&env, &["up", "ok", "-v", "/no/such/dir:/data"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
     // Nothing was created by any of these.
     assert!(!env.home().join("data/vms").exists());
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kiln::backend::libvirt::LibvirtOptions;
 use kiln::progress::NoProgress;
 use kiln::score::{NetworkScore, Score, VmHost, VmScore};
-use kiln::spec::NetworkSpec;
+use kiln::spec::{NetworkSpec, ShareSpec};
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, ExecRequest, ExitStatus, NetworkRef, VmSpec};
 use kiln_testkit::{
@@ -53,9 +53,15 @@ async fn apply_exec_destroy(uri: &str, second_octet: u8) {
         .reserve(mac, net(10))
         .build()
         .unwrap();
+    // A share the unprivileged QEMU of libvirt can read.
+    let share = std::env::temp_dir().join(format!("{id}-share"));
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::set_permissions(&share, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(share.join("hello.txt"), "shared\n").unwrap();
     let vm_name = format!("{id}-vm");
     let vm = VmSpec::builder(&vm_name)
         .memory_mib(256)
+        .share(ShareSpec::new(&share, "/srv/share").read_only())
         .network(NetworkRef::named_with_mac(&net_name, mac))
         .disk(DiskSpec::new_gib(1))
         .build()
@@ -72,14 +78,18 @@ async fn apply_exec_destroy(uri: &str, second_octet: u8) {
         // The guest runs the kiln image and answers through the agent channel.
         let agent = host.vm_agent(&vm_name, Duration::from_secs(30)).await?;
         let out = agent
-            .exec(ExecRequest::new(["sh", "-c", "hostname; ls /dev/vda"]))
+            .exec(ExecRequest::new([
+                "sh",
+                "-c",
+                "hostname; ls /dev/vda; cat /srv/share/hello.txt",
+            ]))
             .await?
             .output()
             .await?;
         assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("{vm_name}\n/dev/vda\n")
+            format!("{vm_name}\n/dev/vda\nshared\n")
         );
         drop(agent);
 
@@ -94,6 +104,7 @@ async fn apply_exec_destroy(uri: &str, second_octet: u8) {
     // Destroy runs whatever happened above, so a failure leaves nothing behind either.
     let destroyed = vm_interpret.destroy(&host, &NoProgress).await;
     let destroyed_net = net_interpret.destroy(&host, &NoProgress).await;
+    let _ = std::fs::remove_dir_all(&share);
     result.unwrap();
     destroyed.unwrap();
     destroyed_net.unwrap();

@@ -3,6 +3,7 @@ pub mod console;
 pub mod cp;
 pub mod doctor;
 pub mod exec;
+pub mod forward;
 pub mod image;
 pub mod logs;
 pub mod ls;

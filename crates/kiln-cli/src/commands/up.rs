@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use kiln::spec::{PortForward, ShareSpec};
 use kiln::topology::Fleet;
 use kiln::{AccelChoice, ByteSize, DiskSpec, Kiln, VmSpec};
 
@@ -26,6 +27,13 @@ pub struct Args {
     /// Seconds a boot may take before it is retried or fails
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
+    /// Share a host directory: HOST:GUEST[:ro] (repeatable; virtio-9p)
+    #[arg(long = "volume", short = 'v', value_name = "HOST:GUEST[:ro]")]
+    pub volumes: Vec<ShareSpec>,
+    /// Forward a host port to the guest: [ADDR:]HOST:GUEST[/udp] (repeatable; ADDR defaults
+    /// to 127.0.0.1)
+    #[arg(long = "publish", short = 'p', value_name = "[ADDR:]HOST:GUEST[/udp]")]
+    pub ports: Vec<PortForward>,
     /// Where the VM runs: qemu (daemonless, this machine) or libvirt
     #[arg(long, value_enum, default_value_t = BackendArg::Qemu)]
     pub backend: BackendArg,
@@ -70,6 +78,20 @@ pub async fn run(args: Args) -> Outcome {
         .accel(args.accel.into());
     for size in args.disks {
         builder = builder.disk(DiskSpec::new(size));
+    }
+    for share in args.volumes {
+        // A relative host path means the current directory's, like `docker -v ./x:/x`.
+        let host = std::path::absolute(share.host())
+            .map_err(kiln::IoError::at("resolve", share.host()))?;
+        let absolute = ShareSpec::new(host, share.guest());
+        builder = builder.share(if share.is_read_only() {
+            absolute.read_only()
+        } else {
+            absolute
+        });
+    }
+    for forward in args.ports {
+        builder = builder.port(forward);
     }
     let spec = builder.build()?;
     let kiln = kiln_with_timeout(args.boot_timeout)?;

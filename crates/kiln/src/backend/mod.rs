@@ -8,6 +8,7 @@ pub mod qemu;
 use async_trait::async_trait;
 
 use crate::image::Image;
+use crate::spec::PortForward;
 use crate::state::{BackendKind, MachineRecord, VmPaths};
 use crate::{Accel, Result, VmSpec};
 
@@ -40,4 +41,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Ends the machine now: a clean quit if it answers, else a kill. No machine is fine.
     async fn kill(&self, paths: &VmPaths) -> Result<()>;
+
+    /// Adds (or removes) a port forward on the running machine's user-mode NIC.
+    async fn set_forward(&self, paths: &VmPaths, forward: &PortForward, add: bool) -> Result<()>;
 }

@@ -38,7 +38,15 @@ while read -r m; do
   insmod "/lib/modules/$m.ko" $(params_for "$m") 2>/dev/null || echo "kiln-init: cannot load $m"
 done < /etc/kiln/modules
 for p in $(cat /proc/cmdline); do
-  case "$p" in kiln.name=*) hostname "${p#kiln.name=}" ;; esac
+  case "$p" in
+    kiln.name=*) hostname "${p#kiln.name=}" ;;
+    kiln.share=*)
+      # TAG:DIR:ro|rw, a virtio-9p share of the host.
+      s="${p#kiln.share=}"; tag="${s%%:*}"; rest="${s#*:}"; dir="${rest%:*}"; mode="${rest##*:}"
+      mkdir -p "$dir" && mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$mode" "$tag" "$dir" \
+        || echo "kiln-init: cannot mount share $tag at $dir"
+      ;;
+  esac
 done
 ip link set lo up
 net=user
@@ -64,6 +72,28 @@ while true; do
   sleep 1
 done
 "#;
+
+/// The kernel command line of a kiln guest: what its init reads (name, network mode,
+/// shares). The same for every backend.
+pub fn guest_cmdline(spec: &crate::VmSpec) -> String {
+    let mut cmdline = format!(
+        "console=ttyS0 reboot=t panic=-1 quiet kiln.name={}",
+        spec.name()
+    );
+    // A named network (libvirt) has a DHCP server; user-mode networking has fixed addresses.
+    if spec.networks().iter().any(|n| n.network_name().is_some()) {
+        cmdline.push_str(" kiln.net=dhcp");
+    }
+    for (index, share) in spec.shares().iter().enumerate() {
+        let mode = if share.is_read_only() { "ro" } else { "rw" };
+        cmdline.push_str(&format!(
+            " kiln.share={}:{}:{mode}",
+            crate::spec::ShareSpec::tag(index),
+            share.guest()
+        ));
+    }
+    cmdline
+}
 
 /// What `udhcpc` runs when it gets a lease: configure the address, route and DNS.
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh

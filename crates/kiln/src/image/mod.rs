@@ -8,6 +8,7 @@ mod initramfs;
 mod kernel;
 mod manifest;
 
+pub use initramfs::guest_cmdline;
 pub use manifest::{FileStamp, Manifest};
 
 use std::path::{Path, PathBuf};

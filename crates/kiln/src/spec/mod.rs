@@ -3,6 +3,8 @@
 mod disk;
 mod mac;
 mod network;
+mod port;
+mod share;
 mod size;
 
 pub use disk::DiskSpec;
@@ -11,6 +13,8 @@ pub use network::{
     DhcpRange, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
     check_no_overlap, subnets_overlap,
 };
+pub use port::{PortForward, Protocol};
+pub use share::{MAX_SHARES, ShareSpec};
 pub use size::{ByteSize, SizeError};
 
 use std::net::Ipv4Addr;
@@ -94,6 +98,20 @@ pub enum SpecError {
         index: usize,
         path: std::path::PathBuf,
     },
+    #[error("share {index} ({share}): {reason}")]
+    InvalidShare {
+        index: usize,
+        share: String,
+        reason: &'static str,
+    },
+    #[error("{count} shares is more than the {max} kiln allows")]
+    TooManyShares { count: usize, max: usize },
+    #[error("two shares are mounted at {guest}")]
+    DuplicateShareTarget { guest: String },
+    #[error("port forward {forward} conflicts with another on the same host port")]
+    DuplicatePort { forward: PortForward },
+    #[error("port forwards need the VM's user-mode (NAT) NIC, and this VM has none")]
+    PortsNeedUserNetwork,
     #[error(transparent)]
     Size(#[from] SizeError),
 }
@@ -113,6 +131,13 @@ impl SpecError {
                 "a MAC is six hex octets like 52:54:00:12:34:56, unique per NIC"
             }
             Self::OverlappingSubnets { .. } => "give each network its own subnet",
+            Self::InvalidShare { .. } | Self::DuplicateShareTarget { .. } => {
+                "a share is -v /abs/host/dir:/guest/dir[:ro], one per guest directory"
+            }
+            Self::DuplicatePort { .. } => "forward each host port once per protocol",
+            Self::PortsNeedUserNetwork => {
+                "keep the default NIC, or publish the service on your named network instead"
+            }
             Self::ReservationOutsideSubnet { .. } => {
                 "reserve an address inside the subnet, other than its first (the host's)"
             }
@@ -170,6 +195,10 @@ struct VmSpecFields {
     /// Empty: boot the kiln image's kernel directly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     boot_order: Vec<BootDevice>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    shares: Vec<ShareSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<PortForward>,
 }
 
 /// A device firmware boots from, in [`VmSpecBuilder::boot_order`].
@@ -260,6 +289,37 @@ fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), Spe
             });
         }
     }
+    if spec.shares.len() > MAX_SHARES {
+        return Err(SpecError::TooManyShares {
+            count: spec.shares.len(),
+            max: MAX_SHARES,
+        });
+    }
+    for (index, share) in spec.shares.iter().enumerate() {
+        share.validate(index)?;
+        if spec.shares[..index]
+            .iter()
+            .any(|s| s.guest() == share.guest())
+        {
+            return Err(SpecError::DuplicateShareTarget {
+                guest: share.guest().to_owned(),
+            });
+        }
+    }
+    if !spec.ports.is_empty() && !spec.networks.contains(&NetworkRef::User) {
+        return Err(SpecError::PortsNeedUserNetwork);
+    }
+    for (index, forward) in spec.ports.iter().enumerate() {
+        if spec.ports[..index].iter().any(|p| {
+            p.protocol == forward.protocol
+                && p.host_port == forward.host_port
+                && (p.host_addr == forward.host_addr
+                    || p.host_addr.is_unspecified()
+                    || forward.host_addr.is_unspecified())
+        }) {
+            return Err(SpecError::DuplicatePort { forward: *forward });
+        }
+    }
     for (index, device) in spec.boot_order.iter().enumerate() {
         if spec.boot_order[..index].contains(device) {
             return Err(SpecError::DuplicateBootDevice { device: *device });
@@ -298,6 +358,8 @@ impl VmSpec {
                 image: DEFAULT_IMAGE.to_owned(),
                 accel: AccelChoice::Auto,
                 boot_order: Vec::new(),
+                shares: Vec::new(),
+                ports: Vec::new(),
             },
             networks_set: false,
         }
@@ -328,6 +390,29 @@ impl VmSpec {
     pub fn boot_order(&self) -> &[BootDevice] {
         &self.fields.boot_order
     }
+    pub fn shares(&self) -> &[ShareSpec] {
+        &self.fields.shares
+    }
+    pub fn ports(&self) -> &[PortForward] {
+        &self.fields.ports
+    }
+
+    /// The same spec with one more port forward, validated again.
+    pub fn with_port(&self, forward: PortForward) -> Result<Self, SpecError> {
+        let mut fields = self.fields.clone();
+        fields.ports.push(forward);
+        Self::try_from(fields)
+    }
+
+    /// The same spec without a port forward (matched by protocol, address and host port).
+    pub fn without_port(&self, forward: &PortForward) -> Self {
+        let mut fields = self.fields.clone();
+        fields.ports.retain(|p| {
+            (p.protocol, p.host_addr, p.host_port)
+                != (forward.protocol, forward.host_addr, forward.host_port)
+        });
+        Self { fields }
+    }
 }
 
 /// Builds a [`VmSpec`]; [`build`](Self::build) validates.
@@ -357,6 +442,16 @@ impl VmSpecBuilder {
     }
     pub fn disk(mut self, disk: DiskSpec) -> Self {
         self.fields.disks.push(disk);
+        self
+    }
+    /// Shares a host directory into the guest.
+    pub fn share(mut self, share: ShareSpec) -> Self {
+        self.fields.shares.push(share);
+        self
+    }
+    /// Forwards a host port to the guest (user-mode networking).
+    pub fn port(mut self, forward: PortForward) -> Self {
+        self.fields.ports.push(forward);
         self
     }
     /// Adds a NIC. Without any, a VM gets one user-mode (NAT) NIC.

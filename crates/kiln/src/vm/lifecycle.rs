@@ -17,7 +17,7 @@ use crate::{Error, IoError, Result, VmSpec};
 /// How long a guest gets to power off by itself before its machine is killed.
 pub(crate) const GRACEFUL_STOP: Duration = Duration::from_secs(15);
 
-async fn lock(paths: &VmPaths) -> Result<Lock> {
+pub(super) async fn lock(paths: &VmPaths) -> Result<Lock> {
     let path = paths.lock().to_owned();
     tokio::task::spawn_blocking(move || Lock::acquire(&path))
         .await

@@ -1,6 +1,7 @@
 //! VMs: the [`Kiln`] context and its verbs. State on disk is reconciled with reality (the
 //! machine's pidfile and `/proc`) on every read, never trusted blindly.
 
+mod forward;
 mod lifecycle;
 
 pub(crate) use lifecycle::{GRACEFUL_STOP, log_tail, serial_tail};

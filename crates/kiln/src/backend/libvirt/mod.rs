@@ -21,7 +21,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use virt::sys;
 
-pub use xml::{DomainDef, DomainDisk, DomainNic, KernelBoot, KilnTag, VolumeFormat};
+pub use xml::{DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag, VolumeFormat};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -51,6 +51,8 @@ pub enum LibvirtError {
     NoAgentChannel { uri: String, name: String },
     #[error("domain {name} on {uri} is not running")]
     NotRunning { uri: String, name: String },
+    #[error("VM {name}: port forwards need the daemonless backend's user-mode NIC")]
+    PortForwardUnsupported { name: String },
 }
 
 impl LibvirtError {
@@ -63,6 +65,9 @@ impl LibvirtError {
                 "check the URI and that libvirtd listens there; `kiln doctor --connect URI` checks it".to_owned()
             }
             Self::PoolTooSmall { .. } => "free space in the pool or ask for smaller disks".to_owned(),
+            Self::PortForwardUnsupported { .. } => {
+                "on libvirt, reach guests through their named network's addresses".to_owned()
+            }
             Self::NoAgentChannel { .. } => {
                 "only domains kiln created (with the kiln image) have an agent".to_owned()
             }

@@ -120,6 +120,15 @@ pub struct DomainDef {
     pub nics: Vec<DomainNic>,
     /// Where the serial console is logged, on the libvirt host.
     pub serial_log: Option<String>,
+    /// Directories of the libvirt host shared over virtio-9p.
+    pub shares: Vec<DomainShare>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainShare {
+    pub host_dir: String,
+    pub tag: String,
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +218,7 @@ struct FeaturesOut {
 #[derive(Debug, Serialize)]
 struct DevicesOut<'a> {
     disk: Vec<DiskOut<'a>>,
+    filesystem: Vec<FilesystemOut<'a>>,
     interface: Vec<InterfaceOut<'a>>,
     serial: SerialOut<'a>,
     channel: ChannelOut,
@@ -226,6 +236,24 @@ struct DiskOut<'a> {
     target: DiskTargetOut,
     #[serde(skip_serializing_if = "Option::is_none")]
     boot: Option<BootOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct FilesystemOut<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@accessmode")]
+    access_mode: &'static str,
+    source: DirOut<'a>,
+    target: DirOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<()>,
+}
+
+#[derive(Debug, Serialize)]
+struct DirOut<'a> {
+    #[serde(rename = "@dir")]
+    dir: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -411,6 +439,19 @@ impl DomainDef {
                             bus: "virtio",
                         },
                         boot: disk.boot_order.map(|order| BootOut { order }),
+                    })
+                    .collect(),
+                filesystem: self
+                    .shares
+                    .iter()
+                    .map(|share| FilesystemOut {
+                        kind: "mount",
+                        access_mode: "passthrough",
+                        source: DirOut {
+                            dir: &share.host_dir,
+                        },
+                        target: DirOut { dir: &share.tag },
+                        readonly: share.read_only.then_some(()),
                     })
                     .collect(),
                 interface: self
@@ -901,6 +942,15 @@ mod tests {
                 },
             ],
             serial_log: Some("/var/log/libvirt/qemu/web-1-serial.log".to_owned()),
+            shares: if kernel {
+                vec![DomainShare {
+                    host_dir: "/srv/www".to_owned(),
+                    tag: "kiln0".to_owned(),
+                    read_only: true,
+                }]
+            } else {
+                Vec::new()
+            },
         }
     }
 

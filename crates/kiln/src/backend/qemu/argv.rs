@@ -33,6 +33,18 @@ pub struct QemuLaunch {
     pub pidfile: PathBuf,
     pub disks: Vec<PathBuf>,
     pub user_net: bool,
+    pub shares: Vec<Share9p>,
+    /// `hostfwd` rules of the user-mode NIC (`tcp:127.0.0.1:8080-:80`).
+    pub hostfwd: Vec<String>,
+}
+
+/// A host directory exported over virtio-9p.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share9p {
+    pub tag: String,
+    pub host: PathBuf,
+    /// QEMU itself refuses writes, whatever the guest does.
+    pub read_only: bool,
 }
 
 /// Builds QEMU's argv (without the program name).
@@ -88,7 +100,12 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
     argv.push_kv("-fw_cfg", "name=opt/org.kiln/secret,file=", &l.secret);
     argv.push(["-device", &virtio("virtio-rng")]);
     if l.user_net {
-        argv.push(["-netdev", "user,id=net0"]);
+        let mut netdev = "user,id=net0".to_owned();
+        for rule in &l.hostfwd {
+            netdev.push_str(",hostfwd=");
+            netdev.push_str(rule);
+        }
+        argv.push(["-netdev", &netdev]);
         argv.push(["-device", &format!("{},netdev=net0", virtio("virtio-net"))]);
     }
     for (i, disk) in l.disks.iter().enumerate() {
@@ -100,6 +117,23 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         argv.push([
             "-device",
             &format!("{},drive=disk{i}", virtio("virtio-blk")),
+        ]);
+    }
+    for share in &l.shares {
+        let readonly = if share.read_only { ",readonly=on" } else { "" };
+        argv.push_kv(
+            "-fsdev",
+            &format!("local,id={},security_model=none{readonly},path=", share.tag),
+            &share.host,
+        );
+        argv.push([
+            "-device",
+            &format!(
+                "{},fsdev={},mount_tag={}",
+                virtio("virtio-9p"),
+                share.tag,
+                share.tag
+            ),
         ]);
     }
     argv.push(["-daemonize"]);
@@ -158,6 +192,8 @@ mod tests {
             pidfile: p("qemu.pid"),
             disks: vec![p("disk0.qcow2")],
             user_net: true,
+            shares: Vec::new(),
+            hostfwd: Vec::new(),
         }
     }
 
@@ -198,6 +234,28 @@ mod tests {
         assert!(!argv.contains("-bios"));
         assert!(!argv.contains("-netdev"));
         assert!(!argv.contains("-drive"));
+    }
+
+    #[test]
+    fn shares_and_port_forwards() {
+        let mut l = launch(Machine::Microvm, Accel::Tcg);
+        l.shares = vec![Share9p {
+            tag: "kiln0".into(),
+            host: PathBuf::from("/srv/data"),
+            read_only: true,
+        }];
+        l.hostfwd = vec![
+            "tcp:127.0.0.1:8080-:80".into(),
+            "udp:127.0.0.1:5353-:53".into(),
+        ];
+        let argv = joined(&l);
+        assert!(argv.contains(
+            "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53 "
+        ));
+        assert!(argv.contains(
+            "-fsdev local,id=kiln0,security_model=none,readonly=on,path=/srv/data \
+-device virtio-9p-device,fsdev=kiln0,mount_tag=kiln0"
+        ));
     }
 
     #[test]

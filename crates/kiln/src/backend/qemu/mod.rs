@@ -5,7 +5,7 @@ mod argv;
 mod process;
 mod qmp;
 
-pub use argv::{Machine, QemuLaunch, render};
+pub use argv::{Machine, QemuLaunch, Share9p, render};
 pub use qmp::QmpClient;
 
 use std::path::PathBuf;
@@ -38,6 +38,14 @@ pub enum QemuError {
     NamedNetworkUnsupported { name: String },
     #[error("the QEMU backend boots the kiln image directly: it has no firmware boot order")]
     FirmwareBootUnsupported,
+    #[error("cannot share {}: it is not a directory on this host", path.display())]
+    ShareNotADirectory { path: PathBuf },
+    #[error("cannot forward {forward}: the host port is in use")]
+    PortInUse {
+        forward: crate::spec::PortForward,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl QemuError {
@@ -48,6 +56,13 @@ impl QemuError {
                     .to_owned(),
             ),
             Self::StartFailed { .. } => Some("run `kiln doctor` to check this host".to_owned()),
+            Self::ShareNotADirectory { .. } => {
+                Some("create the directory first, or fix the path given to -v".to_owned())
+            }
+            Self::PortInUse { forward, .. } => Some(format!(
+                "pick another host port (`ss -lntup | grep :{}` shows who has it)",
+                forward.host_port
+            )),
             Self::NamedNetworkUnsupported { .. } | Self::FirmwareBootUnsupported => Some(
                 "named networks and PXE boot need the libvirt backend (--backend libvirt)"
                     .to_owned(),
@@ -114,7 +129,7 @@ impl QemuBackend {
             },
             kernel: launch.image.kernel(),
             initrd: launch.image.initramfs(),
-            cmdline: kernel_cmdline(launch.spec.name()),
+            cmdline: crate::image::guest_cmdline(launch.spec),
             serial_log: paths.serial_log(),
             qmp_socket: paths.qmp_socket(),
             agent_socket: paths.agent_socket(),
@@ -128,6 +143,18 @@ impl QemuBackend {
                 .networks()
                 .iter()
                 .any(|n| matches!(n, crate::NetworkRef::User)),
+            shares: launch
+                .spec
+                .shares()
+                .iter()
+                .enumerate()
+                .map(|(index, share)| Share9p {
+                    tag: crate::spec::ShareSpec::tag(index),
+                    host: share.host().to_owned(),
+                    read_only: share.is_read_only(),
+                })
+                .collect(),
+            hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
         }
     }
 
@@ -149,8 +176,20 @@ impl QemuBackend {
     }
 }
 
-fn kernel_cmdline(name: &str) -> String {
-    format!("console=ttyS0 reboot=t panic=-1 quiet kiln.name={name}")
+/// Binds the host side of a forward for a moment: QEMU would fail later, less clearly.
+fn check_port_free(forward: &crate::spec::PortForward) -> Result<()> {
+    let addr = (forward.host_addr, forward.host_port);
+    let bound = match forward.protocol {
+        crate::spec::Protocol::Tcp => std::net::TcpListener::bind(addr).map(drop),
+        crate::spec::Protocol::Udp => std::net::UdpSocket::bind(addr).map(drop),
+    };
+    bound.map_err(|source| {
+        QemuError::PortInUse {
+            forward: *forward,
+            source,
+        }
+        .into()
+    })
 }
 
 #[async_trait]
@@ -170,6 +209,17 @@ impl Backend for QemuBackend {
         }
         if !spec.boot_order().is_empty() {
             return Err(QemuError::FirmwareBootUnsupported.into());
+        }
+        for share in spec.shares() {
+            if !share.host().is_dir() {
+                return Err(QemuError::ShareNotADirectory {
+                    path: share.host().to_owned(),
+                }
+                .into());
+            }
+        }
+        for forward in spec.ports() {
+            check_port_free(forward)?;
         }
         Ok(())
     }
@@ -250,6 +300,46 @@ impl Backend for QemuBackend {
             debug!("QMP quit failed ({err}); killing pid {pid}");
         }
         process::wait_or_kill(pid, &qmp, Duration::from_secs(5)).await;
+        Ok(())
+    }
+
+    async fn set_forward(
+        &self,
+        paths: &VmPaths,
+        forward: &crate::spec::PortForward,
+        add: bool,
+    ) -> Result<()> {
+        // QMP has no hostfwd command; the human monitor's answers are text: empty on
+        // success for add, a confirmation for remove.
+        let command = if add {
+            format!("hostfwd_add net0 {}", forward.hostfwd())
+        } else {
+            format!(
+                "hostfwd_remove net0 {}:{}:{}",
+                forward.protocol, forward.host_addr, forward.host_port
+            )
+        };
+        let qmp = paths.qmp_socket();
+        let mut client = QmpClient::connect(&qmp).await?;
+        let answer = client
+            .execute(
+                "human-monitor-command",
+                Some(serde_json::json!({ "command-line": command })),
+            )
+            .await?;
+        let text = answer.as_str().unwrap_or_default().trim().to_owned();
+        let failed = if add {
+            !text.is_empty()
+        } else {
+            !text.contains("removed")
+        };
+        if failed {
+            return Err(QemuError::Qmp {
+                path: qmp,
+                reason: format!("{command}: {text}"),
+            }
+            .into());
+        }
         Ok(())
     }
 }

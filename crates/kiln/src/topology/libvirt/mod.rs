@@ -9,8 +9,8 @@ use log::{debug, info};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::backend::libvirt::{
-    DomainDef, DomainDisk, DomainNic, DomainState, KernelBoot, KilnTag, LibvirtConn, LibvirtError,
-    LibvirtOptions, VolumeFormat,
+    DomainDef, DomainDisk, DomainNic, DomainShare, DomainState, KernelBoot, KilnTag, LibvirtConn,
+    LibvirtError, LibvirtOptions, VolumeFormat,
 };
 use crate::image::{Image, ImageInputs, ImageStore};
 use crate::progress::{self, Event, Reporter, Stage};
@@ -175,18 +175,10 @@ impl LibvirtHost {
         };
         let kernel = if spec.boot_order().is_empty() {
             let (kernel, initrd) = self.ensure_image(spec, reporter).await?;
-            let dhcp = spec.networks().iter().any(|n| n.network_name().is_some());
-            let mut cmdline = format!(
-                "console=ttyS0 reboot=t panic=-1 quiet kiln.name={}",
-                spec.name()
-            );
-            if dhcp {
-                cmdline.push_str(" kiln.net=dhcp");
-            }
             Some(KernelBoot {
                 kernel,
                 initrd,
-                cmdline,
+                cmdline: crate::image::guest_cmdline(spec),
             })
         } else {
             None
@@ -227,6 +219,17 @@ impl LibvirtHost {
                 })
                 .collect(),
             serial_log: self.serial_log(spec.name()),
+            // Paths on the libvirt host (the same machine for local URIs).
+            shares: spec
+                .shares()
+                .iter()
+                .enumerate()
+                .map(|(index, share)| DomainShare {
+                    host_dir: share.host().to_string_lossy().into_owned(),
+                    tag: crate::spec::ShareSpec::tag(index),
+                    read_only: share.is_read_only(),
+                })
+                .collect(),
         })
     }
 
@@ -392,6 +395,12 @@ impl VmHost for LibvirtHost {
     }
 
     async fn check_vms(&self, creating: &[&VmSpec]) -> Result<()> {
+        if let Some(spec) = creating.iter().find(|s| !s.ports().is_empty()) {
+            return Err(LibvirtError::PortForwardUnsupported {
+                name: spec.name().to_owned(),
+            }
+            .into());
+        }
         let needed: u64 = creating
             .iter()
             .flat_map(|vm| vm.disks())
