@@ -42,6 +42,42 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Ends the machine now: a clean quit if it answers, else a kill. No machine is fine.
     async fn kill(&self, paths: &VmPaths) -> Result<()>;
 
+    /// The CPU time the machine's process has used: how a boot that makes no progress is
+    /// told from one that is merely slow on a busy host.
+    fn cpu_time(&self, pid: u32) -> Option<std::time::Duration> {
+        process_cpu_time(pid)
+    }
+
     /// Adds (or removes) a port forward on the running machine's user-mode NIC.
     async fn set_forward(&self, paths: &VmPaths, forward: &PortForward, add: bool) -> Result<()>;
+}
+
+/// User plus system time of a process, from `/proc/PID/stat` (in USER_HZ ticks, which Linux
+/// fixes at 100 per second for user space).
+pub fn process_cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) ": state is field 3, utime 14 and stime 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(std::time::Duration::from_millis((utime + stime) * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn cpu_time_of_this_process_grows() {
+        let pid = std::process::id();
+        let before = super::process_cpu_time(pid).unwrap();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(super::process_cpu_time(pid).unwrap() > before);
+        assert!(super::process_cpu_time(u32::MAX).is_none());
+    }
 }

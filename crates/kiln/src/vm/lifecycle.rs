@@ -233,15 +233,18 @@ impl Kiln {
                     });
                 }
                 () = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if self.backend.running_pid(paths).await.is_none() {
+                    let Some(pid) = self.backend.running_pid(paths).await else {
                         return Err(format!(
                             "qemu exited {:.1}s into the boot",
                             started.elapsed().as_secs_f64()
                         ));
-                    }
-                    if started.elapsed() > self.boot.first_output_timeout && console_is_silent(paths) {
+                    };
+                    // CPU time, not wall time: on a busy host a healthy guest gets little of
+                    // it and prints late; a stalled one spins and burns it.
+                    let spent = self.backend.cpu_time(pid).unwrap_or_default();
+                    if spent > self.boot.first_output_timeout && console_is_silent(paths) {
                         return Err(format!(
-                            "the guest printed nothing within {}s (stalled in early boot)",
+                            "the guest printed nothing in {}s of CPU time (stalled in early boot)",
                             self.boot.first_output_timeout.as_secs()
                         ));
                     }

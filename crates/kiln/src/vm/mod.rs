@@ -31,10 +31,12 @@ pub(crate) fn now_secs() -> u64 {
 pub struct BootPolicy {
     /// Until the agent answers.
     pub timeout: Duration,
-    /// Until the guest prints anything on its console. Under TCG, microvm guests sometimes
-    /// wedge in early boot: the TSC cannot be calibrated against the PIT, microvm has no
-    /// HPET or PM timer to fall back on, and the kernel spins waiting for a timer tick. Such
-    /// a guest never prints; a healthy one prints within about 2.5 s here.
+    /// CPU time the machine may burn before the guest prints anything on its console. Under
+    /// TCG, microvm guests sometimes wedge in early boot: the TSC cannot be calibrated against
+    /// the PIT, microvm has no HPET or PM timer to fall back on, and the kernel spins waiting
+    /// for a timer tick. Such a guest never prints and uses a whole core; a healthy one
+    /// prints after about 2.5 s of CPU here. Counting CPU time rather than wall time keeps a
+    /// busy host (many guests on few cores) from passing for a stall.
     pub first_output_timeout: Duration,
     pub attempts: u32,
 }
