@@ -68,7 +68,12 @@ fn invalid_names_and_sizes_are_usage_errors_with_a_hint() {
         ("-v", "/only-host"),
     ] {
         let out = run(&env, &["up", "ok", flag, value]);
-        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag} {value}: {}",
+            stderr(&out)
+        );
     }
     let out = run(&env, &["up", "ok", "-v", "/no/such/dir:/data"]);
     assert_eq!(out.status.code(), Some(1));
