@@ -69,9 +69,9 @@ main() {
     as_root apt-get install -y -qq -t bookworm-backports --no-install-recommends $want_bpo qemu-system-data >/dev/null
   fi
   # libvirt: the daemon, its headers for the `virt` crate, dnsmasq and iptables for NAT
-  # networks.
+  # networks; iproute2 for the network namespaces of the named-network tests.
   want=$(missing_packages busybox-static dpkg xz-utils libvirt-daemon-system libvirt-dev \
-    pkg-config dnsmasq-base iptables)
+    pkg-config dnsmasq-base iptables iproute2)
   if [ -n "$want" ]; then
     apt_update_once
     log "installing: $want"

@@ -51,6 +51,9 @@ enum Command {
     /// Build and list guest images
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Named networks of the daemonless backend: VMs on one reach each other
+    #[command(subcommand)]
+    Net(commands::net::Command),
     /// Measure boot and exec against bare QEMU, in one run
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Image(command) => commands::image::run(command).await,
+            Command::Net(command) => commands::net::run(command).await,
             Command::Bench(command) => commands::bench::run(command).await,
         }
     });

@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln::progress::{Event, Reporter};
 
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,netlink_packet_route=error,netlink_proto=error")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -525,3 +525,109 @@ fn console_runs_a_shell_and_detaches_on_ctrl_bracket() {
     let out = run(&env, &["rm", "--force", "con"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Runs network-changing commands in a namespace of the test's own, so the host is untouched.
+struct NetNs(String);
+
+impl NetNs {
+    fn new() -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "prerequisite missing: root (named networks create bridges in a network namespace)"
+        );
+        let name = unique_name("kiln-t");
+        let status = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("prerequisite missing: iproute2's `ip` (scripts/setup.sh installs it)");
+        assert!(status.success(), "ip netns add {name} failed");
+        Self(name)
+    }
+
+    /// `kiln ARGS` inside the namespace.
+    fn kiln(&self, env: &TestEnv, args: &[&str]) -> Output {
+        let mut command = env.cli("ip");
+        command.args(["netns", "exec", &self.0, KILN]).args(args);
+        command.output().unwrap()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// Two VMs on a named network of the daemonless backend reach each other and the host's
+/// bridge; the network refuses removal while in use, and nothing is left afterwards.
+#[test]
+fn two_vms_on_a_named_network_exchange_a_ping() {
+    let env = TestEnv::new();
+    let ns = NetNs::new();
+    let out = ns.kiln(&env, &["net", "create", "lab", "--subnet", "10.91.0.0/24"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for vm in ["na", "nb"] {
+        let out = ns.kiln(&env, &["up", vm, "--memory", "192M", "--network", "lab"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = ns.kiln(&env, &["net", "ls", "--json"]);
+    let networks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(networks[0]["leases"]["na"], "10.91.0.2", "{networks}");
+    assert_eq!(networks[0]["leases"]["nb"], "10.91.0.3", "{networks}");
+
+    // VM to VM, VM to the host's end of the bridge, and outbound NAT still on eth0.
+    let out = run(
+        &env,
+        &[
+            "exec",
+            "na",
+            "--",
+            "sh",
+            "-c",
+            "ping -c 2 -W 5 10.91.0.3 && ping -c 1 -W 5 10.91.0.1 && ip route",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("2 packets received"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("default via 10.0.2.2"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = ns.kiln(&env, &["net", "rm", "lab"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is used by na, nb"),
+        "{}",
+        stderr(&out)
+    );
+    for vm in ["na", "nb"] {
+        let out = ns.kiln(&env, &["rm", "--force", vm]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = ns.kiln(&env, &["net", "rm", "lab"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // No bridge and no tap left in the namespace.
+    let links = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ip", "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains(": kb") && !links.contains(": kt"),
+        "{links}"
+    );
+}

@@ -56,6 +56,35 @@ pub struct AccelProbe {
     pub reason: String,
 }
 
+/// The host's TSC frequency in kHz, where it can be read without guessing: cpufreq's base
+/// frequency, or, on a host without cpufreq (a VM, whose `cpu MHz` is its fixed TSC rate),
+/// `/proc/cpuinfo`. Under TCG the guest's TSC ticks at the host's rate.
+pub fn host_tsc_khz() -> Option<u64> {
+    host_tsc_khz_at(Path::new("/"))
+}
+
+fn host_tsc_khz_at(root: &Path) -> Option<u64> {
+    let cpufreq = root.join("sys/devices/system/cpu/cpu0/cpufreq");
+    if cpufreq.exists() {
+        let base = std::fs::read_to_string(cpufreq.join("base_frequency")).ok()?;
+        return base.trim().parse().ok();
+    }
+    let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).ok()?;
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+        return None;
+    }
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then_some((mhz * 1000.0).round() as u64)
+}
+
 impl AccelProbe {
     /// Probes this host.
     pub fn probe() -> Self {
@@ -159,5 +188,23 @@ mod tests {
         let probe = AccelProbe::probe_at(host.path());
         assert!(!probe.kvm_usable);
         assert!(probe.reason.contains("/dev/kvm"));
+    }
+
+    #[test]
+    fn tsc_frequency_from_cpuinfo_or_cpufreq() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::fs::write(
+            dir.path().join("proc/cpuinfo"),
+            "cpu MHz\t\t: 2600.000\nflags\t\t: fpu constant_tsc nonstop_tsc\n",
+        )
+        .unwrap();
+        assert_eq!(super::host_tsc_khz_at(dir.path()), Some(2_600_000));
+        // With cpufreq, cpu MHz is the current clock: only the base frequency counts.
+        let cpufreq = dir.path().join("sys/devices/system/cpu/cpu0/cpufreq");
+        std::fs::create_dir_all(&cpufreq).unwrap();
+        assert_eq!(super::host_tsc_khz_at(dir.path()), None);
+        std::fs::write(cpufreq.join("base_frequency"), "2100000\n").unwrap();
+        assert_eq!(super::host_tsc_khz_at(dir.path()), Some(2_100_000));
     }
 }

@@ -93,6 +93,8 @@ pub enum Error {
     Libvirt(#[from] crate::backend::libvirt::LibvirtError),
     #[error(transparent)]
     Copy(#[from] crate::copy::CopyError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl Error {
@@ -143,6 +145,7 @@ impl Error {
             Self::Qemu(err) => return err.hint(),
             Self::Libvirt(err) => return err.hint(),
             Self::Copy(err) => return err.hint(),
+            Self::Net(err) => return err.hint(),
         };
         Some(hint)
     }

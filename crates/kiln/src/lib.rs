@@ -24,6 +24,7 @@ pub mod copy;
 pub mod doctor;
 mod error;
 pub mod image;
+pub mod net;
 pub mod progress;
 pub mod score;
 pub mod session;

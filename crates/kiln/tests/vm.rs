@@ -140,7 +140,7 @@ async fn up_refuses_a_name_that_exists_and_kvm_where_it_cannot_run() {
 }
 
 #[tokio::test]
-async fn a_named_network_is_refused_before_anything_is_created() {
+async fn an_unknown_named_network_is_refused_before_anything_is_created() {
     let env = TestEnv::new();
     let kiln = env.kiln();
     let spec = VmSpec::builder("netted")
@@ -149,10 +149,7 @@ async fn a_named_network_is_refused_before_anything_is_created() {
         .unwrap();
     let err = kiln.up(spec, &NoProgress).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            Error::Qemu(kiln::backend::qemu::QemuError::NamedNetworkUnsupported { .. })
-        ),
+        matches!(err, Error::Net(kiln::net::NetError::NotFound { .. })),
         "{err:?}"
     );
     assert!(!env.home().join("data/vms/netted").exists());

@@ -7,6 +7,7 @@ pub mod forward;
 pub mod image;
 pub mod logs;
 pub mod ls;
+pub mod net;
 pub mod rm;
 pub mod run;
 pub mod start;

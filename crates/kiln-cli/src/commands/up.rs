@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use kiln::spec::{PortForward, ShareSpec};
 use kiln::topology::Fleet;
-use kiln::{AccelChoice, ByteSize, DiskSpec, Kiln, VmSpec};
+use kiln::{AccelChoice, ByteSize, DiskSpec, Kiln, NetworkRef, VmSpec};
 
 use super::Outcome;
 use crate::ui::Progress;
@@ -34,6 +34,11 @@ pub struct Args {
     /// to 127.0.0.1)
     #[arg(long = "publish", short = 'p', value_name = "[ADDR:]HOST:GUEST[/udp]")]
     pub ports: Vec<PortForward>,
+    /// Put a NIC on this named network (repeatable): one from `kiln net create` for the
+    /// daemonless backend (the VM keeps its NAT NIC for outbound access), a libvirt network
+    /// for libvirt
+    #[arg(long = "network", value_name = "NAME", value_parser = crate::ui::parse_name)]
+    pub networks: Vec<String>,
     /// Where the VM runs: qemu (daemonless, this machine) or libvirt
     #[arg(long, value_enum, default_value_t = BackendArg::Qemu)]
     pub backend: BackendArg,
@@ -92,6 +97,13 @@ pub async fn run(args: Args) -> Outcome {
     }
     for forward in args.ports {
         builder = builder.port(forward);
+    }
+    let on_libvirt = args.connect.is_some() || args.backend == BackendArg::Libvirt;
+    if !args.networks.is_empty() && !on_libvirt {
+        builder = builder.network(NetworkRef::User);
+    }
+    for network in &args.networks {
+        builder = builder.network(NetworkRef::named(network));
     }
     let spec = builder.build()?;
     let kiln = kiln_with_timeout(args.boot_timeout)?;

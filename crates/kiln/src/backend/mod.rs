@@ -20,6 +20,8 @@ pub struct Launch<'a> {
     pub paths: &'a VmPaths,
     pub accel: Accel,
     pub accel_reason: &'a str,
+    /// NICs on named networks, in the order of the spec's named NICs.
+    pub attachments: &'a [crate::net::NicAttachment],
 }
 
 #[async_trait]

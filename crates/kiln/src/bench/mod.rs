@@ -154,6 +154,7 @@ async fn bare_boot(
         paths: &paths,
         accel,
         accel_reason,
+        attachments: &[],
     };
     let started = Instant::now();
     kiln.backend().start(&launch).await?;

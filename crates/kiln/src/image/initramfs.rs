@@ -50,10 +50,29 @@ for p in $(cat /proc/cmdline); do
 done
 ip link set lo up
 net=user
+addressed=
+gw=
+dns=
 for p in $(cat /proc/cmdline); do
-  case "$p" in kiln.net=*) net="${p#kiln.net=}" ;; esac
+  case "$p" in
+    kiln.net=*) net="${p#kiln.net=}" ;;
+    kiln.gw=*) gw="${p#kiln.gw=}" ;;
+    kiln.dns=*) dns="${p#kiln.dns=}" ;;
+    kiln.ip=*)
+      # MAC,ADDRESS/PREFIX: the NIC is found by its MAC, whatever order the kernel saw it in.
+      v="${p#kiln.ip=}"; mac="${v%%,*}"; addr="${v#*,}"
+      for dev in /sys/class/net/*; do
+        if [ "$(cat "$dev/address")" = "$mac" ]; then
+          ip link set "${dev##*/}" up && ip addr add "$addr" dev "${dev##*/}" && addressed=1
+        fi
+      done
+      ;;
+  esac
 done
-if [ -e /sys/class/net/eth0 ]; then
+if [ -n "$addressed" ]; then
+  if [ -n "$gw" ]; then ip route add default via "$gw"; fi
+  if [ -n "$dns" ]; then echo "nameserver $dns" > /etc/resolv.conf; fi
+elif [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up
   if [ "$net" = dhcp ]; then
     # A libvirt network: ask its dnsmasq, in the background so the agent starts at once.
@@ -73,16 +92,42 @@ while true; do
 done
 "#;
 
-/// The kernel command line of a kiln guest: what its init reads (name, network mode,
-/// shares). The same for every backend.
-pub fn guest_cmdline(spec: &crate::VmSpec) -> String {
+/// The MAC of the user-mode NIC (QEMU's own default for a first NIC), so init finds it.
+pub const USER_NIC_MAC: &str = "52:54:00:12:34:56";
+
+/// How a guest's NICs get addresses.
+#[derive(Debug, Clone, Copy)]
+pub enum Addressing<'a> {
+    /// NICs on named networks ask DHCP (libvirt networks run dnsmasq).
+    Dhcp,
+    /// Every NIC has a fixed address, found by MAC: the user-mode NIC's (10.0.2.15) and
+    /// those kiln leased on its own networks.
+    Static(&'a [crate::net::NicAttachment]),
+}
+
+/// The kernel command line of a kiln guest: what its init reads (name, addresses, shares).
+/// The same for every backend.
+pub fn guest_cmdline(spec: &crate::VmSpec, addressing: Addressing<'_>) -> String {
     let mut cmdline = format!(
         "console=ttyS0 reboot=t panic=-1 quiet kiln.name={}",
         spec.name()
     );
-    // A named network (libvirt) has a DHCP server; user-mode networking has fixed addresses.
-    if spec.networks().iter().any(|n| n.network_name().is_some()) {
-        cmdline.push_str(" kiln.net=dhcp");
+    match addressing {
+        Addressing::Dhcp => {
+            if spec.networks().iter().any(|n| n.network_name().is_some()) {
+                cmdline.push_str(" kiln.net=dhcp");
+            }
+        }
+        Addressing::Static(attachments) => {
+            if spec.networks().contains(&crate::NetworkRef::User) {
+                cmdline.push_str(&format!(
+                    " kiln.ip={USER_NIC_MAC},10.0.2.15/24 kiln.gw=10.0.2.2 kiln.dns=10.0.2.3"
+                ));
+            }
+            for nic in attachments {
+                cmdline.push_str(&format!(" kiln.ip={},{}", nic.mac, nic.address));
+            }
+        }
     }
     for (index, share) in spec.shares().iter().enumerate() {
         let mode = if share.is_read_only() { "ro" } else { "rw" };

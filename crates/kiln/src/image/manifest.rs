@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::IoError;
 
 /// Bumped whenever the image layout or init changes, so old caches are rebuilt.
-pub const IMAGE_FORMAT: u32 = 3;
+pub const IMAGE_FORMAT: u32 = 4;
 
 /// A file kiln read or wrote, with what identifies its content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,11 @@ impl MacAddr {
         Ok(mac)
     }
 
+    /// `52:54:00:` (QEMU's prefix: unicast, never all zero) followed by `tail`.
+    pub fn qemu(tail: [u8; 3]) -> Self {
+        Self([0x52, 0x54, 0x00, tail[0], tail[1], tail[2]])
+    }
+
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }

@@ -72,6 +72,10 @@ impl Paths {
     pub fn hosts_file(&self) -> PathBuf {
         self.data.join("hosts.json")
     }
+    /// Named networks of the daemonless backend.
+    pub fn networks_dir(&self) -> PathBuf {
+        self.data.join("networks")
+    }
     pub fn locks_dir(&self) -> PathBuf {
         self.data.join("locks")
     }

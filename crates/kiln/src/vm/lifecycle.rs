@@ -64,6 +64,9 @@ impl Kiln {
         let paths = self.paths.vm(&name);
         paths.check_socket_paths()?;
         self.backend.check(&spec)?;
+        for network in spec.networks().iter().filter_map(|n| n.network_name()) {
+            self.networks().get(network)?;
+        }
         let _lock = lock(&paths).await?;
         if read_record(&paths)?.is_some() {
             return Err(Error::VmAlreadyExists { name });
@@ -157,6 +160,7 @@ impl Kiln {
             );
             record.image_digest = image.manifest.digest();
         }
+        let attachments = self.networks().attachments(&record.spec).await?;
         let mut failure = String::new();
         for attempt in 1..=self.boot.attempts.max(1) {
             let launch = Launch {
@@ -165,6 +169,7 @@ impl Kiln {
                 paths: &paths,
                 accel,
                 accel_reason,
+                attachments: &attachments,
             };
             rotate_serial_log(&paths)?;
             let machine: MachineRecord =
@@ -329,7 +334,8 @@ impl Kiln {
                 }
                 self.backend.kill(&paths).await?;
             }
-            paths.remove_all()
+            paths.remove_all()?;
+            self.networks().release(name).await
         })
         .await
     }

@@ -116,6 +116,11 @@ impl Kiln {
         self.backend.as_ref()
     }
 
+    /// The named networks VMs of this kiln can join.
+    pub fn networks(&self) -> crate::net::Networks {
+        crate::net::Networks::new(&self.paths)
+    }
+
     pub fn accel_probe(&self) -> AccelProbe {
         AccelProbe::probe()
     }

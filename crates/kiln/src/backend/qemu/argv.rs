@@ -36,6 +36,14 @@ pub struct QemuLaunch {
     pub shares: Vec<Share9p>,
     /// `hostfwd` rules of the user-mode NIC (`tcp:127.0.0.1:8080-:80`).
     pub hostfwd: Vec<String>,
+    /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
+    pub taps: Vec<TapNic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapNic {
+    pub ifname: String,
+    pub mac: String,
 }
 
 /// A host directory exported over virtio-9p.
@@ -106,7 +114,25 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             netdev.push_str(rule);
         }
         argv.push(["-netdev", &netdev]);
-        argv.push(["-device", &format!("{},netdev=net0", virtio("virtio-net"))]);
+        argv.push([
+            "-device",
+            &format!(
+                "{},netdev=net0,mac={}",
+                virtio("virtio-net"),
+                crate::image::USER_NIC_MAC
+            ),
+        ]);
+    }
+    for (index, tap) in l.taps.iter().enumerate() {
+        let id = format!("tap{index}");
+        argv.push([
+            "-netdev",
+            &format!("tap,id={id},ifname={},script=no,downscript=no", tap.ifname),
+        ]);
+        argv.push([
+            "-device",
+            &format!("{},netdev={id},mac={}", virtio("virtio-net"), tap.mac),
+        ]);
     }
     for (i, disk) in l.disks.iter().enumerate() {
         argv.push_kv(
@@ -194,6 +220,7 @@ mod tests {
             user_net: true,
             shares: Vec::new(),
             hostfwd: Vec::new(),
+            taps: Vec::new(),
         }
     }
 
@@ -216,7 +243,7 @@ mod tests {
 -chardev socket,id=agent,server=on,wait=off,path=/k/vms/web-1/agent.sock \
 -device virtio-serial-device -device virtserialport,chardev=agent,name=org.kiln.agent.0 \
 -fw_cfg name=opt/org.kiln/secret,file=/k/vms/web-1/secret -device virtio-rng-device \
--netdev user,id=net0 -device virtio-net-device,netdev=net0 \
+-netdev user,id=net0 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56 \
 -drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0 \
 -daemonize -pidfile /k/vms/web-1/qemu.pid";
         assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);
@@ -255,6 +282,19 @@ mod tests {
         assert!(argv.contains(
             "-fsdev local,id=kiln0,security_model=none,readonly=on,path=/srv/data \
 -device virtio-9p-device,fsdev=kiln0,mount_tag=kiln0"
+        ));
+    }
+
+    #[test]
+    fn taps_get_their_own_netdev_and_mac() {
+        let mut l = launch(Machine::Microvm, Accel::Tcg);
+        l.taps = vec![TapNic {
+            ifname: "kt0123456789".into(),
+            mac: "52:54:00:aa:bb:cc".into(),
+        }];
+        assert!(joined(&l).contains(
+            "-netdev tap,id=tap0,ifname=kt0123456789,script=no,downscript=no \
+-device virtio-net-device,netdev=tap0,mac=52:54:00:aa:bb:cc"
         ));
     }
 

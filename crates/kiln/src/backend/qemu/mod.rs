@@ -5,7 +5,7 @@ mod argv;
 mod process;
 mod qmp;
 
-pub use argv::{Machine, QemuLaunch, Share9p, render};
+pub use argv::{Machine, QemuLaunch, Share9p, TapNic, render};
 pub use qmp::QmpClient;
 
 use std::path::PathBuf;
@@ -34,8 +34,6 @@ pub enum QemuError {
     Qmp { path: PathBuf, reason: String },
     #[error("qemu-img failed: {stderr}")]
     ImgFailed { stderr: String },
-    #[error("the QEMU backend cannot attach network {name:?} yet: only user-mode NAT")]
-    NamedNetworkUnsupported { name: String },
     #[error("the QEMU backend boots the kiln image directly: it has no firmware boot order")]
     FirmwareBootUnsupported,
     #[error("cannot share {}: it is not a directory on this host", path.display())]
@@ -63,10 +61,9 @@ impl QemuError {
                 "pick another host port (`ss -lntup | grep :{}` shows who has it)",
                 forward.host_port
             )),
-            Self::NamedNetworkUnsupported { .. } | Self::FirmwareBootUnsupported => Some(
-                "named networks and PXE boot need the libvirt backend (--backend libvirt)"
-                    .to_owned(),
-            ),
+            Self::FirmwareBootUnsupported => {
+                Some("PXE and disk boot need the libvirt backend (--backend libvirt)".to_owned())
+            }
             _ => None,
         }
     }
@@ -129,7 +126,22 @@ impl QemuBackend {
             },
             kernel: launch.image.kernel(),
             initrd: launch.image.initramfs(),
-            cmdline: crate::image::guest_cmdline(launch.spec),
+            cmdline: {
+                let mut cmdline = crate::image::guest_cmdline(
+                    launch.spec,
+                    crate::image::Addressing::Static(launch.attachments),
+                );
+                // Under TCG on a busy host the kernel's PIT calibration of the TSC can fail;
+                // microvm has no HPET or PM timer to fall back on, and the guest then spins
+                // forever waiting for a timer tick. The guest's TSC runs at the host's rate:
+                // say so, and no calibration is needed.
+                if launch.accel == crate::Accel::Tcg
+                    && let Some(khz) = crate::accel::host_tsc_khz()
+                {
+                    cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+                cmdline
+            },
             serial_log: paths.serial_log(),
             qmp_socket: paths.qmp_socket(),
             agent_socket: paths.agent_socket(),
@@ -155,6 +167,14 @@ impl QemuBackend {
                 })
                 .collect(),
             hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
+            taps: launch
+                .attachments
+                .iter()
+                .map(|nic| TapNic {
+                    ifname: nic.tap.clone(),
+                    mac: nic.mac.to_string(),
+                })
+                .collect(),
         }
     }
 
@@ -199,14 +219,6 @@ impl Backend for QemuBackend {
     }
 
     fn check(&self, spec: &VmSpec) -> Result<()> {
-        for network in spec.networks() {
-            if let Some(name) = network.network_name() {
-                return Err(QemuError::NamedNetworkUnsupported {
-                    name: name.to_owned(),
-                }
-                .into());
-            }
-        }
         if !spec.boot_order().is_empty() {
             return Err(QemuError::FirmwareBootUnsupported.into());
         }
@@ -271,6 +283,20 @@ impl Backend for QemuBackend {
             "started qemu for {} as pid {pid} ({})",
             plan.name, plan.accel
         );
+        if !launch.attachments.is_empty() {
+            // QEMU made the taps; they go away with it. Put them into their bridges.
+            let attached = async {
+                let netlink = crate::net::Netlink::open()?;
+                for nic in launch.attachments {
+                    netlink.attach(&nic.tap, &nic.bridge).await?;
+                }
+                Ok::<_, crate::net::NetError>(())
+            };
+            if let Err(err) = attached.await {
+                process::wait_or_kill(pid, &plan.qmp_socket, Duration::ZERO).await;
+                return Err(err.into());
+            }
+        }
         Ok(MachineRecord {
             pid,
             accel: launch.accel,

@@ -178,7 +178,7 @@ impl LibvirtHost {
             Some(KernelBoot {
                 kernel,
                 initrd,
-                cmdline: crate::image::guest_cmdline(spec),
+                cmdline: crate::image::guest_cmdline(spec, crate::image::Addressing::Dhcp),
             })
         } else {
             None
