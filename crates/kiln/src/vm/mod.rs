@@ -289,7 +289,7 @@ impl Vm {
                 Err(crate::agent::AgentError::Timeout { .. })
                     if std::time::Instant::now() + per_try <= deadline =>
                 {
-                    log::warn!("{}: agent handshake timed out; reconnecting", self.name);
+                    log::info!("{}: agent handshake timed out; reconnecting", self.name);
                 }
                 Err(err) => return Err(err.into()),
             }

@@ -2,10 +2,16 @@
 //! (`virDomainOpenChannel`). This is how kiln reaches the agent of a VM on a remote host,
 //! where the channel's Unix socket is out of reach.
 //!
-//! libvirt streams are blocking; two threads pump bytes between the stream and one end of an
-//! in-memory duplex pipe, whose other end the async agent client reads and writes.
+//! The stream is non-blocking, fed by libvirt's event loop (as `virsh console` does), and
+//! one thread moves bytes both ways between it and an in-memory duplex pipe whose other end
+//! the async agent client uses. Blocking `virStreamRecv` and `virStreamSend` from two threads
+//! on one remote connection deadlocked the client's I/O loop (seen with libvirt 9.0).
+
+use std::sync::Once;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc::{self, error::TryRecvError};
 use virt::stream::Stream;
 use virt::sys;
 
@@ -14,6 +20,34 @@ use super::{LibvirtConn, LibvirtError};
 /// Bytes buffered in each direction of the pipe.
 const PIPE_BUFFER: usize = 256 * 1024;
 const CHUNK: usize = 64 * 1024;
+/// How long the pump sleeps when neither side had anything.
+const IDLE: Duration = Duration::from_millis(1);
+/// `virStreamRecv`/`virStreamSend` on a non-blocking stream: try again later.
+const AGAIN: isize = -2;
+
+/// Registers libvirt's default event loop and runs it on a thread of its own. Connections
+/// opened afterwards get their socket watched by it, which non-blocking streams need.
+pub(super) fn ensure_event_loop() {
+    static EVENTS: Once = Once::new();
+    EVENTS.call_once(|| {
+        if let Err(err) = virt::event::event_register_default_impl() {
+            log::warn!("libvirt event loop unavailable: {err}");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".to_owned())
+            .spawn(|| {
+                loop {
+                    if let Err(err) = virt::event::event_run_default_impl() {
+                        log::debug!("libvirt event loop: {err}");
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            log::warn!("cannot start the libvirt event loop: {err}");
+        }
+    });
+}
 
 impl LibvirtConn {
     /// Opens the channel `channel` of the running domain `name`. An earlier session on the
@@ -27,69 +61,99 @@ impl LibvirtConn {
         let stream = self
             .call(move |inner| {
                 let dom = inner.require_domain(&name)?;
-                let stream =
-                    Stream::new(&inner.conn, 0).map_err(inner.err("open a stream for", &name))?;
+                let stream = Stream::new(&inner.conn, sys::VIR_STREAM_NONBLOCK)
+                    .map_err(inner.err("open a stream for", &name))?;
                 dom.open_channel(Some(&channel), &stream, sys::VIR_DOMAIN_CHANNEL_FORCE)
                     .map_err(inner.err("open the channel of", &name))?;
                 Ok(stream)
             })
             .await?;
         let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
-        let (mut from_client, mut to_client) = tokio::io::split(theirs);
-        let runtime = tokio::runtime::Handle::current();
+        let (mut from_client, to_client) = tokio::io::split(theirs);
 
-        // Guest -> client. Ends when the stream does, or when the client has gone.
-        let receiving = stream.clone();
-        let handle = runtime.clone();
-        std::thread::spawn(move || {
+        // Client -> pump: an async task hands chunks over; it ends when the client closes.
+        let (outgoing, incoming) = mpsc::channel::<Vec<u8>>(8);
+        tokio::spawn(async move {
             let mut buf = vec![0u8; CHUNK];
             loop {
-                let n = match receiving.recv(&mut buf) {
-                    Ok(n) if n > 0 => n.unsigned_abs(),
-                    Ok(_) => break,
-                    Err(err) => {
-                        log::debug!("agent channel closed: {err}");
-                        break;
+                match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if outgoing.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
                     }
-                };
-                if handle.block_on(to_client.write_all(&buf[..n])).is_err() {
-                    break;
                 }
             }
-            let _ = handle.block_on(to_client.shutdown());
         });
-
-        // Client -> guest. When the client closes its end, aborting the stream also wakes
-        // the receiving thread.
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = match runtime.block_on(from_client.read(&mut buf)) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if !send_all(&stream, &buf[..n]) {
-                    break;
-                }
-            }
-            if let Err(err) = stream.abort() {
-                log::debug!("closing the agent channel: {err}");
-            }
-        });
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("kiln-channel".to_owned())
+            .spawn(move || pump(stream, incoming, to_client, &runtime))
+            .map_err(|err| LibvirtError::Xml(format!("cannot start the channel thread: {err}")))?;
         Ok(ours)
     }
 }
 
-fn send_all(stream: &Stream, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        match stream.send(data) {
-            Ok(n) if n > 0 => data = &data[n.unsigned_abs()..],
-            Ok(_) => return false,
+/// Moves bytes both ways until either side ends, then aborts the stream.
+fn pump(
+    stream: Stream,
+    mut incoming: mpsc::Receiver<Vec<u8>>,
+    mut to_client: tokio::io::WriteHalf<DuplexStream>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut sent = 0;
+    loop {
+        let mut progress = false;
+        match stream.recv(&mut buf) {
+            Ok(n) if n > 0 => {
+                progress = true;
+                if runtime
+                    .block_on(to_client.write_all(&buf[..n.unsigned_abs()]))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(AGAIN) => {}
+            Ok(_) => break, // end of stream: the guest side closed
             Err(err) => {
-                log::debug!("agent channel send failed: {err}");
-                return false;
+                log::debug!("agent channel closed: {err}");
+                break;
             }
         }
+        if sent == pending.len() {
+            match incoming.try_recv() {
+                Ok(chunk) => {
+                    pending = chunk;
+                    sent = 0;
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        if sent < pending.len() {
+            match stream.send(&pending[sent..]) {
+                Ok(n) if n > 0 => {
+                    sent += n.unsigned_abs();
+                    progress = true;
+                }
+                Ok(AGAIN) | Ok(0) => {}
+                Ok(_) => break,
+                Err(err) => {
+                    log::debug!("agent channel send failed: {err}");
+                    break;
+                }
+            }
+        }
+        if !progress {
+            std::thread::sleep(IDLE);
+        }
     }
-    true
+    let _ = runtime.block_on(to_client.shutdown());
+    if let Err(err) = stream.abort() {
+        log::debug!("closing the agent channel: {err}");
+    }
 }

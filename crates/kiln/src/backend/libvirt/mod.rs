@@ -162,6 +162,8 @@ impl LibvirtConn {
         static QUIET: Once = Once::new();
         // libvirt prints every error to stderr by default; kiln reports them itself.
         QUIET.call_once(virt::error::clear_error_callback);
+        // Before the connection opens, so its socket is watched (agent channel streams).
+        channel::ensure_event_loop();
         let owned = uri.to_owned();
         let opening = tokio::task::spawn_blocking(move || Connect::open(Some(&owned)));
         // An unreachable remote host (a dropped SSH or TCP connection) can block for minutes.
@@ -459,7 +461,7 @@ impl LibvirtConn {
     pub async fn domain(&self, name: &str) -> Result<Option<DomainState>, LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| match inner.lookup_domain(&name)? {
-            Some(dom) => inner.domain_state(&dom, &name).map(Some),
+            Some(dom) => inner.domain_state(&dom, &name),
             None => Ok(None),
         })
         .await
@@ -482,7 +484,7 @@ impl LibvirtConn {
             let mut states = Vec::new();
             for dom in domains {
                 let name = dom.name().map_err(inner.err("read", "a domain name"))?;
-                states.push(inner.domain_state(&dom, &name)?);
+                states.extend(inner.domain_state(&dom, &name)?);
             }
             states.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(states)
@@ -553,7 +555,7 @@ impl LibvirtConn {
     pub async fn network(&self, name: &str) -> Result<Option<NetworkState>, LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| match inner.lookup_network(&name)? {
-            Some(net) => inner.network_state(&net, &name).map(Some),
+            Some(net) => inner.network_state(&net, &name),
             None => Ok(None),
         })
         .await
@@ -569,7 +571,7 @@ impl LibvirtConn {
             let mut states = Vec::new();
             for net in nets {
                 let name = net.name().map_err(inner.err("read", "a network name"))?;
-                states.push(inner.network_state(&net, &name)?);
+                states.extend(inner.network_state(&net, &name)?);
             }
             states.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(states)
@@ -705,16 +707,21 @@ impl Inner {
         })
     }
 
-    fn domain_state(&self, dom: &Domain, name: &str) -> Result<DomainState, LibvirtError> {
-        let active = dom.is_active().map_err(self.err("read", name))?;
-        let doc = dom
-            .xml_desc(sys::VIR_DOMAIN_XML_SECURE)
-            .map_err(self.err("read the XML of", name))?;
-        Ok(DomainState {
-            name: name.to_owned(),
-            active,
-            observed: xml::parse_domain(&doc)?,
-        })
+    /// A domain's state; `None` when it vanished since it was listed (someone removed it).
+    fn domain_state(&self, dom: &Domain, name: &str) -> Result<Option<DomainState>, LibvirtError> {
+        let vanished = |err: &virt::error::Error| is_code(err, ErrorNumber::NoDomain);
+        let read = || -> Result<(bool, String), virt::error::Error> {
+            Ok((dom.is_active()?, dom.xml_desc(sys::VIR_DOMAIN_XML_SECURE)?))
+        };
+        match read() {
+            Ok((active, doc)) => Ok(Some(DomainState {
+                name: name.to_owned(),
+                active,
+                observed: xml::parse_domain(&doc)?,
+            })),
+            Err(err) if vanished(&err) => Ok(None),
+            Err(err) => Err(self.err("read", name)(err)),
+        }
     }
 
     fn lookup_network(&self, name: &str) -> Result<Option<Network>, LibvirtError> {
@@ -725,13 +732,23 @@ impl Inner {
         }
     }
 
-    fn network_state(&self, net: &Network, name: &str) -> Result<NetworkState, LibvirtError> {
-        let active = net.is_active().map_err(self.err("read", name))?;
-        let doc = net.xml_desc(0).map_err(self.err("read the XML of", name))?;
-        Ok(NetworkState {
-            name: name.to_owned(),
-            active,
-            observed: xml::parse_network(&doc)?,
-        })
+    /// A network's state; `None` when it vanished since it was listed.
+    fn network_state(
+        &self,
+        net: &Network,
+        name: &str,
+    ) -> Result<Option<NetworkState>, LibvirtError> {
+        let read = || -> Result<(bool, String), virt::error::Error> {
+            Ok((net.is_active()?, net.xml_desc(0)?))
+        };
+        match read() {
+            Ok((active, doc)) => Ok(Some(NetworkState {
+                name: name.to_owned(),
+                active,
+                observed: xml::parse_network(&doc)?,
+            })),
+            Err(err) if is_code(&err, ErrorNumber::NoNetwork) => Ok(None),
+            Err(err) => Err(self.err("read", name)(err)),
+        }
     }
 }

@@ -493,7 +493,7 @@ impl VmHost for LibvirtHost {
                 .await
             {
                 Err(Error::Agent(AgentError::Timeout { .. })) if Instant::now() < deadline => {
-                    log::warn!("{name}: agent handshake timed out; reconnecting");
+                    log::info!("{name}: agent handshake timed out; reconnecting");
                 }
                 other => return other,
             }
