@@ -631,3 +631,24 @@ fn two_vms_on_a_named_network_exchange_a_ping() {
         "{links}"
     );
 }
+
+/// The session benchmark runs end to end: sessions, boots, a first and an incremental push.
+#[test]
+fn session_bench_reports_its_figures() {
+    let env = TestEnv::new();
+    let out = run(
+        &env,
+        &["bench", "session", "--runs", "1", "--files", "60", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"], 60);
+    assert_eq!(report["run_true"]["samples"], 1);
+    assert!(report["push_first_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["push_incremental_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    let out = run(&env, &["ls", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "the bench left a VM");
+}

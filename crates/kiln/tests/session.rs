@@ -18,11 +18,35 @@ async fn a_session_returns_created_and_changed_files_and_leaves_no_vm() {
     std::fs::write(root.join("both.txt"), "base\n").unwrap();
     std::fs::write(root.join("old.txt"), "old\n").unwrap();
     std::fs::write(root.join("same.txt"), "same\n").unwrap();
+    std::fs::write(root.join("scratch.txt"), "temporary\n").unwrap();
 
     let spec = VmSpec::builder("sess").memory_mib(384).build().unwrap();
     let mut session = Session::new(kiln.clone(), spec, Some(root.to_owned()));
     session.ensure_ready(&NoProgress).await.unwrap();
     session.ensure_ready(&NoProgress).await.unwrap(); // a second call changes nothing
+
+    // Incremental push: only what changed on the host since the first push goes over.
+    std::fs::write(root.join("src/new.txt"), "added\n").unwrap();
+    std::fs::remove_file(root.join("scratch.txt")).unwrap();
+    let pushed = session.push_changes(&NoProgress).await.unwrap();
+    assert_eq!(pushed.created, ["src/new.txt"]);
+    assert!(pushed.changed.is_empty(), "{pushed:?}");
+    assert_eq!(pushed.deleted, ["scratch.txt"]);
+    assert_eq!(pushed.bytes, 6);
+    let out = session
+        .run(ExecRequest::new([
+            "sh",
+            "-c",
+            "cat src/new.txt; test -e scratch.txt || echo gone",
+        ]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"added\ngone\n");
+    std::fs::remove_file(root.join("src/new.txt")).unwrap();
+    session.push_changes(&NoProgress).await.unwrap();
 
     let script = "cat src/lib.txt same.txt >/dev/null && echo v2 >> src/lib.txt \
                   && mkdir -p out && echo built > out/result.txt \

@@ -29,6 +29,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// `kiln run -- true` end to end against boot-to-agent-ready, and pushing a workspace of
+    /// many small files (first whole, then only what changed)
+    Session {
+        /// Sessions and boots to time, alternating
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Files in the workspace
+        #[arg(long, default_value_t = 5000)]
+        files: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// `up` until the agent answers on a real libvirtd, against the daemonless backend
     Libvirt {
         /// The libvirt URI (default: $KILN_LIBVIRT_URI or qemu:///system)
@@ -53,6 +65,7 @@ pub async fn run(command: Command) -> Outcome {
     match command {
         Command::Boot { runs, count, json } => boot(runs, count, json).await,
         Command::Score { vms, runs, json } => score(vms, runs, json).await,
+        Command::Session { runs, files, json } => session(runs, files, json).await,
         Command::Libvirt {
             connect,
             runs,
@@ -74,6 +87,34 @@ async fn score(vms: usize, runs: u32, json: bool) -> Outcome {
         report.noop_apply.p50_ms, report.noop_apply.p95_ms
     );
     println!("  destroy                    {:>8.1} ms", report.destroy_ms);
+    Ok(0)
+}
+
+async fn session(runs: u32, files: usize, json: bool) -> Outcome {
+    let report = bench::session(&Kiln::from_env()?, runs, files, &Progress::new()).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!("sessions, {runs} runs each, alternating:");
+    println!(
+        "  kiln run -- true           median {:>7.0} ms",
+        report.run_true.p50_ms
+    );
+    println!(
+        "  up -> agent ready          median {:>7.0} ms",
+        report.up.p50_ms
+    );
+    println!("  ratio                             {:>7.2}", report.ratio);
+    println!("workspace of {} small files:", report.files);
+    println!(
+        "  first push                        {:>7.0} ms",
+        report.push_first_ms
+    );
+    println!(
+        "  incremental push (10 changed)     {:>7.0} ms",
+        report.push_incremental_ms
+    );
     Ok(0)
 }
 

@@ -2,8 +2,10 @@
 //! live here, never in timed tests. Nothing here prints: a report comes back to the caller.
 
 mod libvirt;
+mod session;
 
 pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
+pub use session::{SessionReport, session};
 
 use std::time::{Duration, Instant};
 

@@ -78,16 +78,38 @@ pub async fn push(agent: &AgentClient, src: &Path, dest: &str) -> Result<CopySta
         }
         GuestKind::File | GuestKind::New => (parent_of(dest), file_name(Path::new(dest))?),
     };
-    let mut request = ExecRequest::new(["tar", "-x", "-f", "-", "-C", dir.as_str()]);
+    let src = src.to_owned();
+    send_tar(agent, &dir, move |tx| pack(&src, &top, tx)).await
+}
+
+/// Copies the host files `paths` (relative to `root`) into `guest_dir`, keeping their
+/// relative paths; the guest creates the directories on the way.
+pub(crate) async fn push_paths(
+    agent: &AgentClient,
+    root: &Path,
+    paths: &[String],
+    guest_dir: &str,
+) -> Result<CopyStats> {
+    if paths.is_empty() {
+        return Ok(CopyStats::default());
+    }
+    let (root, paths) = (root.to_owned(), paths.to_vec());
+    send_tar(agent, guest_dir, move |tx| pack_paths(&root, &paths, tx)).await
+}
+
+/// Runs the guest's `tar -x` in `guest_dir` and feeds it what `pack` writes (on a blocking
+/// thread, in bounded chunks).
+async fn send_tar(
+    agent: &AgentClient,
+    guest_dir: &str,
+    pack: impl FnOnce(mpsc::Sender<Vec<u8>>) -> Result<CopyStats> + Send + 'static,
+) -> Result<CopyStats> {
+    let mut request = ExecRequest::new(["tar", "-x", "-f", "-", "-C", guest_dir]);
     request.stdin = true;
     let mut session = agent.exec(request).await?;
-    let mut stdin = session
-        .take_stdin()
-        .ok_or(crate::agent::AgentError::Disconnected)?;
-
+    let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-    let src_owned = src.to_owned();
-    let packing = tokio::task::spawn_blocking(move || pack(&src_owned, &top, tx));
+    let packing = tokio::task::spawn_blocking(move || pack(tx));
     let forward = async {
         while let Some(chunk) = rx.recv().await {
             stdin.write(&chunk).await?;
@@ -299,6 +321,27 @@ fn pack(src: &Path, top: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
     let stats = count(src)?;
     let mut writer = builder.into_inner().map_err(io("pack"))?;
     writer.flush().map_err(io("send"))?;
+    Ok(stats)
+}
+
+/// Writes the files `paths` below `root` as a tar stream of relative names. Blocking.
+fn pack_paths(root: &Path, paths: &[String], tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
+    let mut builder = tar::Builder::new(ChannelWriter::new(tx));
+    builder.follow_symlinks(false);
+    let mut stats = CopyStats::default();
+    for rel in paths {
+        let path = root.join(rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(IoError::at("read", &path))?;
+        builder
+            .append_path_with_name(&path, rel)
+            .map_err(IoError::at("pack", &path))?;
+        if meta.is_file() {
+            stats.files += 1;
+            stats.bytes += meta.len();
+        }
+    }
+    let mut writer = builder.into_inner().map_err(IoError::at("pack", root))?;
+    writer.flush().map_err(IoError::at("send", root))?;
     Ok(stats)
 }
 

@@ -113,6 +113,48 @@ impl Session {
         Ok(())
     }
 
+    /// Sends what changed in the host's workspace since the last push: new and changed files
+    /// go over, files deleted on the host are deleted in the guest. What a tool that runs
+    /// several commands in one session calls before each.
+    pub async fn push_changes(&mut self, reporter: &dyn Reporter) -> Result<SyncReport> {
+        let Some(workspace) = self.workspace.clone() else {
+            return Ok(SyncReport::default());
+        };
+        let agent = self.agent()?.clone();
+        let pushed = &mut self.pushed;
+        progress::stage(reporter, Stage::PushWorkspace, async {
+            let now = scan(&workspace)?;
+            let mut report = SyncReport::default();
+            for (path, stamp) in &now {
+                match pushed.get(path) {
+                    None => report.created.push(path.clone()),
+                    Some(old) if old != stamp => report.changed.push(path.clone()),
+                    Some(_) => {}
+                }
+            }
+            report.deleted = pushed
+                .keys()
+                .filter(|p| !now.contains_key(*p))
+                .cloned()
+                .collect();
+            let sending: Vec<String> = report
+                .created
+                .iter()
+                .chain(&report.changed)
+                .cloned()
+                .collect();
+            report.bytes = copy::push_paths(&agent, &workspace, &sending, GUEST_WORKSPACE)
+                .await?
+                .bytes;
+            if !report.deleted.is_empty() {
+                remove_in_guest(&agent, &report.deleted).await?;
+            }
+            *pushed = now;
+            Ok::<_, crate::Error>(report)
+        })
+        .await
+    }
+
     /// Starts a command in the workspace; its output streams through the returned session.
     pub async fn run(&self, mut request: ExecRequest) -> Result<ExecSession> {
         let agent = self.agent()?;
@@ -202,6 +244,37 @@ impl Session {
             needed: crate::VmState::Running,
         })
     }
+}
+
+/// Deletes files (relative to the guest's workspace).
+async fn remove_in_guest(agent: &AgentClient, paths: &[String]) -> Result<()> {
+    let mut request = ExecRequest::new([
+        "sh",
+        "-c",
+        r#"cd "$1" && xargs -0 rm -f"#,
+        "kiln-run",
+        GUEST_WORKSPACE,
+    ]);
+    request.stdin = true;
+    let mut exec = agent.exec(request).await?;
+    let mut stdin = exec
+        .take_stdin()
+        .ok_or(crate::agent::AgentError::Disconnected)?;
+    let mut list = Vec::new();
+    for path in paths {
+        list.extend_from_slice(path.as_bytes());
+        list.push(0);
+    }
+    stdin.write(&list).await?;
+    stdin.close().await?;
+    let out = exec.output().await?;
+    if out.status != crate::ExitStatus::Code(0) {
+        warn!(
+            "removing deleted files in the guest: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 async fn mkdir(agent: &AgentClient, dir: &str) -> Result<()> {
