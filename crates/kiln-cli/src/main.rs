@@ -41,6 +41,13 @@ enum Command {
     Stop(commands::stop::Args),
     /// Boot a stopped VM
     Start(commands::start::Args),
+    /// Stop a VM's vCPUs; its memory stays
+    Pause(commands::snapshot::PauseArgs),
+    /// Let a paused VM run on
+    Resume(commands::snapshot::PauseArgs),
+    /// Save, list, restore and remove snapshots of a VM's memory and disks
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::Command),
     /// Remove a VM and its files
     Rm(commands::rm::Args),
     /// Run a command in a throwaway VM with a workspace, bring back changed files, remove
@@ -84,6 +91,9 @@ fn main() -> ExitCode {
             Command::Logs(args) => commands::logs::run(args).await,
             Command::Stop(args) => commands::stop::run(args).await,
             Command::Start(args) => commands::start::run(args).await,
+            Command::Pause(args) => commands::snapshot::pause(args, true).await,
+            Command::Resume(args) => commands::snapshot::pause(args, false).await,
+            Command::Snapshot(command) => commands::snapshot::run(command).await,
             Command::Rm(args) => commands::rm::run(args).await,
             Command::Run(args) => commands::run::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,

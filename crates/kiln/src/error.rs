@@ -45,6 +45,22 @@ pub enum Error {
     BenchInvalid { reason: String },
     #[error("VM {name} not found")]
     VmNotFound { name: String },
+    #[error("VM {vm} has no snapshot {snapshot}")]
+    SnapshotNotFound { vm: String, snapshot: String },
+    #[error("VM {vm} already has a snapshot {snapshot}")]
+    SnapshotExists { vm: String, snapshot: String },
+    #[error("snapshot {snapshot} of {vm} cannot be restored here: {reason}")]
+    IncompatibleSnapshot {
+        vm: String,
+        snapshot: String,
+        reason: String,
+    },
+    #[error("snapshot {snapshot} of {vm} is still needed by {}", users.join(", "))]
+    SnapshotInUse {
+        vm: String,
+        snapshot: String,
+        users: Vec<String>,
+    },
     #[error("there is a VM {name} on several hosts: {}", hosts.join(", "))]
     AmbiguousVm { name: String, hosts: Vec<String> },
     #[error("VM {vm} is placed on host {host}, which the topology does not have")]
@@ -106,6 +122,16 @@ impl Error {
                 format!("pick another name, or remove it first with `kiln rm --force {name}`")
             }
             Self::VmNotFound { .. } => "`kiln ls` lists the VMs that exist".to_owned(),
+            Self::SnapshotNotFound { vm, .. } => {
+                format!("`kiln snapshot ls {vm}` lists its snapshots")
+            }
+            Self::SnapshotExists { .. } => "pick another snapshot name".to_owned(),
+            Self::IncompatibleSnapshot { .. } => {
+                "take a new snapshot with this kiln and QEMU; nothing was changed".to_owned()
+            }
+            Self::SnapshotInUse { .. } => {
+                "remove the VMs restored or cloned from it first".to_owned()
+            }
             Self::AmbiguousVm { hosts, .. } => {
                 let example = hosts.first().map_or("URI", String::as_str);
                 format!("say which one with --connect, e.g. --connect {example}")
@@ -116,8 +142,17 @@ impl Error {
             Self::NotOwned { kind, name, .. } => format!(
                 "kiln changes only what it owns: rename the {kind} in your score, or remove {name} yourself"
             ),
-            Self::WrongState { name, needed, .. } => match needed {
+            Self::WrongState {
+                name,
+                needed,
+                state,
+                ..
+            } => match needed {
+                VmState::Running if *state == VmState::Paused => {
+                    format!("resume it with `kiln resume {name}`")
+                }
                 VmState::Running => format!("start it with `kiln start {name}`"),
+                VmState::Paused => format!("pause it with `kiln pause {name}`"),
                 VmState::Stopped => format!("stop it with `kiln stop {name}`, or use --force"),
             },
             Self::UnknownImage { .. } => {

@@ -42,7 +42,7 @@ pub use spec::{
     VmSpecBuilder,
 };
 pub use state::Paths;
-pub use vm::{BootPolicy, Kiln, Vm, VmInfo, VmState};
+pub use vm::{BootPolicy, Kiln, SnapshotInfo, Vm, VmInfo, VmState};
 
 /// The default boot policy with another timeout.
 pub fn vm_boot_policy(timeout: std::time::Duration) -> BootPolicy {

@@ -10,6 +10,7 @@ pub mod ls;
 pub mod net;
 pub mod rm;
 pub mod run;
+pub mod snapshot;
 pub mod start;
 pub mod stop;
 pub mod up;

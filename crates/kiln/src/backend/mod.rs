@@ -22,6 +22,10 @@ pub struct Launch<'a> {
     pub accel_reason: &'a str,
     /// NICs on named networks, in the order of the spec's named NICs.
     pub attachments: &'a [crate::net::NicAttachment],
+    /// The file each disk writes to.
+    pub disks: &'a [std::path::PathBuf],
+    /// Start from this saved memory state instead of booting.
+    pub incoming: Option<&'a std::path::Path>,
 }
 
 #[async_trait]
@@ -49,6 +53,30 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn cpu_time(&self, pid: u32) -> Option<std::time::Duration> {
         process_cpu_time(pid)
     }
+
+    /// The hypervisor's version (recorded in snapshots: a restore needs the same).
+    async fn version(&self) -> Result<String>;
+
+    /// Creates a qcow2 overlay at `path` on top of `base`.
+    async fn create_overlay(&self, base: &std::path::Path, path: &std::path::Path) -> Result<()>;
+
+    /// Every file a disk image reads through: itself, its backing file, and so on.
+    async fn backing_chain(&self, file: &std::path::Path) -> Result<Vec<std::path::PathBuf>>;
+
+    /// Stops (or resumes) the machine's vCPUs.
+    async fn set_paused(&self, paths: &VmPaths, paused: bool) -> Result<()>;
+
+    /// Whether a running machine's vCPUs are stopped.
+    async fn is_paused(&self, paths: &VmPaths) -> bool;
+
+    /// Saves the paused machine's memory and device state to `memory`, then moves each disk
+    /// (`disk{i}` to `overlays[i]`) onto a new overlay, freezing the file it wrote to.
+    async fn save_state(
+        &self,
+        paths: &VmPaths,
+        memory: &std::path::Path,
+        overlays: &[std::path::PathBuf],
+    ) -> Result<()>;
 
     /// Adds (or removes) a port forward on the running machine's user-mode NIC.
     async fn set_forward(&self, paths: &VmPaths, forward: &PortForward, add: bool) -> Result<()>;

@@ -157,6 +157,8 @@ async fn bare_boot(
         accel,
         accel_reason,
         attachments: &[],
+        disks: &[],
+        incoming: None,
     };
     let started = Instant::now();
     kiln.backend().start(&launch).await?;

@@ -33,6 +33,24 @@ pub struct VmRecord {
     /// The score that created it; `None` for a VM made by `kiln up`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The file each disk writes to now, when a snapshot moved it to an overlay; empty
+    /// means the VM's own `diskN.qcow2`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_files: Vec<std::path::PathBuf>,
+}
+
+impl VmRecord {
+    /// The file each disk of the VM writes to.
+    pub fn disk_files(&self, paths: &super::VmPaths) -> Vec<std::path::PathBuf> {
+        (0..self.spec.disks().len())
+            .map(|i| {
+                self.disk_files
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| paths.disk(i))
+            })
+            .collect()
+    }
 }
 
 /// A started QEMU process.

@@ -109,6 +109,7 @@ impl Kiln {
                 machine: None,
                 last_error: None,
                 owner: owner.map(str::to_owned),
+                disk_files: Vec::new(),
             };
             // From here on the VM exists.
             state::write_json_atomic(&paths.record(), &record)?;
@@ -161,6 +162,7 @@ impl Kiln {
             record.image_digest = image.manifest.digest();
         }
         let attachments = self.networks().attachments(&record.spec).await?;
+        let disks = record.disk_files(&paths);
         let mut failure = String::new();
         for attempt in 1..=self.boot.attempts.max(1) {
             let launch = Launch {
@@ -170,6 +172,8 @@ impl Kiln {
                 accel,
                 accel_reason,
                 attachments: &attachments,
+                disks: &disks,
+                incoming: None,
             };
             rotate_serial_log(&paths)?;
             let machine: MachineRecord =
@@ -218,7 +222,10 @@ impl Kiln {
     }
 
     /// Waits for the agent's handshake while watching that the machine still runs.
-    async fn wait_for_agent(&self, paths: &VmPaths) -> std::result::Result<AgentClient, String> {
+    pub(super) async fn wait_for_agent(
+        &self,
+        paths: &VmPaths,
+    ) -> std::result::Result<AgentClient, String> {
         let secret_path = paths.secret();
         let secret = std::fs::read(&secret_path)
             .map_err(|e| format!("cannot read {}: {e}", secret_path.display()))?;

@@ -3,8 +3,10 @@
 
 mod forward;
 mod lifecycle;
+mod snapshot;
 
 pub(crate) use lifecycle::{GRACEFUL_STOP, log_tail, serial_tail};
+pub use snapshot::SnapshotInfo;
 
 use std::fmt;
 use std::sync::Arc;
@@ -172,6 +174,8 @@ fn read_record(paths: &VmPaths) -> Result<Option<VmRecord>> {
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     Running,
+    /// The machine exists but its vCPUs are stopped (`kiln pause`).
+    Paused,
     Stopped,
 }
 
@@ -179,6 +183,7 @@ impl fmt::Display for VmState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Stopped => "stopped",
         })
     }
@@ -225,6 +230,7 @@ impl Vm {
 
     pub async fn state(&self) -> VmState {
         match self.backend.running_pid(&self.paths).await {
+            Some(_) if self.backend.is_paused(&self.paths).await => VmState::Paused,
             Some(_) => VmState::Running,
             None => VmState::Stopped,
         }
@@ -232,11 +238,7 @@ impl Vm {
 
     pub async fn info(&self) -> VmInfo {
         let pid = self.backend.running_pid(&self.paths).await;
-        let state = if pid.is_some() {
-            VmState::Running
-        } else {
-            VmState::Stopped
-        };
+        let state = self.state().await;
         let detail = match (state, self.record.should_run) {
             (VmState::Stopped, true) => Some(
                 self.record
@@ -245,7 +247,7 @@ impl Vm {
                     .unwrap_or_else(|| "qemu exited unexpectedly".to_owned()),
             ),
             (VmState::Stopped, false) => self.record.last_error.clone(),
-            (VmState::Running, _) => None,
+            (VmState::Running | VmState::Paused, _) => None,
         };
         let spec = &self.record.spec;
         VmInfo {

@@ -38,6 +38,8 @@ pub struct QemuLaunch {
     pub hostfwd: Vec<String>,
     /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
     pub taps: Vec<TapNic>,
+    /// Load this saved state (`migrate` to a file) instead of booting.
+    pub incoming: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +164,9 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             ),
         ]);
     }
+    if let Some(state) = &l.incoming {
+        argv.push_kv("-incoming", "file:", state);
+    }
     argv.push(["-daemonize"]);
     argv.push_path("-pidfile", &l.pidfile);
     argv.0
@@ -221,6 +226,7 @@ mod tests {
             shares: Vec::new(),
             hostfwd: Vec::new(),
             taps: Vec::new(),
+            incoming: None,
         }
     }
 

@@ -147,9 +147,8 @@ impl QemuBackend {
             agent_socket: paths.agent_socket(),
             secret: paths.secret(),
             pidfile: paths.pidfile(),
-            disks: (0..launch.spec.disks().len())
-                .map(|i| paths.disk(i))
-                .collect(),
+            disks: launch.disks.to_vec(),
+            incoming: launch.incoming.map(std::path::Path::to_owned),
             user_net: launch
                 .spec
                 .networks()
@@ -176,6 +175,25 @@ impl QemuBackend {
                 })
                 .collect(),
         }
+    }
+
+    /// Runs `qemu-img` and returns its standard output.
+    async fn qemu_img(&self, args: &[std::ffi::OsString]) -> Result<Vec<u8>> {
+        let output = tokio::process::Command::new(&self.img_binary)
+            .args(args)
+            .output()
+            .await
+            .map_err(|source| QemuError::NotInstalled {
+                program: self.img_binary.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(QemuError::ImgFailed {
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            }
+            .into());
+        }
+        Ok(output.stdout)
     }
 
     /// `qemu-system-x86_64 --version`, first line.
@@ -242,26 +260,13 @@ impl Backend for QemuBackend {
             if path.exists() {
                 continue;
             }
-            let mut command = tokio::process::Command::new(&self.img_binary);
-            command.args(["create", "-q", "-f", "qcow2"]);
+            let mut args: Vec<std::ffi::OsString> = vec!["create".into(), "-q".into()];
+            args.extend(["-f".into(), "qcow2".into()]);
             if let Some(base) = disk.base() {
-                command.arg("-b").arg(base).args(["-F", "qcow2"]);
+                args.extend(["-b".into(), base.into(), "-F".into(), "qcow2".into()]);
             }
-            let output = command
-                .arg(&path)
-                .arg(disk.size().bytes().to_string())
-                .output()
-                .await
-                .map_err(|source| QemuError::NotInstalled {
-                    program: self.img_binary.clone(),
-                    source,
-                })?;
-            if !output.status.success() {
-                return Err(QemuError::ImgFailed {
-                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                }
-                .into());
-            }
+            args.extend([path.clone().into(), disk.size().bytes().to_string().into()]);
+            self.qemu_img(&args).await?;
         }
         Ok(())
     }
@@ -326,6 +331,113 @@ impl Backend for QemuBackend {
             debug!("QMP quit failed ({err}); killing pid {pid}");
         }
         process::wait_or_kill(pid, &qmp, Duration::from_secs(5)).await;
+        Ok(())
+    }
+
+    async fn version(&self) -> Result<String> {
+        QemuBackend::version(self).await
+    }
+
+    async fn create_overlay(&self, base: &std::path::Path, path: &std::path::Path) -> Result<()> {
+        let args: Vec<std::ffi::OsString> = vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-b".into(),
+            base.into(),
+            "-F".into(),
+            "qcow2".into(),
+            path.into(),
+        ];
+        self.qemu_img(&args).await.map(drop)
+    }
+
+    async fn backing_chain(&self, file: &std::path::Path) -> Result<Vec<PathBuf>> {
+        // -U: the image may be open in a running QEMU.
+        let args: Vec<std::ffi::OsString> = vec![
+            "info".into(),
+            "-U".into(),
+            "--backing-chain".into(),
+            "--output=json".into(),
+            file.into(),
+        ];
+        let out = self.qemu_img(&args).await?;
+        let images: Vec<serde_json::Value> =
+            serde_json::from_slice(&out).map_err(|e| QemuError::ImgFailed {
+                stderr: format!("unreadable `qemu-img info` output: {e}"),
+            })?;
+        Ok(images
+            .iter()
+            .filter_map(|i| i.get("filename").and_then(serde_json::Value::as_str))
+            .map(PathBuf::from)
+            .collect())
+    }
+
+    async fn set_paused(&self, paths: &VmPaths, paused: bool) -> Result<()> {
+        let mut client = QmpClient::connect(&paths.qmp_socket()).await?;
+        client
+            .execute(if paused { "stop" } else { "cont" }, None)
+            .await
+            .map(drop)
+    }
+
+    async fn is_paused(&self, paths: &VmPaths) -> bool {
+        match QmpClient::connect(&paths.qmp_socket()).await {
+            Ok(mut client) => client.status().await.is_ok_and(|s| s == "paused"),
+            Err(_) => false,
+        }
+    }
+
+    async fn save_state(
+        &self,
+        paths: &VmPaths,
+        memory: &std::path::Path,
+        overlays: &[PathBuf],
+    ) -> Result<()> {
+        let qmp = paths.qmp_socket();
+        let mut client = QmpClient::connect(&qmp).await?;
+        let failed = |reason: String| QemuError::Qmp {
+            path: qmp.clone(),
+            reason,
+        };
+        client
+            .execute(
+                "migrate",
+                Some(serde_json::json!({ "uri": format!("file:{}", memory.display()) })),
+            )
+            .await?;
+        // A paused guest's memory goes out at disk speed; poll until QEMU says it is done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let status = client.execute("query-migrate", None).await?;
+            match status.get("status").and_then(serde_json::Value::as_str) {
+                Some("completed") => break,
+                Some("failed" | "cancelled") => {
+                    let why = status
+                        .get("error-desc")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(failed(format!("saving memory failed: {why}")).into());
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(failed("saving memory took over 5 minutes".to_owned()).into());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        for (index, overlay) in overlays.iter().enumerate() {
+            client
+                .execute(
+                    "blockdev-snapshot-sync",
+                    Some(serde_json::json!({
+                        "device": format!("disk{index}"),
+                        "snapshot-file": overlay,
+                        "format": "qcow2",
+                    })),
+                )
+                .await?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,110 @@
+use kiln::Kiln;
+
+use super::Outcome;
+use crate::ui::{self, Progress};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Save a running VM's memory and disks (it pauses while its state is written)
+    Save {
+        #[arg(value_parser = crate::ui::parse_name)]
+        name: String,
+        #[arg(value_parser = crate::ui::parse_name)]
+        snapshot: String,
+    },
+    /// List a VM's snapshots
+    Ls {
+        #[arg(value_parser = crate::ui::parse_name)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a VM back to a snapshot: what happened since is gone
+    Restore {
+        #[arg(value_parser = crate::ui::parse_name)]
+        name: String,
+        #[arg(value_parser = crate::ui::parse_name)]
+        snapshot: String,
+    },
+    /// Remove a snapshot (refused while a disk still reads through it)
+    Rm {
+        #[arg(value_parser = crate::ui::parse_name)]
+        name: String,
+        #[arg(value_parser = crate::ui::parse_name)]
+        snapshot: String,
+    },
+}
+
+/// `kiln pause NAME` / `kiln resume NAME`.
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    #[arg(value_parser = crate::ui::parse_name)]
+    pub name: String,
+}
+
+pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
+    let kiln = Kiln::from_env()?;
+    if paused {
+        kiln.pause(&args.name).await?;
+        println!(
+            "{} is paused (exec fails fast until `kiln resume {}`)",
+            args.name, args.name
+        );
+    } else {
+        kiln.resume(&args.name).await?;
+        println!("{} is running", args.name);
+    }
+    Ok(0)
+}
+
+pub async fn run(command: Command) -> Outcome {
+    let kiln = Kiln::from_env()?;
+    match command {
+        Command::Save { name, snapshot } => {
+            let info = kiln.snapshot(&name, &snapshot).await?;
+            println!(
+                "saved {name} as {} ({} of memory, {} disk(s))",
+                info.name,
+                kiln::ByteSize::from_mib(info.memory_bytes >> 20),
+                info.disks
+            );
+        }
+        Command::Ls { name, json } => {
+            let list = kiln.snapshots(&name).await?;
+            if json {
+                ui::print_json(&list)?;
+                return Ok(0);
+            }
+            if list.is_empty() {
+                eprintln!(
+                    "{name} has no snapshots. Take one with `kiln snapshot save {name} SNAP`."
+                );
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        kiln::ByteSize::from_mib(s.memory_bytes >> 20).to_string(),
+                        s.disks.to_string(),
+                        s.created_at.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                ui::table(&["SNAPSHOT", "MEMORY", "DISKS", "CREATED"], &rows)
+            );
+        }
+        Command::Restore { name, snapshot } => {
+            kiln.restore(&name, &snapshot, &Progress::new()).await?;
+            println!("{name} is back at {snapshot}");
+        }
+        Command::Rm { name, snapshot } => {
+            kiln.remove_snapshot(&name, &snapshot).await?;
+            println!("snapshot {snapshot} of {name} is removed");
+        }
+    }
+    Ok(0)
+}

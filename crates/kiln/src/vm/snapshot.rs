@@ -1,0 +1,395 @@
+//! Pausing, resuming and snapshotting daemonless VMs.
+//!
+//! A snapshot is the machine's memory and device state (QEMU's migration stream, written to a
+//! file while the vCPUs are stopped) plus the disks as they were: each disk's file is frozen
+//! and the VM goes on writing to a new qcow2 overlay on top of it. Restoring starts QEMU from
+//! the saved state with fresh overlays on the frozen files, so a snapshot can be restored any
+//! number of times. A frozen file stays as long as a snapshot or a disk chain needs it.
+//!
+//! Each snapshot records the kiln and QEMU versions and the VM's spec; a restore on another
+//! QEMU, or into a VM whose machine changed, is refused before anything is touched.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::lifecycle::lock;
+use super::{Kiln, Vm, VmState, now_secs, read_record};
+use crate::backend::Launch;
+use crate::progress::{self, Reporter, Stage};
+use crate::state::{self, VmPaths};
+use crate::{Error, IoError, Result, VmSpec};
+
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// What a snapshot's `meta.json` says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotMeta {
+    format: u32,
+    name: String,
+    created_at: u64,
+    kiln_version: String,
+    qemu_version: String,
+    spec: VmSpec,
+    image_digest: String,
+    /// The frozen file of each disk.
+    disks: Vec<PathBuf>,
+}
+
+/// A snapshot as `kiln snapshot ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub created_at: u64,
+    pub memory_bytes: u64,
+    pub disks: usize,
+    pub qemu_version: String,
+}
+
+fn snapshot_dir(paths: &VmPaths, snapshot: &str) -> PathBuf {
+    paths.dir().join("snapshots").join(snapshot)
+}
+
+fn read_meta(paths: &VmPaths, vm: &str, snapshot: &str) -> Result<SnapshotMeta> {
+    crate::spec::validate_name(snapshot)?;
+    state::read_json(&snapshot_dir(paths, snapshot).join("meta.json"))?.ok_or_else(|| {
+        Error::SnapshotNotFound {
+            vm: vm.to_owned(),
+            snapshot: snapshot.to_owned(),
+        }
+    })
+}
+
+/// Whether a restore into a VM with `current` spec can use a snapshot taken with `saved`:
+/// the machine (vCPUs, memory, devices) must be the same; port forwards may differ.
+fn same_machine(saved: &VmSpec, current: &VmSpec) -> bool {
+    saved.cpus() == current.cpus()
+        && saved.memory_mib() == current.memory_mib()
+        && saved.disks().len() == current.disks().len()
+        && saved.networks() == current.networks()
+        && saved.shares() == current.shares()
+        && saved.image() == current.image()
+}
+
+impl Kiln {
+    /// Stops a running VM's vCPUs; its memory stays, and it answers nothing until resumed.
+    pub async fn pause(&self, name: &str) -> Result<()> {
+        self.set_paused(name, true).await
+    }
+
+    /// Lets a paused VM run on.
+    pub async fn resume(&self, name: &str) -> Result<()> {
+        self.set_paused(name, false).await
+    }
+
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
+        let vm = self.get(name).await?;
+        let _lock = lock(vm.paths()).await?;
+        let (from, to) = if paused {
+            (VmState::Running, VmState::Paused)
+        } else {
+            (VmState::Paused, VmState::Running)
+        };
+        let state = vm.state().await;
+        if state == to {
+            return Ok(());
+        }
+        if state != from {
+            return Err(Error::WrongState {
+                name: name.to_owned(),
+                state,
+                action: if paused { "pause" } else { "resume" },
+                needed: from,
+            });
+        }
+        self.backend.set_paused(vm.paths(), paused).await
+    }
+
+    /// Saves a running (or paused) VM's memory and disks as `snapshot`. The VM is paused
+    /// while its state is written, then left as it was.
+    pub async fn snapshot(&self, name: &str, snapshot: &str) -> Result<SnapshotInfo> {
+        crate::spec::validate_name(snapshot)?;
+        let vm = self.get(name).await?;
+        let _lock = lock(vm.paths()).await?;
+        let mut record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        let state = vm.state().await;
+        if state == VmState::Stopped {
+            return Err(Error::WrongState {
+                name: name.to_owned(),
+                state,
+                action: "snapshot",
+                needed: VmState::Running,
+            });
+        }
+        let dir = snapshot_dir(vm.paths(), snapshot);
+        if dir.exists() {
+            return Err(Error::SnapshotExists {
+                vm: name.to_owned(),
+                snapshot: snapshot.to_owned(),
+            });
+        }
+        // Written beside, renamed into place when complete: a killed save leaves no
+        // snapshot that looks whole.
+        let tmp = dir.with_file_name(format!(".{snapshot}.partial"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        state::create_private_dir(&tmp)?;
+        let frozen = record.disk_files(vm.paths());
+        let stamp = format!("{}-{}", now_secs(), std::process::id());
+        let overlays: Vec<PathBuf> = (0..frozen.len())
+            .map(|i| vm.paths().dir().join(format!("disk{i}-{stamp}.qcow2")))
+            .collect();
+        let was_paused = state == VmState::Paused;
+        if !was_paused {
+            self.backend.set_paused(vm.paths(), true).await?;
+        }
+        let saved = self
+            .backend
+            .save_state(vm.paths(), &tmp.join("memory"), &overlays)
+            .await;
+        let resumed = if was_paused {
+            Ok(())
+        } else {
+            self.backend.set_paused(vm.paths(), false).await
+        };
+        if let Err(err) = saved {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(err);
+        }
+        resumed?;
+        record.disk_files = overlays;
+        state::write_json_atomic(&vm.paths().record(), &record)?;
+        let meta = SnapshotMeta {
+            format: SNAPSHOT_FORMAT,
+            name: snapshot.to_owned(),
+            created_at: now_secs(),
+            kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
+            qemu_version: self.backend.version().await.unwrap_or_default(),
+            spec: record.spec.clone(),
+            image_digest: record.image_digest.clone(),
+            disks: frozen,
+        };
+        state::write_json_atomic(&tmp.join("meta.json"), &meta)?;
+        std::fs::rename(&tmp, &dir).map_err(IoError::at("move into place", &dir))?;
+        Ok(info_of(&dir, &meta))
+    }
+
+    /// A VM's snapshots, oldest first.
+    pub async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotInfo>> {
+        let vm = self.get(name).await?;
+        let root = vm.paths().dir().join("snapshots");
+        let mut out = Vec::new();
+        for snapshot in state::list_names(&root)? {
+            if snapshot.starts_with('.') {
+                continue; // a save that did not finish
+            }
+            let meta = read_meta(vm.paths(), name, &snapshot)?;
+            out.push(info_of(&snapshot_dir(vm.paths(), &snapshot), &meta));
+        }
+        out.sort_by_key(|s| (s.created_at, s.name.clone()));
+        Ok(out)
+    }
+
+    /// Brings a VM back to `snapshot`: whatever runs is stopped, and the machine starts from
+    /// the saved memory with the disks as they were. Files written since are gone.
+    pub async fn restore(&self, name: &str, snapshot: &str, reporter: &dyn Reporter) -> Result<Vm> {
+        let vm = self.get(name).await?;
+        let _lock = lock(vm.paths()).await?;
+        let meta = read_meta(vm.paths(), name, snapshot)?;
+        let mut record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        let incompatible = |reason: String| Error::IncompatibleSnapshot {
+            vm: name.to_owned(),
+            snapshot: snapshot.to_owned(),
+            reason,
+        };
+        if meta.format != SNAPSHOT_FORMAT {
+            return Err(incompatible(format!("snapshot format {}", meta.format)));
+        }
+        let qemu = self.backend.version().await?;
+        if meta.qemu_version != qemu {
+            return Err(incompatible(format!(
+                "it was taken with {}, this host runs {qemu}",
+                meta.qemu_version
+            )));
+        }
+        if !same_machine(&meta.spec, &record.spec) {
+            return Err(incompatible("the VM's machine changed since".to_owned()));
+        }
+        let image = self.images.get(record.spec.image())?;
+        if image.manifest.digest() != meta.image_digest {
+            return Err(incompatible(
+                "the image was rebuilt since (its kernel and initramfs differ)".to_owned(),
+            ));
+        }
+
+        self.backend.kill(vm.paths()).await?;
+        let stamp = format!("{}-{}", now_secs(), std::process::id());
+        let mut disks = Vec::new();
+        for (index, frozen) in meta.disks.iter().enumerate() {
+            let overlay = vm.paths().dir().join(format!("disk{index}-{stamp}.qcow2"));
+            self.backend.create_overlay(frozen, &overlay).await?;
+            disks.push(overlay);
+        }
+        let old_disks = std::mem::replace(&mut record.disk_files, disks.clone());
+        let memory = snapshot_dir(vm.paths(), snapshot).join("memory");
+        let accel = record
+            .machine
+            .as_ref()
+            .map_or(crate::Accel::Tcg, |m| m.accel);
+        let attachments = self.networks().attachments(&record.spec).await?;
+        let launch = Launch {
+            spec: &record.spec,
+            image: &image,
+            paths: vm.paths(),
+            accel,
+            accel_reason: "as when the snapshot was taken",
+            attachments: &attachments,
+            disks: &disks,
+            incoming: Some(&memory),
+        };
+        let machine =
+            progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
+        // The state was saved paused, so QEMU stays paused once it has loaded it (status
+        // `inmigrate` until then): wait for that, then let it run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !self.backend.is_paused(vm.paths()).await {
+            if std::time::Instant::now() > deadline
+                || self.backend.running_pid(vm.paths()).await.is_none()
+            {
+                return Err(Error::BootFailed {
+                    name: name.to_owned(),
+                    reason: "QEMU did not load the saved state".to_owned(),
+                    serial_tail: super::serial_tail(vm.paths(), 20),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.backend.set_paused(vm.paths(), false).await?;
+        record.machine = Some(machine);
+        record.should_run = true;
+        record.last_error = None;
+        state::write_json_atomic(&vm.paths().record(), &record)?;
+        self.forget_overlays(vm.paths(), &old_disks, &record.disk_files)
+            .await;
+        let vm = Vm { record, ..vm };
+        progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?;
+        Ok(vm)
+    }
+
+    /// Removes a snapshot; refused while a disk still reads through its frozen files.
+    pub async fn remove_snapshot(&self, name: &str, snapshot: &str) -> Result<()> {
+        let vm = self.get(name).await?;
+        let _lock = lock(vm.paths()).await?;
+        let meta = read_meta(vm.paths(), name, snapshot)?;
+        let mut users = Vec::new();
+        if !meta.disks.is_empty() {
+            let record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
+                name: name.to_owned(),
+            })?;
+            for file in record.disk_files(vm.paths()) {
+                let chain = self.backend.backing_chain(&file).await?;
+                if meta.disks.iter().any(|d| chain.contains(d)) {
+                    users.push(format!("{name}'s disk {}", file.display()));
+                }
+            }
+            for other in self.snapshots(name).await? {
+                if other.name == snapshot {
+                    continue;
+                }
+                let other_meta = read_meta(vm.paths(), name, &other.name)?;
+                for file in &other_meta.disks {
+                    let chain = self.backend.backing_chain(file).await?;
+                    if meta.disks.iter().any(|d| d != file && chain.contains(d)) {
+                        users.push(format!("snapshot {}", other.name));
+                    }
+                }
+            }
+        }
+        if !users.is_empty() {
+            users.dedup();
+            return Err(Error::SnapshotInUse {
+                vm: name.to_owned(),
+                snapshot: snapshot.to_owned(),
+                users,
+            });
+        }
+        let dir = snapshot_dir(vm.paths(), snapshot);
+        std::fs::remove_dir_all(&dir).map_err(IoError::at("remove", &dir))?;
+        for file in &meta.disks {
+            if file.starts_with(vm.paths().dir()) && file != &vm.paths().disk(0) {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes overlays a restore replaced, unless a snapshot froze them.
+    async fn forget_overlays(&self, paths: &VmPaths, old: &[PathBuf], current: &[PathBuf]) {
+        let root = paths.dir().join("snapshots");
+        let mut frozen: Vec<PathBuf> = Vec::new();
+        for snapshot in state::list_names(&root).unwrap_or_default() {
+            if let Ok(Some(meta)) =
+                state::read_json::<SnapshotMeta>(&root.join(&snapshot).join("meta.json"))
+            {
+                frozen.extend(meta.disks);
+            }
+        }
+        for file in old {
+            if !frozen.contains(file) && !current.contains(file) && is_overlay(file, paths) {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+/// Waits for the agent of a restored guest. Its virtio-serial port was saved with no host
+/// connected, and the first connection after the load can go unanswered: retry on fresh
+/// connections, briefly each.
+async fn wait_restored_agent(vm: &Vm) -> Result<()> {
+    let secret_path = vm.paths().secret();
+    let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match crate::AgentClient::connect(
+            &vm.paths().agent_socket(),
+            &secret,
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        {
+            Ok(_) => return Ok(()),
+            Err(crate::agent::AgentError::Timeout { .. })
+                if std::time::Instant::now() < deadline => {}
+            Err(err) => {
+                return Err(Error::BootFailed {
+                    name: vm.name().to_owned(),
+                    reason: format!("the restored agent did not answer: {err}"),
+                    serial_tail: super::serial_tail(vm.paths(), 20),
+                });
+            }
+        }
+    }
+}
+
+/// An overlay kiln made (`diskN-STAMP.qcow2` in the VM's directory), not the VM's first file.
+fn is_overlay(file: &Path, paths: &VmPaths) -> bool {
+    file.parent() == Some(paths.dir())
+        && file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("disk") && n.contains('-'))
+}
+
+fn info_of(dir: &Path, meta: &SnapshotMeta) -> SnapshotInfo {
+    SnapshotInfo {
+        name: meta.name.clone(),
+        created_at: meta.created_at,
+        memory_bytes: std::fs::metadata(dir.join("memory")).map_or(0, |m| m.len()),
+        disks: meta.disks.len(),
+        qemu_version: meta.qemu_version.clone(),
+    }
+}

@@ -1,0 +1,112 @@
+//! Pause, resume and snapshots on a real VM: a restore brings back memory and disk as they
+//! were, a paused VM refuses exec at once, and a snapshot still needed is not removed.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use kiln::progress::NoProgress;
+use kiln::{DiskSpec, Error, ExecRequest, ExitStatus, VmSpec, VmState};
+use kiln_testkit::TestEnv;
+
+fn sh(script: &str) -> ExecRequest {
+    ExecRequest::new(["sh", "-c", script])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_write_restore_brings_memory_and_disk_back() {
+    let env = TestEnv::new();
+    let kiln = env.kiln();
+    let spec = VmSpec::builder("snap")
+        .memory_mib(256)
+        .disk(DiskSpec::new(kiln::ByteSize::from_mib(64)))
+        .build()
+        .unwrap();
+    let vm = kiln.up(spec, &NoProgress).await.unwrap();
+
+    let out = vm
+        .exec_output(sh("echo before > /root/before.txt && echo disk-before | dd of=/dev/vda conv=fsync 2>/dev/null"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+    let info = kiln.snapshot("snap", "s1").await.unwrap();
+    assert_eq!(info.disks, 1);
+    assert!(info.memory_bytes > 1 << 20, "{info:?}");
+    let err = kiln.snapshot("snap", "s1").await.unwrap_err();
+    assert!(matches!(err, Error::SnapshotExists { .. }), "{err}");
+
+    // The VM runs on after the save; changes made now are undone by the restore.
+    let out = vm
+        .exec_output(sh("echo after > /root/after.txt && echo disk-after! | dd of=/dev/vda conv=fsync 2>/dev/null"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+    let vm = kiln.restore("snap", "s1", &NoProgress).await.unwrap();
+    let out = vm
+        .exec_output(sh("ls /root; dd if=/dev/vda bs=12 count=1 2>/dev/null"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "before.txt\ndisk-before\n"
+    );
+
+    // A second restore of the same snapshot works as well.
+    vm.exec_output(sh("echo again > /root/again.txt"))
+        .await
+        .unwrap();
+    let vm = kiln.restore("snap", "s1", &NoProgress).await.unwrap();
+    let out = vm.exec_output(sh("ls /root")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before.txt\n");
+
+    // The VM's disk reads through the snapshot's frozen file: it cannot go.
+    let err = kiln.remove_snapshot("snap", "s1").await.unwrap_err();
+    assert!(matches!(err, Error::SnapshotInUse { .. }), "{err}");
+    assert_eq!(kiln.snapshots("snap").await.unwrap().len(), 1);
+    let err = kiln.restore("snap", "nope", &NoProgress).await.unwrap_err();
+    assert!(matches!(err, Error::SnapshotNotFound { .. }), "{err}");
+
+    kiln.remove("snap", true, &NoProgress).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_makes_exec_fail_fast_and_resume_continues() {
+    let env = TestEnv::new();
+    let kiln = env.kiln();
+    let spec = VmSpec::builder("pz").memory_mib(256).build().unwrap();
+    let vm = kiln.up(spec, &NoProgress).await.unwrap();
+    // Memory-only snapshots of a disk-less VM can be removed at once.
+    kiln.snapshot("pz", "m1").await.unwrap();
+    kiln.remove_snapshot("pz", "m1").await.unwrap();
+    assert!(kiln.snapshots("pz").await.unwrap().is_empty());
+
+    kiln.pause("pz").await.unwrap();
+    assert_eq!(vm.state().await, VmState::Paused);
+    assert_eq!(kiln.info("pz").await.unwrap().state, VmState::Paused);
+    let started = std::time::Instant::now();
+    let err = vm.agent().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WrongState {
+                state: VmState::Paused,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "exec must fail fast"
+    );
+    assert!(err.hint().unwrap().contains("kiln resume pz"));
+    kiln.pause("pz").await.unwrap(); // pausing twice is fine
+
+    kiln.resume("pz").await.unwrap();
+    let out = vm.exec_output(sh("echo alive")).await.unwrap();
+    assert_eq!(out.stdout, b"alive\n");
+
+    kiln.stop("pz", &NoProgress).await.unwrap();
+    let err = kiln.snapshot("pz", "s").await.unwrap_err();
+    assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    let err = kiln.pause("pz").await.unwrap_err();
+    assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    kiln.remove("pz", true, &NoProgress).await.unwrap();
+}
