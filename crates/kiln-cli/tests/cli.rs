@@ -652,3 +652,16 @@ fn session_bench_reports_its_figures() {
     let out = run(&env, &["ls", "--json"]);
     assert_eq!(stdout(&out).trim(), "[]", "the bench left a VM");
 }
+
+/// The snapshot benchmark runs end to end and leaves no VM.
+#[test]
+fn snapshot_bench_reports_its_figures() {
+    let env = TestEnv::new();
+    let out = run(&env, &["bench", "snapshot", "--runs", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["restore"]["samples"], 1);
+    assert!(report["save_bytes"].as_u64().unwrap() > 1 << 20, "{report}");
+    let out = run(&env, &["ls", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "the bench left a VM");
+}

@@ -3,9 +3,11 @@
 
 mod libvirt;
 mod session;
+mod snapshot;
 
 pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
 pub use session::{SessionReport, session};
+pub use snapshot::{SnapshotReport, snapshot};
 
 use std::time::{Duration, Instant};
 

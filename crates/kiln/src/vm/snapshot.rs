@@ -357,7 +357,8 @@ async fn wait_restored_agent(vm: &Vm) -> Result<()> {
         match crate::AgentClient::connect(
             &vm.paths().agent_socket(),
             &secret,
-            std::time::Duration::from_secs(1),
+            // A live agent answers in milliseconds; a lost first attempt costs little.
+            std::time::Duration::from_millis(200),
         )
         .await
         {

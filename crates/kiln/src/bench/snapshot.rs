@@ -1,0 +1,68 @@
+//! Snapshots, measured in one run: restoring a saved VM until its agent answers, against a
+//! cold `up` until its agent answers; and what saving a 512 MiB guest costs.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::Stats;
+use crate::progress::{Event, NoProgress, Reporter};
+use crate::{Kiln, Result, VmSpec};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReport {
+    /// `Kiln::up` of a 512 MiB guest until the agent answered.
+    pub cold_up: Stats,
+    /// `Kiln::restore` of that guest until the agent answered.
+    pub restore: Stats,
+    /// restore.p50 / cold_up.p50.
+    pub ratio: f64,
+    pub save_ms: f64,
+    pub save_bytes: u64,
+}
+
+pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<SnapshotReport> {
+    let spec = |name: &str| VmSpec::builder(name).memory_mib(512).build();
+    let mut cold = Vec::new();
+    for run in 1..=runs {
+        let name = format!("bench-cold-{run}");
+        let started = Instant::now();
+        let booted = kiln.up(spec(&name)?, &NoProgress).await;
+        cold.push(started.elapsed());
+        kiln.remove(&name, true, &NoProgress).await?;
+        booted?;
+    }
+    let name = "bench-snap";
+    let _ = kiln.remove(name, true, &NoProgress).await;
+    kiln.up(spec(name)?, &NoProgress).await?;
+    let result = async {
+        let started = Instant::now();
+        let info = kiln.snapshot(name, "bench").await?;
+        let save_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut restores = Vec::new();
+        for run in 1..=runs {
+            let started = Instant::now();
+            kiln.restore(name, "bench", &NoProgress).await?;
+            restores.push(started.elapsed());
+            reporter.report(Event::Note {
+                message: format!(
+                    "run {run}/{runs}: cold up {:.2}s, restore {:.2}s",
+                    cold[(run - 1) as usize].as_secs_f64(),
+                    restores[restores.len() - 1].as_secs_f64()
+                ),
+            });
+        }
+        Ok::<_, crate::Error>((save_ms, info.memory_bytes, restores))
+    }
+    .await;
+    kiln.remove(name, true, &NoProgress).await?;
+    let (save_ms, save_bytes, restores) = result?;
+    let (cold_up, restore) = (Stats::of(&cold), Stats::of(&restores));
+    Ok(SnapshotReport {
+        ratio: restore.p50_ms / cold_up.p50_ms.max(f64::EPSILON),
+        cold_up,
+        restore,
+        save_ms,
+        save_bytes,
+    })
+}
