@@ -220,6 +220,28 @@ impl Session {
                     exec.resize(size);
                 }
             }
+            Message::SetIdentity {
+                hostname,
+                secret,
+                seed,
+            } => match set_identity(&hostname, &seed) {
+                // Too short a secret would weaken every later session: refuse it.
+                Ok(()) if secret.len() >= 16 => {
+                    self.secret = secret;
+                    eprintln!("kiln-agent: identity set: hostname {hostname}");
+                    self.sender.send(stream, Message::IdentitySet).await;
+                }
+                Ok(()) => {
+                    self.sender
+                        .send_error(stream, RemoteErrorKind::BadRequest, "secret too short")
+                        .await;
+                }
+                Err(err) => {
+                    self.sender
+                        .send_error(stream, RemoteErrorKind::Other, &err)
+                        .await;
+                }
+            },
             Message::Shutdown => power_off(),
             other => {
                 let what = format!("unexpected {}", name_of(&other));
@@ -250,6 +272,8 @@ fn name_of(message: &Message) -> &'static str {
         Message::Signal { .. } => "Signal",
         Message::Shutdown => "Shutdown",
         Message::Resize(_) => "Resize",
+        Message::SetIdentity { .. } => "SetIdentity",
+        Message::IdentitySet => "IdentitySet",
     }
 }
 
@@ -260,6 +284,13 @@ fn agent_info() -> AgentInfo {
         kernel_release: uname.release().to_string_lossy().into_owned(),
         hostname: uname.nodename().to_string_lossy().into_owned(),
     }
+}
+
+/// A clone's own hostname and randomness (clones of one snapshot share the pool's state).
+fn set_identity(hostname: &str, seed: &[u8]) -> Result<(), String> {
+    rustix::system::sethostname(hostname.as_bytes())
+        .map_err(|e| format!("cannot set the hostname: {e}"))?;
+    std::fs::write("/dev/urandom", seed).map_err(|e| format!("cannot seed /dev/urandom: {e}"))
 }
 
 fn power_off() {

@@ -48,6 +48,8 @@ enum Command {
     /// Save, list, restore and remove snapshots of a VM's memory and disks
     #[command(subcommand)]
     Snapshot(commands::snapshot::Command),
+    /// Start a new VM from a snapshot of another (own name, hostname, secret, random seed)
+    Clone(commands::snapshot::CloneArgs),
     /// Remove a VM and its files
     Rm(commands::rm::Args),
     /// Run a command in a throwaway VM with a workspace, bring back changed files, remove
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Command::Start(args) => commands::start::run(args).await,
             Command::Pause(args) => commands::snapshot::pause(args, true).await,
             Command::Resume(args) => commands::snapshot::pause(args, false).await,
+            Command::Clone(args) => commands::snapshot::clone(args).await,
             Command::Snapshot(command) => commands::snapshot::run(command).await,
             Command::Rm(args) => commands::rm::run(args).await,
             Command::Run(args) => commands::run::run(args).await,

@@ -66,6 +66,15 @@ pub enum Message {
     Shutdown,
     /// Host → agent: the terminal of this stream's process (started with a `tty`) changed size.
     Resize(TtySize),
+    /// Host → agent: this guest is a clone; take its own identity. The hostname is set, the
+    /// seed is mixed into the kernel's random pool, and later sessions must prove `secret`.
+    SetIdentity {
+        hostname: String,
+        secret: Vec<u8>,
+        seed: Vec<u8>,
+    },
+    /// Agent → host: the identity is set.
+    IdentitySet,
 }
 
 /// A terminal's size in character cells.

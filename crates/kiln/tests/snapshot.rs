@@ -110,3 +110,59 @@ async fn pause_makes_exec_fail_fast_and_resume_continues() {
     assert!(matches!(err, Error::WrongState { .. }), "{err}");
     kiln.remove("pz", true, &NoProgress).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_runs_beside_the_original_with_its_own_identity() {
+    let env = TestEnv::new();
+    let kiln = env.kiln();
+    let spec = VmSpec::builder("orig")
+        .memory_mib(256)
+        .disk(DiskSpec::new(kiln::ByteSize::from_mib(16)))
+        .build()
+        .unwrap();
+    let orig = kiln.up(spec, &NoProgress).await.unwrap();
+    orig.exec_output(sh("echo shared > /root/marker"))
+        .await
+        .unwrap();
+    kiln.snapshot("orig", "base").await.unwrap();
+
+    let clone = kiln
+        .clone_from("orig", "base", "twin", &NoProgress)
+        .await
+        .unwrap();
+    let probe = "hostname; cat /root/marker; head -c 16 /dev/urandom | od -An -tx1";
+    let a = orig.exec_output(sh(probe)).await.unwrap();
+    let b = clone.exec_output(sh(probe)).await.unwrap();
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stdout).into_owned(),
+        String::from_utf8_lossy(&b.stdout).into_owned(),
+    );
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    assert_eq!(a[0], "orig");
+    assert_eq!(b[0], "twin", "the clone has its own hostname");
+    assert_eq!(a[1], "shared");
+    assert_eq!(b[1], "shared", "the clone has the original's files");
+    assert_ne!(a[2], b[2], "clones must not share random numbers");
+
+    // The clone was re-keyed: its secret is its own, and new connections use it.
+    let secret =
+        |vm: &str| std::fs::read(env.home().join(format!("data/vms/{vm}/secret"))).unwrap();
+    assert_ne!(secret("orig"), secret("twin"));
+    let again = kiln.get("twin").await.unwrap();
+    assert_eq!(
+        again.exec_output(sh("echo ok")).await.unwrap().stdout,
+        b"ok\n"
+    );
+
+    // The clone's disk reads through the snapshot: it stays.
+    let err = kiln.remove_snapshot("orig", "base").await.unwrap_err();
+    assert!(matches!(err, Error::SnapshotInUse { .. }), "{err}");
+    let err = kiln
+        .clone_from("orig", "base", "twin", &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::VmAlreadyExists { .. }), "{err}");
+
+    kiln.remove("twin", true, &NoProgress).await.unwrap();
+    kiln.remove("orig", true, &NoProgress).await.unwrap();
+}

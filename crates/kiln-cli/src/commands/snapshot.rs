@@ -35,6 +35,31 @@ pub enum Command {
     },
 }
 
+/// `kiln clone NAME SNAP NEW`.
+#[derive(Debug, clap::Args)]
+pub struct CloneArgs {
+    #[arg(value_parser = crate::ui::parse_name)]
+    pub name: String,
+    #[arg(value_parser = crate::ui::parse_name)]
+    pub snapshot: String,
+    #[arg(value_parser = crate::ui::parse_name)]
+    pub new: String,
+}
+
+pub async fn clone(args: CloneArgs) -> Outcome {
+    let vm = Kiln::from_env()?
+        .clone_from(&args.name, &args.snapshot, &args.new, &Progress::new())
+        .await?;
+    println!(
+        "{} is running, cloned from {} at {}. Try: kiln exec {} -- hostname",
+        vm.name(),
+        args.name,
+        args.snapshot,
+        vm.name()
+    );
+    Ok(0)
+}
+
 /// `kiln pause NAME` / `kiln resume NAME`.
 #[derive(Debug, clap::Args)]
 pub struct PauseArgs {

@@ -230,6 +230,30 @@ impl AgentClient {
         }
     }
 
+    /// Gives a cloned guest its own identity: hostname, random seed, and the secret that
+    /// later connections must use (this one stays authenticated).
+    pub async fn set_identity(
+        &self,
+        hostname: &str,
+        secret: &[u8],
+        seed: &[u8],
+    ) -> Result<(), AgentError> {
+        let (stream, mut rx) = self.open_stream();
+        let message = Message::SetIdentity {
+            hostname: hostname.to_owned(),
+            secret: secret.to_vec(),
+            seed: seed.to_vec(),
+        };
+        self.send(stream, message).await?;
+        let reply = rx.recv().await;
+        self.close_stream(stream);
+        match reply {
+            Some(Message::IdentitySet) => Ok(()),
+            Some(other) => Err(unexpected(other)),
+            None => Err(AgentError::Disconnected),
+        }
+    }
+
     /// Starts a command; its output arrives as events on the returned session.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecSession, AgentError> {
         let wants_stdin = request.stdin;

@@ -397,6 +397,13 @@ impl VmSpec {
         &self.fields.ports
     }
 
+    /// The same spec under another name (a clone), validated again.
+    pub fn renamed(&self, name: &str) -> Result<Self, SpecError> {
+        let mut fields = self.fields.clone();
+        fields.name = name.to_owned();
+        Self::try_from(fields)
+    }
+
     /// The same spec with one more port forward, validated again.
     pub fn with_port(&self, forward: PortForward) -> Result<Self, SpecError> {
         let mut fields = self.fields.clone();

@@ -201,30 +201,14 @@ impl Kiln {
         let mut record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
             name: name.to_owned(),
         })?;
-        let incompatible = |reason: String| Error::IncompatibleSnapshot {
-            vm: name.to_owned(),
-            snapshot: snapshot.to_owned(),
-            reason,
-        };
-        if meta.format != SNAPSHOT_FORMAT {
-            return Err(incompatible(format!("snapshot format {}", meta.format)));
-        }
-        let qemu = self.backend.version().await?;
-        if meta.qemu_version != qemu {
-            return Err(incompatible(format!(
-                "it was taken with {}, this host runs {qemu}",
-                meta.qemu_version
-            )));
-        }
         if !same_machine(&meta.spec, &record.spec) {
-            return Err(incompatible("the VM's machine changed since".to_owned()));
+            return Err(Error::IncompatibleSnapshot {
+                vm: name.to_owned(),
+                snapshot: snapshot.to_owned(),
+                reason: "the VM's machine changed since".to_owned(),
+            });
         }
-        let image = self.images.get(record.spec.image())?;
-        if image.manifest.digest() != meta.image_digest {
-            return Err(incompatible(
-                "the image was rebuilt since (its kernel and initramfs differ)".to_owned(),
-            ));
-        }
+        let image = self.check_compatible(name, snapshot, &meta).await?;
 
         self.backend.kill(vm.paths()).await?;
         let stamp = format!("{}-{}", now_secs(), std::process::id());
@@ -276,8 +260,187 @@ impl Kiln {
         self.forget_overlays(vm.paths(), &old_disks, &record.disk_files)
             .await;
         let vm = Vm { record, ..vm };
-        progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?;
+        drop(progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?);
         Ok(vm)
+    }
+
+    /// Refuses a snapshot this kiln, QEMU or image cannot load; returns the image.
+    async fn check_compatible(
+        &self,
+        vm: &str,
+        snapshot: &str,
+        meta: &SnapshotMeta,
+    ) -> Result<crate::image::Image> {
+        let incompatible = |reason: String| Error::IncompatibleSnapshot {
+            vm: vm.to_owned(),
+            snapshot: snapshot.to_owned(),
+            reason,
+        };
+        if meta.format != SNAPSHOT_FORMAT {
+            return Err(incompatible(format!("snapshot format {}", meta.format)));
+        }
+        let qemu = self.backend.version().await?;
+        if meta.qemu_version != qemu {
+            return Err(incompatible(format!(
+                "it was taken with {}, this host runs {qemu}",
+                meta.qemu_version
+            )));
+        }
+        let image = self.images.get(meta.spec.image())?;
+        if image.manifest.digest() != meta.image_digest {
+            return Err(incompatible(
+                "the image was rebuilt since (its kernel and initramfs differ)".to_owned(),
+            ));
+        }
+        Ok(image)
+    }
+
+    /// Starts a new VM `name` from `source`'s snapshot, while `source` runs on. The clone
+    /// gets its own sockets, disks (overlays on the snapshot's frozen files), hostname,
+    /// agent secret and random seed: its agent is re-keyed through the connection the saved
+    /// secret still opens.
+    pub async fn clone_from(
+        &self,
+        source: &str,
+        snapshot: &str,
+        name: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        let src = self.get(source).await?;
+        let meta = read_meta(src.paths(), source, snapshot)?;
+        let image = self.check_compatible(source, snapshot, &meta).await?;
+        if meta
+            .spec
+            .networks()
+            .iter()
+            .any(|n| n.network_name().is_some())
+        {
+            return Err(Error::IncompatibleSnapshot {
+                vm: source.to_owned(),
+                snapshot: snapshot.to_owned(),
+                reason: "clones of VMs on named networks are not supported yet (the guest \
+                         would keep the original's address)"
+                    .to_owned(),
+            });
+        }
+        let spec = meta.spec.renamed(name)?;
+        let paths = self.paths.vm(name);
+        paths.check_socket_paths()?;
+        let _lock = lock(&paths).await?;
+        if read_record(&paths)?.is_some() {
+            return Err(Error::VmAlreadyExists {
+                name: name.to_owned(),
+            });
+        }
+        self.backend.kill(&paths).await?;
+        paths.remove_all()?;
+        let cloned = self
+            .start_clone(&src, &meta, snapshot, spec, &paths, &image, reporter)
+            .await;
+        if cloned.is_err() {
+            let _ = self.backend.kill(&paths).await;
+            let _ = paths.remove_all();
+        }
+        cloned
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_clone(
+        &self,
+        src: &Vm,
+        meta: &SnapshotMeta,
+        snapshot: &str,
+        spec: VmSpec,
+        paths: &VmPaths,
+        image: &crate::image::Image,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        state::create_private_dir(paths.dir())?;
+        state::create_private_dir(paths.run_dir())?;
+        // The agent in the saved memory knows the source's secret: start with it.
+        let src_secret = src.paths().secret();
+        let old_secret = std::fs::read(&src_secret).map_err(IoError::at("read", &src_secret))?;
+        state::write_atomic(&paths.secret(), &old_secret)?;
+        let stamp = format!("{}-{}", now_secs(), std::process::id());
+        let mut disks = Vec::new();
+        for (index, frozen) in meta.disks.iter().enumerate() {
+            let overlay = paths.dir().join(format!("disk{index}-{stamp}.qcow2"));
+            self.backend.create_overlay(frozen, &overlay).await?;
+            disks.push(overlay);
+        }
+        let accel = src
+            .record()
+            .machine
+            .as_ref()
+            .map_or(crate::Accel::Tcg, |m| m.accel);
+        let mut record = state::VmRecord {
+            version: state::RECORD_VERSION,
+            spec,
+            backend: state::BackendKind::Qemu,
+            created_at: now_secs(),
+            image_digest: meta.image_digest.clone(),
+            should_run: true,
+            machine: None,
+            last_error: None,
+            owner: None,
+            disk_files: disks.clone(),
+        };
+        state::write_json_atomic(&paths.record(), &record)?;
+        let memory = snapshot_dir(src.paths(), snapshot).join("memory");
+        let launch = Launch {
+            spec: &record.spec,
+            image,
+            paths,
+            accel,
+            accel_reason: "as when the snapshot was taken",
+            attachments: &[],
+            disks: &disks,
+            incoming: Some(&memory),
+        };
+        let machine =
+            progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
+        record.machine = Some(machine);
+        state::write_json_atomic(&paths.record(), &record)?;
+        self.run_loaded(record.spec.name(), paths).await?;
+        let vm = Vm {
+            name: record.spec.name().to_owned(),
+            paths: paths.clone(),
+            record,
+            backend: self.backend.clone(),
+        };
+        let agent = progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?;
+        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        let mut seed = [0u8; 64];
+        getrandom::fill(&mut secret)
+            .and_then(|()| getrandom::fill(&mut seed))
+            .map_err(|e| {
+                IoError::new(
+                    "generate",
+                    paths.secret(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+        agent.set_identity(vm.name(), &secret, &seed).await?;
+        state::write_atomic(&paths.secret(), &secret)?;
+        Ok(vm)
+    }
+
+    /// Waits until QEMU has loaded a saved state (it stays paused then), and lets it run.
+    async fn run_loaded(&self, name: &str, paths: &VmPaths) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !self.backend.is_paused(paths).await {
+            if std::time::Instant::now() > deadline
+                || self.backend.running_pid(paths).await.is_none()
+            {
+                return Err(Error::BootFailed {
+                    name: name.to_owned(),
+                    reason: "QEMU did not load the saved state".to_owned(),
+                    serial_tail: super::serial_tail(paths, 20),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.backend.set_paused(paths, false).await
     }
 
     /// Removes a snapshot; refused while a disk still reads through its frozen files.
@@ -287,13 +450,17 @@ impl Kiln {
         let meta = read_meta(vm.paths(), name, snapshot)?;
         let mut users = Vec::new();
         if !meta.disks.is_empty() {
-            let record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
-                name: name.to_owned(),
-            })?;
-            for file in record.disk_files(vm.paths()) {
-                let chain = self.backend.backing_chain(&file).await?;
-                if meta.disks.iter().any(|d| chain.contains(d)) {
-                    users.push(format!("{name}'s disk {}", file.display()));
+            // This VM's disks and any clone's may read through the frozen files.
+            for other in state::list_names(&self.paths.vms_dir())? {
+                let other_paths = self.paths.vm(&other);
+                let Some(record) = read_record(&other_paths)? else {
+                    continue;
+                };
+                for file in record.disk_files(&other_paths) {
+                    let chain = self.backend.backing_chain(&file).await?;
+                    if meta.disks.iter().any(|d| chain.contains(d)) {
+                        users.push(format!("VM {other}"));
+                    }
                 }
             }
             for other in self.snapshots(name).await? {
@@ -349,7 +516,7 @@ impl Kiln {
 /// Waits for the agent of a restored guest. Its virtio-serial port was saved with no host
 /// connected, and the first connection after the load can go unanswered: retry on fresh
 /// connections, briefly each.
-async fn wait_restored_agent(vm: &Vm) -> Result<()> {
+async fn wait_restored_agent(vm: &Vm) -> Result<crate::AgentClient> {
     let secret_path = vm.paths().secret();
     let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -362,7 +529,7 @@ async fn wait_restored_agent(vm: &Vm) -> Result<()> {
         )
         .await
         {
-            Ok(_) => return Ok(()),
+            Ok(agent) => return Ok(agent),
             Err(crate::agent::AgentError::Timeout { .. })
                 if std::time::Instant::now() < deadline => {}
             Err(err) => {
