@@ -63,6 +63,9 @@ enum Command {
     /// Named networks of the daemonless backend: VMs on one reach each other
     #[command(subcommand)]
     Net(commands::net::Command),
+    /// Manage kiln's caches (warm-start templates)
+    #[command(subcommand)]
+    Cache(commands::cache::Command),
     /// Measure boot and exec against bare QEMU, in one run
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Image(command) => commands::image::run(command).await,
             Command::Net(command) => commands::net::run(command).await,
+            Command::Cache(command) => commands::cache::run(command).await,
             Command::Bench(command) => commands::bench::run(command).await,
         }
     });

@@ -166,3 +166,62 @@ async fn a_clone_runs_beside_the_original_with_its_own_identity() {
     kiln.remove("twin", true, &NoProgress).await.unwrap();
     kiln.remove("orig", true, &NoProgress).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_and_cold_ups_of_one_spec_behave_the_same() {
+    let env = TestEnv::new();
+    let warm = env.kiln().with_warm_starts(true);
+    let cold = env.kiln();
+    let spec = |name: &str| {
+        VmSpec::builder(name)
+            .memory_mib(200)
+            .disk(DiskSpec::new(kiln::ByteSize::from_mib(24)))
+            .build()
+            .unwrap()
+    };
+    // The first warm up makes the template; the second only clones it.
+    let a = warm.up(spec("warm-a"), &NoProgress).await.unwrap();
+    let b = warm.up(spec("warm-b"), &NoProgress).await.unwrap();
+    let c = cold.up(spec("cold-c"), &NoProgress).await.unwrap();
+    let probe = "hostname; uname -r; cat /sys/block/vda/size; grep MemTotal /proc/meminfo; \
+                 echo written > /root/f && cat /root/f; head -c 8 /dev/urandom | od -An -tx1";
+    let mut outputs = Vec::new();
+    for vm in [&a, &b, &c] {
+        let out = vm.exec_output(sh(probe)).await.unwrap();
+        assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let lines: Vec<Vec<&str>> = outputs.iter().map(|o| o.lines().collect()).collect();
+    assert_eq!(lines[0][0], "warm-a");
+    assert_eq!(lines[1][0], "warm-b");
+    assert_eq!(lines[2][0], "cold-c");
+    // Kernel, disk size, memory and a file write: the same whichever way it started.
+    assert_eq!(
+        lines[0][1..5],
+        lines[2][1..5],
+        "warm and cold differ: {outputs:?}"
+    );
+    assert_eq!(
+        lines[1][1..5],
+        lines[2][1..5],
+        "warm and cold differ: {outputs:?}"
+    );
+    assert_ne!(
+        lines[0][5], lines[1][5],
+        "two warm VMs share random numbers"
+    );
+    // Port forwards and names are the VM's own; shared folders boot cold.
+    assert!(kiln::Kiln::cold_reason(&spec("x")).is_none());
+    let shared = VmSpec::builder("s")
+        .share(kiln::spec::ShareSpec::new("/tmp", "/mnt"))
+        .build()
+        .unwrap();
+    assert_eq!(
+        kiln::Kiln::cold_reason(&shared),
+        Some("it has shared folders")
+    );
+
+    for vm in ["warm-a", "warm-b", "cold-c"] {
+        warm.remove(vm, true, &NoProgress).await.unwrap();
+    }
+}

@@ -145,6 +145,14 @@ async fn snapshot(runs: u32, json: bool) -> Outcome {
     );
     println!("  ratio restore / cold              {:>7.2}", report.ratio);
     println!(
+        "  warm up -> agent ready     median {:>7.0} ms",
+        report.warm_up.p50_ms
+    );
+    println!(
+        "  ratio warm / cold                 {:>7.2}   (goal <= 0.10)",
+        report.warm_ratio
+    );
+    println!(
         "  save: {:.0} ms, {} MiB on disk",
         report.save_ms,
         report.save_bytes >> 20

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod cache;
 pub mod console;
 pub mod cp;
 pub mod doctor;

@@ -24,6 +24,9 @@ pub struct Args {
     /// Seconds a boot may take before it is retried or fails
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
+    /// Boot from the kernel even when a warm-start template could be used
+    #[arg(long)]
+    pub cold: bool,
     /// Set an environment variable for the command (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = super::exec::parse_env)]
     pub env: Vec<(String, String)>,
@@ -46,7 +49,7 @@ pub async fn run(args: Args) -> Outcome {
         .cpus(args.cpus)
         .memory(args.memory)
         .build()?;
-    let kiln = kiln_with_timeout(args.boot_timeout)?;
+    let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);
     let mut session = Session::new(kiln, spec, workspace);
     let progress = Progress::new();
     let mut request = ExecRequest::new(args.command);

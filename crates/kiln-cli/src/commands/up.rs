@@ -27,6 +27,9 @@ pub struct Args {
     /// Seconds a boot may take before it is retried or fails
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
+    /// Boot from the kernel even when a warm-start template could be used
+    #[arg(long)]
+    pub cold: bool,
     /// Share a host directory: HOST:GUEST[:ro] (repeatable; virtio-9p)
     #[arg(long = "volume", short = 'v', value_name = "HOST:GUEST[:ro]")]
     pub volumes: Vec<ShareSpec>,
@@ -106,7 +109,7 @@ pub async fn run(args: Args) -> Outcome {
         builder = builder.network(NetworkRef::named(network));
     }
     let spec = builder.build()?;
-    let kiln = kiln_with_timeout(args.boot_timeout)?;
+    let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);
     let uri = match (args.backend, args.connect) {
         (_, Some(uri)) => Some(uri),
         (BackendArg::Libvirt, None) => Some(kiln::doctor::default_libvirt_uri()),

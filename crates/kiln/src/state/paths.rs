@@ -82,6 +82,10 @@ impl Paths {
     pub fn images_dir(&self) -> PathBuf {
         self.cache.join("images")
     }
+    /// Warm-start templates, one directory per image and machine shape.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.cache.join("templates")
+    }
     pub fn debs_dir(&self) -> PathBuf {
         self.cache.join("debs")
     }

@@ -53,8 +53,30 @@ impl Kiln {
         self.up_as(spec, None, reporter).await
     }
 
-    /// [`up`](Self::up), recording `owner` (a score's name) in the VM's record.
+    /// [`up`](Self::up), recording `owner` (a score's name) in the VM's record. With warm
+    /// starts on, an eligible spec starts from its template (see [`Kiln::with_warm_starts`]).
     pub async fn up_as(
+        &self,
+        spec: VmSpec,
+        owner: Option<&str>,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        if self.warm {
+            match Kiln::cold_reason(&spec) {
+                None => {
+                    self.backend.check(&spec)?;
+                    return self.up_warm(spec, owner, reporter).await;
+                }
+                Some(reason) => reporter.report(Event::Note {
+                    message: format!("cold boot: {reason}"),
+                }),
+            }
+        }
+        self.up_cold(spec, owner, reporter).await
+    }
+
+    /// Creates a VM and boots it from its kernel.
+    pub(super) async fn up_cold(
         &self,
         spec: VmSpec,
         owner: Option<&str>,

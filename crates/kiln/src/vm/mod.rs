@@ -4,6 +4,7 @@
 mod forward;
 mod lifecycle;
 mod snapshot;
+mod template;
 
 pub(crate) use lifecycle::{GRACEFUL_STOP, log_tail, serial_tail};
 pub use snapshot::SnapshotInfo;
@@ -67,6 +68,8 @@ pub struct Kiln {
     images: ImageStore,
     image_inputs: Option<ImageInputs>,
     boot: BootPolicy,
+    /// Start eligible VMs from a template snapshot instead of booting them.
+    warm: bool,
 }
 
 impl Kiln {
@@ -82,6 +85,7 @@ impl Kiln {
             backend,
             image_inputs: None,
             boot: BootPolicy::default(),
+            warm: false,
         }
     }
 

@@ -1,0 +1,218 @@
+//! Warm starts. For each image, QEMU version and machine shape (vCPUs, memory, disks,
+//! accelerator) kiln keeps a template: a VM booted once to agent-ready and snapshotted, in
+//! `<cache>/templates/<key>`. A warm `up` clones the template's snapshot and re-keys the
+//! clone (hostname, secret, random seed) instead of booting: a fraction of a second, even
+//! under TCG. Specs a template cannot stand for (shared folders, named networks, firmware
+//! boot) boot cold, and kiln says why. A new image or QEMU gives a new key, so stale
+//! templates are never used; `kiln cache prune` removes them.
+
+use sha2::{Digest, Sha256};
+
+use super::Kiln;
+use super::lifecycle::lock;
+use super::snapshot::read_meta;
+use crate::progress::{Event, NoProgress, Reporter};
+use crate::state::{self, Paths};
+use crate::{Error, IoError, Result, Vm, VmSpec};
+
+/// The template VM's name, and its snapshot's, inside a template's own state directory.
+const TEMPLATE: &str = "template";
+const READY: &str = "ready";
+
+impl Kiln {
+    /// Warm starts on (`kiln up` and `kiln run` use them unless `--cold`).
+    #[must_use]
+    pub fn with_warm_starts(mut self, warm: bool) -> Self {
+        self.warm = warm;
+        self
+    }
+
+    /// Why `spec` cannot start from a template, if it cannot.
+    pub fn cold_reason(spec: &VmSpec) -> Option<&'static str> {
+        if !spec.shares().is_empty() {
+            return Some("it has shared folders");
+        }
+        if spec.networks().iter().any(|n| n.network_name().is_some()) {
+            return Some("it is on a named network");
+        }
+        if spec.networks() != [crate::NetworkRef::User] {
+            return Some("its NICs differ from the default one");
+        }
+        if !spec.boot_order().is_empty() {
+            return Some("it boots through firmware");
+        }
+        if spec.disks().iter().any(|d| d.base().is_some()) {
+            return Some("a disk has a base image");
+        }
+        None
+    }
+
+    /// Starts `spec` from its template (made on first use); falls back to a cold boot, saying
+    /// why, when the spec has no template or the template fails.
+    pub(super) async fn up_warm(
+        &self,
+        spec: VmSpec,
+        owner: Option<&str>,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        let tried = async {
+            let (template, key) = self.ensure_template(&spec, reporter).await?;
+            let src = template.get(TEMPLATE).await?;
+            let meta = read_meta(src.paths(), TEMPLATE, READY)?;
+            let image = self.check_compatible(TEMPLATE, READY, &meta).await?;
+            reporter.report(Event::Note {
+                message: format!("warm start from template {key}"),
+            });
+            self.clone_into(&src, &meta, READY, spec.clone(), owner, &image, reporter)
+                .await
+        }
+        .await;
+        match tried {
+            Ok(vm) => Ok(vm),
+            // The name is taken: not something a cold boot would fix.
+            Err(err @ Error::VmAlreadyExists { .. }) => Err(err),
+            Err(err) => {
+                reporter.report(Event::Note {
+                    message: format!("cold boot: the warm start failed ({err})"),
+                });
+                self.up_cold(spec, owner, reporter).await
+            }
+        }
+    }
+
+    /// The template Kiln for `spec`'s shape, with its snapshot made if missing.
+    async fn ensure_template(
+        &self,
+        spec: &VmSpec,
+        reporter: &dyn Reporter,
+    ) -> Result<(Kiln, String)> {
+        let image = self
+            .images
+            .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
+            .await?;
+        let probe = self.accel_probe();
+        let accel = probe.choose(spec.accel())?;
+        reporter.report(Event::AccelChosen {
+            accel,
+            reason: probe.reason.clone(),
+        });
+        let qemu = self.backend.version().await?;
+        let mut hasher = Sha256::new();
+        for part in [
+            image.manifest.digest(),
+            qemu,
+            accel.to_string(),
+            spec.cpus().to_string(),
+            spec.memory_mib().to_string(),
+            format!(
+                "{:?}",
+                spec.disks()
+                    .iter()
+                    .map(|d| d.size().bytes())
+                    .collect::<Vec<_>>()
+            ),
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        let key = hex::encode(hasher.finalize())[..12].to_owned();
+        let root = self.paths.templates_dir().join(&key);
+        let template = Kiln {
+            paths: Paths::new(
+                root.join("data"),
+                self.paths.cache_dir().to_owned(),
+                root.join("run"),
+            ),
+            warm: false,
+            ..self.clone()
+        };
+        // One kiln makes a template at a time; the others wait and use it.
+        let _lock = {
+            let path = self.paths.templates_dir().join(format!("{key}.lock"));
+            state::create_private_dir(&self.paths.templates_dir())?;
+            tokio::task::spawn_blocking(move || state::Lock::acquire(&path))
+                .await
+                .map_err(crate::image::join_error)??
+        };
+        let ready = match template.snapshots(TEMPLATE).await {
+            Ok(list) => list.iter().any(|s| s.name == READY),
+            Err(_) => false,
+        };
+        if !ready {
+            reporter.report(Event::Note {
+                message: format!("making the warm-start template {key} (once per image and shape)"),
+            });
+            let _ = template.remove(TEMPLATE, true, &NoProgress).await;
+            let shape = spec_shape(spec)?;
+            template.up_cold(shape, None, &NoProgress).await?;
+            template.snapshot(TEMPLATE, READY).await?;
+            // The snapshot is what clones start from; the template itself need not run.
+            template.stop(TEMPLATE, &NoProgress).await?;
+        }
+        Ok((template, key))
+    }
+
+    /// Removes every warm-start template (`kiln cache prune`); returns how many.
+    pub async fn prune_templates(&self) -> Result<usize> {
+        let dir = self.paths.templates_dir();
+        let mut removed = 0;
+        for key in state::list_names(&dir)? {
+            if key.ends_with(".lock") {
+                continue;
+            }
+            let root = dir.join(&key);
+            if self.reads_through(&root).await? {
+                log::info!("keeping template {key}: a VM's disk reads through it");
+                continue;
+            }
+            let template = Kiln {
+                paths: Paths::new(
+                    root.join("data"),
+                    self.paths.cache_dir().to_owned(),
+                    root.join("run"),
+                ),
+                warm: false,
+                ..self.clone()
+            };
+            let paths = template.paths.vm(TEMPLATE);
+            let _lock = lock(&paths).await?;
+            let _ = template.backend.kill(&paths).await;
+            std::fs::remove_dir_all(&root).map_err(IoError::at("remove", &root))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+impl Kiln {
+    /// Whether a disk of one of this kiln's VMs reads through a file under `root`.
+    async fn reads_through(&self, root: &std::path::Path) -> Result<bool> {
+        for name in state::list_names(&self.paths.vms_dir())? {
+            let paths = self.paths.vm(&name);
+            let Some(record) = super::read_record(&paths)? else {
+                continue;
+            };
+            for file in record.disk_files(&paths) {
+                let chain = self.backend.backing_chain(&file).await?;
+                if chain.iter().any(|f| f.starts_with(root)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The template's own spec: the shape of `spec`, under the template's name, without port
+/// forwards (those are the host's side, given to each clone).
+fn spec_shape(spec: &VmSpec) -> Result<VmSpec> {
+    let mut builder = VmSpec::builder(TEMPLATE)
+        .cpus(spec.cpus())
+        .memory_mib(spec.memory_mib())
+        .image(spec.image())
+        .accel(spec.accel());
+    for disk in spec.disks() {
+        builder = builder.disk(crate::DiskSpec::new(disk.size()));
+    }
+    Ok(builder.build()?)
+}
