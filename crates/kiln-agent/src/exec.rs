@@ -134,19 +134,7 @@ pub async fn start(
     if let Some(cwd) = &request.cwd {
         command.current_dir(cwd);
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            report_spawn_error(&sender, stream, program, &err).await;
-            return None;
-        }
-    };
-    let raw_pid = child.id().unwrap_or(0);
-    let pid = Pid::from_raw(raw_pid as i32)?;
-    let epoch = sender.epoch();
-    sender
-        .send_in(epoch, stream, Message::Started { pid: raw_pid })
-        .await;
+    let (mut child, pid, epoch) = announce(command.spawn(), &sender, stream, program).await?;
 
     let stdin = child.stdin.take().map(|mut pipe| {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -185,6 +173,30 @@ pub async fn start(
         stdin,
         pty: None,
     })
+}
+
+/// Tells the host the process started (or why it did not); returns it with its pid and the
+/// session epoch its output belongs to.
+async fn announce(
+    spawned: std::io::Result<tokio::process::Child>,
+    sender: &Sender,
+    stream: StreamId,
+    program: &str,
+) -> Option<(tokio::process::Child, Pid, u64)> {
+    let child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            report_spawn_error(sender, stream, program, &err).await;
+            return None;
+        }
+    };
+    let raw_pid = child.id().unwrap_or(0);
+    let pid = Pid::from_raw(raw_pid as i32)?;
+    let epoch = sender.epoch();
+    sender
+        .send_in(epoch, stream, Message::Started { pid: raw_pid })
+        .await;
+    Some((child, pid, epoch))
 }
 
 fn exit_status(waited: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
@@ -278,19 +290,7 @@ async fn start_tty(
     let spawned = command.spawn();
     // The terminal side stays open only in the child: its exit ends the controller's reads.
     drop(command);
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(err) => {
-            report_spawn_error(&sender, stream, program, &err).await;
-            return None;
-        }
-    };
-    let raw_pid = child.id().unwrap_or(0);
-    let pid = Pid::from_raw(raw_pid as i32)?;
-    let epoch = sender.epoch();
-    sender
-        .send_in(epoch, stream, Message::Started { pid: raw_pid })
-        .await;
+    let (mut child, pid, epoch) = announce(spawned, &sender, stream, program).await?;
     let controller = Arc::new(controller);
 
     // Keyboard -> terminal, and terminal -> host: blocking reads of a pty, on threads.

@@ -117,15 +117,7 @@ impl Kiln {
         }
         let key = hex::encode(hasher.finalize())[..12].to_owned();
         let root = self.paths.templates_dir().join(&key);
-        let template = Kiln {
-            paths: Paths::new(
-                root.join("data"),
-                self.paths.cache_dir().to_owned(),
-                root.join("run"),
-            ),
-            warm: false,
-            ..self.clone()
-        };
+        let template = self.template_at(&root);
         // One kiln makes a template at a time; the others wait and use it.
         let _lock = {
             let path = self.paths.templates_dir().join(format!("{key}.lock"));
@@ -165,15 +157,7 @@ impl Kiln {
                 log::info!("keeping template {key}: a VM's disk reads through it");
                 continue;
             }
-            let template = Kiln {
-                paths: Paths::new(
-                    root.join("data"),
-                    self.paths.cache_dir().to_owned(),
-                    root.join("run"),
-                ),
-                warm: false,
-                ..self.clone()
-            };
+            let template = self.template_at(&root);
             let paths = template.paths.vm(TEMPLATE);
             let _lock = lock(&paths).await?;
             let _ = template.backend.kill(&paths).await;
@@ -185,6 +169,19 @@ impl Kiln {
 }
 
 impl Kiln {
+    /// The kiln of the template in `root`: its own state, this kiln's image cache.
+    fn template_at(&self, root: &std::path::Path) -> Kiln {
+        Kiln {
+            paths: Paths::new(
+                root.join("data"),
+                self.paths.cache_dir().to_owned(),
+                root.join("run"),
+            ),
+            warm: false,
+            ..self.clone()
+        }
+    }
+
     /// Whether a disk of one of this kiln's VMs reads through a file under `root`.
     async fn reads_through(&self, root: &std::path::Path) -> Result<bool> {
         for name in state::list_names(&self.paths.vms_dir())? {
