@@ -21,6 +21,8 @@ pub struct SnapshotReport {
     pub warm_up: Stats,
     /// warm_up.p50 / cold_up.p50 (goal ≤ 0.10 under TCG).
     pub warm_ratio: f64,
+    /// A whole warm session (`kiln run -- true`): clone, run, pull, remove (goal ≤ 0.5 s).
+    pub warm_run_true: Stats,
     pub save_ms: f64,
     pub save_bytes: u64,
 }
@@ -48,6 +50,25 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
         warms.push(started.elapsed());
         warm.remove(&name, true, &NoProgress).await?;
         booted?;
+    }
+    let mut sessions = Vec::new();
+    for run in 1..=runs {
+        let started = Instant::now();
+        let mut session =
+            crate::session::Session::new(warm.clone(), spec(&format!("bench-run-{run}"))?, None);
+        let ran = async {
+            session.ensure_ready(&NoProgress).await?;
+            session
+                .run(crate::ExecRequest::new(["true"]))
+                .await?
+                .output()
+                .await?;
+            session.pull_changes(&NoProgress).await
+        }
+        .await;
+        session.shutdown(&NoProgress).await?;
+        ran?;
+        sessions.push(started.elapsed());
     }
     let name = "bench-snap";
     let _ = kiln.remove(name, true, &NoProgress).await;
@@ -79,6 +100,7 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
         ratio: restore.p50_ms / cold_up.p50_ms.max(f64::EPSILON),
         warm_ratio: warm_up.p50_ms / cold_up.p50_ms.max(f64::EPSILON),
         warm_up,
+        warm_run_true: Stats::of(&sessions),
         cold_up,
         restore,
         save_ms,
