@@ -225,3 +225,42 @@ async fn warm_and_cold_ups_of_one_spec_behave_the_same() {
         warm.remove(vm, true, &NoProgress).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_only_snapshot_of_a_stopped_vm_restores_by_booting() {
+    let env = TestEnv::new();
+    let kiln = env.kiln();
+    let spec = VmSpec::builder("dsk")
+        .memory_mib(256)
+        .disk(DiskSpec::new(kiln::ByteSize::from_mib(16)))
+        .build()
+        .unwrap();
+    let vm = kiln.up(spec, &NoProgress).await.unwrap();
+    vm.exec_output(sh(
+        "echo disk-before | dd of=/dev/vda conv=fsync 2>/dev/null",
+    ))
+    .await
+    .unwrap();
+    // Disk-only needs a stopped VM, and a full snapshot a running one.
+    let err = kiln.snapshot_disks("dsk", "d1").await.unwrap_err();
+    assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    kiln.stop("dsk", &NoProgress).await.unwrap();
+    let err = kiln.snapshot("dsk", "d1").await.unwrap_err();
+    assert!(matches!(err, Error::WrongState { .. }), "{err}");
+    let info = kiln.snapshot_disks("dsk", "d1").await.unwrap();
+    assert!(info.disk_only && info.memory_bytes == 0, "{info:?}");
+
+    let vm = kiln.start("dsk", &NoProgress).await.unwrap();
+    vm.exec_output(sh(
+        "echo disk-after! | dd of=/dev/vda conv=fsync 2>/dev/null",
+    ))
+    .await
+    .unwrap();
+    let vm = kiln.restore("dsk", "d1", &NoProgress).await.unwrap();
+    let out = vm
+        .exec_output(sh("dd if=/dev/vda bs=12 count=1 2>/dev/null"))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"disk-before\n");
+    kiln.remove("dsk", true, &NoProgress).await.unwrap();
+}

@@ -11,6 +11,9 @@ pub enum Command {
         name: String,
         #[arg(value_parser = crate::ui::parse_name)]
         snapshot: String,
+        /// Only the disks, of a stopped VM (a restore boots from them)
+        #[arg(long)]
+        disk_only: bool,
     },
     /// List a VM's snapshots
     Ls {
@@ -85,8 +88,16 @@ pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
 pub async fn run(command: Command) -> Outcome {
     let kiln = Kiln::from_env()?;
     match command {
-        Command::Save { name, snapshot } => {
-            let info = kiln.snapshot(&name, &snapshot).await?;
+        Command::Save {
+            name,
+            snapshot,
+            disk_only,
+        } => {
+            let info = if disk_only {
+                kiln.snapshot_disks(&name, &snapshot).await?
+            } else {
+                kiln.snapshot(&name, &snapshot).await?
+            };
             println!(
                 "saved {name} as {} ({} of memory, {} disk(s))",
                 info.name,

@@ -166,7 +166,7 @@ impl Kiln {
     }
 
     /// Starts the machine and waits for the agent, retrying a boot that stalls.
-    async fn boot(
+    pub(super) async fn boot(
         &self,
         mut record: VmRecord,
         paths: VmPaths,

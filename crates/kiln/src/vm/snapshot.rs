@@ -35,6 +35,9 @@ pub(super) struct SnapshotMeta {
     image_digest: String,
     /// The frozen file of each disk.
     disks: Vec<PathBuf>,
+    /// Disks only (taken of a stopped VM): a restore boots from them.
+    #[serde(default)]
+    disk_only: bool,
 }
 
 /// A snapshot as `kiln snapshot ls` shows it.
@@ -45,6 +48,7 @@ pub struct SnapshotInfo {
     pub memory_bytes: u64,
     pub disks: usize,
     pub qemu_version: String,
+    pub disk_only: bool,
 }
 
 fn snapshot_dir(paths: &VmPaths, snapshot: &str) -> PathBuf {
@@ -109,19 +113,42 @@ impl Kiln {
     /// Saves a running (or paused) VM's memory and disks as `snapshot`. The VM is paused
     /// while its state is written, then left as it was.
     pub async fn snapshot(&self, name: &str, snapshot: &str) -> Result<SnapshotInfo> {
+        self.snapshot_as(name, snapshot, false).await
+    }
+
+    /// Saves a stopped VM's disks as `snapshot` (`--disk-only`); a restore boots from them.
+    pub async fn snapshot_disks(&self, name: &str, snapshot: &str) -> Result<SnapshotInfo> {
+        self.snapshot_as(name, snapshot, true).await
+    }
+
+    async fn snapshot_as(
+        &self,
+        name: &str,
+        snapshot: &str,
+        disk_only: bool,
+    ) -> Result<SnapshotInfo> {
         crate::spec::validate_name(snapshot)?;
         let vm = self.get(name).await?;
         let _lock = lock(vm.paths()).await?;
-        let mut record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
+        let record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
             name: name.to_owned(),
         })?;
         let state = vm.state().await;
-        if state == VmState::Stopped {
+        let needed = if disk_only {
+            VmState::Stopped
+        } else {
+            VmState::Running
+        };
+        if (state == VmState::Stopped) != disk_only {
             return Err(Error::WrongState {
                 name: name.to_owned(),
                 state,
-                action: "snapshot",
-                needed: VmState::Running,
+                action: if disk_only {
+                    "snapshot --disk-only"
+                } else {
+                    "snapshot"
+                },
+                needed,
             });
         }
         let dir = snapshot_dir(vm.paths(), snapshot);
@@ -141,6 +168,14 @@ impl Kiln {
         let overlays: Vec<PathBuf> = (0..frozen.len())
             .map(|i| vm.paths().dir().join(format!("disk{i}-{stamp}.qcow2")))
             .collect();
+        if disk_only {
+            for (frozen, overlay) in frozen.iter().zip(&overlays) {
+                self.backend.create_overlay(frozen, overlay).await?;
+            }
+            return self
+                .record_snapshot(&vm, record, &tmp, &dir, snapshot, frozen, overlays, true)
+                .await;
+        }
         let was_paused = state == VmState::Paused;
         // Saved while its agent polls an idle port, a guest's agent answered only ~5 s after
         // a restore (measured, cause not found); saved with a host session open, at once:
@@ -167,6 +202,23 @@ impl Kiln {
             return Err(err);
         }
         resumed?;
+        self.record_snapshot(&vm, record, &tmp, &dir, snapshot, frozen, overlays, false)
+            .await
+    }
+
+    /// Points the VM at its new overlays and moves the finished snapshot into place.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_snapshot(
+        &self,
+        vm: &Vm,
+        mut record: state::VmRecord,
+        tmp: &Path,
+        dir: &Path,
+        snapshot: &str,
+        frozen: Vec<PathBuf>,
+        overlays: Vec<PathBuf>,
+        disk_only: bool,
+    ) -> Result<SnapshotInfo> {
         record.disk_files = overlays;
         state::write_json_atomic(&vm.paths().record(), &record)?;
         let meta = SnapshotMeta {
@@ -178,10 +230,11 @@ impl Kiln {
             spec: record.spec.clone(),
             image_digest: record.image_digest.clone(),
             disks: frozen,
+            disk_only,
         };
         state::write_json_atomic(&tmp.join("meta.json"), &meta)?;
-        std::fs::rename(&tmp, &dir).map_err(IoError::at("move into place", &dir))?;
-        Ok(info_of(&dir, &meta))
+        std::fs::rename(tmp, dir).map_err(IoError::at("move into place", dir))?;
+        Ok(info_of(dir, &meta))
     }
 
     /// A VM's snapshots, oldest first.
@@ -227,6 +280,17 @@ impl Kiln {
             disks.push(overlay);
         }
         let old_disks = std::mem::replace(&mut record.disk_files, disks.clone());
+        if meta.disk_only {
+            state::write_json_atomic(&vm.paths().record(), &record)?;
+            self.forget_overlays(vm.paths(), &old_disks, &record.disk_files)
+                .await;
+            let probe = self.accel_probe();
+            let accel = probe.choose(record.spec.accel())?;
+            let paths = vm.paths().clone();
+            return self
+                .boot(record, paths, accel, &probe.reason, reporter)
+                .await;
+        }
         let memory = snapshot_dir(vm.paths(), snapshot).join("memory");
         let accel = record
             .machine
@@ -587,5 +651,6 @@ fn info_of(dir: &Path, meta: &SnapshotMeta) -> SnapshotInfo {
         memory_bytes: std::fs::metadata(dir.join("memory")).map_or(0, |m| m.len()),
         disks: meta.disks.len(),
         qemu_version: meta.qemu_version.clone(),
+        disk_only: meta.disk_only,
     }
 }
