@@ -68,18 +68,23 @@ pub async fn clone(args: CloneArgs) -> Outcome {
 pub struct PauseArgs {
     #[arg(value_parser = crate::ui::parse_name)]
     pub name: String,
+    #[command(flatten)]
+    pub target: super::Target,
 }
 
 pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
-    let kiln = Kiln::from_env()?;
+    let fleet = super::fleet()?;
+    match args.target.locate(&fleet, &args.name).await? {
+        kiln::topology::Located::Local(_) if paused => fleet.kiln().pause(&args.name).await?,
+        kiln::topology::Located::Local(_) => fleet.kiln().resume(&args.name).await?,
+        kiln::topology::Located::Libvirt(host) => host.set_paused(&args.name, paused).await?,
+    }
     if paused {
-        kiln.pause(&args.name).await?;
         println!(
             "{} is paused (exec fails fast until `kiln resume {}`)",
             args.name, args.name
         );
     } else {
-        kiln.resume(&args.name).await?;
         println!("{} is running", args.name);
     }
     Ok(0)

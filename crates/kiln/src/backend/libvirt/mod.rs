@@ -134,6 +134,8 @@ impl std::fmt::Debug for LibvirtConn {
 pub struct DomainState {
     pub name: String,
     pub active: bool,
+    /// Active with its vCPUs suspended.
+    pub paused: bool,
     pub observed: xml::DomainObserved,
 }
 
@@ -518,6 +520,20 @@ impl LibvirtConn {
         .await
     }
 
+    /// Suspends (or resumes) a running domain's vCPUs.
+    pub async fn set_suspended(&self, name: &str, suspended: bool) -> Result<(), LibvirtError> {
+        let name = name.to_owned();
+        self.call(move |inner| {
+            let dom = inner.require_domain(&name)?;
+            if suspended {
+                dom.suspend().map_err(inner.err("suspend", &name))
+            } else {
+                dom.resume().map_err(inner.err("resume", &name))
+            }
+        })
+        .await
+    }
+
     /// Powers a domain off at once (like pulling the plug); an inactive one is fine.
     pub async fn destroy_domain(&self, name: &str) -> Result<(), LibvirtError> {
         let name = name.to_owned();
@@ -710,13 +726,22 @@ impl Inner {
     /// A domain's state; `None` when it vanished since it was listed (someone removed it).
     fn domain_state(&self, dom: &Domain, name: &str) -> Result<Option<DomainState>, LibvirtError> {
         let vanished = |err: &virt::error::Error| is_code(err, ErrorNumber::NoDomain);
-        let read = || -> Result<(bool, String), virt::error::Error> {
-            Ok((dom.is_active()?, dom.xml_desc(sys::VIR_DOMAIN_XML_SECURE)?))
+        let read = || -> Result<(bool, bool, String), virt::error::Error> {
+            let paused = matches!(
+                dom.state()?.0,
+                Enum::Known(virt::domain::DomainState::Paused)
+            );
+            Ok((
+                dom.is_active()?,
+                paused,
+                dom.xml_desc(sys::VIR_DOMAIN_XML_SECURE)?,
+            ))
         };
         match read() {
-            Ok((active, doc)) => Ok(Some(DomainState {
+            Ok((active, paused, doc)) => Ok(Some(DomainState {
                 name: name.to_owned(),
                 active,
+                paused,
                 observed: xml::parse_domain(&doc)?,
             })),
             Err(err) if vanished(&err) => Ok(None),

@@ -320,6 +320,13 @@ impl LibvirtHost {
 
     async fn running_domain(&self, name: &str) -> Result<DomainState> {
         match self.conn.domain(name).await? {
+            // Its agent cannot answer: say so now rather than time out.
+            Some(state) if state.paused => Err(Error::WrongState {
+                name: name.to_owned(),
+                state: crate::VmState::Paused,
+                action: "exec",
+                needed: crate::VmState::Running,
+            }),
             Some(state) if state.active => Ok(state),
             Some(_) => Err(LibvirtError::NotRunning {
                 uri: self.uri().to_owned(),

@@ -96,6 +96,29 @@ impl LibvirtHost {
         .await
     }
 
+    /// Suspends (or resumes) a running VM's vCPUs (libvirt's suspend/resume).
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
+        let domain = self.kiln_domain(name).await?;
+        let state = state_of(&domain);
+        let (from, to) = if paused {
+            (VmState::Running, VmState::Paused)
+        } else {
+            (VmState::Paused, VmState::Running)
+        };
+        if state == to {
+            return Ok(());
+        }
+        if state != from {
+            return Err(Error::WrongState {
+                name: name.to_owned(),
+                state,
+                action: if paused { "pause" } else { "resume" },
+                needed: from,
+            });
+        }
+        Ok(self.conn.set_suspended(name, paused).await?)
+    }
+
     /// Removes a VM, its disks and its log. A running VM needs `force`.
     pub async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()> {
         let domain = self.kiln_domain(name).await?;
@@ -135,11 +158,7 @@ impl LibvirtHost {
 
     fn vm_info(&self, domain: DomainState) -> VmInfo {
         let (owner, spec) = KilnTag::decode(domain.observed.tag.as_ref());
-        let state = if domain.active {
-            VmState::Running
-        } else {
-            VmState::Stopped
-        };
+        let state = state_of(&domain);
         let accel = match domain.observed.kind.as_deref() {
             Some("kvm") => Accel::Kvm,
             _ => Accel::Tcg,
@@ -162,6 +181,14 @@ impl LibvirtHost {
             pid: None,
             created_at: 0,
         }
+    }
+}
+
+fn state_of(domain: &DomainState) -> VmState {
+    match (domain.active, domain.paused) {
+        (true, true) => VmState::Paused,
+        (true, false) => VmState::Running,
+        (false, _) => VmState::Stopped,
     }
 }
 
