@@ -66,7 +66,7 @@ enum Command {
     /// Manage kiln's caches (warm-start templates)
     #[command(subcommand)]
     Cache(commands::cache::Command),
-    /// Measure boot and exec against bare QEMU, in one run
+    /// Benchmarks, each against its baseline in the same run: boot, score, libvirt, session, snapshot
     #[command(subcommand)]
     Bench(commands::bench::Command),
 }
