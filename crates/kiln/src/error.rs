@@ -55,6 +55,8 @@ pub enum Error {
         snapshot: String,
         reason: String,
     },
+    #[error("VM {name} cannot go: the disks of {} read through its files", users.join(", "))]
+    VmInUse { name: String, users: Vec<String> },
     #[error("snapshot {snapshot} of {vm} is still needed by {}", users.join(", "))]
     SnapshotInUse {
         vm: String,
@@ -129,6 +131,7 @@ impl Error {
             Self::IncompatibleSnapshot { .. } => {
                 "take a new snapshot with this kiln and QEMU; nothing was changed".to_owned()
             }
+            Self::VmInUse { .. } => "remove the VMs cloned from its snapshots first".to_owned(),
             Self::SnapshotInUse { .. } => {
                 "remove the VMs restored or cloned from it first".to_owned()
             }

@@ -163,6 +163,14 @@ async fn a_clone_runs_beside_the_original_with_its_own_identity() {
         .unwrap_err();
     assert!(matches!(err, Error::VmAlreadyExists { .. }), "{err}");
 
+    // Nor can the original go while the clone reads through its files.
+    let err = kiln.remove("orig", true, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, Error::VmInUse { .. }), "{err}");
+    assert!(
+        kiln.get("orig").await.is_ok(),
+        "a refused rm must not remove anything"
+    );
+
     kiln.remove("twin", true, &NoProgress).await.unwrap();
     kiln.remove("orig", true, &NoProgress).await.unwrap();
 }

@@ -341,6 +341,29 @@ impl Kiln {
         state::write_json_atomic(&vm.paths.record(), &record)
     }
 
+    /// The other VMs whose disks read through files of VM `name` (clones of its snapshots).
+    async fn readers_of(&self, name: &str) -> Result<Vec<String>> {
+        let dir = self.paths.vm(name).dir().to_owned();
+        let mut readers = Vec::new();
+        for other in state::list_names(&self.paths.vms_dir())? {
+            if other == name {
+                continue;
+            }
+            let other_paths = self.paths.vm(&other);
+            let Some(record) = read_record(&other_paths).ok().flatten() else {
+                continue;
+            };
+            for file in record.disk_files(&other_paths) {
+                let chain = self.backend.backing_chain(&file).await.unwrap_or_default();
+                if chain.iter().any(|f| f.starts_with(&dir)) {
+                    readers.push(format!("VM {other}"));
+                    break;
+                }
+            }
+        }
+        Ok(readers)
+    }
+
     /// Removes a VM and everything it owns. A running VM needs `force`.
     pub async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()> {
         crate::spec::validate_name(name)?;
@@ -349,6 +372,13 @@ impl Kiln {
         if read_record(&paths).ok().flatten().is_none() && !paths.dir().exists() {
             return Err(Error::VmNotFound {
                 name: name.to_owned(),
+            });
+        }
+        let clones = self.readers_of(name).await?;
+        if !clones.is_empty() {
+            return Err(Error::VmInUse {
+                name: name.to_owned(),
+                users: clones,
             });
         }
         progress::stage(reporter, Stage::Remove, async {
