@@ -25,6 +25,25 @@ pub struct SessionReport {
     pub push_incremental_ms: f64,
 }
 
+/// One whole session running `true`: boot (or clone), run, pull, remove. Its duration.
+pub(super) async fn run_true(kiln: &Kiln, spec: crate::VmSpec) -> Result<std::time::Duration> {
+    let started = Instant::now();
+    let mut session = Session::new(kiln.clone(), spec, None);
+    let result = async {
+        session.ensure_ready(&NoProgress).await?;
+        session
+            .run(ExecRequest::new(["true"]))
+            .await?
+            .output()
+            .await?;
+        session.pull_changes(&NoProgress).await
+    }
+    .await;
+    session.shutdown(&NoProgress).await?;
+    result?;
+    Ok(started.elapsed())
+}
+
 /// `runs` sessions and boots alternating, then a workspace of `files` small files.
 pub async fn session(
     kiln: &Kiln,
@@ -34,21 +53,7 @@ pub async fn session(
 ) -> Result<SessionReport> {
     let (mut sessions, mut ups) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        let started = Instant::now();
-        let mut session = Session::new(kiln.clone(), spec(&format!("bench-run-{run}"))?, None);
-        let result = async {
-            session.ensure_ready(&NoProgress).await?;
-            session
-                .run(ExecRequest::new(["true"]))
-                .await?
-                .output()
-                .await?;
-            session.pull_changes(&NoProgress).await
-        }
-        .await;
-        session.shutdown(&NoProgress).await?;
-        result?;
-        sessions.push(started.elapsed());
+        sessions.push(run_true(kiln, spec(&format!("bench-run-{run}"))?).await?);
 
         let name = format!("bench-up-{run}");
         let started = Instant::now();

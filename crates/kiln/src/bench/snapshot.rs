@@ -53,22 +53,7 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
     }
     let mut sessions = Vec::new();
     for run in 1..=runs {
-        let started = Instant::now();
-        let mut session =
-            crate::session::Session::new(warm.clone(), spec(&format!("bench-run-{run}"))?, None);
-        let ran = async {
-            session.ensure_ready(&NoProgress).await?;
-            session
-                .run(crate::ExecRequest::new(["true"]))
-                .await?
-                .output()
-                .await?;
-            session.pull_changes(&NoProgress).await
-        }
-        .await;
-        session.shutdown(&NoProgress).await?;
-        ran?;
-        sessions.push(started.elapsed());
+        sessions.push(super::session::run_true(&warm, spec(&format!("bench-run-{run}"))?).await?);
     }
     let name = "bench-snap";
     let _ = kiln.remove(name, true, &NoProgress).await;

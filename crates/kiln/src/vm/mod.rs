@@ -193,6 +193,28 @@ impl fmt::Display for VmState {
     }
 }
 
+/// Whether pausing (or resuming) a VM in `state` has anything to do: `false` when it is
+/// already there, an error when it is in neither state of the change (stopped, say).
+pub(crate) fn pause_needed(name: &str, state: VmState, paused: bool) -> Result<bool> {
+    let (from, to) = if paused {
+        (VmState::Running, VmState::Paused)
+    } else {
+        (VmState::Paused, VmState::Running)
+    };
+    if state == to {
+        return Ok(false);
+    }
+    if state != from {
+        return Err(Error::WrongState {
+            name: name.to_owned(),
+            state,
+            action: if paused { "pause" } else { "resume" },
+            needed: from,
+        });
+    }
+    Ok(true)
+}
+
 /// A VM as `kiln ls` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmInfo {

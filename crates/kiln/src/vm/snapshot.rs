@@ -90,22 +90,8 @@ impl Kiln {
     async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
         let vm = self.get(name).await?;
         let _lock = lock(vm.paths()).await?;
-        let (from, to) = if paused {
-            (VmState::Running, VmState::Paused)
-        } else {
-            (VmState::Paused, VmState::Running)
-        };
-        let state = vm.state().await;
-        if state == to {
+        if !super::pause_needed(name, vm.state().await, paused)? {
             return Ok(());
-        }
-        if state != from {
-            return Err(Error::WrongState {
-                name: name.to_owned(),
-                state,
-                action: if paused { "pause" } else { "resume" },
-                needed: from,
-            });
         }
         self.backend.set_paused(vm.paths(), paused).await
     }

@@ -99,22 +99,8 @@ impl LibvirtHost {
     /// Suspends (or resumes) a running VM's vCPUs (libvirt's suspend/resume).
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
         let domain = self.kiln_domain(name).await?;
-        let state = state_of(&domain);
-        let (from, to) = if paused {
-            (VmState::Running, VmState::Paused)
-        } else {
-            (VmState::Paused, VmState::Running)
-        };
-        if state == to {
+        if !crate::vm::pause_needed(name, state_of(&domain), paused)? {
             return Ok(());
-        }
-        if state != from {
-            return Err(Error::WrongState {
-                name: name.to_owned(),
-                state,
-                action: if paused { "pause" } else { "resume" },
-                needed: from,
-            });
         }
         Ok(self.conn.set_suspended(name, paused).await?)
     }
