@@ -1,6 +1,7 @@
 //! VMs: the [`Kiln`] context and its verbs. State on disk is reconciled with reality (the
 //! machine's pidfile and `/proc`) on every read, never trusted blindly.
 
+mod clone;
 mod forward;
 mod lifecycle;
 mod snapshot;

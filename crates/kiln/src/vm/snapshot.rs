@@ -31,10 +31,10 @@ pub(super) struct SnapshotMeta {
     created_at: u64,
     kiln_version: String,
     qemu_version: String,
-    spec: VmSpec,
-    image_digest: String,
+    pub(super) spec: VmSpec,
+    pub(super) image_digest: String,
     /// The frozen file of each disk.
-    disks: Vec<PathBuf>,
+    pub(super) disks: Vec<PathBuf>,
     /// Disks only (taken of a stopped VM): a restore boots from them.
     #[serde(default)]
     disk_only: bool,
@@ -51,7 +51,7 @@ pub struct SnapshotInfo {
     pub disk_only: bool,
 }
 
-fn snapshot_dir(paths: &VmPaths, snapshot: &str) -> PathBuf {
+pub(super) fn snapshot_dir(paths: &VmPaths, snapshot: &str) -> PathBuf {
     paths.dir().join("snapshots").join(snapshot)
 }
 
@@ -353,158 +353,8 @@ impl Kiln {
         Ok(image)
     }
 
-    /// Starts a new VM `name` from `source`'s snapshot, while `source` runs on. The clone
-    /// gets its own sockets, disks (overlays on the snapshot's frozen files), hostname,
-    /// agent secret and random seed: its agent is re-keyed through the connection the saved
-    /// secret still opens.
-    pub async fn clone_from(
-        &self,
-        source: &str,
-        snapshot: &str,
-        name: &str,
-        reporter: &dyn Reporter,
-    ) -> Result<Vm> {
-        let src = self.get(source).await?;
-        let meta = read_meta(src.paths(), source, snapshot)?;
-        let image = self.check_compatible(source, snapshot, &meta).await?;
-        if meta
-            .spec
-            .networks()
-            .iter()
-            .any(|n| n.network_name().is_some())
-        {
-            return Err(Error::IncompatibleSnapshot {
-                vm: source.to_owned(),
-                snapshot: snapshot.to_owned(),
-                reason: "clones of VMs on named networks are not supported yet (the guest \
-                         would keep the original's address)"
-                    .to_owned(),
-            });
-        }
-        let spec = meta.spec.renamed(name)?;
-        self.clone_into(&src, &meta, snapshot, spec, None, &image, reporter)
-            .await
-    }
-
-    /// Creates VM `spec` (its name free) from `src`'s loaded snapshot.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn clone_into(
-        &self,
-        src: &Vm,
-        meta: &SnapshotMeta,
-        snapshot: &str,
-        spec: VmSpec,
-        owner: Option<&str>,
-        image: &crate::image::Image,
-        reporter: &dyn Reporter,
-    ) -> Result<Vm> {
-        let name = spec.name().to_owned();
-        let paths = self.paths.vm(&name);
-        paths.check_socket_paths()?;
-        let _lock = lock(&paths).await?;
-        if read_record(&paths)?.is_some() {
-            return Err(Error::VmAlreadyExists { name });
-        }
-        self.backend.kill(&paths).await?;
-        paths.remove_all()?;
-        let cloned = self
-            .start_clone(src, meta, snapshot, spec, owner, &paths, image, reporter)
-            .await;
-        if cloned.is_err() {
-            let _ = self.backend.kill(&paths).await;
-            let _ = paths.remove_all();
-        }
-        cloned
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn start_clone(
-        &self,
-        src: &Vm,
-        meta: &SnapshotMeta,
-        snapshot: &str,
-        spec: VmSpec,
-        owner: Option<&str>,
-        paths: &VmPaths,
-        image: &crate::image::Image,
-        reporter: &dyn Reporter,
-    ) -> Result<Vm> {
-        state::create_private_dir(paths.dir())?;
-        state::create_private_dir(paths.run_dir())?;
-        // The agent in the saved memory knows the source's secret: start with it.
-        let src_secret = src.paths().secret();
-        let old_secret = std::fs::read(&src_secret).map_err(IoError::at("read", &src_secret))?;
-        state::write_atomic(&paths.secret(), &old_secret)?;
-        let stamp = format!("{}-{}", now_secs(), std::process::id());
-        let mut disks = Vec::new();
-        for (index, frozen) in meta.disks.iter().enumerate() {
-            let overlay = paths.dir().join(format!("disk{index}-{stamp}.qcow2"));
-            self.backend.create_overlay(frozen, &overlay).await?;
-            disks.push(overlay);
-        }
-        let accel = src
-            .record()
-            .machine
-            .as_ref()
-            .map_or(crate::Accel::Tcg, |m| m.accel);
-        let mut record = state::VmRecord {
-            version: state::RECORD_VERSION,
-            spec,
-            backend: state::BackendKind::Qemu,
-            created_at: now_secs(),
-            image_digest: meta.image_digest.clone(),
-            should_run: true,
-            machine: None,
-            last_error: None,
-            owner: owner.map(str::to_owned),
-            disk_files: disks.clone(),
-        };
-        state::write_json_atomic(&paths.record(), &record)?;
-        let memory = snapshot_dir(src.paths(), snapshot).join("memory");
-        // The console log of the boot that made this memory state, so `kiln logs` has it.
-        if let Err(err) = std::fs::copy(src.paths().serial_log(), paths.serial_log()) {
-            log::debug!("no console log to carry over: {err}");
-        }
-        let launch = Launch {
-            spec: &record.spec,
-            image,
-            paths,
-            accel,
-            accel_reason: "as when the snapshot was taken",
-            attachments: &[],
-            disks: &disks,
-            incoming: Some(&memory),
-        };
-        let machine =
-            progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
-        record.machine = Some(machine);
-        state::write_json_atomic(&paths.record(), &record)?;
-        self.run_loaded(record.spec.name(), paths).await?;
-        let vm = Vm {
-            name: record.spec.name().to_owned(),
-            paths: paths.clone(),
-            record,
-            backend: self.backend.clone(),
-        };
-        let agent = progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?;
-        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
-        let mut seed = [0u8; 64];
-        getrandom::fill(&mut secret)
-            .and_then(|()| getrandom::fill(&mut seed))
-            .map_err(|e| {
-                IoError::new(
-                    "generate",
-                    paths.secret(),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-        agent.set_identity(vm.name(), &secret, &seed).await?;
-        state::write_atomic(&paths.secret(), &secret)?;
-        Ok(vm)
-    }
-
     /// Waits until QEMU has loaded a saved state (it stays paused then), and lets it run.
-    async fn run_loaded(&self, name: &str, paths: &VmPaths) -> Result<()> {
+    pub(super) async fn run_loaded(&self, name: &str, paths: &VmPaths) -> Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while !self.backend.is_paused(paths).await {
             if std::time::Instant::now() > deadline
@@ -594,7 +444,7 @@ impl Kiln {
 /// Waits for the agent of a restored guest. Its virtio-serial port was saved with no host
 /// connected, and the first connection after the load can go unanswered: retry on fresh
 /// connections, briefly each.
-async fn wait_restored_agent(vm: &Vm) -> Result<crate::AgentClient> {
+pub(super) async fn wait_restored_agent(vm: &Vm) -> Result<crate::AgentClient> {
     let secret_path = vm.paths().secret();
     let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

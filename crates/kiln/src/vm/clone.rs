@@ -1,0 +1,164 @@
+//! Clones: a new VM started from another VM's snapshot while that one runs on (`kiln
+//! clone`), and what warm starts build on. The clone gets its own sockets, disks (overlays
+//! on the snapshot's frozen files) and identity: its agent is re-keyed (hostname, secret,
+//! random seed) over the connection the saved secret still opens.
+
+use super::lifecycle::lock;
+use super::snapshot::{SnapshotMeta, read_meta, snapshot_dir, wait_restored_agent};
+use super::{Kiln, Vm, now_secs, read_record};
+use crate::backend::Launch;
+use crate::progress::{self, Reporter, Stage};
+use crate::state::{self, VmPaths};
+use crate::{Error, IoError, Result, VmSpec};
+
+impl Kiln {
+    /// Starts a new VM `name` from `source`'s snapshot, while `source` runs on. The clone
+    /// gets its own sockets, disks (overlays on the snapshot's frozen files), hostname,
+    /// agent secret and random seed: its agent is re-keyed through the connection the saved
+    /// secret still opens.
+    pub async fn clone_from(
+        &self,
+        source: &str,
+        snapshot: &str,
+        name: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        let src = self.get(source).await?;
+        let meta = read_meta(src.paths(), source, snapshot)?;
+        let image = self.check_compatible(source, snapshot, &meta).await?;
+        if meta
+            .spec
+            .networks()
+            .iter()
+            .any(|n| n.network_name().is_some())
+        {
+            return Err(Error::IncompatibleSnapshot {
+                vm: source.to_owned(),
+                snapshot: snapshot.to_owned(),
+                reason: "clones of VMs on named networks are not supported yet (the guest \
+                         would keep the original's address)"
+                    .to_owned(),
+            });
+        }
+        let spec = meta.spec.renamed(name)?;
+        self.clone_into(&src, &meta, snapshot, spec, None, &image, reporter)
+            .await
+    }
+
+    /// Creates VM `spec` (its name free) from `src`'s loaded snapshot.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn clone_into(
+        &self,
+        src: &Vm,
+        meta: &SnapshotMeta,
+        snapshot: &str,
+        spec: VmSpec,
+        owner: Option<&str>,
+        image: &crate::image::Image,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        let name = spec.name().to_owned();
+        let paths = self.paths.vm(&name);
+        paths.check_socket_paths()?;
+        let _lock = lock(&paths).await?;
+        if read_record(&paths)?.is_some() {
+            return Err(Error::VmAlreadyExists { name });
+        }
+        self.backend.kill(&paths).await?;
+        paths.remove_all()?;
+        let cloned = self
+            .start_clone(src, meta, snapshot, spec, owner, &paths, image, reporter)
+            .await;
+        if cloned.is_err() {
+            let _ = self.backend.kill(&paths).await;
+            let _ = paths.remove_all();
+        }
+        cloned
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_clone(
+        &self,
+        src: &Vm,
+        meta: &SnapshotMeta,
+        snapshot: &str,
+        spec: VmSpec,
+        owner: Option<&str>,
+        paths: &VmPaths,
+        image: &crate::image::Image,
+        reporter: &dyn Reporter,
+    ) -> Result<Vm> {
+        state::create_private_dir(paths.dir())?;
+        state::create_private_dir(paths.run_dir())?;
+        // The agent in the saved memory knows the source's secret: start with it.
+        let src_secret = src.paths().secret();
+        let old_secret = std::fs::read(&src_secret).map_err(IoError::at("read", &src_secret))?;
+        state::write_atomic(&paths.secret(), &old_secret)?;
+        let stamp = format!("{}-{}", now_secs(), std::process::id());
+        let mut disks = Vec::new();
+        for (index, frozen) in meta.disks.iter().enumerate() {
+            let overlay = paths.dir().join(format!("disk{index}-{stamp}.qcow2"));
+            self.backend.create_overlay(frozen, &overlay).await?;
+            disks.push(overlay);
+        }
+        let accel = src
+            .record()
+            .machine
+            .as_ref()
+            .map_or(crate::Accel::Tcg, |m| m.accel);
+        let mut record = state::VmRecord {
+            version: state::RECORD_VERSION,
+            spec,
+            backend: state::BackendKind::Qemu,
+            created_at: now_secs(),
+            image_digest: meta.image_digest.clone(),
+            should_run: true,
+            machine: None,
+            last_error: None,
+            owner: owner.map(str::to_owned),
+            disk_files: disks.clone(),
+        };
+        state::write_json_atomic(&paths.record(), &record)?;
+        let memory = snapshot_dir(src.paths(), snapshot).join("memory");
+        // The console log of the boot that made this memory state, so `kiln logs` has it.
+        if let Err(err) = std::fs::copy(src.paths().serial_log(), paths.serial_log()) {
+            log::debug!("no console log to carry over: {err}");
+        }
+        let launch = Launch {
+            spec: &record.spec,
+            image,
+            paths,
+            accel,
+            accel_reason: "as when the snapshot was taken",
+            attachments: &[],
+            disks: &disks,
+            incoming: Some(&memory),
+        };
+        let machine =
+            progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
+        record.machine = Some(machine);
+        state::write_json_atomic(&paths.record(), &record)?;
+        self.run_loaded(record.spec.name(), paths).await?;
+        let vm = Vm {
+            name: record.spec.name().to_owned(),
+            paths: paths.clone(),
+            record,
+            backend: self.backend.clone(),
+        };
+        let agent = progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?;
+        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        let mut seed = [0u8; 64];
+        getrandom::fill(&mut secret)
+            .and_then(|()| getrandom::fill(&mut seed))
+            .map_err(|e| {
+                IoError::new(
+                    "generate",
+                    paths.secret(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+        agent.set_identity(vm.name(), &secret, &seed).await?;
+        state::write_atomic(&paths.secret(), &secret)?;
+        Ok(vm)
+    }
+}
