@@ -286,11 +286,29 @@ fn agent_info() -> AgentInfo {
     }
 }
 
-/// A clone's own hostname and randomness (clones of one snapshot share the pool's state).
+/// `RNDRESEEDCRNG`: make the kernel's CRNG take its next key from the input pool now.
+const RNDRESEEDCRNG: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(b'R', 0x07);
+
+/// A clone's own hostname and randomness. Clones of one snapshot start with the same CRNG
+/// state, and a write to `/dev/urandom` only feeds the input pool (Linux 5.18 and later
+/// reseed from it on a timer), so the CRNG is reseeded at once after the seed goes in.
 fn set_identity(hostname: &str, seed: &[u8]) -> Result<(), String> {
+    use std::io::Write;
     rustix::system::sethostname(hostname.as_bytes())
         .map_err(|e| format!("cannot set the hostname: {e}"))?;
-    std::fs::write("/dev/urandom", seed).map_err(|e| format!("cannot seed /dev/urandom: {e}"))
+    let mut urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("cannot open /dev/urandom: {e}"))?;
+    urandom
+        .write_all(seed)
+        .map_err(|e| format!("cannot seed /dev/urandom: {e}"))?;
+    // SAFETY: RNDRESEEDCRNG takes no argument, which is what `NoArg` passes; the opcode is
+    // the kernel's `_IO('R', 0x07)`.
+    #[allow(unsafe_code)]
+    let reseeded =
+        unsafe { rustix::ioctl::ioctl(&urandom, rustix::ioctl::NoArg::<RNDRESEEDCRNG>::new()) };
+    reseeded.map_err(|e| format!("cannot reseed the kernel's CRNG: {e}"))
 }
 
 fn power_off() {
