@@ -307,6 +307,17 @@ fn libvirt_lifecycle_through_the_cli() {
         stdout(&out)
     );
 
+    // Snapshot verbs find the VM there too; without a disk it cannot hold one.
+    let out = run(&env, &["snapshot", "save", &name, "s1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("hint: create the VM with a disk"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&env, &["snapshot", "ls", &name, "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "{}", stderr(&out));
+
     let out = run(&env, &["rm", &name]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

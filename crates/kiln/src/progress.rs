@@ -29,6 +29,8 @@ pub enum Stage {
     Remove,
     PushWorkspace,
     PullChanges,
+    SaveSnapshot,
+    RestoreSnapshot,
 }
 
 impl Stage {
@@ -44,6 +46,8 @@ impl Stage {
             Self::Remove => "remove",
             Self::PushWorkspace => "push workspace",
             Self::PullChanges => "pull changed files",
+            Self::SaveSnapshot => "save snapshot",
+            Self::RestoreSnapshot => "restore snapshot",
         }
     }
 }

@@ -1,4 +1,4 @@
-use kiln::Kiln;
+use kiln::topology::Located;
 
 use super::Outcome;
 use crate::ui::{self, Progress};
@@ -14,6 +14,8 @@ pub enum Command {
         /// Only the disks, of a stopped VM (a restore boots from them)
         #[arg(long)]
         disk_only: bool,
+        #[command(flatten)]
+        target: super::Target,
     },
     /// List a VM's snapshots
     Ls {
@@ -21,6 +23,8 @@ pub enum Command {
         name: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: super::Target,
     },
     /// Bring a VM back to a snapshot: what happened since is gone
     Restore {
@@ -28,6 +32,8 @@ pub enum Command {
         name: String,
         #[arg(value_parser = crate::ui::parse_name)]
         snapshot: String,
+        #[command(flatten)]
+        target: super::Target,
     },
     /// Remove a snapshot (refused while a disk still reads through it)
     Rm {
@@ -35,6 +41,8 @@ pub enum Command {
         name: String,
         #[arg(value_parser = crate::ui::parse_name)]
         snapshot: String,
+        #[command(flatten)]
+        target: super::Target,
     },
 }
 
@@ -50,7 +58,12 @@ pub struct CloneArgs {
 }
 
 pub async fn clone(args: CloneArgs) -> Outcome {
-    let vm = Kiln::from_env()?
+    let fleet = super::fleet()?;
+    if let Located::Libvirt(host) = fleet.locate(&args.name, None).await? {
+        return Err(kiln::Error::from(host.clone_unsupported(&args.name)));
+    }
+    let vm = fleet
+        .kiln()
         .clone_from(&args.name, &args.snapshot, &args.new, &Progress::new())
         .await?;
     println!(
@@ -75,9 +88,9 @@ pub struct PauseArgs {
 pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
     let fleet = super::fleet()?;
     match args.target.locate(&fleet, &args.name).await? {
-        kiln::topology::Located::Local(_) if paused => fleet.kiln().pause(&args.name).await?,
-        kiln::topology::Located::Local(_) => fleet.kiln().resume(&args.name).await?,
-        kiln::topology::Located::Libvirt(host) => host.set_paused(&args.name, paused).await?,
+        Located::Local(_) if paused => fleet.kiln().pause(&args.name).await?,
+        Located::Local(_) => fleet.kiln().resume(&args.name).await?,
+        Located::Libvirt(host) => host.set_paused(&args.name, paused).await?,
     }
     if paused {
         println!(
@@ -91,17 +104,22 @@ pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
 }
 
 pub async fn run(command: Command) -> Outcome {
-    let kiln = Kiln::from_env()?;
+    let fleet = super::fleet()?;
+    let kiln = fleet.kiln();
     match command {
         Command::Save {
             name,
             snapshot,
             disk_only,
+            target,
         } => {
-            let info = if disk_only {
-                kiln.snapshot_disks(&name, &snapshot).await?
-            } else {
-                kiln.snapshot(&name, &snapshot).await?
+            let info = match target.locate(&fleet, &name).await? {
+                Located::Libvirt(host) => {
+                    host.snapshot(&name, &snapshot, disk_only, &Progress::new())
+                        .await?
+                }
+                Located::Local(_) if disk_only => kiln.snapshot_disks(&name, &snapshot).await?,
+                Located::Local(_) => kiln.snapshot(&name, &snapshot).await?,
             };
             println!(
                 "saved {name} as {} ({} of memory, {} disk(s))",
@@ -110,8 +128,11 @@ pub async fn run(command: Command) -> Outcome {
                 info.disks
             );
         }
-        Command::Ls { name, json } => {
-            let list = kiln.snapshots(&name).await?;
+        Command::Ls { name, json, target } => {
+            let list = match target.locate(&fleet, &name).await? {
+                Located::Libvirt(host) => host.snapshots(&name).await?,
+                Located::Local(_) => kiln.snapshots(&name).await?,
+            };
             if json {
                 ui::print_json(&list)?;
                 return Ok(0);
@@ -138,12 +159,26 @@ pub async fn run(command: Command) -> Outcome {
                 ui::table(&["SNAPSHOT", "MEMORY", "DISKS", "CREATED"], &rows)
             );
         }
-        Command::Restore { name, snapshot } => {
-            kiln.restore(&name, &snapshot, &Progress::new()).await?;
+        Command::Restore {
+            name,
+            snapshot,
+            target,
+        } => {
+            match target.locate(&fleet, &name).await? {
+                Located::Libvirt(host) => host.restore(&name, &snapshot, &Progress::new()).await?,
+                Located::Local(_) => drop(kiln.restore(&name, &snapshot, &Progress::new()).await?),
+            }
             println!("{name} is back at {snapshot}");
         }
-        Command::Rm { name, snapshot } => {
-            kiln.remove_snapshot(&name, &snapshot).await?;
+        Command::Rm {
+            name,
+            snapshot,
+            target,
+        } => {
+            match target.locate(&fleet, &name).await? {
+                Located::Libvirt(host) => host.remove_snapshot(&name, &snapshot).await?,
+                Located::Local(_) => kiln.remove_snapshot(&name, &snapshot).await?,
+            }
             println!("snapshot {snapshot} of {name} is removed");
         }
     }

@@ -5,6 +5,7 @@
 //! element (owner and spec) in the domain or network document, and reads it back to plan.
 
 mod channel;
+mod snapshot;
 pub mod xml;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use virt::sys;
 
+pub use snapshot::SnapshotObserved;
 pub use xml::{DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag, VolumeFormat};
 
 /// How long opening a connection may take.
@@ -53,6 +55,14 @@ pub enum LibvirtError {
     NotRunning { uri: String, name: String },
     #[error("VM {name}: port forwards need the daemonless backend's user-mode NIC")]
     PortForwardUnsupported { name: String },
+    #[error("VM {name} on {uri}: {what} is not possible: {reason}")]
+    Unsupported {
+        uri: String,
+        name: String,
+        what: &'static str,
+        reason: &'static str,
+        hint: &'static str,
+    },
 }
 
 impl LibvirtError {
@@ -68,6 +78,7 @@ impl LibvirtError {
             Self::PortForwardUnsupported { .. } => {
                 "on libvirt, reach guests through their named network's addresses".to_owned()
             }
+            Self::Unsupported { hint, .. } => (*hint).to_owned(),
             Self::NoAgentChannel { .. } => {
                 "only domains kiln created (with the kiln image) have an agent".to_owned()
             }
@@ -556,9 +567,12 @@ impl LibvirtConn {
         let name = name.to_owned();
         self.call(move |inner| {
             if let Some(dom) = inner.lookup_domain(&name)? {
-                dom.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM)
-                    .or_else(|_| dom.undefine())
-                    .map_err(inner.err("undefine domain", &name))?;
+                // Internal snapshots live in the disks, which go with the VM.
+                dom.undefine_flags(
+                    sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+                )
+                .or_else(|_| dom.undefine())
+                .map_err(inner.err("undefine domain", &name))?;
                 debug!("undefined domain {name} on {}", inner.uri);
             }
             Ok(())

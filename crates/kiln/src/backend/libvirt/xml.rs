@@ -12,7 +12,7 @@ pub const KILN_NS: &str = "https://kiln.dev/xmlns/libvirt/1";
 /// The fw_cfg entry the guest agent reads its secret from.
 pub const SECRET_FW_CFG: &str = "opt/org.kiln/secret";
 
-fn render<T: Serialize>(root: &str, value: &T) -> Result<String, LibvirtError> {
+pub(super) fn render<T: Serialize>(root: &str, value: &T) -> Result<String, LibvirtError> {
     let mut out = String::new();
     let mut serializer = quick_xml::se::Serializer::with_root(&mut out, Some(root))
         .map_err(|err| LibvirtError::Xml(err.to_string()))?;
@@ -24,7 +24,10 @@ fn render<T: Serialize>(root: &str, value: &T) -> Result<String, LibvirtError> {
     Ok(out)
 }
 
-fn parse<'de, T: Deserialize<'de>>(what: &'static str, xml: &'de str) -> Result<T, LibvirtError> {
+pub(super) fn parse<'de, T: Deserialize<'de>>(
+    what: &'static str,
+    xml: &'de str,
+) -> Result<T, LibvirtError> {
     quick_xml::de::from_str(xml).map_err(|err| LibvirtError::Xml(format!("{what}: {err}")))
 }
 

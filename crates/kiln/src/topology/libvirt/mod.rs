@@ -1,3 +1,4 @@
+mod snapshots;
 mod vms;
 
 pub use vms::CLI_OWNER;
@@ -238,29 +239,38 @@ impl LibvirtHost {
         if !self.runs_guests() || !spec.boot_order().is_empty() {
             return Ok(());
         }
+        self.agent_ready(spec.name(), Duration::from_secs(5), reporter)
+            .await
+    }
+
+    /// Tries the agent until it answers (each try waiting at most `attempt`) or the boot
+    /// timeout passes.
+    async fn agent_ready(
+        &self,
+        name: &str,
+        attempt: Duration,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         progress::stage(reporter, Stage::WaitAgent, async {
             let started = Instant::now();
             let deadline = started + self.boot_timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match self
-                    .agent_within(spec.name(), left.min(Duration::from_secs(5)))
-                    .await
-                {
+                match self.agent_within(name, left.min(attempt)).await {
                     Ok(agent) => {
                         agent.ping().await?;
-                        info!("{} answered after {:.1?}", spec.name(), started.elapsed());
+                        info!("{name} answered after {:.1?}", started.elapsed());
                         return Ok(());
                     }
                     Err(err) if Instant::now() < deadline => {
-                        debug!("{} not ready yet: {err}", spec.name());
+                        debug!("{name} not ready yet: {err}");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Err(err) => {
                         return Err(Error::BootFailed {
-                            name: spec.name().to_owned(),
+                            name: name.to_owned(),
                             reason: err.to_string(),
-                            serial_tail: self.serial_tail(spec.name()),
+                            serial_tail: self.serial_tail(name),
                         });
                     }
                 }

@@ -132,7 +132,7 @@ impl LibvirtHost {
     }
 
     /// A domain kiln created; any other is not kiln's to change.
-    async fn kiln_domain(&self, name: &str) -> Result<DomainState> {
+    pub(super) async fn kiln_domain(&self, name: &str) -> Result<DomainState> {
         match self.conn.domain(name).await? {
             Some(d) if d.observed.tag.is_some() => Ok(d),
             Some(_) => Err(foreign(name)),
@@ -170,7 +170,7 @@ impl LibvirtHost {
     }
 }
 
-fn state_of(domain: &DomainState) -> VmState {
+pub(super) fn state_of(domain: &DomainState) -> VmState {
     match (domain.active, domain.paused) {
         (true, true) => VmState::Paused,
         (true, false) => VmState::Running,
