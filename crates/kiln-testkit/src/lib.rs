@@ -1,6 +1,8 @@
 //! Test kit for kiln (dev only): an isolated state directory per test, a shared image cache,
 //! the real `kiln` binary and agent, and prerequisite checks that fail naming what is missing.
 
+pub mod faults;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

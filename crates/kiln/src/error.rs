@@ -97,6 +97,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("state file {} was written by a newer kiln", path.display())]
+    NewerState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("socket path {} is longer than the {max} bytes a Unix socket allows", path.display())]
     SocketPathTooLong { path: PathBuf, max: usize },
     #[error(transparent)]
@@ -169,7 +175,10 @@ impl Error {
                 "see the guest console with `kiln logs {name}`; under TCG (no KVM) a boot takes seconds, so a slow machine may need a longer --boot-timeout"
             ),
             Self::CorruptState { .. } => {
-                "the file was damaged or written by another kiln; remove the VM with `kiln rm --force`".to_owned()
+                "the file was damaged: `kiln rm --force NAME` removes a VM whose record it is, `kiln image build --force` rebuilds an image".to_owned()
+            }
+            Self::NewerState { .. } => {
+                "use the kiln that wrote it (or a newer one); this kiln left the file untouched".to_owned()
             }
             Self::SocketPathTooLong { .. } => {
                 "set KILN_HOME (or XDG_RUNTIME_DIR) to a shorter directory".to_owned()

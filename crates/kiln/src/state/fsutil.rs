@@ -82,10 +82,23 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| Error::CorruptState {
+        .map_err(|source| state_error(path, source))
+}
+
+/// A file that does not parse: written by a newer kiln (it has fields this one does not
+/// know), or damaged.
+fn state_error(path: &Path, source: serde_json::Error) -> Error {
+    if source.to_string().starts_with("unknown field") {
+        Error::NewerState {
             path: path.to_owned(),
             source,
-        })
+        }
+    } else {
+        Error::CorruptState {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,16 @@ pub struct Lock {
 impl Lock {
     /// Waits until the lock is free. Blocking: call from `spawn_blocking`.
     pub fn acquire(path: &Path) -> Result<Self> {
+        Self::take(path, FlockOperation::LockExclusive)
+            .map(|lock| lock.ok_or_else(|| unreachable_busy(path)))?
+    }
+
+    /// Takes the lock if it is free; `None` when another process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<Self>> {
+        Self::take(path, FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn take(path: &Path, operation: FlockOperation) -> Result<Option<Self>> {
         if let Some(parent) = path.parent() {
             super::create_private_dir(parent)?;
         }
@@ -27,8 +37,15 @@ impl Lock {
             .mode(0o600)
             .open(path)
             .map_err(IoError::at("open lock file", path))?;
-        flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| IoError::new("lock", path, e.into()))?;
-        Ok(Self { _file: file })
+        match flock(&file, operation) {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(IoError::new("lock", path, e.into()).into()),
+        }
     }
+}
+
+/// A blocking flock does not report "busy"; this is here only to keep the types honest.
+fn unreachable_busy(path: &Path) -> crate::Error {
+    IoError::new("lock", path, std::io::ErrorKind::WouldBlock.into()).into()
 }

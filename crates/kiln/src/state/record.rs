@@ -11,8 +11,11 @@ pub enum BackendKind {
     Qemu,
 }
 
-/// What kiln knows about one VM, stored as `vm.json` in its directory.
+/// What kiln knows about one VM, stored as `vm.json` in its directory. Unknown fields are
+/// refused, not dropped: a record a newer kiln wrote is left as it is
+/// ([`crate::Error::NewerState`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmRecord {
     pub version: u32,
     pub spec: VmSpec,
@@ -37,6 +40,10 @@ pub struct VmRecord {
     /// means the VM's own `diskN.qcow2`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disk_files: Vec<std::path::PathBuf>,
+    /// Set while `up` (or `clone`) makes the VM, cleared when it is ready or its boot failed.
+    /// Found set with the VM's lock free, it is what a killed `up` left: rolled back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
 }
 
 impl VmRecord {
@@ -55,6 +62,7 @@ impl VmRecord {
 
 /// A started QEMU process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MachineRecord {
     pub pid: u32,
     pub accel: Accel,

@@ -117,6 +117,7 @@ impl Kiln {
             last_error: None,
             owner: owner.map(str::to_owned),
             disk_files: disks.clone(),
+            creating: true,
         };
         state::write_json_atomic(&paths.record(), &record)?;
         let memory = snapshot_dir(src.paths(), snapshot).join("memory");
@@ -159,6 +160,10 @@ impl Kiln {
             })?;
         agent.set_identity(vm.name(), &secret, &seed).await?;
         state::write_atomic(&paths.secret(), &secret)?;
+        // Only now is the clone itself; killed before this, it is rolled back.
+        let mut vm = vm;
+        vm.record.creating = false;
+        state::write_json_atomic(&paths.record(), &vm.record)?;
         Ok(vm)
     }
 }

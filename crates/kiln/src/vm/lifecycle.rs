@@ -132,6 +132,7 @@ impl Kiln {
                 last_error: None,
                 owner: owner.map(str::to_owned),
                 disk_files: Vec::new(),
+                creating: true,
             };
             // From here on the VM exists.
             state::write_json_atomic(&paths.record(), &record)?;
@@ -214,6 +215,10 @@ impl Kiln {
                         client.info().agent_version,
                         client.info().kernel_release
                     );
+                    if record.creating {
+                        record.creating = false;
+                        state::write_json_atomic(&paths.record(), &record)?;
+                    }
                     return Ok(Vm {
                         name,
                         paths,
@@ -234,6 +239,8 @@ impl Kiln {
             }
         }
         record.should_run = false;
+        // A failed boot is an outcome: the VM stays, stopped, with the reason.
+        record.creating = false;
         record.last_error = Some(format!("boot failed: {failure}"));
         state::write_json_atomic(&paths.record(), &record)?;
         Err(Error::BootFailed {
@@ -369,6 +376,10 @@ impl Kiln {
         crate::spec::validate_name(name)?;
         let paths = self.paths.vm(name);
         let _lock = lock(&paths).await?;
+        // A damaged record may go; one a newer kiln wrote is that kiln's to remove.
+        if let Err(err @ Error::NewerState { .. }) = read_record(&paths) {
+            return Err(err);
+        }
         if read_record(&paths).ok().flatten().is_none() && !paths.dir().exists() {
             return Err(Error::VmNotFound {
                 name: name.to_owned(),

@@ -139,12 +139,38 @@ impl Kiln {
         let record = read_record(&paths)?.ok_or_else(|| Error::VmNotFound {
             name: name.to_owned(),
         })?;
+        if record.creating && self.roll_back_abandoned(name).await? {
+            return Err(Error::VmNotFound {
+                name: name.to_owned(),
+            });
+        }
         Ok(Vm {
             name: name.to_owned(),
             paths,
             record,
             backend: self.backend.clone(),
         })
+    }
+
+    /// Removes what an interrupted `up` left of VM `name` (a directory without a record, or
+    /// a record still marked `creating`), if no kiln is working on it: its machine, files
+    /// and leases. Returns whether it did.
+    async fn roll_back_abandoned(&self, name: &str) -> Result<bool> {
+        let paths = self.paths.vm(name);
+        let Some(_lock) = state::Lock::try_acquire(paths.lock())? else {
+            return Ok(false);
+        };
+        match read_record(&paths) {
+            Ok(Some(record)) if !record.creating => return Ok(false),
+            Ok(None) if !paths.dir().exists() && !paths.run_dir().exists() => return Ok(false),
+            Err(_) => return Ok(false),
+            Ok(_) => {}
+        }
+        log::info!("{name}: rolling back what an interrupted `up` left");
+        self.backend.kill(&paths).await?;
+        paths.remove_all()?;
+        self.networks().release(name).await?;
+        Ok(true)
     }
 
     /// What is known of one VM, checked against reality.
@@ -160,7 +186,11 @@ impl Kiln {
             match self.get(&name).await {
                 Ok(vm) => infos.push(vm.info().await),
                 // A directory without a record is a create that was interrupted: not a VM.
-                Err(Error::VmNotFound { .. } | Error::Spec(_)) => {}
+                Err(Error::VmNotFound { .. }) => {
+                    self.roll_back_abandoned(&name).await?;
+                }
+                Err(Error::Spec(_)) => {}
+                Err(err @ Error::NewerState { .. }) => log::warn!("skipping {name}: {err}"),
                 // One damaged record must not hide the other VMs.
                 Err(err @ Error::CorruptState { .. }) => log::warn!("skipping {name}: {err}"),
                 Err(err) => return Err(err),
@@ -267,6 +297,7 @@ impl Vm {
         let pid = self.backend.running_pid(&self.paths).await;
         let state = self.state().await;
         let detail = match (state, self.record.should_run) {
+            _ if self.record.creating => Some("being created".to_owned()),
             (VmState::Stopped, true) => Some(
                 self.record
                     .last_error

@@ -1,0 +1,237 @@
+//! `kiln` killed at random points, and run many times at once. After each SIGKILL the next
+//! command must converge: `ls` tells the truth (a VM it shows running has its QEMU, and
+//! every QEMU belongs to a VM it shows), every state file is whole, and `rm` leaves no QEMU
+//! and no files. Iterations: `KILN_FAULT_ITERATIONS` (default 50); replay a run with the
+//! `KILN_FAULT_SEED` it printed. Figures go to stderr as `figure: …` lines
+//! (`scripts/reliability.sh` collects them).
+#![allow(clippy::unwrap_used, clippy::print_stderr)] // a failed unwrap is a failed test
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kiln_testkit::TestEnv;
+use kiln_testkit::faults::{self, Rng};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn run(env: &TestEnv, args: &[&str]) -> Output {
+    env.cli(KILN).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn up(env: &TestEnv, name: &str) -> Duration {
+    let started = Instant::now();
+    let out = run(env, &["up", name, "--memory", "256M"]);
+    assert!(out.status.success(), "up {name}: {}", text(&out.stderr));
+    started.elapsed()
+}
+
+/// `ls` against reality: the pid of each running VM is a live QEMU of this test, and no
+/// QEMU of this test is missing from the list. Returns the VMs listed.
+fn check_ls_tells_the_truth(env: &TestEnv, context: &str) -> Vec<serde_json::Value> {
+    let out = run(env, &["ls", "--json"]);
+    assert!(out.status.success(), "{context}: ls: {}", text(&out.stderr));
+    let vms: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let qemus = faults::qemu_processes(env.home());
+    let mut listed_pids = Vec::new();
+    for vm in &vms {
+        if vm["state"] == "running" || vm["state"] == "paused" {
+            let pid = u32::try_from(vm["pid"].as_u64().unwrap()).unwrap();
+            assert!(qemus.contains(&pid), "{context}: {vm} has no QEMU");
+            listed_pids.push(pid);
+        }
+    }
+    for pid in &qemus {
+        assert!(
+            listed_pids.contains(pid),
+            "{context}: QEMU {pid} belongs to no VM `ls` shows: {vms:?}"
+        );
+    }
+    let files = faults::json_files_parse(env.home()).unwrap_or_else(|e| panic!("{context}: {e}"));
+    assert!(files > 0 || vms.is_empty(), "{context}: no state files");
+    vms
+}
+
+/// `rm --force` succeeds (or finds nothing to remove) and nothing of the VM is left.
+fn check_rm_converges(env: &TestEnv, name: &str, context: &str) {
+    let out = run(env, &["rm", "--force", name]);
+    assert!(
+        out.status.success() || text(&out.stderr).contains("not found"),
+        "{context}: rm: {}",
+        text(&out.stderr)
+    );
+    let qemus = faults::qemu_processes(env.home());
+    assert!(qemus.is_empty(), "{context}: QEMU left after rm: {qemus:?}");
+    for dir in ["data/vms", "run/vms"] {
+        let dir = env.home().join(dir).join(name);
+        assert!(!dir.exists(), "{context}: {} left", dir.display());
+    }
+    let out = run(env, &["ls", "--json"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "[]",
+        "{context}: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn up_killed_at_random_points_converges() {
+    let env = TestEnv::new();
+    let mut rng = Rng::from_env("up_killed_at_random_points_converges");
+    // A first, whole `up` makes the warm-start template and tells how long an `up` takes.
+    let full = up(&env, "warmup");
+    check_rm_converges(&env, "warmup", "warm-up");
+    let full = up(&env, "warmup").max(full / 4);
+    check_rm_converges(&env, "warmup", "warm-up");
+
+    let iterations = faults::iterations(50);
+    let (mut killed, mut left_running) = (0, 0);
+    for i in 0..iterations {
+        let name = format!("crash-{i}");
+        let delay = rng.duration_up_to(full.mul_f32(1.2));
+        let mut child = env
+            .cli(KILN)
+            .args(["up", &name, "--memory", "256M"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        killed += usize::from(faults::kill_after(&mut child, delay));
+        let context = format!("iteration {i} (killed after {delay:?})");
+        let vms = check_ls_tells_the_truth(&env, &context);
+        // A VM that survived the kill is whole: its agent answers with its own secret.
+        for vm in vms.iter().filter(|v| v["state"] == "running") {
+            let out = run(&env, &["exec", vm["name"].as_str().unwrap(), "--", "true"]);
+            assert!(out.status.success(), "{context}: {}", text(&out.stderr));
+            left_running += 1;
+        }
+        check_rm_converges(&env, &name, &context);
+    }
+    eprintln!(
+        "figure: up: {iterations} iterations, {killed} killed mid-way (up to {:?} in), {left_running} left a running VM, 0 orphan QEMU, 0 damaged state files",
+        full.mul_f32(1.2)
+    );
+}
+
+#[test]
+fn rm_killed_at_random_points_converges() {
+    let env = TestEnv::new();
+    let mut rng = Rng::from_env("rm_killed_at_random_points_converges");
+    up(&env, "warmup");
+    let started = Instant::now();
+    check_rm_converges(&env, "warmup", "warm-up");
+    let full = started.elapsed().max(Duration::from_millis(100));
+
+    let iterations = faults::iterations(50);
+    let mut killed = 0;
+    for i in 0..iterations {
+        let name = format!("rm-{i}");
+        up(&env, &name);
+        let delay = rng.duration_up_to(full);
+        let mut child = env
+            .cli(KILN)
+            .args(["rm", "--force", &name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        killed += usize::from(faults::kill_after(&mut child, delay));
+        let context = format!("iteration {i} (killed after {delay:?})");
+        check_ls_tells_the_truth(&env, &context);
+        check_rm_converges(&env, &name, &context);
+    }
+    eprintln!(
+        "figure: rm: {iterations} iterations, {killed} killed mid-way (up to {full:?} in), 0 orphan QEMU, 0 damaged state files"
+    );
+}
+
+#[test]
+fn two_ups_of_one_name_one_wins() {
+    let env = TestEnv::new();
+    up(&env, "warmup");
+    check_rm_converges(&env, "warmup", "warm-up");
+    let rounds = 5;
+    for round in 0..rounds {
+        let spawn = || {
+            env.cli(KILN)
+                .args(["up", "twin", "--memory", "256M"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "round {round}: {outs:?}");
+        let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+        assert!(
+            text(&lost.stderr).contains("VM twin already exists"),
+            "round {round}: {}",
+            text(&lost.stderr)
+        );
+        check_ls_tells_the_truth(&env, "twins");
+        check_rm_converges(&env, "twin", "twins");
+    }
+    eprintln!("figure: concurrent up of one name: {rounds} rounds, exactly one winner each");
+}
+
+#[test]
+fn parallel_ups_and_fifty_concurrent_execs_all_succeed() {
+    let env = TestEnv::new();
+    up(&env, "warmup");
+    check_rm_converges(&env, "warmup", "warm-up");
+    let names: Vec<String> = (0..4).map(|i| format!("par-{i}")).collect();
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            env.cli(KILN)
+                .args(["up", name, "--memory", "256M"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let vms = check_ls_tells_the_truth(&env, "parallel up");
+    assert_eq!(vms.len(), names.len(), "{vms:?}");
+
+    let started = Instant::now();
+    let execs: Vec<_> = (0..50)
+        .map(|i| {
+            env.cli(KILN)
+                .args(["exec", "par-0", "--", "sh", "-c", &format!("echo {i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in execs.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "exec {i}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{i}\n"));
+    }
+    eprintln!(
+        "figure: {} parallel up, then 50 concurrent exec on one VM: all succeeded in {:?}",
+        names.len(),
+        started.elapsed()
+    );
+    for name in &names {
+        check_rm_converges_one(&env, name);
+    }
+    assert!(faults::qemu_processes(env.home()).is_empty());
+}
+
+fn check_rm_converges_one(env: &TestEnv, name: &str) {
+    let out = run(env, &["rm", "--force", name]);
+    assert!(out.status.success(), "rm {name}: {}", text(&out.stderr));
+}
