@@ -145,6 +145,24 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> kiln::Result<()> {
     }
 }
 
+/// clap value parser for sizes (`512M`, `2G`): a bad size is a usage error with a hint.
+pub fn parse_size(size: &str) -> Result<kiln::ByteSize, String> {
+    size.parse::<kiln::ByteSize>().map_err(|err| {
+        let err = kiln::SpecError::from(err);
+        match err.hint() {
+            Some(hint) => format!("{err}\n  hint: {hint}"),
+            None => err.to_string(),
+        }
+    })
+}
+
+/// clap value parser for port forwards: a bad rule is a usage error with a hint.
+pub fn parse_port(rule: &str) -> Result<kiln::spec::PortForward, String> {
+    rule.parse::<kiln::spec::PortForward>().map_err(|err| {
+        format!("{err}\n  hint: e.g. -p 8080:80 or -p 0.0.0.0:5353:53/udp; ports are 1 to 65535")
+    })
+}
+
 /// clap value parser for VM names: a bad name is a usage error (exit 2).
 pub fn parse_name(name: &str) -> Result<String, String> {
     kiln::spec::validate_name(name)

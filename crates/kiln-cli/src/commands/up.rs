@@ -16,10 +16,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
     /// Memory, e.g. 512M or 2G
-    #[arg(long, default_value = "512M")]
+    #[arg(long, default_value = "512M", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub memory: ByteSize,
     /// Add a blank qcow2 disk of this size (repeatable), e.g. --disk 4G
-    #[arg(long = "disk")]
+    #[arg(long = "disk", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub disks: Vec<ByteSize>,
     /// Accelerator: auto picks KVM where it runs stock guests, TCG otherwise
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
@@ -35,7 +35,7 @@ pub struct Args {
     pub volumes: Vec<ShareSpec>,
     /// Forward a host port to the guest: [ADDR:]HOST:GUEST[/udp] (repeatable; ADDR defaults
     /// to 127.0.0.1)
-    #[arg(long = "publish", short = 'p', value_name = "[ADDR:]HOST:GUEST[/udp]")]
+    #[arg(long = "publish", short = 'p', value_name = "[ADDR:]HOST:GUEST[/udp]", value_parser = crate::ui::parse_port)]
     pub ports: Vec<PortForward>,
     /// Put a NIC on this named network (repeatable): one from `kiln net create` for the
     /// daemonless backend (the VM keeps its NAT NIC for outbound access), a libvirt network

@@ -58,7 +58,12 @@ impl ImageError {
                 "run scripts/setup.sh (or `apt-get update`) so apt can find linux-image-amd64"
             }
             Self::ToolFailed { .. } => "check that `apt-get download linux-image-amd64` works here",
-            Self::InputMissing { .. } => "install busybox-static (scripts/setup.sh does)",
+            Self::InputMissing { what, .. } if what.contains("busybox") => {
+                "install busybox-static (scripts/setup.sh does)"
+            }
+            Self::InputMissing { .. } => {
+                "check the path; without --kernel-deb kiln downloads linux-image-amd64 with apt"
+            }
             Self::AgentNotStatic { .. } | Self::AgentNotFound { .. } => {
                 "build it with scripts/build-agent.sh, or point KILN_AGENT at a static kiln-agent"
             }
@@ -162,6 +167,8 @@ impl ImageStore {
             Ok(Some(manifest)) if manifest.format == manifest::IMAGE_FORMAT => {
                 Ok(Image { dir, manifest })
             }
+            Err(Error::NewerState { path, source }) => Err(Error::CorruptState { path, source }),
+            Err(err @ Error::CorruptState { .. }) => Err(err),
             _ => Err(Error::UnknownImage {
                 name: name.to_owned(),
             }),
@@ -199,14 +206,20 @@ impl ImageStore {
             Some(inputs) => inputs.clone(),
             None => ImageInputs::discover()?,
         };
-        if !force && let Ok(image) = self.get(name) {
-            let fresh = self.inputs_unchanged(&image.manifest, &inputs).await?;
-            if fresh {
-                return Ok(image);
+        match self.get(name) {
+            Ok(image) if !force => {
+                if self.inputs_unchanged(&image.manifest, &inputs).await? {
+                    return Ok(image);
+                }
+                reporter.report(Event::Note {
+                    message: format!("an input of image {name} changed: rebuilding"),
+                });
             }
-            reporter.report(Event::Note {
-                message: format!("an input of image {name} changed: rebuilding"),
-            });
+            // A manifest that does not parse (damaged, or from another kiln): build anew.
+            Err(err @ Error::CorruptState { .. }) => reporter.report(Event::Note {
+                message: format!("image {name} is damaged ({err}): rebuilding"),
+            }),
+            _ => {}
         }
         let kernel_deb = match &inputs.kernel_deb {
             Some(deb) => deb.clone(),

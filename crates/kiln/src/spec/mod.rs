@@ -127,6 +127,7 @@ impl SpecError {
                 "pass --memory with a unit, e.g. 512M or 2G"
             }
             Self::Size(_) => "sizes are a number with an optional unit: 512M, 2G, 1T",
+            Self::EmptyDisk { .. } => "give the disk a size with a unit, e.g. --disk 4G",
             Self::InvalidMac { .. } | Self::DuplicateMac { .. } => {
                 "a MAC is six hex octets like 52:54:00:12:34:56, unique per NIC"
             }

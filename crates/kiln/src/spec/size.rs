@@ -54,6 +54,9 @@ impl FromStr for ByteSize {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
+        if s.starts_with('-') {
+            return Err(invalid("a size cannot be negative"));
+        }
         if number.is_empty() {
             return Err(invalid("it must start with a number"));
         }
