@@ -94,6 +94,11 @@ impl FrameDecoder {
         })
     }
 
+    /// How many bytes are buffered (at most one frame and one read).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Forgets everything buffered (the session was reset).
     pub fn clear(&mut self) {
         self.buf.clear();
