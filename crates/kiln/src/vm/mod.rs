@@ -246,6 +246,28 @@ pub(crate) fn pause_needed(name: &str, state: VmState, paused: bool) -> Result<b
     Ok(true)
 }
 
+/// Whether a VM in `state` can be snapshotted: a memory snapshot needs it running (or
+/// paused), a disk-only one stopped.
+pub(crate) fn check_snapshot_state(name: &str, state: VmState, disk_only: bool) -> Result<()> {
+    if (state == VmState::Stopped) == disk_only {
+        return Ok(());
+    }
+    Err(Error::WrongState {
+        name: name.to_owned(),
+        state,
+        action: if disk_only {
+            "snapshot --disk-only"
+        } else {
+            "snapshot"
+        },
+        needed: if disk_only {
+            VmState::Stopped
+        } else {
+            VmState::Running
+        },
+    })
+}
+
 /// A VM as `kiln ls` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmInfo {

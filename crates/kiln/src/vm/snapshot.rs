@@ -120,23 +120,7 @@ impl Kiln {
             name: name.to_owned(),
         })?;
         let state = vm.state().await;
-        let needed = if disk_only {
-            VmState::Stopped
-        } else {
-            VmState::Running
-        };
-        if (state == VmState::Stopped) != disk_only {
-            return Err(Error::WrongState {
-                name: name.to_owned(),
-                state,
-                action: if disk_only {
-                    "snapshot --disk-only"
-                } else {
-                    "snapshot"
-                },
-                needed,
-            });
-        }
+        super::check_snapshot_state(name, state, disk_only)?;
         let dir = snapshot_dir(vm.paths(), snapshot);
         if dir.exists() {
             return Err(Error::SnapshotExists {

@@ -41,22 +41,7 @@ impl LibvirtHost {
         let domain = self.kiln_domain(name).await?;
         let state = super::vms::state_of(&domain);
         let spec = spec_of(name, domain.observed.tag.as_ref())?;
-        if (state == VmState::Stopped) != disk_only {
-            return Err(Error::WrongState {
-                name: name.to_owned(),
-                state,
-                action: if disk_only {
-                    "snapshot --disk-only"
-                } else {
-                    "snapshot"
-                },
-                needed: if disk_only {
-                    VmState::Stopped
-                } else {
-                    VmState::Running
-                },
-            });
-        }
+        crate::vm::check_snapshot_state(name, state, disk_only)?;
         self.check_snapshottable(&spec, disk_only)?;
         if self.find_snapshot(name, snapshot).await?.is_some() {
             return Err(Error::SnapshotExists {
@@ -87,13 +72,7 @@ impl LibvirtHost {
         )
         .await?;
         drop(session);
-        let saved =
-            self.find_snapshot(name, snapshot)
-                .await?
-                .ok_or_else(|| Error::SnapshotNotFound {
-                    vm: name.to_owned(),
-                    snapshot: snapshot.to_owned(),
-                })?;
+        let saved = self.require_snapshot(name, snapshot).await?;
         Ok(info_of(&spec, &saved))
     }
 
@@ -115,13 +94,7 @@ impl LibvirtHost {
     pub async fn restore(&self, name: &str, snapshot: &str, reporter: &dyn Reporter) -> Result<()> {
         crate::spec::validate_name(snapshot)?;
         let domain = self.kiln_domain(name).await?;
-        let saved =
-            self.find_snapshot(name, snapshot)
-                .await?
-                .ok_or_else(|| Error::SnapshotNotFound {
-                    vm: name.to_owned(),
-                    snapshot: snapshot.to_owned(),
-                })?;
+        let saved = self.require_snapshot(name, snapshot).await?;
         let incompatible = |reason: String| Error::IncompatibleSnapshot {
             vm: name.to_owned(),
             snapshot: snapshot.to_owned(),
@@ -166,12 +139,7 @@ impl LibvirtHost {
     pub async fn remove_snapshot(&self, name: &str, snapshot: &str) -> Result<()> {
         crate::spec::validate_name(snapshot)?;
         self.kiln_domain(name).await?;
-        if self.find_snapshot(name, snapshot).await?.is_none() {
-            return Err(Error::SnapshotNotFound {
-                vm: name.to_owned(),
-                snapshot: snapshot.to_owned(),
-            });
-        }
+        self.require_snapshot(name, snapshot).await?;
         Ok(self.conn.delete_snapshot(name, snapshot).await?)
     }
 
@@ -193,6 +161,15 @@ impl LibvirtHost {
             reason: "libvirt's snapshots live inside the VM's own disks, which a second VM cannot share",
             hint: "clone VMs of the daemonless backend, or create another VM from the same spec",
         }
+    }
+
+    async fn require_snapshot(&self, name: &str, snapshot: &str) -> Result<SnapshotObserved> {
+        self.find_snapshot(name, snapshot)
+            .await?
+            .ok_or_else(|| Error::SnapshotNotFound {
+                vm: name.to_owned(),
+                snapshot: snapshot.to_owned(),
+            })
     }
 
     /// What libvirt's internal snapshots cannot hold, refused before anything is written.
