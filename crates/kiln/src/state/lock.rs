@@ -16,8 +16,10 @@ pub struct Lock {
 impl Lock {
     /// Waits until the lock is free. Blocking: call from `spawn_blocking`.
     pub fn acquire(path: &Path) -> Result<Self> {
-        Self::take(path, FlockOperation::LockExclusive)
-            .map(|lock| lock.ok_or_else(|| unreachable_busy(path)))?
+        // A blocking flock never reports "busy"; the error only keeps the types honest.
+        Self::take(path, FlockOperation::LockExclusive)?.ok_or_else(|| {
+            IoError::new("lock", path, std::io::ErrorKind::WouldBlock.into()).into()
+        })
     }
 
     /// Takes the lock if it is free; `None` when another process holds it.
@@ -43,9 +45,4 @@ impl Lock {
             Err(e) => Err(IoError::new("lock", path, e.into()).into()),
         }
     }
-}
-
-/// A blocking flock does not report "busy"; this is here only to keep the types honest.
-fn unreachable_busy(path: &Path) -> crate::Error {
-    IoError::new("lock", path, std::io::ErrorKind::WouldBlock.into()).into()
 }
