@@ -167,7 +167,6 @@ impl ImageStore {
             Ok(Some(manifest)) if manifest.format == manifest::IMAGE_FORMAT => {
                 Ok(Image { dir, manifest })
             }
-            Err(Error::NewerState { path, source }) => Err(Error::CorruptState { path, source }),
             Err(err @ Error::CorruptState { .. }) => Err(err),
             _ => Err(Error::UnknownImage {
                 name: name.to_owned(),
