@@ -377,10 +377,11 @@ impl Kiln {
         let paths = self.paths.vm(name);
         let _lock = lock(&paths).await?;
         // A damaged record may go; one a newer kiln wrote is that kiln's to remove.
-        if let Err(err @ Error::NewerState { .. }) = read_record(&paths) {
-            return Err(err);
-        }
-        if read_record(&paths).ok().flatten().is_none() && !paths.dir().exists() {
+        let record = match read_record(&paths) {
+            Err(err @ Error::NewerState { .. }) => return Err(err),
+            read => read.ok().flatten(),
+        };
+        if record.is_none() && !paths.dir().exists() {
             return Err(Error::VmNotFound {
                 name: name.to_owned(),
             });
@@ -393,20 +394,24 @@ impl Kiln {
             });
         }
         progress::stage(reporter, Stage::Remove, async {
-            if self.backend.running_pid(&paths).await.is_some() {
-                if !force {
-                    return Err(Error::WrongState {
-                        name: name.to_owned(),
-                        state: VmState::Running,
-                        action: "rm",
-                        needed: VmState::Stopped,
-                    });
-                }
-                self.backend.kill(&paths).await?;
+            if !force && self.backend.running_pid(&paths).await.is_some() {
+                return Err(Error::WrongState {
+                    name: name.to_owned(),
+                    state: VmState::Running,
+                    action: "rm",
+                    needed: VmState::Stopped,
+                });
             }
-            paths.remove_all()?;
-            self.networks().release(name).await
+            self.discard(name, &paths).await
         })
         .await
+    }
+
+    /// Kills a VM's machine (if it runs) and removes its files and network leases: what
+    /// `rm` does, and what rolling back an interrupted `up` does. The caller holds the lock.
+    pub(super) async fn discard(&self, name: &str, paths: &VmPaths) -> Result<()> {
+        self.backend.kill(paths).await?;
+        paths.remove_all()?;
+        self.networks().release(name).await
     }
 }

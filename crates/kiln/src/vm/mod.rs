@@ -167,9 +167,7 @@ impl Kiln {
             Ok(_) => {}
         }
         log::info!("{name}: rolling back what an interrupted `up` left");
-        self.backend.kill(&paths).await?;
-        paths.remove_all()?;
-        self.networks().release(name).await?;
+        self.discard(name, &paths).await?;
         Ok(true)
     }
 
