@@ -8,8 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln::backend::libvirt::LibvirtOptions;
 use kiln::backend::qemu::QemuBackend;
 use kiln::image::ImageInputs;
+use kiln::topology::LibvirtHost;
 use kiln::{Kiln, Paths};
 
 /// The workspace root (two levels above this crate).
@@ -149,6 +151,21 @@ impl TestEnv {
         std::fs::write(&node, "<node/>\n")
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", node.display()));
         format!("test://{}", node.display())
+    }
+
+    /// A libvirt host at `uri` with a storage pool of its own (named `id`, under
+    /// /var/lib/libvirt/images), so parallel tests and real kiln pools are never touched;
+    /// images come from this test's inputs.
+    pub async fn libvirt_host(&self, uri: &str, id: &str) -> LibvirtHost {
+        let options = LibvirtOptions {
+            pool_name: id.to_owned(),
+            pool_path: format!("/var/lib/libvirt/images/{id}"),
+            log_serial: true,
+        };
+        LibvirtHost::connect_with(uri, options, &self.paths())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {uri}: {e}"))
+            .with_image_inputs(image_inputs())
     }
 
     /// The real `kiln` binary (pass `env!("CARGO_BIN_EXE_kiln")`) with this test's state.

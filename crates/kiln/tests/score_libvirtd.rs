@@ -7,14 +7,13 @@
 
 use std::time::Duration;
 
-use kiln::backend::libvirt::LibvirtOptions;
 use kiln::progress::NoProgress;
 use kiln::score::{NetworkScore, Score, VmHost, VmScore};
 use kiln::spec::{NetworkSpec, ShareSpec};
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, ExecRequest, ExitStatus, NetworkRef, VmSpec};
 use kiln_testkit::{
-    LIBVIRTD_TCP_URI, TestEnv, image_inputs, require_libvirtd, require_libvirtd_tcp, unique_name,
+    LIBVIRTD_TCP_URI, TestEnv, require_libvirtd, require_libvirtd_tcp, unique_name,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,16 +31,8 @@ async fn remote_apply_uploads_the_image_tunnels_the_agent_and_destroy_cleans_up(
 async fn apply_exec_destroy(uri: &str, second_octet: u8) {
     let env = TestEnv::new();
     let id = unique_name("kt");
-    // A pool of this test's own, so parallel runs and real kiln pools are never touched.
-    let options = LibvirtOptions {
-        pool_name: id.clone(),
-        pool_path: format!("/var/lib/libvirt/images/{id}"),
-        log_serial: true,
-    };
-    let host = LibvirtHost::connect_with(uri, options.clone(), &env.paths())
-        .await
-        .unwrap()
-        .with_image_inputs(image_inputs());
+    let host = env.libvirt_host(uri, &id).await;
+    let pool_path = host.conn().options().pool_path.clone();
 
     // A subnet unlikely to clash: 10.<second_octet>.<pid>.0/24.
     let third = u8::try_from(std::process::id() % 250).unwrap();
@@ -120,11 +111,11 @@ async fn apply_exec_destroy(uri: &str, second_octet: u8) {
     );
     assert!(!conn.pool_exists().await.unwrap(), "pool left");
     assert!(
-        !std::path::Path::new(&options.pool_path).exists(),
+        !std::path::Path::new(&pool_path).exists(),
         "pool directory left"
     );
     assert!(
-        !std::path::Path::new(&format!("{}/{vm_name}-serial.log", options.pool_path)).exists(),
+        !std::path::Path::new(&format!("{pool_path}/{vm_name}-serial.log")).exists(),
         "serial log left"
     );
 }

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use kiln::backend::libvirt::{LibvirtError, LibvirtOptions};
+use kiln::backend::libvirt::LibvirtError;
 use kiln::progress::NoProgress;
 use kiln::score::VmHost;
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, Error, ExecRequest, ExitStatus, VmSpec};
-use kiln_testkit::{LIBVIRTD_TCP_URI, TestEnv, image_inputs, require_libvirtd_tcp, unique_name};
+use kiln_testkit::{LIBVIRTD_TCP_URI, TestEnv, require_libvirtd_tcp, unique_name};
 
 async fn sh(host: &LibvirtHost, vm: &str, script: &str) -> String {
     let agent = host.vm_agent(vm, Duration::from_secs(30)).await.unwrap();
@@ -31,15 +31,7 @@ async fn save_restore_and_disk_only_snapshots_on_libvirtd() {
     require_libvirtd_tcp();
     let env = TestEnv::new();
     let id = unique_name("kt");
-    let options = LibvirtOptions {
-        pool_name: id.clone(),
-        pool_path: format!("/var/lib/libvirt/images/{id}"),
-        log_serial: true,
-    };
-    let host = LibvirtHost::connect_with(LIBVIRTD_TCP_URI, options.clone(), &env.paths())
-        .await
-        .unwrap()
-        .with_image_inputs(image_inputs());
+    let host = env.libvirt_host(LIBVIRTD_TCP_URI, &id).await;
     let name = format!("{id}-vm");
     let spec = VmSpec::builder(&name)
         .memory_mib(256)

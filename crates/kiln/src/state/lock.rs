@@ -17,9 +17,8 @@ impl Lock {
     /// Waits until the lock is free. Blocking: call from `spawn_blocking`.
     pub fn acquire(path: &Path) -> Result<Self> {
         // A blocking flock never reports "busy"; the error only keeps the types honest.
-        Self::take(path, FlockOperation::LockExclusive)?.ok_or_else(|| {
-            IoError::new("lock", path, std::io::ErrorKind::WouldBlock.into()).into()
-        })
+        Self::take(path, FlockOperation::LockExclusive)?
+            .ok_or_else(|| IoError::new("lock", path, std::io::ErrorKind::WouldBlock.into()).into())
     }
 
     /// Takes the lock if it is free; `None` when another process holds it.
