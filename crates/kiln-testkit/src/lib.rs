@@ -2,6 +2,7 @@
 //! the real `kiln` binary and agent, and prerequisite checks that fail naming what is missing.
 
 pub mod faults;
+pub mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use kiln::copy::{self, CopyError};
+use kiln::copy::{self, CopyError, CopyLimits};
 use kiln::progress::NoProgress;
 use kiln::{Error, ExecRequest, VmSpec};
 use kiln_testkit::TestEnv;
@@ -76,7 +76,9 @@ async fn trees_and_big_files_round_trip_byte_identical() {
 
     // Back to the host under a new name (the destination does not exist yet).
     let back = work.path().join("back");
-    copy::pull(&agent, "/root/tree", &back).await.unwrap();
+    copy::pull(&agent, "/root/tree", &back, &CopyLimits::default())
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(back.join("readme")).unwrap(), b"hello\n");
     assert_eq!(mode(&back.join("bin/run")), 0o750);
     assert_eq!(
@@ -106,14 +108,19 @@ async fn trees_and_big_files_round_trip_byte_identical() {
     );
     let returned_dir = work.path().join("returned");
     std::fs::create_dir(&returned_dir).unwrap();
-    let stats = copy::pull(&agent, "/tmp/big-in-guest", &returned_dir)
-        .await
-        .unwrap();
+    let stats = copy::pull(
+        &agent,
+        "/tmp/big-in-guest",
+        &returned_dir,
+        &CopyLimits::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(stats.bytes, 101 << 20);
     assert_eq!(sha256(&returned_dir.join("big-in-guest")), host_sum);
 
     // Missing paths on either side are typed errors.
-    let err = copy::pull(&agent, "/no/such/file", work.path())
+    let err = copy::pull(&agent, "/no/such/file", work.path(), &CopyLimits::default())
         .await
         .unwrap_err();
     assert!(

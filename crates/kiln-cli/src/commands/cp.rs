@@ -52,7 +52,7 @@ pub async fn run(args: Args) -> Outcome {
         }
         (Location::Guest { vm, path }, Location::Host(dest)) => {
             let agent = fleet.agent(&vm, connect).await?;
-            kiln::copy::pull(&agent, &path, &dest).await?
+            kiln::copy::pull(&agent, &path, &dest, &kiln::copy::CopyLimits::default()).await?
         }
         _ => {
             eprintln!("error: one side must be a host path and the other NAME:PATH in a VM");

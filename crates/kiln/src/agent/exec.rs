@@ -20,8 +20,9 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// The most output [`ExecSession::output`] collects per stream.
-pub const MAX_COLLECTED_OUTPUT: usize = 256 << 20;
+/// The most output [`ExecSession::output`] collects per stream; stream a larger output with
+/// [`ExecSession::next_event`], or raise the bound with [`ExecSession::output_limited`].
+pub const MAX_COLLECTED_OUTPUT: usize = 16 << 20;
 
 /// A command running in the guest.
 #[derive(Debug)]
@@ -95,13 +96,20 @@ impl ExecSession {
     }
 
     /// Waits for the command and collects its output (bounded by [`MAX_COLLECTED_OUTPUT`]).
-    pub async fn output(mut self) -> Result<ExecOutput, AgentError> {
+    pub async fn output(self) -> Result<ExecOutput, AgentError> {
+        self.output_limited(MAX_COLLECTED_OUTPUT).await
+    }
+
+    /// Waits for the command and collects its output, at most `limit` bytes per stream. Past
+    /// that the command is killed and [`AgentError::OutputTooLarge`] returned, so a guest
+    /// that floods its output cannot grow the host's memory beyond the limit.
+    pub async fn output_limited(mut self, limit: usize) -> Result<ExecOutput, AgentError> {
         drop(self.stdin.take());
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
-            match self.next_event().await? {
-                Some(ExecEvent::Stdout(data)) => append(&mut stdout, &data, "stdout")?,
-                Some(ExecEvent::Stderr(data)) => append(&mut stderr, &data, "stderr")?,
+            let appended = match self.next_event().await? {
+                Some(ExecEvent::Stdout(data)) => append(&mut stdout, &data, "stdout", limit),
+                Some(ExecEvent::Stderr(data)) => append(&mut stderr, &data, "stderr", limit),
                 Some(ExecEvent::Exited(status)) => {
                     return Ok(ExecOutput {
                         status,
@@ -110,6 +118,10 @@ impl ExecSession {
                     });
                 }
                 None => return Err(AgentError::Disconnected),
+            };
+            if let Err(err) = appended {
+                let _ = self.signal(9).await;
+                return Err(err);
             }
         }
     }
@@ -121,12 +133,14 @@ impl Drop for ExecSession {
     }
 }
 
-fn append(buf: &mut Vec<u8>, data: &[u8], stream: &'static str) -> Result<(), AgentError> {
-    if buf.len() + data.len() > MAX_COLLECTED_OUTPUT {
-        return Err(AgentError::OutputTooLarge {
-            stream,
-            limit: MAX_COLLECTED_OUTPUT,
-        });
+fn append(
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    stream: &'static str,
+    limit: usize,
+) -> Result<(), AgentError> {
+    if buf.len() + data.len() > limit {
+        return Err(AgentError::OutputTooLarge { stream, limit });
     }
     buf.extend_from_slice(data);
     Ok(())

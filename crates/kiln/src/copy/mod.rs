@@ -1,14 +1,25 @@
 //! Files between the host and a guest (`kiln cp`). A tar stream goes over an exec of the
 //! guest's busybox `tar`, in both directions, in bounded chunks: a file of any size passes
 //! without being held in memory. Modes are kept (never setuid bits from a guest), directories
-//! are copied recursively, and what a guest sends is unpacked only below the destination.
+//! are copied recursively, and what a guest sends is unpacked only below the destination:
+//! every name is confined ([`GuestPath`], placed through `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`), symlinks whose target leaves the destination are refused, and every
+//! copy is bounded by [`CopyLimits`].
 //!
 //! Like `cp -r`: when the destination is an existing directory, the source is copied into it
 //! under its own name; otherwise the destination is the copy's new name.
 
+mod beneath;
+mod limits;
 mod unpack;
 
+pub(crate) use beneath::Beneath;
+pub use beneath::GuestPath;
+pub use limits::{CopyLimit, CopyLimits};
+
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -33,8 +44,20 @@ pub enum CopyError {
     DirectoryOverFile { src: String, dest: String },
     #[error("tar in the guest failed ({status}): {stderr}")]
     GuestFailed { status: String, stderr: String },
-    #[error("the guest sent an entry outside the destination: {path:?}")]
+    #[error("the guest sent a name that leaves the destination: {path:?}")]
     UnsafePath { path: String },
+    #[error("the guest sent a symlink {path:?} to {target:?}, outside the destination")]
+    SymlinkEscapes { path: String, target: String },
+    #[error("the guest sent {path:?}, which it did not list")]
+    UnlistedEntry { path: String },
+    #[error("{path:?} is a directory on one side and not on the other")]
+    TypeConflict { path: String },
+    #[error("the guest's data for {path:?} ended early")]
+    Truncated { path: String },
+    #[error("the guest sent a malformed archive header: {reason}")]
+    BadHeader { reason: String },
+    #[error("the guest went past the copy's {limit} limit ({max})")]
+    LimitExceeded { limit: CopyLimit, max: u64 },
     #[error(
         "the guest sent {path:?} of type {kind}; only files, directories and symlinks are copied"
     )]
@@ -49,9 +72,21 @@ impl CopyError {
             Self::GuestPathMissing { .. } => {
                 "check the path with `kiln exec NAME -- ls -l PATH`".to_owned()
             }
-            Self::UnsafePath { .. } | Self::UnsupportedEntry { .. } => {
+            Self::UnsafePath { .. }
+            | Self::SymlinkEscapes { .. }
+            | Self::UnlistedEntry { .. }
+            | Self::Truncated { .. }
+            | Self::BadHeader { .. }
+            | Self::UnsupportedEntry { .. } => {
                 "the guest is not behaving; nothing outside the destination was written".to_owned()
             }
+            Self::TypeConflict { path } => {
+                format!("move {path} aside on the host, or copy to another destination")
+            }
+            Self::LimitExceeded { limit, .. } => format!(
+                "nothing past the limit was written; if the copy really is that large, raise it with {}",
+                limit.setter()
+            ),
             _ => return None,
         })
     }
@@ -87,7 +122,7 @@ pub async fn push(agent: &AgentClient, src: &Path, dest: &str) -> Result<CopySta
 pub(crate) async fn push_paths(
     agent: &AgentClient,
     root: &Path,
-    paths: &[String],
+    paths: &[PathBuf],
     guest_dir: &str,
 ) -> Result<CopyStats> {
     if paths.is_empty() {
@@ -125,16 +160,21 @@ async fn send_tar(
     Ok(stats)
 }
 
-/// Copies `src` in the guest to the host path `dest`.
-pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopyStats> {
+/// Copies `src` in the guest to the host path `dest`, within `limits`.
+pub async fn pull(
+    agent: &AgentClient,
+    src: &str,
+    dest: &Path,
+    limits: &CopyLimits,
+) -> Result<CopyStats> {
     let expected = file_name(Path::new(src))?;
     let target = match std::fs::metadata(dest) {
         Ok(meta) if meta.is_dir() => unpack::Target {
-            dir: dest.to_owned(),
             rename: Some(unpack::Rename {
                 top: expected.clone(),
                 expected,
             }),
+            ..unpack::Target::below(dest)
         },
         _ => {
             let dir = match dest.parent() {
@@ -142,11 +182,11 @@ pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopySta
                 _ => PathBuf::from("."),
             };
             unpack::Target {
-                dir,
                 rename: Some(unpack::Rename {
                     top: file_name(dest)?,
                     expected,
                 }),
+                ..unpack::Target::below(&dir)
             }
         }
     };
@@ -156,26 +196,30 @@ pub async fn pull(agent: &AgentClient, src: &str, dest: &Path) -> Result<CopySta
         .exec(ExecRequest::new(["sh", "-c", script, "kiln-cp", src]))
         .await?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-    let unpacking =
-        tokio::task::spawn_blocking(move || unpack::unpack(ChannelReader::new(rx), &target));
+    let limits = *limits;
+    let unpacking = tokio::task::spawn_blocking(move || {
+        unpack::unpack(ChannelReader::new(rx), &target, &limits)
+    });
     let exited = wait_exit(&mut session, Some(tx)).await;
-    finish_pull(unpacking, exited, src).await
+    Ok(finish_pull(unpacking, exited, src).await?.stats)
 }
 
 /// Copies the files `paths` (relative to `guest_dir`) into `host_dir`, keeping their
-/// relative paths. Directories on the way are created; a listed directory is not descended.
+/// relative paths, and returns the names placed. Directories on the way are created; a listed
+/// directory is not descended. The guest may send only the names asked for.
 pub(crate) async fn pull_paths(
     agent: &AgentClient,
     guest_dir: &str,
-    paths: &[String],
+    paths: &BTreeSet<GuestPath>,
     host_dir: &Path,
-) -> Result<CopyStats> {
+    limits: &CopyLimits,
+) -> Result<(CopyStats, BTreeSet<GuestPath>)> {
     if paths.is_empty() {
-        return Ok(CopyStats::default());
+        return Ok((CopyStats::default(), BTreeSet::new()));
     }
     let target = unpack::Target {
-        dir: host_dir.to_owned(),
-        rename: None,
+        only: Some(paths.clone()),
+        ..unpack::Target::below(host_dir)
     };
     let script = r#"cd "$1" || exit 3; xargs -0 tar -c -f - --no-recursion"#;
     let mut request = ExecRequest::new(["sh", "-c", script, "kiln-cp", guest_dir]);
@@ -184,12 +228,13 @@ pub(crate) async fn pull_paths(
     let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     // xargs runs tar once per batch of names: the archives follow each other.
+    let limits = *limits;
     let unpacking = tokio::task::spawn_blocking(move || {
-        unpack::unpack_concatenated(ChannelReader::new(rx), &target)
+        unpack::unpack_concatenated(ChannelReader::new(rx), &target, &limits)
     });
     let mut list = Vec::new();
     for path in paths {
-        list.extend_from_slice(path.as_bytes());
+        list.extend_from_slice(path.to_path_buf().as_os_str().as_bytes());
         list.push(0);
     }
     let send_list = async {
@@ -199,14 +244,15 @@ pub(crate) async fn pull_paths(
     };
     let (sent, exited) = tokio::join!(send_list, wait_exit(&mut session, Some(tx)));
     sent?;
-    finish_pull(unpacking, exited, guest_dir).await
+    let unpacked = finish_pull(unpacking, exited, guest_dir).await?;
+    Ok((unpacked.stats, unpacked.placed))
 }
 
 async fn finish_pull(
-    unpacking: tokio::task::JoinHandle<Result<CopyStats>>,
+    unpacking: tokio::task::JoinHandle<Result<unpack::Unpacked>>,
     exited: Result<(ExitStatus, String)>,
     src: &str,
-) -> Result<CopyStats> {
+) -> Result<unpack::Unpacked> {
     let unpacked = unpacking.await.map_err(crate::image::join_error)?;
     let (status, stderr) = exited?;
     if status == ExitStatus::Code(3) {
@@ -325,7 +371,7 @@ fn pack(src: &Path, top: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
 }
 
 /// Writes the files `paths` below `root` as a tar stream of relative names. Blocking.
-fn pack_paths(root: &Path, paths: &[String], tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
+fn pack_paths(root: &Path, paths: &[PathBuf], tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
     let mut builder = tar::Builder::new(ChannelWriter::new(tx));
     builder.follow_symlinks(false);
     let mut stats = CopyStats::default();

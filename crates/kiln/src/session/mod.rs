@@ -10,18 +10,29 @@
 //! - A file the command **deleted** is reported, never deleted on the host.
 //! - Empty directories, and changes to directories' modes, do not come back.
 //!
+//! The guest is untrusted, and so is everything it says about its files. Every name in its
+//! file list must be a plain relative path ([`GuestPath`]); one that is not refuses the whole
+//! pull before anything is written. The tar stream may carry only the names the host asked
+//! for, is unpacked in a staging directory inside the workspace, and only what was both asked
+//! for and unpacked is renamed into place, through `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`: a symlink anywhere on the way (the guest's or the host's) stops the
+//! pull. Symlinks whose target leaves the workspace are refused; modes lose setuid, setgid and
+//! world-write bits. [`CopyLimits`] bound the file list and the stream.
+//!
 //! The workspace lives in the guest's memory (its root is an initramfs), so the VM's memory
 //! bounds the workspace and what the command writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 use serde::Serialize;
 
+use crate::agent::AgentError;
 use crate::agent::{AgentClient, ExecSession};
-use crate::copy::{self, CopyStats};
+use crate::copy::{self, Beneath, CopyError, CopyLimit, CopyLimits, GuestPath};
 use crate::progress::{self, Reporter, Stage};
 use crate::{ExecRequest, IoError, Kiln, Result, VmSpec};
 
@@ -64,7 +75,8 @@ pub struct Session {
     workspace: Option<PathBuf>,
     agent: Option<AgentClient>,
     /// The workspace's files as pushed, relative paths.
-    pushed: BTreeMap<String, Stamp>,
+    pushed: BTreeMap<GuestPath, Stamp>,
+    limits: CopyLimits,
 }
 
 impl Session {
@@ -76,7 +88,14 @@ impl Session {
             workspace,
             agent: None,
             pushed: BTreeMap::new(),
+            limits: CopyLimits::default(),
         }
+    }
+
+    /// Bounds on what the guest may send back (the file list and the files).
+    pub fn with_limits(mut self, limits: CopyLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// A name for a session VM that no other session uses.
@@ -124,25 +143,9 @@ impl Session {
         let pushed = &mut self.pushed;
         progress::stage(reporter, Stage::PushWorkspace, async {
             let now = scan(&workspace)?;
-            let mut report = SyncReport::default();
-            for (path, stamp) in &now {
-                match pushed.get(path) {
-                    None => report.created.push(path.clone()),
-                    Some(old) if old != stamp => report.changed.push(path.clone()),
-                    Some(_) => {}
-                }
-            }
-            report.deleted = pushed
-                .keys()
-                .filter(|p| !now.contains_key(*p))
-                .cloned()
-                .collect();
-            let sending: Vec<String> = report
-                .created
-                .iter()
-                .chain(&report.changed)
-                .cloned()
-                .collect();
+            let diff = Diff::between(pushed, &now);
+            let mut report = diff.report();
+            let sending: Vec<PathBuf> = diff.wanted().map(GuestPath::to_path_buf).collect();
             report.bytes = copy::push_paths(&agent, &workspace, &sending, GUEST_WORKSPACE)
                 .await?
                 .bytes;
@@ -172,23 +175,10 @@ impl Session {
         };
         let agent = self.agent()?;
         progress::stage(reporter, Stage::PullChanges, async {
-            let now = guest_stamps(agent).await?;
-            let mut report = SyncReport::default();
-            let mut wanted = Vec::new();
-            for (path, stamp) in &now {
-                match self.pushed.get(path) {
-                    None => report.created.push(path.clone()),
-                    Some(old) if old != stamp => report.changed.push(path.clone()),
-                    Some(_) => continue,
-                }
-                wanted.push(path.clone());
-            }
-            report.deleted = self
-                .pushed
-                .keys()
-                .filter(|p| !now.contains_key(*p))
-                .cloned()
-                .collect();
+            let now = guest_stamps(agent, &self.limits).await?;
+            let diff = Diff::between(&self.pushed, &now);
+            let mut report = diff.report();
+            let wanted: BTreeSet<GuestPath> = diff.wanted().cloned().collect();
             if wanted.is_empty() {
                 return Ok(report);
             }
@@ -197,31 +187,51 @@ impl Session {
                 .prefix(".kiln-pull-")
                 .tempdir_in(workspace)
                 .map_err(IoError::at("create a staging directory in", workspace))?;
-            let stats: CopyStats =
-                copy::pull_paths(agent, GUEST_WORKSPACE, &wanted, staging.path()).await?;
+            let (stats, placed) = copy::pull_paths(
+                agent,
+                GUEST_WORKSPACE,
+                &wanted,
+                staging.path(),
+                &self.limits,
+            )
+            .await?;
             report.bytes = stats.bytes;
-            for path in &wanted {
-                let dest = workspace.join(path);
+            let (host, staged) = (Beneath::open(workspace)?, Beneath::open(staging.path())?);
+            // Where each file goes, decided before anything moves.
+            let mut moves = Vec::new();
+            for path in wanted.intersection(&placed) {
+                let now_on_host = host.stat(path)?.map(|s| Stamp {
+                    size: u64::try_from(s.st_size).unwrap_or(0),
+                    mtime: s.st_mtime,
+                });
                 let host_changed = match self.pushed.get(path) {
-                    Some(pushed) => stamp_of(&dest).is_some_and(|s| s != *pushed),
+                    Some(pushed) => now_on_host.is_some_and(|s| s != *pushed),
                     // Created in the guest, but the host made one meanwhile.
-                    None => std::fs::symlink_metadata(&dest).is_ok(),
+                    None => now_on_host.is_some(),
                 };
-                let dest = if host_changed {
-                    report.conflicts.push(path.clone());
-                    workspace.join(format!("{path}.kiln-guest"))
+                if host_changed {
+                    report.conflicts.push(path.to_string());
+                    moves.push((path, path.with_suffix(".kiln-guest")));
                 } else {
-                    dest
-                };
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(IoError::at("create directory", parent))?;
+                    moves.push((path, path.clone()));
                 }
-                let staged = staging.path().join(path);
-                std::fs::rename(&staged, &dest).map_err(IoError::at("move into place", &dest))?;
             }
-            report.created.retain(|p| !report.conflicts.contains(p));
-            report.changed.retain(|p| !report.conflicts.contains(p));
+            for (from, to) in moves {
+                host.move_from(&staged, from, &to)?;
+            }
+            let missing: Vec<String> = wanted
+                .difference(&placed)
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                warn!("the guest listed but did not send: {}", missing.join(", "));
+            }
+            report
+                .created
+                .retain(|p| !report.conflicts.contains(p) && !missing.contains(p));
+            report
+                .changed
+                .retain(|p| !report.conflicts.contains(p) && !missing.contains(p));
             Ok::<_, crate::Error>(report)
         })
         .await
@@ -236,7 +246,8 @@ impl Session {
         }
     }
 
-    fn agent(&self) -> Result<&AgentClient> {
+    /// The connection to the session's agent, once [`ensure_ready`](Self::ensure_ready) ran.
+    pub fn agent(&self) -> Result<&AgentClient> {
         self.agent.as_ref().ok_or_else(|| crate::Error::WrongState {
             name: self.spec.name().to_owned(),
             state: crate::VmState::Stopped,
@@ -295,15 +306,51 @@ async fn push_contents(agent: &AgentClient, workspace: &Path) -> Result<()> {
     Ok(())
 }
 
-fn stamp_of(path: &Path) -> Option<Stamp> {
-    std::fs::symlink_metadata(path).ok().map(|m| Stamp {
-        size: m.len(),
-        mtime: m.mtime(),
-    })
+/// How two listings of a workspace differ.
+struct Diff<'a> {
+    created: Vec<&'a GuestPath>,
+    changed: Vec<&'a GuestPath>,
+    deleted: Vec<&'a GuestPath>,
+}
+
+impl<'a> Diff<'a> {
+    fn between(
+        before: &'a BTreeMap<GuestPath, Stamp>,
+        now: &'a BTreeMap<GuestPath, Stamp>,
+    ) -> Self {
+        let mut diff = Self {
+            created: Vec::new(),
+            changed: Vec::new(),
+            deleted: before.keys().filter(|p| !now.contains_key(*p)).collect(),
+        };
+        for (path, stamp) in now {
+            match before.get(path) {
+                None => diff.created.push(path),
+                Some(old) if old != stamp => diff.changed.push(path),
+                Some(_) => {}
+            }
+        }
+        diff
+    }
+
+    /// What has to go over: the created and the changed files.
+    fn wanted(&self) -> impl Iterator<Item = &'a GuestPath> {
+        self.created.clone().into_iter().chain(self.changed.clone())
+    }
+
+    fn report(&self) -> SyncReport {
+        let names = |paths: &[&GuestPath]| paths.iter().map(|p| p.to_string()).collect();
+        SyncReport {
+            created: names(&self.created),
+            changed: names(&self.changed),
+            deleted: names(&self.deleted),
+            ..SyncReport::default()
+        }
+    }
 }
 
 /// Every file and symlink below `root`, with its stamp.
-fn scan(root: &Path) -> Result<BTreeMap<String, Stamp>> {
+fn scan(root: &Path) -> Result<BTreeMap<GuestPath, Stamp>> {
     let mut out = BTreeMap::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -315,23 +362,33 @@ fn scan(root: &Path) -> Result<BTreeMap<String, Stamp>> {
                 dirs.push(path);
                 continue;
             }
-            if let Ok(rel) = path.strip_prefix(root) {
-                out.insert(
-                    rel.to_string_lossy().into_owned(),
-                    Stamp {
-                        size: meta.len(),
-                        mtime: meta.mtime(),
-                    },
-                );
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            match GuestPath::parse(rel.as_os_str().as_bytes()) {
+                Ok(rel) => {
+                    out.insert(
+                        rel,
+                        Stamp {
+                            size: meta.len(),
+                            mtime: meta.mtime(),
+                        },
+                    );
+                }
+                Err(_) => warn!("{} cannot be synced: its name is too long", path.display()),
             }
         }
     }
     Ok(out)
 }
 
-/// Every file and symlink in the guest's workspace, with its stamp.
-async fn guest_stamps(agent: &AgentClient) -> Result<BTreeMap<String, Stamp>> {
+/// Every file and symlink in the guest's workspace, with its stamp, read within `limits`.
+async fn guest_stamps(
+    agent: &AgentClient,
+    limits: &CopyLimits,
+) -> Result<BTreeMap<GuestPath, Stamp>> {
     let script = r#"cd "$1" && find . \( -type f -o -type l \) -exec stat -c '%s %Y %n' {} +"#;
+    let max = usize::try_from(limits.get(CopyLimit::FileList)).unwrap_or(usize::MAX);
     let out = agent
         .exec(ExecRequest::new([
             "sh",
@@ -341,31 +398,46 @@ async fn guest_stamps(agent: &AgentClient) -> Result<BTreeMap<String, Stamp>> {
             GUEST_WORKSPACE,
         ]))
         .await?
-        .output()
-        .await?;
-    Ok(parse_stamps(&String::from_utf8_lossy(&out.stdout)))
+        .output_limited(max)
+        .await
+        .map_err(|err| match err {
+            AgentError::OutputTooLarge { .. } => crate::Error::Copy(CopyError::LimitExceeded {
+                limit: CopyLimit::FileList,
+                max: limits.get(CopyLimit::FileList),
+            }),
+            other => other.into(),
+        })?;
+    Ok(parse_stamps(&out.stdout, limits)?)
 }
 
-/// Lines of `SIZE MTIME ./PATH`; a line that does not parse (a name with a newline) is
-/// skipped with a warning.
-fn parse_stamps(text: &str) -> BTreeMap<String, Stamp> {
+/// Lines of `SIZE MTIME ./PATH`. A line that does not parse (a name with a newline) is skipped
+/// with a warning; a name that would leave the workspace refuses the whole list.
+fn parse_stamps(
+    text: &[u8],
+    limits: &CopyLimits,
+) -> std::result::Result<BTreeMap<GuestPath, Stamp>, CopyError> {
     let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let mut parts = line.splitn(3, |b| *b == b' ');
         let parsed = (|| {
-            let size = parts.next()?.parse().ok()?;
-            let mtime = parts.next()?.parse().ok()?;
-            let path = parts.next()?.strip_prefix("./")?;
-            Some((path.to_owned(), Stamp { size, mtime }))
+            let text = |s: &[u8]| std::str::from_utf8(s).ok().map(str::to_owned);
+            let size = text(parts.next()?)?.parse().ok()?;
+            let mtime = text(parts.next()?)?.parse().ok()?;
+            let path = parts.next()?;
+            Some((path, Stamp { size, mtime }))
         })();
-        match parsed {
-            Some((path, stamp)) => {
-                out.insert(path, stamp);
-            }
-            None => warn!("cannot parse the guest's file list line {line:?}"),
-        }
+        let Some((path, stamp)) = parsed else {
+            warn!(
+                "cannot parse the guest's file list line {:?}",
+                String::from_utf8_lossy(line)
+            );
+            continue;
+        };
+        limits.check(CopyLimit::NameLength, path.len() as u64)?;
+        out.insert(GuestPath::parse(path)?, stamp);
+        limits.check(CopyLimit::Entries, out.len() as u64)?;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -373,18 +445,59 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn p(name: &str) -> GuestPath {
+        GuestPath::parse(name.as_bytes()).unwrap()
+    }
+
     #[test]
     fn stamps_parse_names_with_spaces_and_skip_junk() {
-        let stamps = parse_stamps("3 100 ./a b.txt\nnot a line\n0 5 ./dir/x\n");
+        let stamps = parse_stamps(
+            b"3 100 ./a b.txt\nnot a line\n0 5 ./dir/x\n",
+            &CopyLimits::default(),
+        )
+        .unwrap();
         assert_eq!(
-            stamps.get("a b.txt"),
+            stamps.get(&p("a b.txt")),
             Some(&Stamp {
                 size: 3,
                 mtime: 100
             })
         );
-        assert_eq!(stamps.get("dir/x"), Some(&Stamp { size: 0, mtime: 5 }));
+        assert_eq!(stamps.get(&p("dir/x")), Some(&Stamp { size: 0, mtime: 5 }));
         assert_eq!(stamps.len(), 2);
+    }
+
+    #[test]
+    fn a_file_list_that_names_anything_outside_is_refused_whole() {
+        for line in [
+            "1 1 ./../../.bashrc",
+            "1 1 ../x",
+            "1 1 /etc/passwd",
+            "1 1 ./a/../../x",
+            "1 1 ",
+        ] {
+            let text = format!("3 100 ./fine.txt\n{line}\n");
+            assert!(
+                matches!(
+                    parse_stamps(text.as_bytes(), &CopyLimits::default()),
+                    Err(CopyError::UnsafePath { .. })
+                ),
+                "{line:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flood_of_names_hits_the_entry_limit() {
+        let text: String = (0..100).map(|i| format!("1 1 ./f{i}\n")).collect();
+        let limits = CopyLimits::default().max_entries(10);
+        assert!(matches!(
+            parse_stamps(text.as_bytes(), &limits),
+            Err(CopyError::LimitExceeded {
+                limit: CopyLimit::Entries,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -394,6 +507,9 @@ mod tests {
         std::fs::write(dir.path().join("src/deep/a.rs"), "x").unwrap();
         std::os::unix::fs::symlink("src", dir.path().join("link")).unwrap();
         let stamps = scan(dir.path()).unwrap();
-        assert_eq!(stamps.keys().collect::<Vec<_>>(), ["link", "src/deep/a.rs"]);
+        assert_eq!(
+            stamps.keys().collect::<Vec<_>>(),
+            [&p("link"), &p("src/deep/a.rs")]
+        );
     }
 }

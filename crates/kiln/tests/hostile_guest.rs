@@ -1,0 +1,266 @@
+//! A hostile guest on a real VM. The session's command becomes root's worst: it replaces the
+//! guest's `/bin/sh`, so the file list and the tar stream kiln asks for are lies chosen by the
+//! test. Every lie must end in a typed error, with nothing written outside the workspace,
+//! nothing half-moved into it, and the host's memory bounded.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kiln::agent::{AgentClient, AgentError};
+use kiln::copy::{self, CopyError, CopyLimit, CopyLimits};
+use kiln::progress::NoProgress;
+use kiln::session::Session;
+use kiln::{Error, ExecRequest, ExitStatus, VmSpec};
+use kiln_testkit::TestEnv;
+use kiln_testkit::hostile::{
+    PAYLOAD_DIR, REAL_BUSYBOX, install_fake_shell, pad, peak_rss_kib, reset_peak_rss, rss_kib,
+    tar_entry, tar_header, tar_symlink,
+};
+use tar::EntryType;
+
+/// Every file below `dir` with its contents (symlinks as `-> target`).
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("-> {}", target.display()));
+            } else if meta.is_dir() {
+                out.insert(rel, "/".to_owned());
+                dirs.push(path);
+            } else {
+                out.insert(rel, std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+async fn run(agent: &AgentClient, script: &str) {
+    let out = agent
+        .exec(ExecRequest::new(["/bin/busybox", "sh", "-c", script]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status,
+        ExitStatus::Code(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the fake shell answers next: `list` for the listing, `stream` for the tar sender.
+async fn lie(agent: &AgentClient, list: &str, stream: &[u8], endless: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("list"), list).unwrap();
+    std::fs::write(dir.path().join("stream"), stream).unwrap();
+    copy::push(
+        agent,
+        &dir.path().join("list"),
+        &format!("{PAYLOAD_DIR}/list"),
+    )
+    .await
+    .unwrap();
+    copy::push(
+        agent,
+        &dir.path().join("stream"),
+        &format!("{PAYLOAD_DIR}/stream"),
+    )
+    .await
+    .unwrap();
+    let endless = if endless { "touch" } else { "rm -f" };
+    run(agent, &format!("{endless} {PAYLOAD_DIR}/endless")).await;
+}
+
+fn copy_error(result: kiln::Result<impl std::fmt::Debug>) -> CopyError {
+    match result {
+        Err(Error::Copy(err)) => err,
+        other => panic!("expected a copy error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_guest_writes_nothing_outside_and_the_host_stays_bounded() {
+    let env = TestEnv::new();
+    let kiln = env.kiln();
+    // The workspace, with siblings a `..` would reach.
+    let top = tempfile::tempdir().unwrap();
+    let ws = top.path().join("ws");
+    std::fs::create_dir_all(ws.join("src")).unwrap();
+    std::fs::write(ws.join("src/lib.txt"), "v1\n").unwrap();
+    std::fs::create_dir(top.path().join("outside")).unwrap();
+    std::fs::write(top.path().join("bashrc"), "original\n").unwrap();
+
+    let spec = VmSpec::builder("hostile").memory_mib(384).build().unwrap();
+    let limits = CopyLimits::default()
+        .max_entries(2000)
+        .max_list_bytes(256 << 10);
+    let mut session = Session::new(kiln.clone(), spec, Some(ws.clone())).with_limits(limits);
+    session.ensure_ready(&NoProgress).await.unwrap();
+    let agent = session.agent().unwrap().clone();
+    run(&agent, &install_fake_shell()).await;
+    let before = snapshot(top.path());
+    let baseline_kib = rss_kib();
+    reset_peak_rss();
+
+    // 1. The file list names a path outside the workspace.
+    lie(&agent, "9 100 ./../bashrc\n3 100 ./ok.txt\n", b"", false).await;
+    let err = copy_error(session.pull_changes(&NoProgress).await);
+    assert!(matches!(err, CopyError::UnsafePath { .. }), "{err}");
+
+    // 2. An honest list, but the stream carries `..`, an absolute name, an unlisted file.
+    for (name, want) in [
+        (&b"../bashrc"[..], "unsafe"),
+        (b"/etc/passwd", "unsafe"),
+        (b"unlisted.txt", "unlisted"),
+    ] {
+        let mut stream = Vec::new();
+        tar_entry(&mut stream, EntryType::Regular, b"new.txt", b"fine\n");
+        tar_entry(&mut stream, EntryType::Regular, name, b"owned\n");
+        lie(&agent, "5 100 ./new.txt\n", &stream, false).await;
+        let err = copy_error(session.pull_changes(&NoProgress).await);
+        let ok = match want {
+            "unsafe" => matches!(err, CopyError::UnsafePath { .. }),
+            _ => matches!(err, CopyError::UnlistedEntry { .. }),
+        };
+        assert!(ok, "{name:?}: {err}");
+    }
+
+    // 3. A directory replaced by a symlink: listed as a file, sent as a link, then used.
+    for target in [&b".."[..], b"src"] {
+        let mut stream = Vec::new();
+        tar_symlink(&mut stream, b"out", target);
+        tar_entry(&mut stream, EntryType::Regular, b"out/bashrc", b"owned\n");
+        lie(&agent, "0 100 ./out\n6 100 ./out/bashrc\n", &stream, false).await;
+        let err = copy_error(session.pull_changes(&NoProgress).await);
+        assert!(
+            matches!(
+                err,
+                CopyError::SymlinkEscapes { .. } | CopyError::UnsafePath { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    // 4. A symlink swapped in on the host between two pulls: the guest's honest file under
+    //    `sub/` must not follow it.
+    std::os::unix::fs::symlink("../outside", ws.join("sub")).unwrap();
+    let mut stream = Vec::new();
+    tar_entry(&mut stream, EntryType::Regular, b"sub/f", b"owned\n");
+    lie(&agent, "6 100 ./sub/f\n", &stream, false).await;
+    let err = copy_error(session.pull_changes(&NoProgress).await);
+    assert!(matches!(err, CopyError::UnsafePath { .. }), "{err}");
+    std::fs::remove_file(ws.join("sub")).unwrap();
+
+    // 5. A PAX header announcing 1 GiB, followed by zeros for as long as the host reads.
+    let mut stream = Vec::new();
+    tar_header(&mut stream, EntryType::XHeader, b"pax", 1 << 30);
+    lie(&agent, "5 100 ./new.txt\n", &stream, true).await;
+    let err = copy_error(session.pull_changes(&NoProgress).await);
+    assert!(
+        matches!(
+            err,
+            CopyError::LimitExceeded {
+                limit: CopyLimit::HeaderSize,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // 6. A flood of entries, all with the one listed name.
+    let mut stream = Vec::new();
+    for _ in 0..3000 {
+        tar_entry(&mut stream, EntryType::Regular, b"new.txt", b"");
+    }
+    pad(&mut stream);
+    lie(&agent, "0 100 ./new.txt\n", &stream, true).await;
+    let err = copy_error(session.pull_changes(&NoProgress).await);
+    assert!(
+        matches!(
+            err,
+            CopyError::LimitExceeded {
+                limit: CopyLimit::Entries,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // 7. A file list far past its limit.
+    let list: String = (0..20_000)
+        .map(|i| format!("1 1 ./flood-{i:08}\n"))
+        .collect();
+    lie(&agent, &list, b"", false).await;
+    let err = copy_error(session.pull_changes(&NoProgress).await);
+    assert!(
+        matches!(
+            err,
+            CopyError::LimitExceeded {
+                limit: CopyLimit::FileList,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // 8. `kiln cp` from the guest: the same lies through the other reader.
+    let mut stream = Vec::new();
+    tar_entry(
+        &mut stream,
+        EntryType::Regular,
+        b"x/../../bashrc",
+        b"owned\n",
+    );
+    lie(&agent, "", &stream, false).await;
+    let dest = ws.join("pulled");
+    let err = copy_error(copy::pull(&agent, "/workspace/x", &dest, &CopyLimits::default()).await);
+    assert!(matches!(err, CopyError::UnsafePath { .. }), "{err}");
+
+    // 9. A command that floods its output: collected only up to the limit, then killed.
+    let flood = agent
+        .exec(ExecRequest::new([REAL_BUSYBOX, "yes", "flood"]))
+        .await
+        .unwrap()
+        .output_limited(1 << 20)
+        .await;
+    assert!(
+        matches!(flood, Err(AgentError::OutputTooLarge { .. })),
+        "{flood:?}"
+    );
+
+    let peak_kib = peak_rss_kib();
+    assert_eq!(
+        snapshot(top.path()),
+        before,
+        "the lies changed the host's files"
+    );
+    assert!(
+        peak_kib.saturating_sub(baseline_kib) < 64 << 10,
+        "the host's memory grew by {} KiB (from {baseline_kib} KiB to a peak of {peak_kib} KiB)",
+        peak_kib.saturating_sub(baseline_kib)
+    );
+
+    // The session still works after all that: an honest pull comes through.
+    run(
+        &agent,
+        "ln -sf busybox /bin/sh && echo v2 >> /workspace/src/lib.txt",
+    )
+    .await;
+    let report = session.pull_changes(&NoProgress).await.unwrap();
+    assert_eq!(report.changed, ["src/lib.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("src/lib.txt")).unwrap(),
+        "v1\nv2\n"
+    );
+    session.shutdown(&NoProgress).await.unwrap();
+}
