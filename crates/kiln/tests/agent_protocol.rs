@@ -175,6 +175,44 @@ async fn a_new_connection_replaces_an_old_one_cleanly() {
     assert_eq!(out.stdout, b"again\n");
 }
 
+#[tokio::test]
+async fn a_guest_that_goes_silent_after_the_handshake_times_out_on_every_request() {
+    let agent = spawn_agent();
+    let client = connect(&agent)
+        .await
+        .with_reply_timeout(Duration::from_millis(500));
+    client.ping().await.unwrap();
+    let running = client.exec(sh("sleep 30")).await.unwrap();
+    // The agent stops answering, as a hung or hostile guest would.
+    let pid = rustix::process::Pid::from_raw(agent.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let started = std::time::Instant::now();
+    let ping = client.ping().await;
+    let exec = client.exec(sh("true")).await;
+    let identity = client.set_identity("x", SECRET, b"seed").await;
+    let mut running = running;
+    let event = running
+        .next_event_within(Duration::from_millis(500), "output")
+        .await;
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    for (what, result) in [
+        ("ping", ping.map(|_| ())),
+        ("exec", exec.map(|_| ())),
+        ("set_identity", identity),
+        ("output", event.map(|_| ())),
+    ] {
+        assert!(
+            matches!(result, Err(AgentError::Timeout { .. })),
+            "{what}: {result:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A fake agent that answers the handshake with `reply` and then stays silent.
 async fn fake_agent(socket: &Path, reply: Vec<u8>) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::UnixListener::bind(socket).unwrap();

@@ -22,6 +22,10 @@ const MAX_SKIP_BEFORE_MAGIC: u64 = 16 << 20;
 /// Messages buffered per stream before the reader waits for the consumer (backpressure).
 const STREAM_BUFFER: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
+/// How long the agent may take to answer a request (`Started`, `Pong`, `IdentitySet`) once
+/// the connection is up. A guest that authenticates and then goes silent gets a typed
+/// timeout, not a hung host. Generous: a busy TCG guest spawns a process in ~10 ms.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Routes = Arc<Mutex<HashMap<StreamId, mpsc::Sender<Message>>>>;
 /// The agent's half of a byte stream to it: a Unix socket, or a channel tunnelled by libvirt.
@@ -32,6 +36,7 @@ type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     inner: Arc<Inner>,
+    reply_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -202,7 +207,24 @@ impl AgentClient {
                 info,
                 reader,
             }),
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
         })
+    }
+
+    /// The same connection, with another deadline for the agent's answers to requests
+    /// (default [`DEFAULT_REPLY_TIMEOUT`]).
+    pub fn with_reply_timeout(mut self, timeout: Duration) -> Self {
+        self.reply_timeout = timeout;
+        self
+    }
+
+    /// Waits for the first answer on a stream, within the reply deadline.
+    async fn reply(
+        &self,
+        what: &'static str,
+        rx: &mut mpsc::Receiver<Message>,
+    ) -> Result<Option<Message>, AgentError> {
+        within(self.reply_timeout, what, async { Ok(rx.recv().await) }).await
     }
 
     /// What the agent said about itself.
@@ -221,9 +243,9 @@ impl AgentClient {
             },
         )
         .await?;
-        let reply = rx.recv().await;
+        let reply = self.reply("a ping", &mut rx).await;
         self.close_stream(stream);
-        match reply {
+        match reply? {
             Some(Message::Pong { .. }) => Ok(started.elapsed()),
             Some(other) => Err(unexpected(other)),
             None => Err(AgentError::Disconnected),
@@ -245,9 +267,9 @@ impl AgentClient {
             seed: seed.to_vec(),
         };
         self.send(stream, message).await?;
-        let reply = rx.recv().await;
+        let reply = self.reply("setting the identity", &mut rx).await;
         self.close_stream(stream);
-        match reply {
+        match reply? {
             Some(Message::IdentitySet) => Ok(()),
             Some(other) => Err(unexpected(other)),
             None => Err(AgentError::Disconnected),
@@ -259,7 +281,11 @@ impl AgentClient {
         let wants_stdin = request.stdin;
         let (stream, mut rx) = self.open_stream();
         self.send(stream, Message::Exec(request)).await?;
-        match rx.recv().await {
+        let reply = self.reply("starting a command", &mut rx).await;
+        if reply.is_err() {
+            self.close_stream(stream);
+        }
+        match reply? {
             Some(Message::Started { .. }) => {}
             Some(Message::Error(e)) => {
                 self.close_stream(stream);

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use kiln_proto::{ExitStatus, MAX_CHUNK_LEN, Message, StreamId};
 use tokio::sync::mpsc;
 
@@ -80,6 +82,39 @@ impl ExecSession {
                 Some(_) => continue,
             };
             return Ok(Some(event));
+        }
+    }
+
+    /// The next event, or [`AgentError::Timeout`] when the guest sends nothing for `idle`.
+    pub async fn next_event_within(
+        &mut self,
+        idle: Duration,
+        what: &'static str,
+    ) -> Result<Option<ExecEvent>, AgentError> {
+        tokio::time::timeout(idle, self.next_event())
+            .await
+            .map_err(|_| AgentError::Timeout { what, after: idle })?
+    }
+
+    /// [`output_limited`](Self::output_limited) within `timeout` for the whole command; past
+    /// it the command is killed and [`AgentError::Timeout`] returned. For the short commands
+    /// kiln runs itself, where a guest that never answers must not hang the host.
+    pub async fn output_within(
+        self,
+        limit: usize,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<ExecOutput, AgentError> {
+        let (client, stream) = (self.client.clone(), self.stream);
+        match tokio::time::timeout(timeout, self.output_limited(limit)).await {
+            Ok(output) => output,
+            Err(_) => {
+                let _ = client.send(stream, Message::Signal { signal: 9 }).await;
+                Err(AgentError::Timeout {
+                    what,
+                    after: timeout,
+                })
+            }
         }
     }
 

@@ -22,6 +22,8 @@ use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -34,6 +36,11 @@ const CHUNK: usize = 256 * 1024;
 const IN_FLIGHT: usize = 8;
 /// The guest's stderr kept for an error message.
 const STDERR_KEPT: usize = 16 * 1024;
+/// How long kiln's own short commands in the guest (is this a directory? list the files) may
+/// take, and how long a guest sending files may pause: past either, a typed timeout.
+pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+/// What kiln's own short commands may print.
+pub(crate) const CONTROL_OUTPUT: usize = 1 << 20;
 
 /// What went wrong copying files.
 #[derive(Debug, thiserror::Error)]
@@ -242,9 +249,9 @@ pub(crate) async fn pull_paths(
         stdin.close().await?;
         Ok::<_, crate::Error>(())
     };
-    let (sent, exited) = tokio::join!(send_list, wait_exit(&mut session, Some(tx)));
-    sent?;
-    let unpacked = finish_pull(unpacking, exited, guest_dir).await?;
+    // try_join: a guest that stops reading the list must not hold the wait for its exit.
+    let ((), exited) = tokio::try_join!(send_list, wait_exit(&mut session, Some(tx)))?;
+    let unpacked = finish_pull(unpacking, Ok(exited), guest_dir).await?;
     Ok((unpacked.stats, unpacked.placed))
 }
 
@@ -274,7 +281,16 @@ async fn wait_exit(
 ) -> Result<(ExitStatus, String)> {
     let mut stderr = Vec::new();
     loop {
-        match session.next_event().await? {
+        // A pull waits on the guest's data: a guest that stops sending times out. A push's
+        // command prints nothing until it exits, however long the upload takes.
+        let event = if stdout.is_some() {
+            session
+                .next_event_within(CONTROL_TIMEOUT, "the guest's file stream")
+                .await?
+        } else {
+            session.next_event().await?
+        };
+        match event {
             Some(ExecEvent::Stdout(data)) => {
                 if let Some(tx) = &stdout
                     && tx.send(data).await.is_err()
@@ -318,7 +334,7 @@ async fn guest_kind(agent: &AgentClient, path: &str) -> Result<GuestKind> {
     let out = agent
         .exec(ExecRequest::new(["sh", "-c", script, "kiln-cp", path]))
         .await?
-        .output()
+        .output_within(CONTROL_OUTPUT, CONTROL_TIMEOUT, "checking the destination")
         .await?;
     match String::from_utf8_lossy(&out.stdout).trim() {
         "dir" => Ok(GuestKind::Dir),

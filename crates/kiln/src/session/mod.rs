@@ -278,7 +278,13 @@ async fn remove_in_guest(agent: &AgentClient, paths: &[String]) -> Result<()> {
     }
     stdin.write(&list).await?;
     stdin.close().await?;
-    let out = exec.output().await?;
+    let out = exec
+        .output_within(
+            copy::CONTROL_OUTPUT,
+            copy::CONTROL_TIMEOUT,
+            "removing files in the guest",
+        )
+        .await?;
     if out.status != crate::ExitStatus::Code(0) {
         warn!(
             "removing deleted files in the guest: {}",
@@ -292,7 +298,11 @@ async fn mkdir(agent: &AgentClient, dir: &str) -> Result<()> {
     let out = agent
         .exec(ExecRequest::new(["mkdir", "-p", dir]))
         .await?
-        .output()
+        .output_within(
+            copy::CONTROL_OUTPUT,
+            copy::CONTROL_TIMEOUT,
+            "creating the workspace",
+        )
         .await?;
     if out.status != crate::ExitStatus::Code(0) {
         warn!("mkdir {dir} in the guest: {:?}", out.status);
@@ -398,7 +408,7 @@ async fn guest_stamps(
             GUEST_WORKSPACE,
         ]))
         .await?
-        .output_limited(max)
+        .output_within(max, copy::CONTROL_TIMEOUT, "listing the workspace")
         .await
         .map_err(|err| match err {
             AgentError::OutputTooLarge { .. } => crate::Error::Copy(CopyError::LimitExceeded {
