@@ -19,6 +19,16 @@ async fn boot_exec_concurrency_stop_and_start() {
     let vm = kiln.up(spec, &NoProgress).await.unwrap();
     assert_eq!(vm.state().await, VmState::Running);
 
+    // QEMU runs under its seccomp filter (`-sandbox`): mode 2 is "filter".
+    let pid = std::fs::read_to_string(vm.paths().pidfile()).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+        "QEMU is not sandboxed:\n{status}"
+    );
+
     // The guest runs the image's kernel.
     let image = kiln.images().get("default").unwrap();
     let out = vm

@@ -22,7 +22,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically with mode `0600`: a temp file in the same directory,
-/// fsync, rename.
+/// fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
@@ -47,6 +47,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         IoError::new("rename into place", path, err)
     })?;
+    // The rename is durable only once the directory that records it is on disk too.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(IoError::at("sync directory", dir))?;
     Ok(())
 }
 

@@ -39,9 +39,20 @@ pub(crate) fn serial_tail(paths: &VmPaths, lines: usize) -> String {
     log_tail(&paths.serial_log(), lines)
 }
 
-/// The last `lines` lines of a log file; empty when it cannot be read.
+/// The most of a log's end that [`log_tail`] reads: a guest can make its console log as large
+/// as it likes, so only the end is ever read.
+const TAIL_BYTES: u64 = 64 << 10;
+
+/// The last `lines` lines of a log file (from at most its last 64 KiB); empty when it cannot
+/// be read.
 pub(crate) fn log_tail(path: &std::path::Path, lines: usize) -> String {
-    let log = std::fs::read(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut log = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let len = file.metadata().map_or(0, |m| m.len());
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+        let _ = file.take(TAIL_BYTES).read_to_end(&mut log);
+    }
     let text = String::from_utf8_lossy(&log);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -413,5 +424,21 @@ impl Kiln {
         self.backend.kill(paths).await?;
         paths.remove_all()?;
         self.networks().release(name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_tail_of_a_huge_log_is_read_from_its_end_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        let mut text = "x".repeat(1 << 20);
+        text.push_str("\nsecond to last\nlast line\n");
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(super::log_tail(&log, 2), "second to last\nlast line");
+        assert_eq!(super::log_tail(&dir.path().join("absent"), 2), "");
     }
 }

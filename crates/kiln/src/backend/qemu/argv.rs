@@ -80,6 +80,10 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
     argv.push(["-smp", &l.cpus.to_string()]);
     argv.push(["-m", &format!("{}M", l.memory_mib)]);
     argv.push(["-nodefaults", "-no-user-config", "-display", "none"]);
+    // seccomp: no obsolete system calls, no changes to scheduling or resource limits.
+    // `elevateprivileges=deny` and `spawn=deny` are left out: with them QEMU exits at
+    // `-daemonize` (it forks and calls setsid() after the filter is in place; measured).
+    argv.push(["-sandbox", "on,obsolete=deny,resourcecontrol=deny"]);
     if let Some(firmware) = &l.firmware {
         argv.push_path("-bios", firmware);
     }
@@ -241,7 +245,8 @@ mod tests {
     #[test]
     fn microvm_tcg_golden() {
         let expected = "-name guest=web-1,debug-threads=on -machine microvm -accel tcg -cpu max \
--smp 2 -m 1024M -nodefaults -no-user-config -display none -bios /usr/share/qemu/qboot.rom \
+-smp 2 -m 1024M -nodefaults -no-user-config -display none -sandbox on,obsolete=deny,resourcecontrol=deny \
+-bios /usr/share/qemu/qboot.rom \
 -kernel /k/images/default/vmlinux -initrd /k/images/default/initramfs.cpio \
 -append console=ttyS0 kiln.name=web-1 \
 -chardev file,id=serial0,append=on,path=/k/vms/web-1/serial.log -serial chardev:serial0 \
