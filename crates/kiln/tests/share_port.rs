@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use kiln::backend::qemu::QemuError;
@@ -78,6 +79,29 @@ async fn shares_and_forwards_on_a_running_vm() {
     assert_eq!(
         std::fs::read_to_string(rw.path().join("g.txt")).unwrap(),
         "from-guest\n"
+    );
+    // A guest root cannot plant a setuid-root program in the host's directory: the guest
+    // sees its own mode, the host file carries none of it.
+    let out = vm
+        .exec_output(sh(
+            "cp /bin/busybox /srv/out/suid && chown 0:0 /srv/out/suid \
+             && chmod 6755 /srv/out/suid && stat -c %a /srv/out/suid",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "6755",
+        "{out:?}"
+    );
+    let mode = std::fs::metadata(rw.path().join("suid"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7000,
+        0,
+        "the host file is setuid or setgid: {mode:o}"
     );
 
     // A server in the guest, reached through the forwarded port.

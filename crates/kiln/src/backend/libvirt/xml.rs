@@ -449,7 +449,9 @@ impl DomainDef {
                     .iter()
                     .map(|share| FilesystemOut {
                         kind: "mount",
-                        access_mode: "passthrough",
+                        // "mapped": the guest's owners and modes live in xattrs, so a
+                        // guest cannot plant a setuid-root file in a host directory.
+                        access_mode: "mapped",
                         source: DirOut {
                             dir: &share.host_dir,
                         },

@@ -152,10 +152,16 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         ]);
     }
     for share in &l.shares {
+        // mapped-xattr: the guest's owners and modes live in xattrs, never in the host file's
+        // mode, so a guest root cannot plant a setuid-root file in a host directory (QEMU
+        // often runs as root). Host files the guest creates are 0600 (directories 0700).
         let readonly = if share.read_only { ",readonly=on" } else { "" };
         argv.push_kv(
             "-fsdev",
-            &format!("local,id={},security_model=none{readonly},path=", share.tag),
+            &format!(
+                "local,id={},security_model=mapped-xattr{readonly},path=",
+                share.tag
+            ),
             &share.host,
         );
         argv.push([
@@ -291,7 +297,7 @@ mod tests {
             "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53 "
         ));
         assert!(argv.contains(
-            "-fsdev local,id=kiln0,security_model=none,readonly=on,path=/srv/data \
+            "-fsdev local,id=kiln0,security_model=mapped-xattr,readonly=on,path=/srv/data \
 -device virtio-9p-device,fsdev=kiln0,mount_tag=kiln0"
         ));
     }
