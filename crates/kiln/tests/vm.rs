@@ -164,3 +164,25 @@ async fn an_unknown_named_network_is_refused_before_anything_is_created() {
     );
     assert!(!env.home().join("data/vms/netted").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pidfile_does_not_orphan_qemu() {
+    let env = TestEnv::new();
+    let kiln = env.kiln();
+    let spec = VmSpec::builder("nopid").memory_mib(256).build().unwrap();
+    let vm = kiln.up(spec, &NoProgress).await.unwrap();
+    let pid = std::fs::read_to_string(vm.paths().pidfile()).unwrap();
+    // A wiped runtime directory, or a starter killed before QEMU wrote it.
+    std::fs::remove_file(vm.paths().pidfile()).unwrap();
+    kiln.remove("nopid", true, &NoProgress).await.unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    assert!(
+        matches!(state, None | Some("Z" | "X")),
+        "QEMU {} still runs: {stat}",
+        pid.trim()
+    );
+}

@@ -318,6 +318,12 @@ impl Backend for QemuBackend {
     async fn kill(&self, paths: &VmPaths) -> Result<()> {
         let qmp = paths.qmp_socket();
         let Some(pid) = self.running_pid(paths).await else {
+            // No pidfile: QEMU may still run (its starter was killed before it wrote one, or
+            // the runtime directory was wiped). Find it by its socket instead of orphaning it.
+            for pid in process::find_by_socket(&qmp) {
+                debug!("killing QEMU {pid}, which has no pidfile");
+                process::wait_or_kill(pid, &qmp, Duration::ZERO).await;
+            }
             return Ok(());
         };
         let quit = async {

@@ -62,6 +62,19 @@ pub fn is_alive(pid: u32, qmp_socket: &Path) -> bool {
     cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Every live QEMU of this VM, found by its QMP socket on its command line: how a QEMU is
+/// found when its pidfile is gone or was never written (a `kiln` killed while QEMU started,
+/// a wiped runtime directory). The socket path is unique to the VM.
+pub fn find_by_socket(qmp_socket: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_alive(*pid, qmp_socket))
+        .collect()
+}
+
 /// Waits up to `grace` for the process to end, then kills it.
 pub async fn wait_or_kill(pid: u32, qmp_socket: &Path, grace: Duration) {
     let deadline = Instant::now() + grace;
