@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::CopyError;
@@ -97,14 +97,17 @@ impl GuestPath {
     }
 
     /// Whether a symlink at this path with this target would point outside the directory it
-    /// is placed in (an absolute target, or more `..` than there are parents).
+    /// is placed in. Only a target that climbs first and then descends is judged safe: `..`
+    /// after a normal component is refused, since the kernel follows a symlink before it
+    /// applies the `..` (`l/l/../..` with `l -> .` climbs two levels, not zero).
     pub(crate) fn link_escapes(&self, target: &Path) -> bool {
         let mut depth = self.parents().len();
+        let mut descending = false;
         for component in target.components() {
             match component {
-                Component::Normal(_) => depth += 1,
+                Component::Normal(_) => descending = true,
                 Component::CurDir => {}
-                Component::ParentDir if depth > 0 => depth -= 1,
+                Component::ParentDir if !descending && depth > 0 => depth -= 1,
                 _ => return true,
             }
         }
@@ -192,15 +195,28 @@ impl Beneath {
     }
 
     /// Makes the directory `rel` (and its parents) with `mode`.
+    /// A directory that already exists keeps its mode.
     pub fn create_dir(&self, rel: &GuestPath, mode: u32) -> Result<()> {
+        let existed = self.stat(rel)?.is_some();
         let fd = self.dir(rel, &rel.parts, true)?;
+        if existed {
+            return Ok(());
+        }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode((mode & MODE_MASK) | 0o700))
             .map_err(|e| self.io("set the mode of", rel, e))
     }
 
-    /// Writes `data` as the file `rel` with `mode` (masked by [`MODE_MASK`]), replacing what
-    /// is there unless it is a directory. At most `len` bytes are read.
-    pub fn write_file(&self, rel: &GuestPath, mode: u32, len: u64, data: impl Read) -> Result<u64> {
+    /// Writes `len` bytes of `data` as the file `rel` with `mode` (masked by [`MODE_MASK`])
+    /// and modification time `mtime`, replacing what is there unless it is a directory. Data
+    /// that ends early replaces nothing (`Truncated`).
+    pub fn write_file(
+        &self,
+        rel: &GuestPath,
+        mode: u32,
+        mtime: i64,
+        len: u64,
+        data: impl Read,
+    ) -> Result<u64> {
         let (dir, name) = self.parent(rel, true)?;
         let (tmp, fd) = create_temp(|tmp| {
             rustix::fs::openat(
@@ -217,8 +233,23 @@ impl Beneath {
                 .map_err(IoError::at("write", self.host_path(rel)))?;
             file.flush()
                 .map_err(IoError::at("write", self.host_path(rel)))?;
+            if n != len {
+                return Err(CopyError::Truncated {
+                    path: rel.to_string(),
+                }
+                .into());
+            }
             rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & MODE_MASK))
                 .map_err(|e| self.io("set the mode of", rel, e))?;
+            let time = rustix::fs::Timespec {
+                tv_sec: mtime,
+                tv_nsec: 0,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: time,
+                last_modification: time,
+            };
+            rustix::fs::futimens(&file, &times).map_err(|e| self.io("set the time of", rel, e))?;
             self.replace(&dir, &tmp, name, rel)?;
             Ok::<_, crate::Error>(n)
         })();
@@ -276,9 +307,16 @@ impl Beneath {
     }
 
     /// Moves the file or symlink `from` below `source` to `to` below this directory (creating
-    /// its parents). Directories are neither moved nor replaced; anything else at `to` is
-    /// replaced, atomically.
-    pub fn move_from(&self, source: &Beneath, from: &GuestPath, to: &GuestPath) -> Result<()> {
+    /// its parents). Directories are neither moved nor replaced. With `replace`, anything
+    /// else at `to` is replaced, atomically; without it, nothing is, and `Ok(false)` says
+    /// `to` was taken.
+    pub fn move_from(
+        &self,
+        source: &Beneath,
+        from: &GuestPath,
+        to: &GuestPath,
+        replace: bool,
+    ) -> Result<bool> {
         let (from_dir, from_name) = source.parent(from, false)?;
         let (to_dir, to_name) = self.parent(to, true)?;
         if is_dir_at(&from_dir, from_name) || is_dir_at(&to_dir, to_name) {
@@ -287,13 +325,19 @@ impl Beneath {
             }
             .into());
         }
-        rustix::fs::renameat(&from_dir, from_name, &to_dir, to_name)
-            .map_err(|e| self.io("move into place", to, e))
+        let flags = if replace {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        match rustix::fs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) if !replace => Ok(false),
+            Err(e) => Err(self.io("move into place", to, e)),
+        }
     }
 }
 
-/// Opens the directory `name` in `at`. `RESOLVE_NO_SYMLINKS` covers the last component too: a
-/// symlink there is `ELOOP` (with `O_NOFOLLOW` it would be `ENOTDIR`, like a file).
 fn open_dir(at: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat2(
         at,
@@ -313,9 +357,9 @@ fn is_dir_at(dir: &OwnedFd, name: &OsStr) -> bool {
 fn create_temp<T>(
     mut make: impl FnMut(&OsStr) -> rustix::io::Result<T>,
 ) -> rustix::io::Result<(OsString, T)> {
-    loop {
+    for _ in 0..64 {
         let mut bytes = [0u8; 6];
-        let _ = getrandom::fill(&mut bytes);
+        getrandom::fill(&mut bytes).map_err(|_| Errno::AGAIN)?;
         let tmp = OsString::from(format!(".kiln-tmp-{}", hex::encode(bytes)));
         match make(&tmp) {
             Ok(made) => return Ok((tmp, made)),
@@ -323,6 +367,7 @@ fn create_temp<T>(
             Err(e) => return Err(e),
         }
     }
+    Err(Errno::EXIST)
 }
 
 #[cfg(test)]
@@ -353,7 +398,8 @@ mod tests {
     #[test]
     fn link_targets_that_leave_are_seen() {
         assert!(!p("a/b/link").link_escapes(Path::new("../c")));
-        assert!(!p("a/link").link_escapes(Path::new("./x/../y")));
+        assert!(p("a/link").link_escapes(Path::new("./x/../y")));
+        assert!(p("a/b/link").link_escapes(Path::new("l/l/l/../../../../x")));
         assert!(p("link").link_escapes(Path::new("../x")));
         assert!(p("a/link").link_escapes(Path::new("../../x")));
         assert!(p("a/link").link_escapes(Path::new("/etc")));
@@ -368,7 +414,7 @@ mod tests {
         let beneath = Beneath::open(dest.path()).unwrap();
         for name in ["evil/owned", "evil/deeper/owned"] {
             let err = beneath
-                .write_file(&p(name), 0o644, 1, &b"x"[..])
+                .write_file(&p(name), 0o644, 0, 1, &b"x"[..])
                 .unwrap_err();
             assert!(
                 matches!(err, crate::Error::Copy(CopyError::UnsafePath { .. })),
@@ -391,7 +437,9 @@ mod tests {
         std::fs::write(&victim, "untouched").unwrap();
         std::os::unix::fs::symlink(&victim, dest.path().join("f")).unwrap();
         let beneath = Beneath::open(dest.path()).unwrap();
-        beneath.write_file(&p("f"), 0o4777, 3, &b"new"[..]).unwrap();
+        beneath
+            .write_file(&p("f"), 0o4777, 0, 3, &b"new"[..])
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
         let meta = std::fs::symlink_metadata(dest.path().join("f")).unwrap();
         assert!(meta.is_file());
@@ -409,7 +457,7 @@ mod tests {
         std::fs::create_dir(dest.path().join("d")).unwrap();
         let beneath = Beneath::open(dest.path()).unwrap();
         let err = beneath
-            .write_file(&p("d"), 0o644, 1, &b"x"[..])
+            .write_file(&p("d"), 0o644, 0, 1, &b"x"[..])
             .unwrap_err();
         assert!(matches!(
             err,
@@ -420,6 +468,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["d"]);
+    }
+
+    #[test]
+    fn data_that_ends_early_replaces_nothing() {
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::write(dest.path().join("f"), "the user's").unwrap();
+        let beneath = Beneath::open(dest.path()).unwrap();
+        let err = beneath
+            .write_file(&p("f"), 0o644, 0, 100, &b"short"[..])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            crate::Error::Copy(CopyError::Truncated { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("f")).unwrap(),
+            "the user's"
+        );
+        assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -452,9 +519,27 @@ mod tests {
             Beneath::open(stage.path()).unwrap(),
             Beneath::open(dest.path()).unwrap(),
         );
-        assert!(target.move_from(&source, &p("f"), &p("sub/f")).is_err());
+        assert!(
+            target
+                .move_from(&source, &p("f"), &p("sub/f"), true)
+                .is_err()
+        );
         assert!(stage.path().join("f").exists(), "nothing was lost");
-        target.move_from(&source, &p("f"), &p("new/f")).unwrap();
+        std::fs::write(dest.path().join("taken"), "mine").unwrap();
+        assert!(
+            !target
+                .move_from(&source, &p("f"), &p("taken"), false)
+                .unwrap()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("taken")).unwrap(),
+            "mine"
+        );
+        assert!(
+            target
+                .move_from(&source, &p("f"), &p("new/f"), false)
+                .unwrap()
+        );
         assert_eq!(
             std::fs::read_to_string(dest.path().join("new/f")).unwrap(),
             "x"

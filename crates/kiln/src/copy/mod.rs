@@ -39,6 +39,9 @@ const STDERR_KEPT: usize = 16 * 1024;
 /// How long kiln's own short commands in the guest (is this a directory? list the files) may
 /// take, and how long a guest sending files may pause: past either, a typed timeout.
 pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+/// What a guest may send after its archive ended before it is killed (tar pads its output
+/// to 10 KiB records).
+const MAX_TRAILING: usize = 1 << 20;
 /// What kiln's own short commands may print.
 pub(crate) const CONTROL_OUTPUT: usize = 1 << 20;
 
@@ -159,11 +162,27 @@ async fn send_tar(
         stdin.close().await?;
         Ok::<_, crate::Error>(())
     };
-    let (forwarded, exited) = tokio::join!(forward, wait_exit(&mut session, None));
-    let stats = packing.await.map_err(crate::image::join_error)??;
+    let wait = wait_exit(&mut session, None);
+    tokio::pin!(wait);
+    // The command prints nothing until it exits, however long the upload takes; once all is
+    // sent, it must exit within the deadline.
+    let (forwarded, exited) = tokio::select! {
+        exited = &mut wait => (Ok(()), exited),
+        forwarded = forward => {
+            let exited = tokio::time::timeout(CONTROL_TIMEOUT, &mut wait)
+                .await
+                .unwrap_or(Err(AgentError::Timeout {
+                    what: "the guest unpacking files",
+                    after: CONTROL_TIMEOUT,
+                }
+                .into()));
+            (forwarded, exited)
+        }
+    };
     let (status, stderr) = exited?;
     check_status(status, stderr)?;
     forwarded?;
+    let stats = packing.await.map_err(crate::image::join_error)??;
     Ok(stats)
 }
 
@@ -279,11 +298,15 @@ async fn wait_exit(
     session: &mut ExecSession,
     mut stdout: Option<mpsc::Sender<Vec<u8>>>,
 ) -> Result<(ExitStatus, String)> {
+    let pulling = stdout.is_some();
     let mut stderr = Vec::new();
+    // Bytes after the unpacker stopped (the end of the archive, or an error): tar's padding
+    // is drained, a guest that goes on sending is killed.
+    let mut trailing = 0usize;
     loop {
         // A pull waits on the guest's data: a guest that stops sending times out. A push's
-        // command prints nothing until it exits, however long the upload takes.
-        let event = if stdout.is_some() {
+        // command prints nothing until it exits (its caller bounds that wait).
+        let event = if pulling {
             session
                 .next_event_within(CONTROL_TIMEOUT, "the guest's file stream")
                 .await?
@@ -292,11 +315,18 @@ async fn wait_exit(
         };
         match event {
             Some(ExecEvent::Stdout(data)) => {
-                if let Some(tx) = &stdout
-                    && tx.send(data).await.is_err()
-                {
+                let len = data.len();
+                let rejected = match &stdout {
+                    Some(tx) => tx.send(data).await.is_err(),
+                    None => true,
+                };
+                if rejected {
                     stdout = None;
-                    let _ = session.signal(9).await;
+                    let before = trailing;
+                    trailing = trailing.saturating_add(len);
+                    if before <= MAX_TRAILING && trailing > MAX_TRAILING {
+                        let _ = session.signal(9).await;
+                    }
                 }
             }
             Some(ExecEvent::Stderr(data)) => {

@@ -157,13 +157,9 @@ fn unpack_archive<R: Read>(
                     }
                     _ => {
                         limits.check(CopyLimit::Bytes, out.stats.bytes.saturating_add(size))?;
-                        let written = beneath.write_file(&dest, mode, size, &mut entry)?;
-                        if written != size {
-                            return Err(CopyError::Truncated {
-                                path: dest.to_string(),
-                            }
-                            .into());
-                        }
+                        let mtime = entry.header().mtime().unwrap_or(0);
+                        let mtime = i64::try_from(mtime).unwrap_or(0);
+                        let written = beneath.write_file(&dest, mode, mtime, size, &mut entry)?;
                         out.stats.files += 1;
                         out.stats.bytes += written;
                         out.placed.insert(dest);

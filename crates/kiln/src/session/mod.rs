@@ -209,15 +209,18 @@ impl Session {
                     // Created in the guest, but the host made one meanwhile.
                     None => now_on_host.is_some(),
                 };
-                if host_changed {
-                    report.conflicts.push(path.to_string());
-                    moves.push((path, path.with_suffix(".kiln-guest")));
-                } else {
-                    moves.push((path, path.clone()));
-                }
+                moves.push((path, host_changed));
             }
-            for (from, to) in moves {
-                host.move_from(&staged, from, &to)?;
+            let moved = move_into_place(&host, &staged, &moves, &mut report);
+            if let Err(err) = moved {
+                // Nothing the guest sent is lost: what did not move stays in the staging
+                // directory, and the error says where.
+                let kept = staging.keep();
+                warn!(
+                    "the files the guest sent that were not moved are in {}",
+                    kept.display()
+                );
+                return Err(err);
             }
             let missing: Vec<String> = wanted
                 .difference(&placed)
@@ -255,6 +258,44 @@ impl Session {
             needed: crate::VmState::Running,
         })
     }
+}
+
+/// Renames each staged file into the workspace. A file the host changed meanwhile (or made
+/// itself, or one that appears between the check and the move) is never replaced: the
+/// guest's version lands beside it as `NAME.kiln-guest` (`.kiln-guest.1`, … when taken).
+fn move_into_place(
+    host: &Beneath,
+    staged: &Beneath,
+    moves: &[(&GuestPath, bool)],
+    report: &mut SyncReport,
+) -> Result<()> {
+    for (path, host_changed) in moves {
+        // A changed file whose host copy is as pushed replaces it; a created one must not
+        // replace anything.
+        let replace = !host_changed && report.changed.contains(&path.to_string());
+        if !host_changed && host.move_from(staged, path, path, replace)? {
+            continue;
+        }
+        report.conflicts.push(path.to_string());
+        let mut placed = false;
+        for n in 0..100 {
+            let suffix = match n {
+                0 => ".kiln-guest".to_owned(),
+                n => format!(".kiln-guest.{n}"),
+            };
+            if host.move_from(staged, path, &path.with_suffix(&suffix), false)? {
+                placed = true;
+                break;
+            }
+        }
+        if !placed {
+            return Err(CopyError::TypeConflict {
+                path: path.to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Deletes files (relative to the guest's workspace).
