@@ -11,7 +11,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -152,22 +152,34 @@ impl Beneath {
         let mut current: Option<OwnedFd> = None;
         for part in parts {
             let at = current.as_ref().map_or(self.root.as_fd(), AsFd::as_fd);
-            let next = match open_dir(at, part) {
-                Err(Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(at, part.as_os_str(), Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(self.io("create directory", rel, e)),
-                    }
-                    open_dir(at, part)
-                }
-                other => other,
+            let next = if create {
+                self.open_or_make_dir(at, part, rel)?.0
+            } else {
+                open_dir(at, part).map_err(|e| self.refusal(rel, e))?
             };
-            current = Some(next.map_err(|e| self.refusal(rel, e))?);
+            current = Some(next);
         }
         match current {
             Some(fd) => Ok(fd),
             None => rustix::io::dup(&self.root).map_err(|e| self.io("open directory", rel, e)),
         }
+    }
+
+    /// Opens the directory `name` in `at`, making it first when it is missing; says whether
+    /// it made it.
+    fn open_or_make_dir(
+        &self,
+        at: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &GuestPath,
+    ) -> Result<(OwnedFd, bool)> {
+        let made = match rustix::fs::mkdirat(at, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return Err(self.io("create directory", rel, e)),
+        };
+        let fd = open_dir(at, name).map_err(|e| self.refusal(rel, e))?;
+        Ok((fd, made))
     }
 
     /// The directory that holds `rel` (created when missing) and its last component.
@@ -197,9 +209,9 @@ impl Beneath {
     /// Makes the directory `rel` (and its parents) with `mode`.
     /// A directory that already exists keeps its mode.
     pub fn create_dir(&self, rel: &GuestPath, mode: u32) -> Result<()> {
-        let existed = self.stat(rel)?.is_some();
-        let fd = self.dir(rel, &rel.parts, true)?;
-        if existed {
+        let (parent, name) = self.parent(rel, true)?;
+        let (fd, made) = self.open_or_make_dir(parent.as_fd(), name, rel)?;
+        if !made {
             return Ok(());
         }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode((mode & MODE_MASK) | 0o700))

@@ -21,7 +21,6 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
 use std::time::Duration;
 
 use serde::Serialize;

@@ -204,37 +204,40 @@ impl Session {
                     size: u64::try_from(s.st_size).unwrap_or(0),
                     mtime: s.st_mtime,
                 });
-                let host_changed = match self.pushed.get(path) {
-                    Some(pushed) => now_on_host.is_some_and(|s| s != *pushed),
-                    // Created in the guest, but the host made one meanwhile.
-                    None => now_on_host.is_some(),
+                let placement = match (self.pushed.get(path), now_on_host) {
+                    // The host changed it meanwhile, or made one where the guest did.
+                    (Some(pushed), Some(now)) if now != *pushed => Placement::Beside,
+                    (None, Some(_)) => Placement::Beside,
+                    (Some(_), _) => Placement::Replace,
+                    (None, None) => Placement::Create,
                 };
-                moves.push((path, host_changed));
+                moves.push((path, placement));
             }
-            let moved = move_into_place(&host, &staged, &moves, &mut report);
-            if let Err(err) = moved {
-                // Nothing the guest sent is lost: what did not move stays in the staging
-                // directory, and the error says where.
-                let kept = staging.keep();
-                warn!(
-                    "the files the guest sent that were not moved are in {}",
-                    kept.display()
-                );
-                return Err(err);
-            }
-            let missing: Vec<String> = wanted
+            let conflicts = match move_into_place(&host, &staged, &moves) {
+                Ok(conflicts) => conflicts,
+                Err(err) => {
+                    // Nothing the guest sent is lost: what did not move stays in the staging
+                    // directory, and the error says where.
+                    let kept = staging.keep();
+                    warn!(
+                        "the files the guest sent that were not moved are in {}",
+                        kept.display()
+                    );
+                    return Err(err);
+                }
+            };
+            let missing: BTreeSet<String> = wanted
                 .difference(&placed)
                 .map(ToString::to_string)
                 .collect();
             if !missing.is_empty() {
-                warn!("the guest listed but did not send: {}", missing.join(", "));
+                let names: Vec<&str> = missing.iter().map(String::as_str).collect();
+                warn!("the guest listed but did not send: {}", names.join(", "));
             }
-            report
-                .created
-                .retain(|p| !report.conflicts.contains(p) && !missing.contains(p));
-            report
-                .changed
-                .retain(|p| !report.conflicts.contains(p) && !missing.contains(p));
+            let landed = |p: &String| !conflicts.contains(p) && !missing.contains(p);
+            report.created.retain(landed);
+            report.changed.retain(landed);
+            report.conflicts = conflicts.into_iter().collect();
             Ok::<_, crate::Error>(report)
         })
         .await
@@ -260,23 +263,37 @@ impl Session {
     }
 }
 
-/// Renames each staged file into the workspace. A file the host changed meanwhile (or made
-/// itself, or one that appears between the check and the move) is never replaced: the
-/// guest's version lands beside it as `NAME.kiln-guest` (`.kiln-guest.1`, … when taken).
+/// Where a staged file goes in the workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Over the host's copy, which is still as pushed (or gone).
+    Replace,
+    /// Where the host has nothing, and must still have nothing when it lands.
+    Create,
+    /// Beside the host's copy, which changed meanwhile.
+    Beside,
+}
+
+/// Renames each staged file into the workspace, and returns the files that landed beside the
+/// host's copy. A file the host changed meanwhile (or made itself, or one that appears between
+/// the check and the move) is never replaced: the guest's version lands beside it as
+/// `NAME.kiln-guest` (`.kiln-guest.1`, … when taken).
 fn move_into_place(
     host: &Beneath,
     staged: &Beneath,
-    moves: &[(&GuestPath, bool)],
-    report: &mut SyncReport,
-) -> Result<()> {
-    for (path, host_changed) in moves {
-        // A changed file whose host copy is as pushed replaces it; a created one must not
-        // replace anything.
-        let replace = !host_changed && report.changed.contains(&path.to_string());
-        if !host_changed && host.move_from(staged, path, path, replace)? {
+    moves: &[(&GuestPath, Placement)],
+) -> Result<BTreeSet<String>> {
+    let mut conflicts = BTreeSet::new();
+    for &(path, placement) in moves {
+        let landed = match placement {
+            Placement::Replace => host.move_from(staged, path, path, true)?,
+            Placement::Create => host.move_from(staged, path, path, false)?,
+            Placement::Beside => false,
+        };
+        if landed {
             continue;
         }
-        report.conflicts.push(path.to_string());
+        conflicts.insert(path.to_string());
         let mut placed = false;
         for n in 0..100 {
             let suffix = match n {
@@ -295,7 +312,7 @@ fn move_into_place(
             .into());
         }
     }
-    Ok(())
+    Ok(conflicts)
 }
 
 /// Deletes files (relative to the guest's workspace).
@@ -385,8 +402,8 @@ impl<'a> Diff<'a> {
     }
 
     /// What has to go over: the created and the changed files.
-    fn wanted(&self) -> impl Iterator<Item = &'a GuestPath> {
-        self.created.clone().into_iter().chain(self.changed.clone())
+    fn wanted(&self) -> impl Iterator<Item = &'a GuestPath> + '_ {
+        self.created.iter().chain(&self.changed).copied()
     }
 
     fn report(&self) -> SyncReport {
@@ -471,9 +488,8 @@ fn parse_stamps(
     for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let mut parts = line.splitn(3, |b| *b == b' ');
         let parsed = (|| {
-            let text = |s: &[u8]| std::str::from_utf8(s).ok().map(str::to_owned);
-            let size = text(parts.next()?)?.parse().ok()?;
-            let mtime = text(parts.next()?)?.parse().ok()?;
+            let size = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+            let mtime = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
             let path = parts.next()?;
             Some((path, Stamp { size, mtime }))
         })();
