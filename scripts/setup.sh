@@ -69,9 +69,10 @@ main() {
     as_root apt-get install -y -qq -t bookworm-backports --no-install-recommends $want_bpo qemu-system-data >/dev/null
   fi
   # libvirt: the daemon, its headers for the `virt` crate, dnsmasq and iptables for NAT
-  # networks; iproute2 for the network namespaces of the named-network tests.
+  # networks; iproute2 for the network namespaces of the named-network tests; passt for the
+  # user-mode NIC's default policy (outbound NAT that does not reach the host's loopback).
   want=$(missing_packages busybox-static dpkg xz-utils libvirt-daemon-system libvirt-dev \
-    pkg-config dnsmasq-base iptables iproute2)
+    pkg-config dnsmasq-base iptables iproute2 passt)
   if [ -n "$want" ]; then
     apt_update_once
     log "installing: $want"

@@ -163,6 +163,15 @@ pub fn parse_port(rule: &str) -> Result<kiln::spec::PortForward, String> {
     })
 }
 
+/// clap value parser for `--net`: none, nat or host.
+pub fn parse_net_policy(text: &str) -> Result<kiln::NetPolicy, String> {
+    text.parse::<kiln::NetPolicy>()
+        .map_err(|err| match err.hint() {
+            Some(hint) => format!("{err}\n  hint: {hint}"),
+            None => err.to_string(),
+        })
+}
+
 /// clap value parser for VM names: a bad name is a usage error (exit 2).
 pub fn parse_name(name: &str) -> Result<String, String> {
     kiln::spec::validate_name(name)

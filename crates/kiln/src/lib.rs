@@ -38,7 +38,7 @@ pub use agent::{AgentClient, ExecEvent, ExecOutput};
 pub use error::{Error, IoError, Result};
 pub use kiln_proto::{ExecRequest, ExitStatus, RemoteErrorKind, TtySize};
 pub use spec::{
-    BootDevice, ByteSize, DiskSpec, MacAddr, NetworkRef, NetworkSpec, SpecError, VmSpec,
+    BootDevice, ByteSize, DiskSpec, MacAddr, NetPolicy, NetworkRef, NetworkSpec, SpecError, VmSpec,
     VmSpecBuilder,
 };
 pub use state::Paths;

@@ -27,6 +27,10 @@ pub struct Args {
     /// Boot from the kernel even when a warm-start template could be used
     #[arg(long)]
     pub cold: bool,
+    /// What the command's network reaches: nat (out, but not the host's loopback), none
+    /// (nothing) or host (also every service on the host's 127.0.0.1)
+    #[arg(long = "net", value_name = "POLICY", default_value_t = kiln::NetPolicy::Nat, value_parser = crate::ui::parse_net_policy)]
+    pub net: kiln::NetPolicy,
     /// Set an environment variable for the command (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = super::exec::parse_env)]
     pub env: Vec<(String, String)>,
@@ -48,6 +52,7 @@ pub async fn run(args: Args) -> Outcome {
     let spec = VmSpec::builder(Session::unique_name())
         .cpus(args.cpus)
         .memory(args.memory)
+        .net_policy(args.net)
         .build()?;
     let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);
     let mut session = Session::new(kiln, spec, workspace);

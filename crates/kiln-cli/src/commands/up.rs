@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use kiln::spec::{PortForward, ShareSpec};
 use kiln::topology::Fleet;
-use kiln::{AccelChoice, ByteSize, DiskSpec, Kiln, NetworkRef, VmSpec};
+use kiln::{AccelChoice, ByteSize, DiskSpec, Kiln, NetPolicy, NetworkRef, VmSpec};
 
 use super::Outcome;
 use crate::ui::Progress;
@@ -42,6 +42,10 @@ pub struct Args {
     /// for libvirt
     #[arg(long = "network", value_name = "NAME", value_parser = crate::ui::parse_name)]
     pub networks: Vec<String>,
+    /// What the NAT NIC reaches: nat (out, but not the host's loopback), none (nothing; port
+    /// forwards still come in) or host (also every service on the host's 127.0.0.1)
+    #[arg(long = "net", value_name = "POLICY", default_value_t = NetPolicy::Nat, value_parser = crate::ui::parse_net_policy)]
+    pub net: NetPolicy,
     /// Where the VM runs: qemu (daemonless, this machine) or libvirt
     #[arg(long, value_enum, default_value_t = BackendArg::Qemu)]
     pub backend: BackendArg,
@@ -83,7 +87,8 @@ pub async fn run(args: Args) -> Outcome {
     let mut builder = VmSpec::builder(&args.name)
         .cpus(args.cpus)
         .memory(args.memory)
-        .accel(args.accel.into());
+        .accel(args.accel.into())
+        .net_policy(args.net);
     for size in args.disks {
         builder = builder.disk(DiskSpec::new(size));
     }

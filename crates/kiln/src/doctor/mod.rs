@@ -132,6 +132,24 @@ pub async fn diagnose(paths: &Paths, libvirt_uri: &str) -> Diagnosis {
             "busybox-static",
         ])
     });
+    let passt = crate::backend::qemu::passt_binary();
+    checks.push(if crate::backend::qemu::passt_installed(&passt) {
+        Check::new(
+            "passt",
+            Status::Ok,
+            "user-mode NAT that keeps the host's loopback out of reach (--net nat)",
+        )
+    } else {
+        Check::new(
+            "passt",
+            Status::Fail,
+            format!(
+                "{} is missing: VMs with the default policy (--net nat) cannot start",
+                passt.display()
+            ),
+        )
+        .fix(&["apt-get", "install", "passt"])
+    });
     checks.push(match ImageInputs::discover() {
         Ok(inputs) => Check::new(
             "guest agent",

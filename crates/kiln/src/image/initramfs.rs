@@ -92,8 +92,22 @@ while true; do
 done
 "#;
 
-/// The MAC of the user-mode NIC (QEMU's own default for a first NIC), so init finds it.
-pub const USER_NIC_MAC: &str = "52:54:00:12:34:56";
+/// The fixed addresses of the user-mode NIC's two halves: the same in every guest, so a
+/// warm-start template fits every clone. Init finds each NIC by its MAC.
+pub mod user_net {
+    /// The NIC the guest goes out through (QEMU's own default MAC for a first NIC).
+    pub const MAC: &str = "52:54:00:12:34:56";
+    pub const GUEST: &str = "10.0.2.15";
+    pub const PREFIX: u8 = 24;
+    pub const GATEWAY: &str = "10.0.2.2";
+    pub const DNS: &str = "10.0.2.3";
+    /// The NIC port forwards come in through; it has no route out.
+    pub const FORWARDS_MAC: &str = "52:54:00:12:34:57";
+    pub const FORWARDS_SUBNET: &str = "10.0.3.0/24";
+    /// Where forwarded connections come from, as the guest sees it.
+    pub const FORWARDS_HOST: &str = "10.0.3.2";
+    pub const FORWARDS_GUEST: &str = "10.0.3.15";
+}
 
 /// How a guest's NICs get addresses.
 #[derive(Debug, Clone, Copy)]
@@ -120,8 +134,10 @@ pub fn guest_cmdline(spec: &crate::VmSpec, addressing: Addressing<'_>) -> String
         }
         Addressing::Static(attachments) => {
             if spec.networks().contains(&crate::NetworkRef::User) {
+                use user_net::*;
                 cmdline.push_str(&format!(
-                    " kiln.ip={USER_NIC_MAC},10.0.2.15/24 kiln.gw=10.0.2.2 kiln.dns=10.0.2.3"
+                    " kiln.ip={MAC},{GUEST}/{PREFIX} kiln.gw={GATEWAY} kiln.dns={DNS} \
+                     kiln.ip={FORWARDS_MAC},{FORWARDS_GUEST}/{PREFIX}"
                 ));
             }
             for nic in attachments {

@@ -8,7 +8,7 @@ mod initramfs;
 mod kernel;
 mod manifest;
 
-pub use initramfs::{Addressing, USER_NIC_MAC, guest_cmdline};
+pub use initramfs::{Addressing, guest_cmdline, user_net};
 pub use manifest::{FileStamp, Manifest};
 
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ mod size;
 pub use disk::DiskSpec;
 pub use mac::MacAddr;
 pub use network::{
-    DhcpRange, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
+    DhcpRange, NetPolicy, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
     check_no_overlap, subnets_overlap,
 };
 pub use port::{PortForward, Protocol};
@@ -112,6 +112,8 @@ pub enum SpecError {
     DuplicatePort { forward: PortForward },
     #[error("port forwards need the VM's user-mode (NAT) NIC, and this VM has none")]
     PortsNeedUserNetwork,
+    #[error("unknown network policy {text:?}")]
+    InvalidNetPolicy { text: String },
     #[error(transparent)]
     Size(#[from] SizeError),
 }
@@ -138,6 +140,10 @@ impl SpecError {
             Self::DuplicatePort { .. } => "forward each host port once per protocol",
             Self::PortsNeedUserNetwork => {
                 "keep the default NIC, or publish the service on your named network instead"
+            }
+            Self::InvalidNetPolicy { .. } => {
+                "--net is none (no route out), nat (the default: out, but not to the host's \
+                 loopback) or host (also the host's loopback)"
             }
             Self::ReservationOutsideSubnet { .. } => {
                 "reserve an address inside the subnet, other than its first (the host's)"
@@ -200,6 +206,9 @@ struct VmSpecFields {
     shares: Vec<ShareSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ports: Vec<PortForward>,
+    /// What the user-mode NIC reaches.
+    #[serde(default, skip_serializing_if = "NetPolicy::is_default")]
+    net_policy: NetPolicy,
 }
 
 /// A device firmware boots from, in [`VmSpecBuilder::boot_order`].
@@ -361,6 +370,7 @@ impl VmSpec {
                 boot_order: Vec::new(),
                 shares: Vec::new(),
                 ports: Vec::new(),
+                net_policy: NetPolicy::default(),
             },
             networks_set: false,
         }
@@ -396,6 +406,10 @@ impl VmSpec {
     }
     pub fn ports(&self) -> &[PortForward] {
         &self.fields.ports
+    }
+    /// What the user-mode NIC lets the guest reach.
+    pub fn net_policy(&self) -> NetPolicy {
+        self.fields.net_policy
     }
 
     /// The same spec under another name (a clone), validated again.
@@ -466,6 +480,12 @@ impl VmSpecBuilder {
     pub fn network(mut self, network: NetworkRef) -> Self {
         self.fields.networks.push(network);
         self.networks_set = true;
+        self
+    }
+    /// What the user-mode NIC lets the guest reach (default [`NetPolicy::Nat`]: outbound
+    /// NAT, not the host's loopback).
+    pub fn net_policy(mut self, policy: NetPolicy) -> Self {
+        self.fields.net_policy = policy;
         self
     }
     /// No NIC at all.

@@ -60,6 +60,52 @@ impl NetworkRef {
     }
 }
 
+/// What the user-mode NIC (`NetworkRef::User`) lets the guest reach. Port forwards into the
+/// guest work under every policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetPolicy {
+    /// No route out: only port forwards reach the guest.
+    None,
+    /// Outbound NAT to the host's networks. The host's loopback (and so other VMs' forwarded
+    /// ports) stays out of reach: the gateway address is not mapped to the host.
+    #[default]
+    Nat,
+    /// Outbound NAT, and the gateway (`10.0.2.2`) is the host's loopback: the guest reaches
+    /// every service bound to the host's 127.0.0.1. An explicit opt-in.
+    Host,
+}
+
+impl NetPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::fmt::Display for NetPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Nat => "nat",
+            Self::Host => "host",
+        })
+    }
+}
+
+impl std::str::FromStr for NetPolicy {
+    type Err = SpecError;
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        match text {
+            "none" => Ok(Self::None),
+            "nat" => Ok(Self::Nat),
+            "host" => Ok(Self::Host),
+            _ => Err(SpecError::InvalidNetPolicy {
+                text: text.to_owned(),
+            }),
+        }
+    }
+}
+
 /// How a network reaches the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

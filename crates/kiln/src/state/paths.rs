@@ -141,10 +141,22 @@ impl VmPaths {
     pub fn agent_socket(&self) -> PathBuf {
         self.run.join("agent.sock")
     }
+    /// Where QEMU listens for its user-mode NIC's network process (passt).
+    pub fn net_socket(&self) -> PathBuf {
+        self.run.join("net.sock")
+    }
+    /// That network process's pid.
+    pub fn net_pidfile(&self) -> PathBuf {
+        self.run.join("passt.pid")
+    }
+    /// What that network process says.
+    pub fn net_log(&self) -> PathBuf {
+        self.dir.join("passt.log")
+    }
 
     /// Refuses socket paths the kernel could not bind.
     pub fn check_socket_paths(&self) -> Result<()> {
-        for path in [self.qmp_socket(), self.agent_socket()] {
+        for path in [self.qmp_socket(), self.agent_socket(), self.net_socket()] {
             if path.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::SocketPathTooLong {
                     path,

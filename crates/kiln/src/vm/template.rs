@@ -104,6 +104,9 @@ impl Kiln {
             accel.to_string(),
             spec.cpus().to_string(),
             spec.memory_mib().to_string(),
+            // The NICs' backends differ by policy, and QEMU loads saved state only into the
+            // same set of user-mode netdevs.
+            spec.net_policy().to_string(),
             format!(
                 "{:?}",
                 spec.disks()
@@ -207,7 +210,8 @@ fn spec_shape(spec: &VmSpec) -> Result<VmSpec> {
         .cpus(spec.cpus())
         .memory_mib(spec.memory_mib())
         .image(spec.image())
-        .accel(spec.accel());
+        .accel(spec.accel())
+        .net_policy(spec.net_policy());
     for disk in spec.disks() {
         builder = builder.disk(crate::DiskSpec::new(disk.size()));
     }

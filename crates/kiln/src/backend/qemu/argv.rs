@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::Accel;
+use crate::spec::NetPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Machine {
@@ -32,15 +33,28 @@ pub struct QemuLaunch {
     pub secret: PathBuf,
     pub pidfile: PathBuf,
     pub disks: Vec<PathBuf>,
-    pub user_net: bool,
+    pub user_net: Option<UserNet>,
     pub shares: Vec<Share9p>,
-    /// `hostfwd` rules of the user-mode NIC (`tcp:127.0.0.1:8080-:80`).
-    pub hostfwd: Vec<String>,
     /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
     pub taps: Vec<TapNic>,
     /// Load this saved state (`migrate` to a file) instead of booting.
     pub incoming: Option<PathBuf>,
 }
+
+/// The user-mode NIC, in two halves. The guest's way out (`net0`) depends on the policy;
+/// port forwards come in through a second NIC (`fwd0`) that can never reach out, so a forward
+/// works, and can be added at run time, whatever the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNet {
+    pub policy: NetPolicy,
+    /// Where QEMU listens for passt (the `nat` policy's way out).
+    pub passt_socket: PathBuf,
+    /// `hostfwd` rules of the forwards NIC (`tcp:127.0.0.1:8080-:80`).
+    pub hostfwd: Vec<String>,
+}
+
+/// The netdev id the forwards NIC's rules live on (`hostfwd_add fwd0 ...`).
+pub const FORWARDS_NETDEV: &str = "fwd0";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapNic {
@@ -113,9 +127,31 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
     ]);
     argv.push_kv("-fw_cfg", "name=opt/org.kiln/secret,file=", &l.secret);
     argv.push(["-device", &virtio("virtio-rng")]);
-    if l.user_net {
-        let mut netdev = "user,id=net0".to_owned();
-        for rule in &l.hostfwd {
+    if let Some(user) = &l.user_net {
+        use crate::image::user_net as addr;
+        match user.policy {
+            // passt connects once QEMU listens; it does not map the gateway to the host.
+            NetPolicy::Nat => argv.push_kv(
+                "-netdev",
+                "stream,id=net0,server=on,addr.type=unix,addr.path=",
+                &user.passt_socket,
+            ),
+            // slirp: 10.0.2.2 is the host's loopback.
+            NetPolicy::Host => argv.push(["-netdev", "user,id=net0"]),
+            // slirp that drops everything the guest starts.
+            NetPolicy::None => argv.push(["-netdev", "user,id=net0,restrict=on"]),
+        }
+        argv.push([
+            "-device",
+            &format!("{},netdev=net0,mac={}", virtio("virtio-net"), addr::MAC),
+        ]);
+        let mut netdev = format!(
+            "user,id={FORWARDS_NETDEV},restrict=on,net={},host={},dhcpstart={}",
+            addr::FORWARDS_SUBNET,
+            addr::FORWARDS_HOST,
+            addr::FORWARDS_GUEST
+        );
+        for rule in &user.hostfwd {
             netdev.push_str(",hostfwd=");
             netdev.push_str(rule);
         }
@@ -123,9 +159,9 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         argv.push([
             "-device",
             &format!(
-                "{},netdev=net0,mac={}",
+                "{},netdev={FORWARDS_NETDEV},mac={}",
                 virtio("virtio-net"),
-                crate::image::USER_NIC_MAC
+                addr::FORWARDS_MAC
             ),
         ]);
     }
@@ -232,9 +268,12 @@ mod tests {
             secret: p("secret"),
             pidfile: p("qemu.pid"),
             disks: vec![p("disk0.qcow2")],
-            user_net: true,
+            user_net: Some(UserNet {
+                policy: NetPolicy::Nat,
+                passt_socket: p("net.sock"),
+                hostfwd: Vec::new(),
+            }),
             shares: Vec::new(),
-            hostfwd: Vec::new(),
             taps: Vec::new(),
             incoming: None,
         }
@@ -260,7 +299,10 @@ mod tests {
 -chardev socket,id=agent,server=on,wait=off,path=/k/vms/web-1/agent.sock \
 -device virtio-serial-device -device virtserialport,chardev=agent,name=org.kiln.agent.0 \
 -fw_cfg name=opt/org.kiln/secret,file=/k/vms/web-1/secret -device virtio-rng-device \
--netdev user,id=net0 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56 \
+-netdev stream,id=net0,server=on,addr.type=unix,addr.path=/k/vms/web-1/net.sock \
+-device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56 \
+-netdev user,id=fwd0,restrict=on,net=10.0.3.0/24,host=10.0.3.2,dhcpstart=10.0.3.15 \
+-device virtio-net-device,netdev=fwd0,mac=52:54:00:12:34:57 \
 -drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0 \
 -daemonize -pidfile /k/vms/web-1/qemu.pid";
         assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);
@@ -270,7 +312,7 @@ mod tests {
     fn q35_kvm_uses_pci_devices_and_host_cpu() {
         let mut l = launch(Machine::Q35, Accel::Kvm);
         l.firmware = None;
-        l.user_net = false;
+        l.user_net = None;
         l.disks.clear();
         let argv = joined(&l);
         assert!(argv.contains("-machine q35 -accel kvm -cpu host"));
@@ -288,18 +330,41 @@ mod tests {
             host: PathBuf::from("/srv/data"),
             read_only: true,
         }];
-        l.hostfwd = vec![
-            "tcp:127.0.0.1:8080-:80".into(),
-            "udp:127.0.0.1:5353-:53".into(),
-        ];
+        if let Some(user) = &mut l.user_net {
+            user.hostfwd = vec![
+                "tcp:127.0.0.1:8080-:80".into(),
+                "udp:127.0.0.1:5353-:53".into(),
+            ];
+        }
         let argv = joined(&l);
         assert!(argv.contains(
-            "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53 "
+            "-netdev user,id=fwd0,restrict=on,net=10.0.3.0/24,host=10.0.3.2,dhcpstart=10.0.3.15,\
+hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53 "
         ));
         assert!(argv.contains(
             "-fsdev local,id=kiln0,security_model=mapped-xattr,readonly=on,path=/srv/data \
 -device virtio-9p-device,fsdev=kiln0,mount_tag=kiln0"
         ));
+    }
+
+    #[test]
+    fn each_policy_has_its_own_way_out_and_the_same_forwards_nic() {
+        let mut l = launch(Machine::Microvm, Accel::Tcg);
+        for (policy, netdev) in [
+            (NetPolicy::Host, "-netdev user,id=net0 -device"),
+            (NetPolicy::None, "-netdev user,id=net0,restrict=on -device"),
+        ] {
+            if let Some(user) = &mut l.user_net {
+                user.policy = policy;
+            }
+            let argv = joined(&l);
+            assert!(argv.contains(netdev), "{policy}: {argv}");
+            assert!(!argv.contains("stream"), "{policy}: {argv}");
+            assert!(
+                argv.contains("-netdev user,id=fwd0,restrict=on,"),
+                "{policy}: {argv}"
+            );
+        }
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! `-daemonize` so it outlives the `kiln` that started it, controlled over a QMP socket.
 
 mod argv;
+mod passt;
 mod process;
 mod qmp;
 
-pub use argv::{Machine, QemuLaunch, Share9p, TapNic, render};
+pub use argv::{FORWARDS_NETDEV, Machine, QemuLaunch, Share9p, TapNic, UserNet, render};
+pub use passt::{binary as passt_binary, installed as passt_installed};
 pub use qmp::QmpClient;
 
 use std::path::PathBuf;
@@ -38,6 +40,12 @@ pub enum QemuError {
     FirmwareBootUnsupported,
     #[error("cannot share {}: it is not a directory on this host", path.display())]
     ShareNotADirectory { path: PathBuf },
+    #[error("cannot run {}, which gives the guest its way out (network policy nat)", program.display())]
+    NetworkHelper {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot forward {forward}: the host port is in use")]
     PortInUse {
         forward: crate::spec::PortForward,
@@ -54,6 +62,11 @@ impl QemuError {
                     .to_owned(),
             ),
             Self::StartFailed { .. } => Some("run `kiln doctor` to check this host".to_owned()),
+            Self::NetworkHelper { .. } => Some(
+                "install passt (scripts/setup.sh does), or pick another policy: --net none, \
+                 or --net host to also reach the host's loopback"
+                    .to_owned(),
+            ),
             Self::ShareNotADirectory { .. } => {
                 Some("create the directory first, or fix the path given to -v".to_owned())
             }
@@ -152,8 +165,12 @@ impl QemuBackend {
             user_net: launch
                 .spec
                 .networks()
-                .iter()
-                .any(|n| matches!(n, crate::NetworkRef::User)),
+                .contains(&crate::NetworkRef::User)
+                .then(|| UserNet {
+                    policy: launch.spec.net_policy(),
+                    passt_socket: paths.net_socket(),
+                    hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
+                }),
             shares: launch
                 .spec
                 .shares()
@@ -165,7 +182,6 @@ impl QemuBackend {
                     read_only: share.is_read_only(),
                 })
                 .collect(),
-            hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
             taps: launch
                 .attachments
                 .iter()
@@ -251,6 +267,17 @@ impl Backend for QemuBackend {
         for forward in spec.ports() {
             check_port_free(forward)?;
         }
+        let program = passt::binary();
+        if spec.networks().contains(&crate::NetworkRef::User)
+            && spec.net_policy() == crate::NetPolicy::Nat
+            && !passt::installed(&program)
+        {
+            return Err(QemuError::NetworkHelper {
+                program,
+                source: std::io::ErrorKind::NotFound.into(),
+            }
+            .into());
+        }
         Ok(())
     }
 
@@ -276,7 +303,13 @@ impl Backend for QemuBackend {
         let argv = render(&plan);
         debug!("qemu argv: {} {argv:?}", self.binary.display());
         // Stale sockets of an earlier run would make QEMU fail to bind.
-        for socket in [&plan.qmp_socket, &plan.agent_socket, &plan.pidfile] {
+        let net_socket = launch.paths.net_socket();
+        for socket in [
+            &plan.qmp_socket,
+            &plan.agent_socket,
+            &plan.pidfile,
+            &net_socket,
+        ] {
             match std::fs::remove_file(socket) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -288,6 +321,20 @@ impl Backend for QemuBackend {
             "started qemu for {} as pid {pid} ({})",
             plan.name, plan.accel
         );
+        if plan
+            .user_net
+            .as_ref()
+            .is_some_and(|user| user.policy == crate::NetPolicy::Nat)
+            && let Err(err) = passt::attach(
+                &passt::binary(),
+                &net_socket,
+                &launch.paths.net_log(),
+                &launch.paths.net_pidfile(),
+            )
+        {
+            process::wait_or_kill(pid, &plan.qmp_socket, Duration::ZERO).await;
+            return Err(err);
+        }
         if !launch.attachments.is_empty() {
             // QEMU made the taps; they go away with it. Put them into their bridges.
             let attached = async {
@@ -456,10 +503,10 @@ impl Backend for QemuBackend {
         // QMP has no hostfwd command; the human monitor's answers are text: empty on
         // success for add, a confirmation for remove.
         let command = if add {
-            format!("hostfwd_add net0 {}", forward.hostfwd())
+            format!("hostfwd_add {FORWARDS_NETDEV} {}", forward.hostfwd())
         } else {
             format!(
-                "hostfwd_remove net0 {}:{}:{}",
+                "hostfwd_remove {FORWARDS_NETDEV} {}:{}:{}",
                 forward.protocol, forward.host_addr, forward.host_port
             )
         };

@@ -208,6 +208,11 @@ impl LibvirtHost {
             nics: spec
                 .networks()
                 .iter()
+                // No way out: the NIC is left out (libvirt's slirp has no `restrict`).
+                .filter(|nic| {
+                    !(**nic == crate::NetworkRef::User
+                        && spec.net_policy() == crate::NetPolicy::None)
+                })
                 .enumerate()
                 .map(|(index, nic)| DomainNic {
                     network: nic.network_name().map(str::to_owned),
