@@ -28,6 +28,37 @@ async fn remote_apply_uploads_the_image_tunnels_the_agent_and_destroy_cleans_up(
     apply_exec_destroy(LIBVIRTD_TCP_URI, 232).await;
 }
 
+/// The guest's secret is in a 0600 file on the libvirt host, and neither in the domain XML a
+/// read-only client sees nor on any process's command line.
+fn secret_stays_out_of_sight(uri: &str, pool_path: &str, vm: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = format!("{pool_path}/{vm}-secret");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o077,
+        0,
+        "{file} is readable by others"
+    );
+    let secret = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(secret.len(), 64, "{secret:?}");
+
+    let read_only = virt::connect::Connect::open_read_only(Some(uri)).unwrap();
+    let domain = read_only.lookup_domain_by_name(vm).unwrap();
+    let xml = domain.xml_desc(0).unwrap();
+    assert!(xml.contains(&file), "the XML names the file: {xml}");
+    assert!(!xml.contains(&secret), "the secret is in the domain XML");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            assert!(
+                !cmdline.contains(&secret),
+                "the secret is on the command line of {}",
+                entry.path().display()
+            );
+        }
+    }
+}
+
 async fn apply_exec_destroy(uri: &str, second_octet: u8) {
     let env = TestEnv::new();
     let id = unique_name("kt");
@@ -83,6 +114,7 @@ async fn apply_exec_destroy(uri: &str, second_octet: u8) {
             format!("{vm_name}\n/dev/vda\nshared\n")
         );
         drop(agent);
+        secret_stays_out_of_sight(uri, &pool_path, &vm_name);
 
         let again = vm_interpret.execute(&host, &NoProgress).await?;
         assert!(again.is_unchanged(), "{again}");

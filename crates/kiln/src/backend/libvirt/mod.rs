@@ -348,22 +348,36 @@ impl LibvirtConn {
         name: &str,
         file: &Path,
     ) -> Result<(String, bool), LibvirtError> {
+        let data = std::fs::read(file).map_err(|err| LibvirtError::Call {
+            uri: self.uri().to_owned(),
+            op: "read",
+            object: file.display().to_string(),
+            message: err.to_string(),
+        })?;
+        self.upload_bytes(name, data, false).await
+    }
+
+    /// Writes `data` into a new raw volume (replacing one of that name); `private` makes it
+    /// `0600`. Returns the volume's path, and whether the content went up.
+    pub async fn upload_bytes(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        private: bool,
+    ) -> Result<(String, bool), LibvirtError> {
         let name = name.to_owned();
-        let file = file.to_owned();
         self.call(move |inner| {
-            let data = std::fs::read(&file).map_err(|err| LibvirtError::Call {
-                uri: inner.uri.clone(),
-                op: "read",
-                object: file.display().to_string(),
-                message: err.to_string(),
-            })?;
             let pool = inner.pool()?;
             if let Some(old) = inner.volume(&pool, &name)? {
                 old.delete(sys::VIR_STORAGE_VOL_DELETE_NORMAL)
                     .map_err(inner.err("delete volume", &name))?;
             }
             let len = data.len() as u64;
-            let doc = xml::volume_xml(&name, len.max(1), VolumeFormat::Raw, None)?;
+            let doc = if private {
+                xml::private_volume_xml(&name, len.max(1))?
+            } else {
+                xml::volume_xml(&name, len.max(1), VolumeFormat::Raw, None)?
+            };
             let vol = StorageVol::create_xml(&pool, &doc, 0)
                 .map_err(inner.err("create volume", &name))?;
             let path = vol.path().map_err(inner.err("read", &name))?;
@@ -389,7 +403,7 @@ impl LibvirtConn {
             stream
                 .finish()
                 .map_err(inner.err("finish the upload to", &name))?;
-            debug!("uploaded {} ({len} bytes) to {name}", file.display());
+            debug!("uploaded {len} bytes to {name}");
             Ok((path, true))
         })
         .await

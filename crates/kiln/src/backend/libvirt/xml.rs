@@ -116,7 +116,9 @@ pub struct DomainDef {
     pub tag: KilnTag,
     pub memory_mib: u64,
     pub cpus: u32,
-    pub secret_hex: String,
+    /// The file on the libvirt host QEMU reads the guest's secret from (a `0600` volume of
+    /// kiln's pool). The secret itself is never in the XML, nor on QEMU's command line.
+    pub secret_file: String,
     /// Direct kernel boot; `None` boots through firmware in `boot order`.
     pub kernel: Option<KernelBoot>,
     pub disks: Vec<DomainDisk>,
@@ -186,8 +188,8 @@ struct SysinfoOut<'a> {
 struct EntryOut<'a> {
     #[serde(rename = "@name")]
     name: &'static str,
-    #[serde(rename = "$text")]
-    value: &'a str,
+    #[serde(rename = "@file")]
+    file: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -403,7 +405,7 @@ impl DomainDef {
                 kind: "fwcfg",
                 entry: vec![EntryOut {
                     name: SECRET_FW_CFG,
-                    value: &self.secret_hex,
+                    file: &self.secret_file,
                 }],
             },
             os: OsOut {
@@ -512,7 +514,8 @@ pub struct DomainObserved {
     /// The domain type: `kvm`, or `qemu` for TCG.
     pub kind: Option<String>,
     pub tag: Option<KilnTag>,
-    pub secret_hex: Option<String>,
+    /// Where QEMU reads the guest's secret from, on the libvirt host.
+    pub secret_file: Option<String>,
     pub agent_socket: Option<String>,
     /// Files the domain boots from (kernel, initrd) and pools its disks come from: what
     /// keeps a pool in use.
@@ -569,8 +572,8 @@ struct SysinfoIn {
 struct EntryIn {
     #[serde(rename = "@name")]
     name: String,
-    #[serde(rename = "$text", default)]
-    value: String,
+    #[serde(rename = "@file", default)]
+    file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -622,13 +625,13 @@ fn tag_of(metadata: Option<MetadataIn>) -> Option<KilnTag> {
 
 pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
     let doc: DomainIn = parse("domain XML", xml)?;
-    let secret_hex = doc
+    let secret_file = doc
         .sysinfo
         .into_iter()
         .filter(|s| s.kind == "fwcfg")
         .flat_map(|s| s.entry)
         .find(|e| e.name == SECRET_FW_CFG)
-        .map(|e| e.value);
+        .and_then(|e| e.file);
     let boot_files = doc
         .os
         .map(|os| os.kernel.into_iter().chain(os.initrd).collect())
@@ -656,7 +659,7 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
         kind: doc.kind,
         uuid: doc.uuid,
         tag: tag_of(doc.metadata),
-        secret_hex,
+        secret_file,
         agent_socket,
         boot_files,
         disk_pools,
@@ -842,6 +845,13 @@ struct VolumeOut<'a> {
 #[derive(Debug, Serialize)]
 struct VolumeTargetOut {
     format: TypeOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permissions: Option<PermissionsOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct PermissionsOut {
+    mode: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -866,6 +876,21 @@ pub fn volume_xml(
     format: VolumeFormat,
     backing: Option<&str>,
 ) -> Result<String, LibvirtError> {
+    volume_doc(name, capacity, format, backing, None)
+}
+
+/// A raw volume only its owner reads (`0600`): a guest's secret.
+pub fn private_volume_xml(name: &str, capacity: u64) -> Result<String, LibvirtError> {
+    volume_doc(name, capacity, VolumeFormat::Raw, None, Some(0o600))
+}
+
+fn volume_doc(
+    name: &str,
+    capacity: u64,
+    format: VolumeFormat,
+    backing: Option<&str>,
+    mode: Option<u32>,
+) -> Result<String, LibvirtError> {
     let format = TypeOut {
         kind: match format {
             VolumeFormat::Qcow2 => "qcow2",
@@ -880,7 +905,12 @@ pub fn volume_xml(
                 unit: Some("bytes"),
                 value: capacity,
             },
-            target: VolumeTargetOut { format },
+            target: VolumeTargetOut {
+                format,
+                permissions: mode.map(|mode| PermissionsOut {
+                    mode: format!("{mode:04o}"),
+                }),
+            },
             backing_store: backing.map(|path| BackingOut {
                 path,
                 format: TypeOut { kind: "qcow2" },
@@ -923,7 +953,7 @@ mod tests {
             tag: tag(),
             memory_mib: 1024,
             cpus: 2,
-            secret_hex: "00ff".to_owned(),
+            secret_file: "/pool/web-1-secret".to_owned(),
             kernel: kernel.then(|| KernelBoot {
                 kernel: "/pool/kiln-image-abc-vmlinux".to_owned(),
                 initrd: "/pool/kiln-image-abc-initramfs".to_owned(),
@@ -981,7 +1011,7 @@ mod tests {
         );
         let observed = parse_domain(&xml).unwrap();
         assert_eq!(observed.tag, Some(tag()));
-        assert_eq!(observed.secret_hex.as_deref(), Some("00ff"));
+        assert_eq!(observed.secret_file.as_deref(), Some("/pool/web-1-secret"));
         assert_eq!(
             observed.agent_socket.as_deref(),
             Some("/var/lib/libvirt/qemu/channel/target/d-1/org.kiln.agent.0")

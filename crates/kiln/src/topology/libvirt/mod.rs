@@ -32,6 +32,11 @@ fn disk_volume(vm: &str, index: usize) -> String {
     format!("{vm}-disk{index}.qcow2")
 }
 
+/// The `0600` volume QEMU reads the guest's secret from.
+fn secret_volume(vm: &str) -> String {
+    format!("{vm}-secret")
+}
+
 fn serial_log_volume(vm: &str) -> String {
     format!("{vm}-serial.log")
 }
@@ -156,11 +161,24 @@ impl LibvirtHost {
         Ok((kernel_path, initrd_path))
     }
 
+    /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
+    /// volume's path on the libvirt host.
+    async fn new_secret(&self, name: &str) -> Result<String> {
+        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        getrandom::fill(&mut secret)
+            .map_err(|e| LibvirtError::Xml(format!("random secret: {e}")))?;
+        let (path, _) = self
+            .conn
+            .upload_bytes(&secret_volume(name), hex::encode(secret).into_bytes(), true)
+            .await?;
+        Ok(path)
+    }
+
     async fn domain_def(
         &self,
         spec: &VmSpec,
         owner: &str,
-        secret_hex: String,
+        secret_file: String,
         reporter: &dyn Reporter,
     ) -> Result<DomainDef> {
         let (accel, reason) = self.choose_accel(spec)?;
@@ -192,7 +210,7 @@ impl LibvirtHost {
             tag: KilnTag::new(owner, spec)?,
             memory_mib: spec.memory_mib(),
             cpus: spec.cpus(),
-            secret_hex,
+            secret_file,
             kernel,
             disks: (0..spec.disks().len())
                 .map(|index| DomainDisk {
@@ -306,31 +324,33 @@ impl LibvirtHost {
             uri: self.uri().to_owned(),
             name: name.to_owned(),
         };
-        // libvirt passes the fw_cfg entry as a string: the guest reads the hex text itself,
-        // so the text (not the bytes it encodes) is the shared secret.
-        let secret = state
-            .observed
-            .secret_hex
-            .as_deref()
+        // The guest reads the hex text from fw_cfg, so the text (not the bytes it encodes) is
+        // the shared secret. It lives in a 0600 volume, read through libvirt (so on remote
+        // hosts too), never in the domain's XML.
+        let secret = self
+            .conn
+            .read_volume(
+                &secret_volume(name),
+                0,
+                2 * kiln_proto::handshake::SECRET_LEN,
+            )
+            .await?
+            .filter(|s| !s.is_empty())
             .ok_or_else(no_channel)?;
+        let secret = secret.as_slice();
         if self.conn.is_local() {
             let socket = state
                 .observed
                 .agent_socket
                 .as_deref()
                 .ok_or_else(no_channel)?;
-            return Ok(AgentClient::connect(
-                std::path::Path::new(socket),
-                secret.as_bytes(),
-                timeout,
-            )
-            .await?);
+            return Ok(AgentClient::connect(std::path::Path::new(socket), secret, timeout).await?);
         }
         // The channel's socket is on the remote host: libvirt tunnels it.
         let channel = self.conn.open_channel(name, kiln_proto::PORT_NAME).await?;
         let (read, write) = tokio::io::split(channel);
         let peer = format!("{name} on {}", self.uri());
-        Ok(AgentClient::over_stream(read, write, secret.as_bytes(), timeout, &peer).await?)
+        Ok(AgentClient::over_stream(read, write, secret, timeout, &peer).await?)
     }
 
     async fn running_domain(&self, name: &str) -> Result<DomainState> {
@@ -447,12 +467,8 @@ impl VmHost for LibvirtHost {
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         self.conn.ensure_pool_active().await?;
-        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
-        getrandom::fill(&mut secret)
-            .map_err(|e| LibvirtError::Xml(format!("random secret: {e}")))?;
-        let def = self
-            .domain_def(spec, owner, hex::encode(secret), reporter)
-            .await?;
+        let secret_file = self.new_secret(spec.name()).await?;
+        let def = self.domain_def(spec, owner, secret_file, reporter).await?;
         progress::stage(reporter, Stage::CreateVm, async {
             for (index, disk) in spec.disks().iter().enumerate() {
                 self.conn
@@ -475,14 +491,12 @@ impl VmHost for LibvirtHost {
     async fn update_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         let current = self.conn.domain(spec.name()).await?;
         let observed = current.map(|s| s.observed).unwrap_or_default();
-        let mut def = self
-            .domain_def(
-                spec,
-                owner,
-                observed.secret_hex.unwrap_or_default(),
-                reporter,
-            )
-            .await?;
+        let secret_file = match observed.secret_file {
+            Some(file) => file,
+            // It restarts below: a fresh secret is fine.
+            None => self.new_secret(spec.name()).await?,
+        };
+        let mut def = self.domain_def(spec, owner, secret_file, reporter).await?;
         def.uuid = observed.uuid;
         self.conn.define_domain(&def).await?;
         // A running domain takes new vCPUs and memory on its next start.
@@ -496,8 +510,12 @@ impl VmHost for LibvirtHost {
             self.conn.undefine_domain(name).await?;
             let prefix = format!("{name}-disk");
             let log = serial_log_volume(name);
+            let secret = secret_volume(name);
             for volume in self.conn.list_volumes().await? {
-                if (volume.starts_with(&prefix) && volume.ends_with(".qcow2")) || volume == log {
+                if (volume.starts_with(&prefix) && volume.ends_with(".qcow2"))
+                    || volume == log
+                    || volume == secret
+                {
                     self.conn.delete_volume(&volume).await?;
                 }
             }
