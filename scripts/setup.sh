@@ -79,6 +79,20 @@ main() {
     # shellcheck disable=SC2086
     as_root apt-get install -y -qq --no-install-recommends $want >/dev/null
   fi
+  # sshd: the tests reach their libvirtd as a remote host over SSH (scripts/libvirtd.sh runs a
+  # private sshd on loopback). The package's own service is not started: policy-rc.d says no.
+  want=$(missing_packages openssh-server openssh-client)
+  if [ -n "$want" ]; then
+    apt_update_once
+    log "installing (services not started): $want"
+    local policy=/usr/sbin/policy-rc.d
+    local had_policy=0
+    [ -e "$policy" ] && had_policy=1
+    [ "$had_policy" -eq 1 ] || printf '#!/bin/sh\nexit 101\n' | as_root install -m 0755 /dev/stdin "$policy"
+    # shellcheck disable=SC2086
+    as_root apt-get install -y -qq --no-install-recommends $want >/dev/null
+    [ "$had_policy" -eq 1 ] || as_root rm -f "$policy"
+  fi
   log "ready: $(qemu-system-x86_64 --version | head -n1)"
 }
 

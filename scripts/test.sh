@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/build-agent.sh >/dev/null
-# The libvirt tests talk to a real libvirtd: start it if nothing runs it, and stop only
-# what this script started.
-started=$(scripts/libvirtd.sh start)
+# The libvirt tests talk to a real libvirtd, locally and as a remote host over SSH: start
+# what is not running, and stop only what this script started (a watchdog does it too if
+# this script is killed).
+started=$(scripts/libvirtd.sh start $$)
 trap 'scripts/libvirtd.sh stop $started' EXIT
 
 echo "== cargo fmt" >&2

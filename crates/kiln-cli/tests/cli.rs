@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use kiln_testkit::{LIBVIRTD_TCP_URI, TestEnv, require_libvirtd_tcp, unique_name};
+use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -239,7 +239,13 @@ impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
         let _ = run(
             self.env,
-            &["rm", "--force", &self.name, "--connect", LIBVIRTD_TCP_URI],
+            &[
+                "rm",
+                "--force",
+                &self.name,
+                "--connect",
+                &remote_libvirt_uri(),
+            ],
         );
     }
 }
@@ -248,7 +254,7 @@ impl Drop for RemoveOnDrop<'_> {
 /// `exec`, `logs`, `stop`, `start` and `rm` find the VM without being told the URI again.
 #[test]
 fn libvirt_lifecycle_through_the_cli() {
-    require_libvirtd_tcp();
+    require_libvirtd_remote();
     let env = TestEnv::new();
     let name = unique_name("cli-lv");
     let _cleanup = RemoveOnDrop {
@@ -263,11 +269,15 @@ fn libvirt_lifecycle_through_the_cli() {
             "--memory",
             "256M",
             "--connect",
-            LIBVIRTD_TCP_URI,
+            &remote_libvirt_uri(),
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains(LIBVIRTD_TCP_URI), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&remote_libvirt_uri()),
+        "{}",
+        stdout(&out)
+    );
 
     let out = run(&env, &["ls", "--json"]);
     let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -277,7 +287,7 @@ fn libvirt_lifecycle_through_the_cli() {
         .iter()
         .find(|vm| vm["name"] == name.as_str())
         .unwrap_or_else(|| panic!("{name} not listed: {vms}"));
-    assert_eq!(vm["host"], LIBVIRTD_TCP_URI);
+    assert_eq!(vm["host"], remote_libvirt_uri().as_str());
     assert_eq!(vm["state"], "running");
     assert_eq!(vm["memory_mib"], 256);
 
@@ -296,7 +306,7 @@ fn libvirt_lifecycle_through_the_cli() {
     assert_eq!(stdout(&out), format!("{name}\n"));
     assert_eq!(stderr(&out), "oops\n");
 
-    let out = run(&env, &["up", &name, "--connect", LIBVIRTD_TCP_URI]);
+    let out = run(&env, &["up", &name, "--connect", &remote_libvirt_uri()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
 

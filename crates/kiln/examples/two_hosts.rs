@@ -1,7 +1,7 @@
 //! Two libvirt hosts under one topology: `db` is pinned to the first, the web VMs are spread.
 //!
 //! ```text
-//! KILN_HOST_A=qemu:///system KILN_HOST_B=qemu+tcp://127.0.0.1/system \
+//! KILN_HOST_A=qemu:///system KILN_HOST_B=qemu+ssh://root@host-b/system \
 //!   cargo run --example two_hosts -- apply --yes
 //! ```
 use std::process::ExitCode;

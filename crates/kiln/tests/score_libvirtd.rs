@@ -1,6 +1,6 @@
 //! Scores against a real libvirtd with TCG domains, reached both locally (`qemu:///system`)
-//! and as a remote host (`qemu+tcp://127.0.0.1/system`: images go up through the storage
-//! API, the agent is tunnelled through the connection): the VM boots the kiln image, its
+//! and as a remote host (`qemu+ssh://` to a loopback sshd that takes only this run's key:
+//! images go up through the storage API, the agent is tunnelled through the connection): the VM boots the kiln image, its
 //! agent answers, a re-apply changes nothing, and destroy leaves no domain, network, volume
 //! or file behind.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -13,7 +13,8 @@ use kiln::spec::{NetworkSpec, ShareSpec};
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, ExecRequest, ExitStatus, NetworkRef, VmSpec};
 use kiln_testkit::{
-    LIBVIRTD_TCP_URI, TestEnv, require_libvirtd, require_libvirtd_tcp, unique_name,
+    TEST_SSH_DIR, TEST_SSH_PORT, TestEnv, remote_libvirt_uri, require_libvirtd,
+    require_libvirtd_remote, unique_name,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,8 +25,57 @@ async fn local_apply_boots_the_kiln_image_exec_works_and_destroy_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_apply_uploads_the_image_tunnels_the_agent_and_destroy_cleans_up() {
-    require_libvirtd_tcp();
-    apply_exec_destroy(LIBVIRTD_TCP_URI, 232).await;
+    require_libvirtd_remote();
+    apply_exec_destroy(&remote_libvirt_uri(), 232).await;
+}
+
+/// The suite's daemon is no open door: no libvirt TCP port, and its sshd refuses any key but
+/// the run's, and passwords.
+#[test]
+fn the_remote_daemon_takes_only_the_runs_key() {
+    require_libvirtd_remote();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 16509)).is_err(),
+        "something listens on libvirt's TCP port 16509 (unauthenticated?)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("stranger");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let ssh = |identity: &std::path::Path| {
+        std::process::Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={TEST_SSH_DIR}/known_hosts"))
+            .arg("-i")
+            .arg(identity)
+            .args(["-p", &TEST_SSH_PORT.to_string(), "root@127.0.0.1", "true"])
+            .output()
+            .unwrap()
+    };
+    let stranger = ssh(&key);
+    assert!(!stranger.status.success(), "a stranger's key got in");
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    let own = ssh(&std::path::Path::new(TEST_SSH_DIR).join("client_key"));
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
 }
 
 /// The guest's secret is in a 0600 file on the libvirt host, and neither in the domain XML a

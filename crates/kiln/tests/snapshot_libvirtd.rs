@@ -11,7 +11,7 @@ use kiln::progress::NoProgress;
 use kiln::score::VmHost;
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, Error, ExecRequest, ExitStatus, VmSpec};
-use kiln_testkit::{LIBVIRTD_TCP_URI, TestEnv, require_libvirtd_tcp, unique_name};
+use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
 
 async fn sh(host: &LibvirtHost, vm: &str, script: &str) -> String {
     let agent = host.vm_agent(vm, Duration::from_secs(30)).await.unwrap();
@@ -28,10 +28,10 @@ async fn sh(host: &LibvirtHost, vm: &str, script: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_restore_and_disk_only_snapshots_on_libvirtd() {
-    require_libvirtd_tcp();
+    require_libvirtd_remote();
     let env = TestEnv::new();
     let id = unique_name("kt");
-    let host = env.libvirt_host(LIBVIRTD_TCP_URI, &id).await;
+    let host = env.libvirt_host(&remote_libvirt_uri(), &id).await;
     let name = format!("{id}-vm");
     let spec = VmSpec::builder(&name)
         .memory_mib(256)
