@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Fuzzes what a guest can send the host (fuzz/fuzz_targets: the frame decoder and the message
-# parser) with cargo-fuzz, each target for SECONDS (default 30; the test command runs 20, a
-# long run is e.g. `scripts/fuzz.sh 3600`). Installs cargo-fuzz if missing. Uses a nightly
+# Fuzzes what a guest, QEMU or a libvirt daemon can send the host (fuzz/fuzz_targets: the
+# agent's frame decoder and messages, tar placement, a session's file list, QMP answers,
+# libvirt domain XML) with cargo-fuzz, each target for SECONDS (default 30; the test command
+# runs 20). `scripts/fuzz.sh long` runs each for 10 minutes. Installs cargo-fuzz if missing. Uses a nightly
 # toolchain when there is one, else the stable one with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs
 # unstable flags). A crash leaves its input under fuzz/artifacts/ and fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${1:-30}
+[ "$seconds" = long ] && seconds=600
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz.sh: installing cargo-fuzz" >&2

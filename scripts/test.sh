@@ -23,5 +23,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
-echo "== fuzz (short; a long run: scripts/fuzz.sh 3600)" >&2
+echo "== fuzz (short; 10 minutes per target: scripts/fuzz.sh long)" >&2
 scripts/fuzz.sh 20

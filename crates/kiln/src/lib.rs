@@ -23,6 +23,8 @@ pub mod cli;
 pub mod copy;
 pub mod doctor;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod net;
 pub mod progress;

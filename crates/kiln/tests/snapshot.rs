@@ -154,6 +154,46 @@ async fn a_clone_runs_beside_the_original_with_its_own_identity() {
         b"ok\n"
     );
 
+    // The new identity outlives the agent and the guest's boot: after each, the clone's own
+    // secret opens it and the original's (the snapshot's) is refused.
+    let twin_socket = again.paths().agent_socket();
+    for (what, script) in [
+        (
+            "an agent restart",
+            "(sleep 0.3; killall kiln-agent) >/dev/null 2>&1 &",
+        ),
+        ("a guest reboot", "(sleep 0.3; reboot -f) >/dev/null 2>&1 &"),
+    ] {
+        again.exec_output(sh(script)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let back = kiln_testkit::wait_until(std::time::Duration::from_secs(90), || {
+            let again = &again;
+            async move {
+                again
+                    .exec_output(sh("echo back"))
+                    .await
+                    .is_ok_and(|out| out.stdout == b"back\n")
+            }
+        })
+        .await;
+        assert!(
+            back,
+            "the clone's own secret no longer opens it after {what}"
+        );
+        let err = kiln::AgentClient::connect(
+            &twin_socket,
+            &secret("orig"),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map(drop)
+        .unwrap_err();
+        assert!(
+            matches!(err, kiln::agent::AgentError::AgentNotAuthentic),
+            "after {what}, the original's secret: {err:?}"
+        );
+    }
+
     // The clone's disk reads through the snapshot: it stays.
     let err = kiln.remove_snapshot("orig", "base").await.unwrap_err();
     assert!(matches!(err, Error::SnapshotInUse { .. }), "{err}");

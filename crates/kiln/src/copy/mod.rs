@@ -186,6 +186,16 @@ async fn send_tar(
 }
 
 /// Copies `src` in the guest to the host path `dest`, within `limits`.
+/// Unpacks a tar stream below `dir`, any name (what `kiln cp` from a guest does once the
+/// stream is here). Blocking.
+pub(crate) fn unpack_below(
+    archive: impl std::io::Read,
+    dir: &Path,
+    limits: &CopyLimits,
+) -> Result<()> {
+    unpack::unpack(archive, &unpack::Target::below(dir), limits).map(drop)
+}
+
 pub async fn pull(
     agent: &AgentClient,
     src: &str,

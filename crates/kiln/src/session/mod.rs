@@ -478,6 +478,11 @@ async fn guest_stamps(
     Ok(parse_stamps(&out.stdout, limits)?)
 }
 
+/// How many names a file list holds, or why it is refused (for the fuzz target).
+pub(crate) fn parse_file_list(text: &[u8], limits: &CopyLimits) -> Result<usize, CopyError> {
+    parse_stamps(text, limits).map(|stamps| stamps.len())
+}
+
 /// Lines of `SIZE MTIME ./PATH`. A line that does not parse (a name with a newline) is skipped
 /// with a warning; a name that would leave the workspace refuses the whole list.
 fn parse_stamps(

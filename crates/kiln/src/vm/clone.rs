@@ -3,7 +3,7 @@
 //! on the snapshot's frozen files) and identity: its agent is re-keyed (hostname, secret,
 //! random seed) over the connection the saved secret still opens.
 
-use super::lifecycle::lock;
+use super::lifecycle::{lock, shared_lock};
 use super::snapshot::{SnapshotMeta, read_meta, snapshot_dir, wait_restored_agent};
 use super::{Kiln, Vm, now_secs, read_record};
 use crate::backend::Launch;
@@ -61,6 +61,10 @@ impl Kiln {
         let paths = self.paths.vm(&name);
         paths.check_socket_paths()?;
         let _lock = lock(&paths).await?;
+        // The source's snapshot files (memory, frozen disks) stay until the clone is made
+        // and its record says what it reads through: `snapshot rm`, `cache prune` and `rm`
+        // of the source wait for this shared lock.
+        let _source = shared_lock(src.paths()).await?;
         if read_record(&paths)?.is_some() {
             return Err(Error::VmAlreadyExists { name });
         }
@@ -90,10 +94,23 @@ impl Kiln {
     ) -> Result<Vm> {
         state::create_private_dir(paths.dir())?;
         state::create_private_dir(paths.run_dir())?;
-        // The agent in the saved memory knows the source's secret: start with it.
+        // The agent in the saved memory knows the source's secret: kiln opens it with that
+        // one and re-keys it. QEMU starts with the clone's own secret in fw_cfg, so an agent
+        // that restarts, or a guest that reboots, reads the new one, never the source's.
         let src_secret = src.paths().secret();
         let old_secret = std::fs::read(&src_secret).map_err(IoError::at("read", &src_secret))?;
-        state::write_atomic(&paths.secret(), &old_secret)?;
+        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        let mut seed = [0u8; 64];
+        getrandom::fill(&mut secret)
+            .and_then(|()| getrandom::fill(&mut seed))
+            .map_err(|e| {
+                IoError::new(
+                    "generate",
+                    paths.secret(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+        state::write_atomic(&paths.secret(), &secret)?;
         let stamp = format!("{}-{}", now_secs(), std::process::id());
         let mut disks = Vec::new();
         for (index, frozen) in meta.disks.iter().enumerate() {
@@ -146,20 +163,13 @@ impl Kiln {
             record,
             backend: self.backend.clone(),
         };
-        let agent = progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?;
-        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
-        let mut seed = [0u8; 64];
-        getrandom::fill(&mut secret)
-            .and_then(|()| getrandom::fill(&mut seed))
-            .map_err(|e| {
-                IoError::new(
-                    "generate",
-                    paths.secret(),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
+        let agent = progress::stage(
+            reporter,
+            Stage::WaitAgent,
+            wait_restored_agent(&vm, &old_secret),
+        )
+        .await?;
         agent.set_identity(vm.name(), &secret, &seed).await?;
-        state::write_atomic(&paths.secret(), &secret)?;
         // Only now is the clone itself; killed before this, it is rolled back.
         let mut vm = vm;
         vm.record.creating = false;

@@ -24,6 +24,15 @@ pub(super) async fn lock(paths: &VmPaths) -> Result<Lock> {
         .map_err(join_error)?
 }
 
+/// Shares VM `paths`' lock: its files stay while the holder reads them (a clone starting
+/// from its snapshot), and whatever removes them waits.
+pub(super) async fn shared_lock(paths: &VmPaths) -> Result<Lock> {
+    let path = paths.lock().to_owned();
+    tokio::task::spawn_blocking(move || Lock::acquire_shared(&path))
+        .await
+        .map_err(join_error)?
+}
+
 /// Keeps the previous boot's console as `serial.log.1`, so this boot starts with an empty log.
 fn rotate_serial_log(paths: &VmPaths) -> Result<()> {
     let log = paths.serial_log();

@@ -302,7 +302,16 @@ impl Kiln {
         self.forget_overlays(vm.paths(), &old_disks, &record.disk_files)
             .await;
         let vm = Vm { record, ..vm };
-        drop(progress::stage(reporter, Stage::WaitAgent, wait_restored_agent(&vm)).await?);
+        let secret_path = vm.paths().secret();
+        let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
+        drop(
+            progress::stage(
+                reporter,
+                Stage::WaitAgent,
+                wait_restored_agent(&vm, &secret),
+            )
+            .await?,
+        );
         Ok(vm)
     }
 
@@ -428,14 +437,12 @@ impl Kiln {
 /// Waits for the agent of a restored guest. Its virtio-serial port was saved with no host
 /// connected, and the first connection after the load can go unanswered: retry on fresh
 /// connections, briefly each.
-pub(super) async fn wait_restored_agent(vm: &Vm) -> Result<crate::AgentClient> {
-    let secret_path = vm.paths().secret();
-    let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
+pub(super) async fn wait_restored_agent(vm: &Vm, secret: &[u8]) -> Result<crate::AgentClient> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         match crate::AgentClient::connect(
             &vm.paths().agent_socket(),
-            &secret,
+            secret,
             // A live agent answers in milliseconds; a lost first attempt costs little.
             std::time::Duration::from_millis(200),
         )

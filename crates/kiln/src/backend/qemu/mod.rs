@@ -8,7 +8,7 @@ mod qmp;
 
 pub use argv::{FORWARDS_NETDEV, Machine, QemuLaunch, Share9p, TapNic, UserNet, render};
 pub use passt::{binary as passt_binary, installed as passt_installed};
-pub use qmp::QmpClient;
+pub use qmp::{QmpClient, QmpReply};
 
 use std::path::PathBuf;
 use std::time::Duration;

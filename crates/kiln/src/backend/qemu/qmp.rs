@@ -57,18 +57,21 @@ impl QmpClient {
             .write_all(line.as_bytes())
             .await
             .map_err(|e| self.error(format!("cannot send {command}: {e}")))?;
-        loop {
-            let message = self.read_message().await?;
-            if message.get("event").is_some() {
-                continue;
-            }
-            if let Some(ret) = message.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(error) = message.get("error") {
-                return Err(self.error(format!("{command} failed: {error}")).into());
+        // Events may come first; a monitor that only ever sends events is cut off.
+        for _ in 0..MAX_MESSAGES_PER_REPLY {
+            match QmpReply::of(self.read_message().await?) {
+                QmpReply::Return(value) => return Ok(value),
+                QmpReply::Error(error) => {
+                    return Err(self.error(format!("{command} failed: {error}")).into());
+                }
+                QmpReply::Event | QmpReply::Other => {}
             }
         }
+        Err(self
+            .error(format!(
+                "no answer to {command} among {MAX_MESSAGES_PER_REPLY} messages"
+            ))
+            .into())
     }
 
     /// `query-status`'s `status` (`running`, `paused`, ...).
@@ -106,3 +109,46 @@ impl QmpClient {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// How many messages (events) may come before a command's answer.
+const MAX_MESSAGES_PER_REPLY: usize = 10_000;
+
+/// What one message from QEMU's monitor is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QmpReply {
+    /// A command's answer.
+    Return(Value),
+    /// A command's failure, as QEMU describes it.
+    Error(String),
+    /// An asynchronous event.
+    Event,
+    /// Anything else (the greeting, or what kiln does not know).
+    Other,
+}
+
+impl QmpReply {
+    pub fn of(message: Value) -> Self {
+        if message.get("event").is_some() {
+            return Self::Event;
+        }
+        match message {
+            Value::Object(mut map) => {
+                if let Some(ret) = map.remove("return") {
+                    Self::Return(ret)
+                } else if let Some(error) = map.remove("error") {
+                    Self::Error(error.to_string())
+                } else {
+                    Self::Other
+                }
+            }
+            _ => Self::Other,
+        }
+    }
+
+    /// One line of the monitor, parsed.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line)
+            .map(Self::of)
+            .map_err(|e| format!("invalid JSON: {e}"))
+    }
+}
