@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the figures of docs/reliability.md: the kill loops (SIGKILL at random points of
-# `kiln up`, `kiln rm` and an apply), the races, the 30-VM load loop, the bad-input table,
+# `kiln up`, `kiln rm`, `kiln snapshot save` and an apply), the races, the 30-VM load loop, the bad-input table,
 # the authentication checks, and a longer fuzz run. Iterations: KILN_FAULT_ITERATIONS
 # (default 50); fuzzing: FUZZ_SECONDS per target (default: 10 minutes).
 set -euo pipefail

@@ -235,3 +235,153 @@ fn check_rm_converges_one(env: &TestEnv, name: &str) {
     let out = run(env, &["rm", "--force", name]);
     assert!(out.status.success(), "rm {name}: {}", text(&out.stderr));
 }
+
+/// The disk file QEMU writes to (open read-write), for VM `pid`.
+fn files_qemu_writes(pid: u64) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.extension().is_none_or(|e| e != "qcow2") {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & 0o3 != 0 {
+            out.push(target);
+        }
+    }
+    out
+}
+
+/// The disk the VM's record names, and every file it reads through.
+fn recorded_chain(env: &TestEnv, vm: &str) -> Vec<std::path::PathBuf> {
+    let dir = env.home().join("data/vms").join(vm);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vm.json")).unwrap()).unwrap();
+    let top = record["disk_files"]
+        .as_array()
+        .and_then(|files| files.first())
+        .and_then(|f| f.as_str())
+        .map_or_else(|| dir.join("disk0.qcow2"), std::path::PathBuf::from);
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--backing-chain", "--output=json"])
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img info {}: {}",
+        top.display(),
+        text(&out.stderr)
+    );
+    let images: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    images
+        .iter()
+        .filter_map(|i| i["filename"].as_str())
+        .map(std::path::PathBuf::from)
+        .collect()
+}
+
+#[test]
+fn snapshot_save_killed_at_random_points_converges() {
+    let env = TestEnv::new();
+    let mut rng = Rng::from_env("snapshot_save_killed_at_random_points_converges");
+    let vm = "snap";
+    let out = run(&env, &["up", vm, "--memory", "256M", "--disk", "16M"]);
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+    let started = Instant::now();
+    let out = run(&env, &["snapshot", "save", vm, "first"]);
+    assert!(out.status.success(), "save: {}", text(&out.stderr));
+    let full = started.elapsed();
+
+    let iterations = faults::iterations(20);
+    let mut killed = 0;
+    for i in 0..iterations {
+        // A mark on the disk before each save: it must survive whatever the kill leaves.
+        let mark = format!(
+            "printf 'mark-{i:04}' | dd of=/dev/vda bs=1 seek={} conv=notrunc 2>/dev/null && sync",
+            i * 16
+        );
+        let out = run(&env, &["exec", vm, "--", "sh", "-c", &mark]);
+        assert!(
+            out.status.success(),
+            "iteration {i}: exec: {}",
+            text(&out.stderr)
+        );
+        let delay = rng.duration_up_to(full.mul_f32(1.2));
+        let mut child = env
+            .cli(KILN)
+            .args(["snapshot", "save", vm, &format!("s{i}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        killed += usize::from(faults::kill_after(&mut child, delay));
+        let context = format!("iteration {i} (killed after {delay:?})");
+        // The next command finds the VM running again, whole snapshots only, and a record
+        // whose disk chain holds the file QEMU writes.
+        let vms = check_ls_tells_the_truth(&env, &context);
+        assert_eq!(vms.len(), 1, "{context}: {vms:?}");
+        assert_eq!(
+            vms[0]["state"], "running",
+            "{context}: left {}",
+            vms[0]["state"]
+        );
+        let pid = vms[0]["pid"].as_u64().unwrap();
+        let chain = recorded_chain(&env, vm);
+        for file in files_qemu_writes(pid) {
+            assert!(
+                chain.contains(&file),
+                "{context}: QEMU writes {} outside the record's chain {chain:?}",
+                file.display()
+            );
+        }
+        let out = run(&env, &["snapshot", "ls", vm, "--json"]);
+        assert!(out.status.success(), "{context}: {}", text(&out.stderr));
+        let partial = env
+            .home()
+            .join(format!("data/vms/{vm}/snapshots/.s{i}.partial"));
+        assert!(!partial.exists(), "{context}: {} left", partial.display());
+    }
+    // A cold boot from the record's files has every mark.
+    for verb in ["stop", "start"] {
+        let out = run(&env, &[verb, vm]);
+        assert!(out.status.success(), "{verb}: {}", text(&out.stderr));
+    }
+    let out = run(
+        &env,
+        &[
+            "exec",
+            vm,
+            "--",
+            "sh",
+            "-c",
+            &format!("head -c {} /dev/vda", iterations * 16),
+        ],
+    );
+    let disk = text(&out.stdout);
+    for i in 0..iterations {
+        assert!(
+            disk.contains(&format!("mark-{i:04}")),
+            "mark {i} lost after the kills: {disk:?}"
+        );
+    }
+    eprintln!(
+        "figure: snapshot save: {iterations} iterations, {killed} killed mid-way (up to {:?} in); the VM ran on each time, no half snapshot, every disk write kept",
+        full.mul_f32(1.2)
+    );
+    check_rm_converges_one(&env, vm);
+}

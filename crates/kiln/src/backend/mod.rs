@@ -70,7 +70,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn is_paused(&self, paths: &VmPaths) -> bool;
 
     /// Saves the paused machine's memory and device state to `memory`, then moves each disk
-    /// (`disk{i}` to `overlays[i]`) onto a new overlay, freezing the file it wrote to.
+    /// (`disk{i}` to `overlays[i]`, which exist already, on the file it writes) onto its
+    /// overlay, freezing the file it wrote to.
     async fn save_state(
         &self,
         paths: &VmPaths,

@@ -144,6 +144,13 @@ impl Kiln {
                 name: name.to_owned(),
             });
         }
+        let record = if self.finish_interrupted_save(name).await? {
+            read_record(&paths)?.ok_or_else(|| Error::VmNotFound {
+                name: name.to_owned(),
+            })?
+        } else {
+            record
+        };
         Ok(Vm {
             name: name.to_owned(),
             paths,

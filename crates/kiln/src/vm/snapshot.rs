@@ -116,7 +116,7 @@ impl Kiln {
         crate::spec::validate_name(snapshot)?;
         let vm = self.get(name).await?;
         let _lock = lock(vm.paths()).await?;
-        let record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
+        let mut record = read_record(vm.paths())?.ok_or_else(|| Error::VmNotFound {
             name: name.to_owned(),
         })?;
         let state = vm.state().await;
@@ -138,10 +138,13 @@ impl Kiln {
         let overlays: Vec<PathBuf> = (0..frozen.len())
             .map(|i| vm.paths().dir().join(format!("disk{i}-{stamp}.qcow2")))
             .collect();
+        // The overlays exist before anything else changes, and the record names them before
+        // QEMU moves onto them: an overlay nothing wrote to reads through to the file QEMU
+        // still writes, so whenever this is killed, the record's chain holds every write.
+        for (frozen, overlay) in frozen.iter().zip(&overlays) {
+            self.backend.create_overlay(frozen, overlay).await?;
+        }
         if disk_only {
-            for (frozen, overlay) in frozen.iter().zip(&overlays) {
-                self.backend.create_overlay(frozen, overlay).await?;
-            }
             return self
                 .record_snapshot(&vm, record, &tmp, &dir, snapshot, frozen, overlays, true)
                 .await;
@@ -156,8 +159,12 @@ impl Kiln {
             Some(vm.agent_within(std::time::Duration::from_secs(10)).await?)
         };
         if !was_paused {
+            // Says "resume it" to whoever finds this save interrupted.
+            state::write_atomic(&tmp.join(RESUME_MARKER), b"")?;
             self.backend.set_paused(vm.paths(), true).await?;
         }
+        record.disk_files = overlays.clone();
+        state::write_json_atomic(&vm.paths().record(), &record)?;
         let saved = self
             .backend
             .save_state(vm.paths(), &tmp.join("memory"), &overlays)
@@ -172,8 +179,54 @@ impl Kiln {
             return Err(err);
         }
         resumed?;
+        let _ = std::fs::remove_file(tmp.join(RESUME_MARKER));
         self.record_snapshot(&vm, record, &tmp, &dir, snapshot, frozen, overlays, false)
             .await
+    }
+
+    /// Finishes what a `snapshot save` killed part-way left of VM `name`, when no kiln works
+    /// on it: the VM runs again if the save paused it, the unfinished snapshot goes, and so
+    /// do overlays nothing reads through. Returns whether it found one.
+    pub(super) async fn finish_interrupted_save(&self, name: &str) -> Result<bool> {
+        let paths = self.paths.vm(name);
+        let root = paths.dir().join("snapshots");
+        let partial: Vec<String> = state::list_names(&root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with('.') && n.ends_with(".partial"))
+            .collect();
+        if partial.is_empty() {
+            return Ok(false);
+        }
+        let Some(_lock) = state::Lock::try_acquire(paths.lock())? else {
+            return Ok(false);
+        };
+        let Some(record) = read_record(&paths)? else {
+            return Ok(false);
+        };
+        for dir in &partial {
+            let dir = root.join(dir);
+            if dir.join(RESUME_MARKER).exists() && self.backend.running_pid(&paths).await.is_some()
+            {
+                log::info!("{name}: resuming it after an interrupted snapshot save");
+                self.backend.set_paused(&paths, false).await?;
+            }
+            std::fs::remove_dir_all(&dir).map_err(IoError::at("remove", &dir))?;
+        }
+        // Overlays made for the save that no disk reads through. The record's disks may read
+        // through overlays of earlier interrupted saves: their whole chains stay.
+        let made: Vec<PathBuf> = state::list_names(paths.dir())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| paths.dir().join(n))
+            .filter(|f| is_overlay(f, &paths))
+            .collect();
+        let mut keep = Vec::new();
+        for file in record.disk_files(&paths) {
+            keep.extend(self.backend.backing_chain(&file).await?);
+        }
+        self.forget_overlays(&paths, &made, &keep).await;
+        Ok(true)
     }
 
     /// Points the VM at its new overlays and moves the finished snapshot into place.
@@ -415,7 +468,7 @@ impl Kiln {
         Ok(())
     }
 
-    /// Deletes overlays a restore replaced, unless a snapshot froze them.
+    /// Deletes overlays a restore replaced, unless a snapshot reads through them.
     async fn forget_overlays(&self, paths: &VmPaths, old: &[PathBuf], current: &[PathBuf]) {
         let root = paths.dir().join("snapshots");
         let mut frozen: Vec<PathBuf> = Vec::new();
@@ -423,7 +476,12 @@ impl Kiln {
             if let Ok(Some(meta)) =
                 state::read_json::<SnapshotMeta>(&root.join(&snapshot).join("meta.json"))
             {
-                frozen.extend(meta.disks);
+                for disk in meta.disks {
+                    match self.backend.backing_chain(&disk).await {
+                        Ok(chain) => frozen.extend(chain),
+                        Err(_) => frozen.push(disk),
+                    }
+                }
             }
         }
         for file in old {
@@ -433,6 +491,9 @@ impl Kiln {
         }
     }
 }
+
+/// In an unfinished snapshot's directory: the save paused a running VM.
+const RESUME_MARKER: &str = "resume";
 
 /// Waits for the agent of a restored guest. Its virtio-serial port was saved with no host
 /// connected, and the first connection after the load can go unanswered: retry on fresh

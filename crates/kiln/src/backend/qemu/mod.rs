@@ -429,6 +429,25 @@ impl Backend for QemuBackend {
 
     async fn set_paused(&self, paths: &VmPaths, paused: bool) -> Result<()> {
         let mut client = QmpClient::connect(&paths.qmp_socket()).await?;
+        if !paused {
+            // A save whose kiln was killed may still be writing memory out: end it first,
+            // or `cont` would race the migration's last phase.
+            let busy = |status: &serde_json::Value| {
+                matches!(
+                    status.get("status").and_then(serde_json::Value::as_str),
+                    Some("setup" | "active" | "cancelling" | "pre-switchover" | "device")
+                )
+            };
+            if busy(&client.execute("query-migrate", None).await?) {
+                client.execute("migrate_cancel", None).await?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while busy(&client.execute("query-migrate", None).await?)
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
         client
             .execute(if paused { "stop" } else { "cont" }, None)
             .await
@@ -436,8 +455,12 @@ impl Backend for QemuBackend {
     }
 
     async fn is_paused(&self, paths: &VmPaths) -> bool {
+        // Paused by hand, or left stopped by a save whose kiln was killed (`postmigrate`).
         match QmpClient::connect(&paths.qmp_socket()).await {
-            Ok(mut client) => client.status().await.is_ok_and(|s| s == "paused"),
+            Ok(mut client) => client
+                .status()
+                .await
+                .is_ok_and(|s| s == "paused" || s == "postmigrate"),
             Err(_) => false,
         }
     }
@@ -487,6 +510,8 @@ impl Backend for QemuBackend {
                         "device": format!("disk{index}"),
                         "snapshot-file": overlay,
                         "format": "qcow2",
+                        // kiln made it (on the file this disk writes) before the save.
+                        "mode": "existing",
                     })),
                 )
                 .await?;
