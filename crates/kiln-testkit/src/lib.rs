@@ -3,6 +3,7 @@
 
 pub mod faults;
 pub mod hostile;
+pub mod net;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

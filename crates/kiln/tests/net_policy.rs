@@ -4,50 +4,15 @@
 //! host's own address (plain outbound NAT). Each policy must reach exactly what it promises.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 use kiln::progress::NoProgress;
 use kiln::{ExecRequest, NetPolicy, VmSpec};
-use kiln_testkit::TestEnv;
-
-const BANNER: &str = "kiln-host-service";
-
-/// Answers every connection with [`BANNER`], on all of the host's addresses.
-fn host_service() -> u16 {
-    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = stream.write_all(format!("{BANNER}\n").as_bytes());
-        }
-    });
-    port
-}
-
-/// The host's address on its default route (no packet is sent).
-fn host_address() -> Ipv4Addr {
-    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-    socket
-        .connect("192.0.2.1:9")
-        .or_else(|_| socket.connect("10.255.255.1:9"))
-        .unwrap_or_else(|e| panic!("this test needs a non-loopback IPv4 route on the host: {e}"));
-    match socket.local_addr().unwrap().ip() {
-        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => ip,
-        other => panic!("this test needs a non-loopback IPv4 address on the host, found {other}"),
-    }
-}
+use kiln_testkit::{TestEnv, net};
 
 /// What the guest gets back from each address: the banner, or nothing.
 async fn probe(vm: &kiln::Vm, port: u16, targets: &[String]) -> Vec<(String, bool)> {
-    let script = targets
-        .iter()
-        // stdin stays open a moment: the passt in Debian 12 does not pass on a server's FIN
-        // once the guest has half-closed first (a known limit, docs/security.md).
-        .map(|t| format!("echo \"{t}=$(sleep 1 | timeout 8 nc -w 3 {t} {port} 2>/dev/null)\""))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let script = net::probe_script(port, targets);
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         vm.exec_output(ExecRequest::new(["sh", "-c", &script])),
@@ -55,17 +20,7 @@ async fn probe(vm: &kiln::Vm, port: u16, targets: &[String]) -> Vec<(String, boo
     .await
     .expect("the probes finish within their own timeouts")
     .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    targets
-        .iter()
-        .map(|t| {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(&format!("{t}=")))
-                .unwrap_or_else(|| panic!("no answer for {t} in {text:?}"));
-            (t.clone(), line.contains(BANNER))
-        })
-        .collect()
+    net::probe_results(&out.stdout, targets)
 }
 
 fn passt_pid(env: &TestEnv, vm: &str) -> Option<u32> {
@@ -87,8 +42,8 @@ fn exited(pid: u32) -> bool {
 async fn each_policy_reaches_exactly_what_it_promises() {
     let env = TestEnv::new();
     let kiln = env.kiln().with_warm_starts(false);
-    let port = host_service();
-    let host = host_address().to_string();
+    let port = net::host_service(std::net::Ipv4Addr::UNSPECIFIED);
+    let host = net::host_address().to_string();
     let targets = ["10.0.2.2".to_owned(), "10.0.3.2".to_owned(), host.clone()];
 
     // (policy, the gateway reaches the host's loopback, the host's address is reachable)

@@ -128,7 +128,9 @@ pub fn guest_cmdline(spec: &crate::VmSpec, addressing: Addressing<'_>) -> String
     );
     match addressing {
         Addressing::Dhcp => {
-            if spec.networks().iter().any(|n| n.network_name().is_some()) {
+            // libvirt: named networks run dnsmasq, and so does kiln's NAT network behind a
+            // `nat` user-mode NIC; a `host` one is slirp, whose DHCP answers as well.
+            if !spec.networks().is_empty() {
                 cmdline.push_str(" kiln.net=dhcp");
             }
         }

@@ -367,9 +367,18 @@ impl Backend for QemuBackend {
         let Some(pid) = self.running_pid(paths).await else {
             // No pidfile: QEMU may still run (its starter was killed before it wrote one, or
             // the runtime directory was wiped). Find it by its socket instead of orphaning it.
-            for pid in process::find_by_socket(&qmp) {
-                debug!("killing QEMU {pid}, which has no pidfile");
-                process::wait_or_kill(pid, &qmp, Duration::ZERO).await;
+            // A QEMU still starting may fork its daemon after the scan: scan again until
+            // none is left.
+            for _ in 0..50 {
+                let found = process::find_by_socket(&qmp);
+                if found.is_empty() {
+                    break;
+                }
+                for pid in found {
+                    debug!("killing QEMU {pid}, which has no pidfile");
+                    process::wait_or_kill(pid, &qmp, Duration::ZERO).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             return Ok(());
         };

@@ -32,6 +32,20 @@ fn disk_volume(vm: &str, index: usize) -> String {
     format!("{vm}-disk{index}.qcow2")
 }
 
+/// The libvirt network a `nat` user-mode NIC goes out through. libvirt's own user-mode NIC
+/// (slirp, or passt as libvirt 9 starts it) maps its gateway to the libvirt host's loopback;
+/// a guest on this bridge reaches the host's networks through NAT, and of the host only the
+/// bridge's address, never its loopback.
+pub const NAT_NETWORK: &str = "kiln-nat";
+const NAT_SUBNET: &str = "10.213.37.0/24";
+/// Who owns [`NAT_NETWORK`]: kiln itself, not a score (no score's destroy removes it).
+const NAT_OWNER: &str = "kiln";
+
+/// Whether `nic` goes out through [`NAT_NETWORK`].
+fn on_nat_network(spec: &VmSpec, nic: &crate::NetworkRef) -> bool {
+    *nic == crate::NetworkRef::User && spec.net_policy() == crate::NetPolicy::Nat
+}
+
 /// The `0600` volume QEMU reads the guest's secret from.
 fn secret_volume(vm: &str) -> String {
     format!("{vm}-secret")
@@ -161,6 +175,37 @@ impl LibvirtHost {
         Ok((kernel_path, initrd_path))
     }
 
+    /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns
+    /// may race here: the loser finds it made.
+    async fn ensure_nat_network(&self, spec: &VmSpec) -> Result<()> {
+        if !spec.networks().iter().any(|nic| on_nat_network(spec, nic)) {
+            return Ok(());
+        }
+        for attempt in 0..2 {
+            let made = async {
+                if self.conn.network(NAT_NETWORK).await?.is_none() {
+                    let nat = NetworkSpec::nat(NAT_NETWORK, NAT_SUBNET)
+                        .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
+                        .build()?;
+                    let tag = KilnTag::new(NAT_OWNER, &nat)?;
+                    let doc = crate::backend::libvirt::xml::network_xml(&nat, &tag)?;
+                    self.conn.define_network(NAT_NETWORK, doc).await?;
+                }
+                self.conn.ensure_network_active(NAT_NETWORK).await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            match made {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt == 0 => {
+                    log::debug!("{NAT_NETWORK}: {err}; once more");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
     /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
     /// volume's path on the libvirt host.
     async fn new_secret(&self, name: &str) -> Result<String> {
@@ -233,7 +278,11 @@ impl LibvirtHost {
                 })
                 .enumerate()
                 .map(|(index, nic)| DomainNic {
-                    network: nic.network_name().map(str::to_owned),
+                    network: if on_nat_network(spec, nic) {
+                        Some(NAT_NETWORK.to_owned())
+                    } else {
+                        nic.network_name().map(str::to_owned)
+                    },
                     mac: nic.mac().map(|m| m.to_string()),
                     boot_order: if index == 0 {
                         boot_position(BootDevice::Network)
@@ -467,6 +516,7 @@ impl VmHost for LibvirtHost {
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         self.conn.ensure_pool_active().await?;
+        self.ensure_nat_network(spec).await?;
         let secret_file = self.new_secret(spec.name()).await?;
         let def = self.domain_def(spec, owner, secret_file, reporter).await?;
         progress::stage(reporter, Stage::CreateVm, async {
@@ -491,6 +541,7 @@ impl VmHost for LibvirtHost {
     async fn update_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         let current = self.conn.domain(spec.name()).await?;
         let observed = current.map(|s| s.observed).unwrap_or_default();
+        self.ensure_nat_network(spec).await?;
         let secret_file = match observed.secret_file {
             Some(file) => file,
             // It restarts below: a fresh secret is fine.
