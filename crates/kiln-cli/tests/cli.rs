@@ -464,6 +464,59 @@ fn run_interrupted_leaves_no_vm_and_no_qemu() {
     assert_no_vm_and_no_qemu(&env);
 }
 
+#[test]
+fn a_second_ctrl_c_always_ends_exec() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let out = run(&env, &["up", "intr", "--memory", "256M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A guest command that ignores SIGINT: the first Ctrl-C reaches it and changes nothing.
+    let mut child = env
+        .cli(KILN)
+        .args([
+            "exec",
+            "intr",
+            "--",
+            "sh",
+            "-c",
+            "trap '' INT; echo started; sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let pid = rustix::process::Pid::from_child(&child);
+    let interrupt = || {
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    };
+    interrupt();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "one Ctrl-C is the guest's to handle"
+    );
+    interrupt();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second Ctrl-C did not end kiln exec"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let out = run(&env, &["rm", "--force", "intr"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn assert_no_vm_and_no_qemu(env: &TestEnv) {
     let out = run(env, &["ls", "--json"]);
     assert_eq!(stdout(&out).trim(), "[]");

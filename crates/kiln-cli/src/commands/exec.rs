@@ -96,7 +96,11 @@ pub async fn run(args: Args) -> Outcome {
     loop {
         let event = tokio::select! {
             event = session.next_event() => event?,
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    // The second Ctrl-C ends kiln, whatever the guest command does with it.
+                    return Ok(INTERRUPTED);
+                }
                 // Forward the first Ctrl-C to the guest command, like a local one.
                 interrupted = true;
                 session.signal(2).await?;
@@ -111,6 +115,9 @@ pub async fn run(args: Args) -> Outcome {
         }
     }
 }
+
+/// The exit code after a second Ctrl-C, like a shell's.
+const INTERRUPTED: i32 = 130;
 
 fn write_all(out: &mut impl Write, data: &[u8]) {
     // A closed stdout (`| head`) is not an error of the guest command.
