@@ -109,6 +109,20 @@ fn state_error(path: &Path, source: serde_json::Error) -> Error {
     }
 }
 
+/// Fills `out` with random bytes; an error names `path`, the file they are for.
+pub fn random_bytes(out: &mut [u8], path: &Path) -> Result<()> {
+    getrandom::fill(out)
+        .map_err(|e| IoError::new("generate", path, std::io::Error::other(e.to_string())).into())
+}
+
+/// A new random VM secret, written (`0600`, atomically) to `path`.
+pub fn write_new_secret(path: &Path) -> Result<[u8; kiln_proto::handshake::SECRET_LEN]> {
+    let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+    random_bytes(&mut secret, path)?;
+    write_atomic(path, &secret)?;
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,10 @@ mod lock;
 mod paths;
 mod record;
 
-pub use fsutil::{create_private_dir, list_names, read_json, write_atomic, write_json_atomic};
+pub use fsutil::{
+    create_private_dir, list_names, random_bytes, read_json, write_atomic, write_json_atomic,
+    write_new_secret,
+};
 pub use hosts::KnownHosts;
 pub use lock::Lock;
 pub use paths::{Paths, VmPaths};

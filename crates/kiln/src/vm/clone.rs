@@ -99,18 +99,9 @@ impl Kiln {
         // that restarts, or a guest that reboots, reads the new one, never the source's.
         let src_secret = src.paths().secret();
         let old_secret = std::fs::read(&src_secret).map_err(IoError::at("read", &src_secret))?;
-        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        let secret = state::write_new_secret(&paths.secret())?;
         let mut seed = [0u8; 64];
-        getrandom::fill(&mut secret)
-            .and_then(|()| getrandom::fill(&mut seed))
-            .map_err(|e| {
-                IoError::new(
-                    "generate",
-                    paths.secret(),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-        state::write_atomic(&paths.secret(), &secret)?;
+        state::random_bytes(&mut seed, &paths.secret())?;
         let stamp = format!("{}-{}", now_secs(), std::process::id());
         let mut disks = Vec::new();
         for (index, frozen) in meta.disks.iter().enumerate() {

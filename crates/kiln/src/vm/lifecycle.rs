@@ -131,15 +131,7 @@ impl Kiln {
         let record = progress::stage(reporter, Stage::CreateVm, async {
             state::create_private_dir(paths.dir())?;
             state::create_private_dir(paths.run_dir())?;
-            let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
-            getrandom::fill(&mut secret).map_err(|e| {
-                IoError::new(
-                    "generate",
-                    paths.secret(),
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-            state::write_atomic(&paths.secret(), &secret)?;
+            state::write_new_secret(&paths.secret())?;
             self.backend.create(&spec, &paths).await?;
             let record = VmRecord {
                 version: RECORD_VERSION,
