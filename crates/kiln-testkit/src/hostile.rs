@@ -24,6 +24,8 @@ case "$2" in
   *"find ."*) exec {bb} cat {dir}/list ;;
   *"tar -c"*)
     {bb} cat >/dev/null &
+    # Alive but sending no data: a line on stderr now and then, forever.
+    if [ -e {dir}/trickle ]; then while :; do echo . >&2; {bb} sleep 0.2; done; fi
     {bb} cat {dir}/stream
     [ -e {dir}/endless ] && exec {bb} cat /dev/zero
     exit 0 ;;

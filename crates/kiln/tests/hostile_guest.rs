@@ -238,6 +238,28 @@ async fn a_lying_guest_writes_nothing_outside_and_the_host_stays_bounded() {
         "{flood:?}"
     );
 
+    // 10. A guest that sends no data but keeps writing to stderr: the pull still times out.
+    lie(&agent, "5 100 ./new.txt\n", b"", false).await;
+    run(&agent, &format!("touch {PAYLOAD_DIR}/trickle")).await;
+    let started = std::time::Instant::now();
+    let err = copy::pull(
+        &agent,
+        "/workspace/x",
+        &ws.join("pulled"),
+        &CopyLimits::default().max_idle(std::time::Duration::from_secs(3)),
+    )
+    .await;
+    assert!(
+        matches!(err, Err(Error::Agent(AgentError::Timeout { .. }))),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    run(&agent, &format!("rm -f {PAYLOAD_DIR}/trickle")).await;
+
     let peak_kib = peak_rss_kib();
     assert_eq!(
         snapshot(top.path()),

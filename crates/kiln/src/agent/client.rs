@@ -22,6 +22,10 @@ const MAX_SKIP_BEFORE_MAGIC: u64 = 16 << 20;
 /// Messages buffered per stream before the reader waits for the consumer (backpressure).
 const STREAM_BUFFER: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
+/// How long one write to the agent may stay blocked (the guest not reading) before the
+/// connection is given up.
+const WRITE_STALL: Duration = Duration::from_secs(120);
+
 /// How long the agent may take to answer a request (`Started`, `Pong`, `IdentitySet`) once
 /// the connection is up. A guest that authenticates and then goes silent gets a typed
 /// timeout, not a hung host. Generous: a busy TCG guest spawns a process in ~10 ms.
@@ -192,8 +196,15 @@ impl AgentClient {
         let (outgoing, mut outgoing_rx) = mpsc::channel::<Vec<u8>>(STREAM_BUFFER);
         tokio::spawn(async move {
             while let Some(bytes) = outgoing_rx.recv().await {
-                if write.write_all(&bytes).await.is_err() {
-                    return;
+                // A guest that stops reading fills the channel: after WRITE_STALL the
+                // connection is given up, and every sender gets an error instead of waiting.
+                match tokio::time::timeout(WRITE_STALL, write.write_all(&bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        log::warn!("the agent read nothing for {WRITE_STALL:?}: disconnecting");
+                        return;
+                    }
                 }
             }
         });

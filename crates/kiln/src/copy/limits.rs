@@ -49,6 +49,7 @@ impl std::fmt::Display for CopyLimit {
 /// raise one with its setter when a copy really is bigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CopyLimits {
+    max_idle: std::time::Duration,
     max_bytes: u64,
     max_entries: u64,
     max_name_bytes: u64,
@@ -59,6 +60,7 @@ pub struct CopyLimits {
 impl Default for CopyLimits {
     fn default() -> Self {
         Self {
+            max_idle: std::time::Duration::from_secs(120),
             max_bytes: 64 << 30,
             max_entries: 1_000_000,
             max_name_bytes: 4096,
@@ -97,6 +99,18 @@ impl CopyLimits {
     pub fn max_list_bytes(mut self, bytes: u64) -> Self {
         self.max_list_bytes = bytes;
         self
+    }
+
+    /// How long a guest may send no file data (default 120 s). Only data counts: a guest
+    /// that keeps writing to stderr but sends no archive still runs out of time.
+    pub fn max_idle(mut self, idle: std::time::Duration) -> Self {
+        self.max_idle = idle;
+        self
+    }
+
+    /// The idle bound ([`max_idle`](Self::max_idle)).
+    pub fn idle(&self) -> std::time::Duration {
+        self.max_idle
     }
 
     /// The value of one bound.

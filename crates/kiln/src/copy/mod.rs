@@ -161,7 +161,7 @@ async fn send_tar(
         stdin.close().await?;
         Ok::<_, crate::Error>(())
     };
-    let wait = wait_exit(&mut session, None);
+    let wait = wait_exit(&mut session, None, CONTROL_TIMEOUT);
     tokio::pin!(wait);
     // The command prints nothing until it exits, however long the upload takes; once all is
     // sent, it must exit within the deadline.
@@ -235,7 +235,7 @@ pub async fn pull(
     let unpacking = tokio::task::spawn_blocking(move || {
         unpack::unpack(ChannelReader::new(rx), &target, &limits)
     });
-    let exited = wait_exit(&mut session, Some(tx)).await;
+    let exited = wait_exit(&mut session, Some(tx), limits.idle()).await;
     Ok(finish_pull(unpacking, exited, src).await?.stats)
 }
 
@@ -278,7 +278,8 @@ pub(crate) async fn pull_paths(
         Ok::<_, crate::Error>(())
     };
     // try_join: a guest that stops reading the list must not hold the wait for its exit.
-    let ((), exited) = tokio::try_join!(send_list, wait_exit(&mut session, Some(tx)))?;
+    let ((), exited) =
+        tokio::try_join!(send_list, wait_exit(&mut session, Some(tx), limits.idle()))?;
     let unpacked = finish_pull(unpacking, Ok(exited), guest_dir).await?;
     Ok((unpacked.stats, unpacked.placed))
 }
@@ -306,24 +307,36 @@ async fn finish_pull(
 async fn wait_exit(
     session: &mut ExecSession,
     mut stdout: Option<mpsc::Sender<Vec<u8>>>,
+    idle: Duration,
 ) -> Result<(ExitStatus, String)> {
     let pulling = stdout.is_some();
     let mut stderr = Vec::new();
     // Bytes after the unpacker stopped (the end of the archive, or an error): tar's padding
     // is drained, a guest that goes on sending is killed.
     let mut trailing = 0usize;
+    // A pull waits on the guest's data: a guest that sends none for `idle` is killed, however
+    // much it writes to stderr. A push's command prints nothing until it exits (its caller
+    // bounds that wait).
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        // A pull waits on the guest's data: a guest that stops sending times out. A push's
-        // command prints nothing until it exits (its caller bounds that wait).
         let event = if pulling {
-            session
-                .next_event_within(CONTROL_TIMEOUT, "the guest's file stream")
-                .await?
+            match tokio::time::timeout_at(deadline, session.next_event()).await {
+                Ok(event) => event?,
+                Err(_) => {
+                    let _ = session.signal(9).await;
+                    return Err(AgentError::Timeout {
+                        what: "the guest's file stream",
+                        after: idle,
+                    }
+                    .into());
+                }
+            }
         } else {
             session.next_event().await?
         };
         match event {
             Some(ExecEvent::Stdout(data)) => {
+                deadline = tokio::time::Instant::now() + idle;
                 let len = data.len();
                 let rejected = match &stdout {
                     Some(tx) => tx.send(data).await.is_err(),
