@@ -60,23 +60,34 @@ impl Drop for Inner {
 
 impl AgentClient {
     /// Connects to `socket` and authenticates with `secret`, waiting up to `timeout` for the
-    /// agent (it may still be booting).
+    /// agent (it may still be booting). A handshake that goes unanswered is tried again on a
+    /// fresh connection, on which the agent resynchronises: seen now and then right after an
+    /// `up` or a re-key, under load. The one place kiln connects to a local agent.
     pub async fn connect(
         socket: &Path,
         secret: &[u8],
         timeout: Duration,
     ) -> Result<Self, AgentError> {
         let deadline = Instant::now() + timeout;
-        let stream = connect_with_retry(socket, deadline).await?;
-        let (read, write) = stream.into_split();
-        Self::handshake(
-            Box::new(read),
-            write,
-            secret,
-            deadline,
-            &socket.display().to_string(),
-        )
-        .await
+        let per_try = (timeout / 3).max(Duration::from_secs(2));
+        let peer = socket.display().to_string();
+        loop {
+            let try_deadline = deadline.min(Instant::now() + per_try);
+            let stream = connect_with_retry(socket, deadline).await?;
+            let (read, write) = stream.into_split();
+            match Self::handshake(Box::new(read), write, secret, try_deadline, &peer).await {
+                Err(AgentError::Timeout { .. }) if Instant::now() < deadline => {
+                    debug!("agent at {peer}: handshake unanswered; trying a fresh connection");
+                }
+                Err(AgentError::Timeout { .. }) => {
+                    return Err(AgentError::Timeout {
+                        what: "handshake",
+                        after: timeout,
+                    });
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Authenticates over an already open byte stream to the agent (a channel that libvirt

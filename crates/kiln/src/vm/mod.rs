@@ -366,21 +366,7 @@ impl Vm {
         }
         let secret_path = self.paths.secret();
         let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
-        // A handshake that goes unanswered is retried on a fresh connection (the agent
-        // resynchronises on it): seen once in CI right after `up`, cause not yet known.
-        let per_try = (timeout / 3).max(Duration::from_secs(2));
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match AgentClient::connect(&self.paths.agent_socket(), &secret, per_try).await {
-                Ok(client) => return Ok(client),
-                Err(crate::agent::AgentError::Timeout { .. })
-                    if std::time::Instant::now() + per_try <= deadline =>
-                {
-                    log::info!("{}: agent handshake timed out; reconnecting", self.name);
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
+        Ok(AgentClient::connect(&self.paths.agent_socket(), &secret, timeout).await?)
     }
 
     /// Runs a command and collects its output.
