@@ -209,12 +209,12 @@ impl LibvirtHost {
     /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
     /// volume's path on the libvirt host.
     async fn new_secret(&self, name: &str) -> Result<String> {
+        let volume = secret_volume(name);
         let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
-        getrandom::fill(&mut secret)
-            .map_err(|e| LibvirtError::Xml(format!("random secret: {e}")))?;
+        crate::state::random_bytes(&mut secret, std::path::Path::new(&volume))?;
         let (path, _) = self
             .conn
-            .upload_bytes(&secret_volume(name), hex::encode(secret).into_bytes(), true)
+            .upload_bytes(&volume, hex::encode(secret).into_bytes(), true)
             .await?;
         Ok(path)
     }
