@@ -278,9 +278,9 @@ pub(crate) async fn pull_paths(
         Ok::<_, crate::Error>(())
     };
     // try_join: a guest that stops reading the list must not hold the wait for its exit.
-    let ((), exited) =
-        tokio::try_join!(send_list, wait_exit(&mut session, Some(tx), limits.idle()))?;
-    let unpacked = finish_pull(unpacking, Ok(exited), guest_dir).await?;
+    let exited = tokio::try_join!(send_list, wait_exit(&mut session, Some(tx), limits.idle()))
+        .map(|((), exited)| exited);
+    let unpacked = finish_pull(unpacking, exited, guest_dir).await?;
     Ok((unpacked.stats, unpacked.placed))
 }
 
@@ -290,7 +290,14 @@ async fn finish_pull(
     src: &str,
 ) -> Result<unpack::Unpacked> {
     let unpacked = unpacking.await.map_err(crate::image::join_error)?;
-    let (status, stderr) = exited?;
+    // Why the unpacker stopped comes first: what the guest sent after it is a consequence.
+    let (status, stderr) = match exited {
+        Ok(exited) => exited,
+        Err(err) => {
+            unpacked?;
+            return Err(err);
+        }
+    };
     if status == ExitStatus::Code(3) {
         return Err(CopyError::GuestPathMissing {
             path: src.to_owned(),
@@ -336,19 +343,26 @@ async fn wait_exit(
         };
         match event {
             Some(ExecEvent::Stdout(data)) => {
-                deadline = tokio::time::Instant::now() + idle;
                 let len = data.len();
                 let rejected = match &stdout {
                     Some(tx) => tx.send(data).await.is_err(),
                     None => true,
                 };
                 if rejected {
+                    // Past the archive's end: this is not progress, and a guest that keeps
+                    // sending is cut off (its agent may ignore the kill; kiln does not wait).
                     stdout = None;
-                    let before = trailing;
                     trailing = trailing.saturating_add(len);
-                    if before <= MAX_TRAILING && trailing > MAX_TRAILING {
+                    if trailing > MAX_TRAILING {
                         let _ = session.signal(9).await;
+                        return Err(AgentError::OutputTooLarge {
+                            stream: "stdout, past the archive's end",
+                            limit: MAX_TRAILING,
+                        }
+                        .into());
                     }
+                } else {
+                    deadline = tokio::time::Instant::now() + idle;
                 }
             }
             Some(ExecEvent::Stderr(data)) => {

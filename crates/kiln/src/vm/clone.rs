@@ -60,14 +60,20 @@ impl Kiln {
         let name = spec.name().to_owned();
         let paths = self.paths.vm(&name);
         paths.check_socket_paths()?;
+        // A clone of a VM onto its own name would wait on its own lock.
+        if src.paths() == &paths {
+            return Err(Error::VmAlreadyExists { name });
+        }
         let _lock = lock(&paths).await?;
+        // A taken name is refused before waiting on the source: two clones onto each
+        // other's names find their targets taken instead of waiting on each other.
+        if read_record(&paths)?.is_some() {
+            return Err(Error::VmAlreadyExists { name });
+        }
         // The source's snapshot files (memory, frozen disks) stay until the clone is made
         // and its record says what it reads through: `snapshot rm`, `cache prune` and `rm`
         // of the source wait for this shared lock.
         let _source = shared_lock(src.paths()).await?;
-        if read_record(&paths)?.is_some() {
-            return Err(Error::VmAlreadyExists { name });
-        }
         self.backend.kill(&paths).await?;
         paths.remove_all()?;
         let cloned = self

@@ -163,6 +163,11 @@ impl Kiln {
             let template = self.template_at(&root);
             let paths = template.paths.vm(TEMPLATE);
             let _lock = lock(&paths).await?;
+            // A clone that held the template's shared lock has its record now: look again.
+            if self.reads_through(&root).await? {
+                log::info!("keeping template {key}: a VM's disk reads through it");
+                continue;
+            }
             let _ = template.backend.kill(&paths).await;
             std::fs::remove_dir_all(&root).map_err(IoError::at("remove", &root))?;
             removed += 1;
