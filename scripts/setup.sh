@@ -93,6 +93,12 @@ main() {
     as_root apt-get install -y -qq --no-install-recommends $want >/dev/null
     [ "$had_policy" -eq 1 ] || as_root rm -f "$policy"
   fi
+  # The user passt runs as: kiln makes the firewall refuse its connections to the host's
+  # loopback (passt forwards any destination a guest routes to it).
+  if ! getent passwd kiln-net >/dev/null; then
+    log "adding system user kiln-net (passt runs as it)"
+    as_root useradd --system --no-create-home --shell /usr/sbin/nologin --user-group kiln-net
+  fi
   log "ready: $(qemu-system-x86_64 --version | head -n1)"
 }
 

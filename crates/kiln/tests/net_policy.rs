@@ -94,12 +94,10 @@ fn a_bad_policy_is_a_typed_error_with_a_hint() {
     }
 }
 
-/// The known hole (docs/security.md, "Not yet defended"): a root guest under `nat` that
-/// routes 127.0.0.0/8 out of its NIC reaches the host's loopback, because the passt of
-/// Debian 12 forwards loopback destinations. Reproduced by hand on 2026-12-02; run it with
-/// `--ignored` once passt's traffic to `lo` is refused, then drop the `ignore`.
+/// A root guest under `nat` that routes 127.0.0.0/8 out of its NIC: the passt of Debian 12
+/// forwards loopback destinations, so only the firewall rule on passt's user keeps the
+/// host's loopback out of reach (found by review, reproduced before the rule existed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known hole: passt forwards 127.0.0.0/8 (docs/security.md)"]
 async fn a_root_guest_routing_loopback_out_does_not_reach_the_host() {
     let env = TestEnv::new();
     let kiln = env.kiln().with_warm_starts(false);

@@ -41,6 +41,95 @@ pub fn args() -> Vec<String> {
     .collect()
 }
 
+/// The system user passt runs as when kiln runs as root (`scripts/setup.sh` makes it).
+/// passt forwards any destination a guest routes to it, loopback included; the host's
+/// firewall refuses this user's connections to 127.0.0.0/8 and ::1 (DNS excepted, for a
+/// resolver on loopback), so a guest cannot reach the host's loopback services through it.
+pub const USER: &str = "kiln-net";
+
+/// The uid of [`USER`], from `/etc/passwd`.
+fn user_uid() -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == USER).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Makes the host's firewall refuse `uid`'s connections to loopback addresses (DNS excepted),
+/// unless it already does. Rules are inserted at the top of `OUTPUT`, once.
+fn refuse_loopback(uid: u32) -> Result<()> {
+    // Two kilns starting VMs at once would both find the rules missing: one at a time.
+    let _lock = crate::state::Lock::acquire(Path::new("/run/kiln/firewall.lock"))?;
+    let uid = uid.to_string();
+    for (tool, loopback) in [("iptables", "127.0.0.0/8"), ("ip6tables", "::1/128")] {
+        let owner = ["-m", "owner", "--uid-owner", &uid];
+        let reject: Vec<&str> = ["OUTPUT", "-d", loopback]
+            .into_iter()
+            .chain(owner)
+            .chain(["-j", "REJECT"])
+            .collect();
+        // Inserted after the reject, so they land above it.
+        let dns = ["udp", "tcp"].map(|proto| {
+            ["OUTPUT", "-d", loopback, "-p", proto, "--dport", "53"]
+                .into_iter()
+                .chain(owner)
+                .chain(["-j", "ACCEPT"])
+                .collect::<Vec<&str>>()
+        });
+        for rule in std::iter::once(&reject).chain(dns.iter()) {
+            let present = std::process::Command::new(tool)
+                .args(["-w", "-C"])
+                .args(rule)
+                .output()
+                .is_ok_and(|out| out.status.success());
+            if present {
+                continue;
+            }
+            let out = std::process::Command::new(tool)
+                .args(["-w", "-I"])
+                .args(rule)
+                .output()
+                .map_err(|source| QemuError::NetworkHelper {
+                    program: tool.into(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(QemuError::NetworkHelper {
+                    program: tool.into(),
+                    source: std::io::Error::other(
+                        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The user passt should run as, with the firewall refusing its loopback traffic; `None`
+/// (with a warning) where that cannot be had: kiln not root, or no [`USER`].
+fn confined_user() -> Result<Option<&'static str>> {
+    if !rustix::process::geteuid().is_root() {
+        log::warn!(
+            "not root: passt runs as this user, and a root guest that routes 127.0.0.0/8 out \
+             of its NIC reaches the host's loopback (docs/security.md)"
+        );
+        return Ok(None);
+    }
+    let Some(uid) = user_uid() else {
+        log::warn!(
+            "no user {USER} (scripts/setup.sh makes it): a root guest that routes 127.0.0.0/8 \
+             out of its NIC reaches the host's loopback (docs/security.md)"
+        );
+        return Ok(None);
+    };
+    refuse_loopback(uid)?;
+    Ok(Some(USER))
+}
+
 /// passt from `KILN_PASST` or `PATH`.
 pub fn binary() -> PathBuf {
     std::env::var_os("KILN_PASST")
@@ -68,8 +157,10 @@ pub fn attach(program: &Path, socket: &Path, log: &Path, pidfile: &Path) -> Resu
         .open(log)
         .map_err(IoError::at("open", log))?;
     let err = out.try_clone().map_err(IoError::at("open", log))?;
+    let user = confined_user()?;
     let mut child = tokio::process::Command::new(program)
         .args(args())
+        .args(user.map(|u| ["--runas", u]).into_iter().flatten())
         .stdin(std::os::fd::OwnedFd::from(stream))
         .stdout(out)
         .stderr(err)
