@@ -61,9 +61,12 @@ async fn thirty_vms_booted_and_removed_leave_nothing_behind() {
         cycle(format!("load-{i}")).await;
     }
     let elapsed = started.elapsed();
-    // QEMU is reaped by whoever waits for it; give the last one a moment.
-    let settled = kiln_testkit::wait_until(Duration::from_secs(5), || async {
-        faults::qemu_processes(env.home()).is_empty() && faults::zombie_children() == 0
+    // QEMU is reaped by whoever waits for it, and the last passt by this process's runtime
+    // (its descriptor closes then): give them a moment.
+    kiln_testkit::wait_until(Duration::from_secs(5), || async {
+        faults::qemu_processes(env.home()).is_empty()
+            && faults::zombie_children() == 0
+            && faults::open_fds() == fds
     })
     .await;
     let (fds_after, rss_after, mem_after) = (
@@ -78,7 +81,10 @@ async fn thirty_vms_booted_and_removed_leave_nothing_behind() {
         faults::qemu_processes(env.home()).len(),
         faults::zombie_children()
     );
-    assert!(settled, "QEMU processes or zombies left");
+    assert!(
+        faults::qemu_processes(env.home()).is_empty() && faults::zombie_children() == 0,
+        "QEMU processes or zombies left"
+    );
     assert_eq!(fds_after, fds, "file descriptors leaked");
     assert!(
         rss_after < rss + 16 * 1024,

@@ -393,6 +393,7 @@ impl Backend for QemuBackend {
             debug!("QMP quit failed ({err}); killing pid {pid}");
         }
         process::wait_or_kill(pid, &qmp, Duration::from_secs(5)).await;
+        passt::wait_gone(&paths.net_pidfile()).await;
         Ok(())
     }
 
