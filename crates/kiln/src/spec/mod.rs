@@ -411,6 +411,13 @@ impl VmSpec {
     pub fn net_policy(&self) -> NetPolicy {
         self.fields.net_policy
     }
+    /// The user-mode NIC's policy, `None` when the VM has no user-mode NIC.
+    pub fn user_net(&self) -> Option<NetPolicy> {
+        self.fields
+            .networks
+            .contains(&NetworkRef::User)
+            .then_some(self.fields.net_policy)
+    }
 
     /// The same spec under another name (a clone), validated again.
     pub fn renamed(&self, name: &str) -> Result<Self, SpecError> {

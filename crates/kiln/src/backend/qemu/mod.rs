@@ -162,15 +162,11 @@ impl QemuBackend {
             pidfile: paths.pidfile(),
             disks: launch.disks.to_vec(),
             incoming: launch.incoming.map(std::path::Path::to_owned),
-            user_net: launch
-                .spec
-                .networks()
-                .contains(&crate::NetworkRef::User)
-                .then(|| UserNet {
-                    policy: launch.spec.net_policy(),
-                    passt_socket: paths.net_socket(),
-                    hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
-                }),
+            user_net: launch.spec.user_net().map(|policy| UserNet {
+                policy,
+                passt_socket: paths.net_socket(),
+                hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
+            }),
             shares: launch
                 .spec
                 .shares()
@@ -268,10 +264,7 @@ impl Backend for QemuBackend {
             check_port_free(forward)?;
         }
         let program = passt::binary();
-        if spec.networks().contains(&crate::NetworkRef::User)
-            && spec.net_policy() == crate::NetPolicy::Nat
-            && !passt::installed(&program)
-        {
+        if spec.user_net() == Some(crate::NetPolicy::Nat) && !passt::installed(&program) {
             return Err(QemuError::NetworkHelper {
                 program,
                 source: std::io::ErrorKind::NotFound.into(),

@@ -133,31 +133,9 @@ fn confined_user() -> Result<Option<&'static str>> {
 /// Waits (at most 3 s) for the VM's passt, named by `pidfile`, to end once its QEMU has:
 /// then kills it. `rm` returns with nothing of the VM left running.
 pub async fn wait_gone(pidfile: &Path) {
-    let Some(pid) = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    // A recycled pid is not passt: only a process named passt is waited for or killed.
-    let is_passt = || {
-        let proc_dir = format!("/proc/{pid}");
-        let comm = std::fs::read_to_string(format!("{proc_dir}/comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'));
-        comm.starts_with("passt") && !zombie
-    };
-    for _ in 0..150 {
-        if !is_passt() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-        log::debug!("passt {pid:?} outlived its QEMU: killing it");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    if let Some(pid) = super::process::read_pidfile(pidfile) {
+        // Only a process whose command line says passt: a recycled pid is left alone.
+        super::process::wait_or_kill_with(pid, b"passt", std::time::Duration::from_secs(3)).await;
     }
 }
 

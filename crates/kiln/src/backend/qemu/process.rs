@@ -43,6 +43,15 @@ pub fn read_pidfile(pidfile: &Path) -> Option<u32> {
 /// Whether `pid` is a live (not zombie) QEMU of this VM: its command line must name the VM's
 /// QMP socket, so a recycled pid is never mistaken for the VM.
 pub fn is_alive(pid: u32, qmp_socket: &Path) -> bool {
+    is_alive_with(
+        pid,
+        std::os::unix::ffi::OsStrExt::as_bytes(qmp_socket.as_os_str()),
+    )
+}
+
+/// Whether `pid` is a live (not zombie) process whose command line holds `needle`: a
+/// recycled pid is never mistaken for the process kiln started.
+pub fn is_alive_with(pid: u32, needle: &[u8]) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
         return false;
@@ -58,7 +67,6 @@ pub fn is_alive(pid: u32, qmp_socket: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
         return false;
     };
-    let needle = std::os::unix::ffi::OsStrExt::as_bytes(qmp_socket.as_os_str());
     cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -77,18 +85,28 @@ pub fn find_by_socket(qmp_socket: &Path) -> Vec<u32> {
 
 /// Waits up to `grace` for the process to end, then kills it.
 pub async fn wait_or_kill(pid: u32, qmp_socket: &Path, grace: Duration) {
+    let needle = std::os::unix::ffi::OsStrExt::as_bytes(qmp_socket.as_os_str());
+    wait_or_kill_with(pid, needle, grace).await;
+}
+
+/// Waits up to `grace` for the process (while its command line holds `needle`) to end, then
+/// kills it and waits for it to go.
+pub async fn wait_or_kill_with(pid: u32, needle: &[u8], grace: Duration) {
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        if !is_alive(pid, qmp_socket) {
+        if !is_alive_with(pid, needle) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !is_alive_with(pid, needle) {
+        return;
     }
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
         let _ = kill_process(pid, Signal::KILL);
     }
     for _ in 0..100 {
-        if !is_alive(pid, qmp_socket) {
+        if !is_alive_with(pid, needle) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -178,7 +178,7 @@ impl LibvirtHost {
     /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns
     /// may race here: the loser finds it made.
     async fn ensure_nat_network(&self, spec: &VmSpec) -> Result<()> {
-        if !spec.networks().iter().any(|nic| on_nat_network(spec, nic)) {
+        if spec.user_net() != Some(crate::NetPolicy::Nat) {
             return Ok(());
         }
         for attempt in 0..2 {
