@@ -1,6 +1,6 @@
-//! kiln's guest agent. It runs inside the VM (started by the image's init), listens on the
-//! virtio-serial port named [`kiln_proto::PORT_NAME`], authenticates the host, and runs
-//! commands for it with their output streamed back.
+//! kiln's guest agent. It runs inside the VM (started by the image's init), listens on every
+//! virtio-serial port named [`kiln_proto::PORT_PREFIX`]`N` (one host client per port),
+//! authenticates the host, and runs commands for it with their output streamed back.
 //!
 //! `kiln-agent --unix PATH --secret-file FILE` serves a Unix socket instead: that is how the
 //! host-side tests exercise this very binary without booting a VM.
@@ -76,12 +76,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let link = match &args.endpoint {
-        Endpoint::VirtioPort => link::open_virtio_port(kiln_proto::PORT_NAME),
-        Endpoint::Unix(path) => link::listen_unix(path),
+    let links = match &args.endpoint {
+        Endpoint::VirtioPort => link::open_virtio_ports(),
+        Endpoint::Unix(path) => link::listen_unix(path).map(|link| vec![link]),
     };
-    let link = match link {
-        Ok(link) => link,
+    let links = match links {
+        Ok(links) => links,
         Err(err) => {
             eprintln!("kiln-agent: {err}");
             return ExitCode::FAILURE;
@@ -97,7 +97,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("kiln-agent {} ready", env!("CARGO_PKG_VERSION"));
-    runtime.block_on(session::serve(link, secret));
+    eprintln!(
+        "kiln-agent {} ready on {} port(s)",
+        env!("CARGO_PKG_VERSION"),
+        links.len()
+    );
+    let secret = session::Secret::new(secret);
+    runtime.block_on(async move {
+        let sessions: Vec<_> = links
+            .into_iter()
+            .map(|link| tokio::spawn(session::serve(link, secret.clone())))
+            .collect();
+        for session in sessions {
+            let _ = session.await;
+        }
+    });
     ExitCode::SUCCESS
 }

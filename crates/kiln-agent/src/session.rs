@@ -1,10 +1,12 @@
-//! One host session at a time: find the sync magic, authenticate, then serve requests.
+//! One host session at a time per port: find the sync magic, authenticate, then serve
+//! requests. Each port has a session of its own; they share only the VM's secret.
 //!
 //! Everything the host sends is untrusted input parsed with hard limits; a malformed frame
 //! ends the session (its processes are killed) and the agent waits for the next magic.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use kiln_proto::handshake::{self, Role};
 use kiln_proto::{
@@ -26,8 +28,32 @@ enum Phase {
     Open,
 }
 
+/// The secret every session proves and checks; a clone's `SetIdentity` replaces it for all.
+#[derive(Debug, Clone)]
+pub struct Secret(Arc<Mutex<Vec<u8>>>);
+
+impl Secret {
+    pub fn new(secret: Vec<u8>) -> Self {
+        Self(Arc::new(Mutex::new(secret)))
+    }
+
+    fn get(&self) -> Vec<u8> {
+        match self.0.lock() {
+            Ok(secret) => secret.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, secret: Vec<u8>) {
+        match self.0.lock() {
+            Ok(mut slot) => *slot = secret,
+            Err(poisoned) => *poisoned.into_inner() = secret,
+        }
+    }
+}
+
 struct Session {
-    secret: Vec<u8>,
+    secret: Secret,
     phase: Phase,
     decoder: FrameDecoder,
     sender: Sender,
@@ -35,7 +61,7 @@ struct Session {
     done_tx: mpsc::UnboundedSender<(u64, StreamId)>,
 }
 
-pub async fn serve(mut link: Link, secret: Vec<u8>) {
+pub async fn serve(mut link: Link, secret: Secret) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut session = Session {
         secret,
@@ -127,7 +153,7 @@ impl Session {
                 self.on_hello(version, nonce).await
             }
             (Phase::AwaitAuth { nonce }, Message::Auth { proof }) => {
-                if handshake::verify(&self.secret, Role::Host, nonce, &proof) {
+                if handshake::verify(&self.secret.get(), Role::Host, nonce, &proof) {
                     self.phase = Phase::Open;
                     self.sender.send(CONTROL_STREAM, Message::Ready).await;
                 } else {
@@ -161,8 +187,9 @@ impl Session {
         }
         let welcome = Message::Welcome {
             version: PROTOCOL_VERSION,
+            echo: host_nonce,
             nonce,
-            proof: handshake::proof(&self.secret, Role::Agent, &host_nonce),
+            proof: handshake::proof(&self.secret.get(), Role::Agent, &host_nonce),
             agent: agent_info(),
         };
         self.sender.send_raw(&SYNC_MAGIC).await;
@@ -227,7 +254,7 @@ impl Session {
             } => match set_identity(&hostname, &seed) {
                 // Too short a secret would weaken every later session: refuse it.
                 Ok(()) if secret.len() >= 16 => {
-                    self.secret = secret;
+                    self.secret.set(secret);
                     eprintln!("kiln-agent: identity set: hostname {hostname}");
                     self.sender.send(stream, Message::IdentitySet).await;
                 }

@@ -26,7 +26,7 @@ pub use message::{
 };
 
 /// The protocol version. Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Hard upper bound on the length of one frame's payload, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
@@ -37,8 +37,57 @@ pub const MAX_CHUNK_LEN: usize = 64 * 1024;
 /// Written raw before `Hello` and before `Welcome`, so a reader can resynchronise.
 pub const SYNC_MAGIC: [u8; 8] = *b"\x7fKILN\x00\x01\x5a";
 
-/// Name of the virtio-serial port the agent listens on.
+/// The agent listens on every virtio-serial port named `PORT_PREFIX` + an index.
+///
+/// A port carries one host connection at a time (QEMU's socket chardev accepts one client,
+/// libvirt opens a channel for one stream), so a VM has [`AGENT_PORTS`] of them, and each
+/// host client leases a free one: that many clients reach the agent at once, each with a
+/// session of its own that no other client can stall.
+pub const PORT_PREFIX: &str = "org.kiln.agent.";
+
+/// Name of the first agent port (the only one of VMs made before ports were leased).
 pub const PORT_NAME: &str = "org.kiln.agent.0";
+
+/// How many agent ports a VM gets.
+pub const AGENT_PORTS: u8 = 16;
+
+/// The name of agent port `index`.
+pub fn port_name(index: u8) -> String {
+    format!("{PORT_PREFIX}{index}")
+}
+
+/// The index of an agent port from its name: `None` for any other name.
+pub fn port_index(name: &str) -> Option<u8> {
+    let digits = name.strip_prefix(PORT_PREFIX)?;
+    if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// The stream that carries the handshake and connection-wide requests.
 pub const CONTROL_STREAM: StreamId = 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_round_trip_and_others_are_refused() {
+        assert_eq!(port_name(0), PORT_NAME);
+        for index in 0..AGENT_PORTS {
+            assert_eq!(port_index(&port_name(index)), Some(index));
+        }
+        for other in [
+            "org.kiln.agent.",
+            "org.kiln.agent.x",
+            "org.kiln.agent.-1",
+            "org.kiln.agent.+1",
+            "org.kiln.agent.256",
+            "org.kiln.agent.0001",
+            "org.qemu.guest_agent.0",
+        ] {
+            assert_eq!(port_index(other), None, "{other}");
+        }
+    }
+}

@@ -27,6 +27,10 @@ pub enum Message {
     /// Agent → host: its version, its own nonce, and proof that it holds the secret.
     Welcome {
         version: u32,
+        /// The host nonce this answers. A port can still hold the answer to an earlier
+        /// client's `Hello` (written while no host was connected, delivered to the next):
+        /// the echo tells that stale answer from a forged one.
+        echo: [u8; 32],
         nonce: [u8; 32],
         proof: [u8; 32],
         agent: AgentInfo,

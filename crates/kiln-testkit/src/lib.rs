@@ -1,6 +1,7 @@
 //! Test kit for kiln (dev only): an isolated state directory per test, a shared image cache,
 //! the real `kiln` binary and agent, and prerequisite checks that fail naming what is missing.
 
+pub mod clients;
 pub mod faults;
 pub mod hostile;
 pub mod net;

@@ -41,6 +41,14 @@ pub enum Error {
     Spec(#[from] SpecError),
     #[error("VM {name} already exists")]
     VmAlreadyExists { name: String },
+    /// A verb this host cannot do (see [`crate::topology::Host`]).
+    #[error("{verb} is not possible on {host}: {reason}")]
+    Unsupported {
+        verb: &'static str,
+        host: String,
+        reason: &'static str,
+        hint: &'static str,
+    },
     #[error("the benchmark's result is not valid: {reason}")]
     BenchInvalid { reason: String },
     #[error("VM {name} not found")]
@@ -186,6 +194,7 @@ impl Error {
             Self::Io(err) if err.source.kind() == std::io::ErrorKind::PermissionDenied => {
                 format!("check the permissions of {}", err.path.display())
             }
+            Self::Unsupported { hint, .. } => (*hint).to_owned(),
             Self::Io(_) | Self::BenchInvalid { .. } => return None,
             Self::Image(err) => return err.hint(),
             Self::Agent(err) => return err.hint(),

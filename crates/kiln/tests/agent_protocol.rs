@@ -285,3 +285,96 @@ where
     }
     out
 }
+
+/// A fake agent that reads the host's `Hello` and answers with what `answers` makes of its
+/// nonce, then sends `Ready` to whatever comes next.
+async fn answering_agent(
+    socket: &Path,
+    answers: impl FnOnce([u8; 32]) -> Vec<u8> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use kiln_proto::{Envelope, FrameDecoder, Message, SyncScanner};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut scanner = SyncScanner::new();
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 4096];
+        let nonce = loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the host hung up before its Hello");
+            if let Some(rest) = scanner.feed(&buf[..n]) {
+                decoder.push(rest);
+            }
+            if let Some(Envelope {
+                message: Message::Hello { nonce, .. },
+                ..
+            }) = decoder.next_envelope().unwrap()
+            {
+                break nonce;
+            }
+        };
+        stream.write_all(&answers(nonce)).await.unwrap();
+        // The host's Auth: answered without checking (the host is not under test here).
+        let _ = stream.read(&mut buf).await;
+        let ready = kiln_proto::encode_frame(&Envelope::new(0, Message::Ready)).unwrap();
+        let _ = stream.write_all(&ready).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+}
+
+fn welcome(echo: [u8; 32], proof: [u8; 32]) -> Vec<u8> {
+    use kiln_proto::{AgentInfo, Envelope, Message, PROTOCOL_VERSION};
+    let mut out = SYNC_MAGIC.to_vec();
+    out.extend(
+        kiln_proto::encode_frame(&Envelope::new(
+            0,
+            Message::Welcome {
+                version: PROTOCOL_VERSION,
+                echo,
+                nonce: [7; 32],
+                proof,
+                agent: AgentInfo {
+                    agent_version: "fake".into(),
+                    kernel_release: "fake".into(),
+                    hostname: "fake".into(),
+                },
+            },
+        ))
+        .unwrap(),
+    );
+    out
+}
+
+/// A port can hold the answer to an earlier client's handshake (written while nobody was
+/// connected). It answers another nonce, so it is skipped, not taken for a forgery.
+#[tokio::test]
+async fn a_stale_answer_to_an_earlier_handshake_is_skipped() {
+    use kiln_proto::handshake::{Role, proof};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("stale.sock");
+    let _fake = answering_agent(&socket, |nonce| {
+        let earlier = [9; 32];
+        let mut out = b"output of an earlier session".to_vec();
+        out.extend(welcome(earlier, proof(SECRET, Role::Agent, &earlier)));
+        out.extend(welcome(nonce, proof(SECRET, Role::Agent, &nonce)));
+        out
+    })
+    .await;
+    let agent = AgentClient::connect(&socket, SECRET, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(agent.info().agent_version, "fake");
+}
+
+/// An answer to this very handshake with a bad proof is a forgery: refused at once.
+#[tokio::test]
+async fn a_forged_answer_to_this_handshake_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("forged.sock");
+    let _fake = answering_agent(&socket, |nonce| welcome(nonce, [0; 32])).await;
+    let err = AgentClient::connect(&socket, SECRET, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::AgentNotAuthentic), "{err:?}");
+}

@@ -65,7 +65,7 @@ async fn only_the_owner_with_the_vm_secret_reaches_the_agent() {
     std::fs::copy(std::env::current_exe().unwrap(), &probe).unwrap();
     let out = std::process::Command::new(&probe)
         .args(["--exact", "probe_as_another_user", "--nocapture"])
-        .env("KILN_AUTH_PROBE", paths.agent_socket())
+        .env("KILN_AUTH_PROBE", paths.agent_socket(0))
         .uid(NOBODY)
         .gid(NOBODY)
         .output()
@@ -80,7 +80,7 @@ async fn only_the_owner_with_the_vm_secret_reaches_the_agent() {
     // The owner, with a wrong secret: the guest refuses it.
     let wrong = [7u8; kiln_proto::handshake::SECRET_LEN];
     let refused =
-        AgentClient::connect(&paths.agent_socket(), &wrong, Duration::from_secs(10)).await;
+        AgentClient::connect(&paths.agent_socket(0), &wrong, Duration::from_secs(10)).await;
     assert!(
         matches!(
             refused,

@@ -156,7 +156,7 @@ async fn a_clone_runs_beside_the_original_with_its_own_identity() {
 
     // The new identity outlives the agent and the guest's boot: after each, the clone's own
     // secret opens it and the original's (the snapshot's) is refused.
-    let twin_socket = again.paths().agent_socket();
+    let twin_socket = again.paths().agent_socket(0);
     for (what, script) in [
         (
             "an agent restart",

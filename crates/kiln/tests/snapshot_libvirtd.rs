@@ -116,6 +116,9 @@ async fn what_internal_snapshots_cannot_hold_is_refused() {
 
     let bad = host.snapshot("diskless", "../x", false, &NoProgress).await;
     assert!(matches!(bad, Err(Error::Spec(_))), "{bad:?}");
-    let err = host.clone_unsupported("diskless");
+    let err = kiln::topology::Host::clone_vm(&host, "diskless", "s1", "twin", &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
     assert!(err.hint().unwrap().contains("daemonless"), "{err}");
 }

@@ -1,4 +1,3 @@
-use kiln::Kiln;
 use kiln::spec::PortForward;
 
 use super::Outcome;
@@ -12,23 +11,24 @@ pub struct Args {
     /// Remove the forward instead of adding it
     #[arg(long)]
     pub rm: bool,
+    #[command(flatten)]
+    pub target: super::Target,
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let kiln = Kiln::from_env()?;
+    let host = args.target.locate(&super::fleet()?, &args.name).await?;
     match args.forward {
         None => {
-            let vm = kiln.get(&args.name).await?;
-            for forward in vm.record().spec.ports() {
+            for forward in host.forwards(&args.name).await? {
                 println!("{forward}");
             }
         }
         Some(forward) if args.rm => {
-            kiln.unforward(&args.name, forward).await?;
+            host.remove_forward(&args.name, forward).await?;
             println!("{forward} removed from {}", args.name);
         }
         Some(forward) => {
-            kiln.forward(&args.name, forward).await?;
+            host.add_forward(&args.name, forward).await?;
             println!("{forward} forwarded to {}", args.name);
         }
     }

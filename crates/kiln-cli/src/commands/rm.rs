@@ -1,5 +1,3 @@
-use kiln::topology::Located;
-
 use super::Outcome;
 use crate::ui::Progress;
 
@@ -17,26 +15,14 @@ pub struct Args {
 pub async fn run(args: Args) -> Outcome {
     let fleet = super::fleet()?;
     let progress = Progress::new();
-    match args.target.locate(&fleet, &args.name).await {
-        Ok(Located::Libvirt(host)) => {
-            host.remove(&args.name, args.force, &progress).await?;
-            fleet.forget_if_empty(&host).await?;
-        }
-        Ok(Located::Local(_)) => {
-            fleet
-                .kiln()
-                .remove(&args.name, args.force, &progress)
-                .await?
-        }
-        // What an interrupted local `up` left behind has no record; the library cleans it.
-        Err(kiln::Error::VmNotFound { .. }) if args.target.connect.is_none() => {
-            fleet
-                .kiln()
-                .remove(&args.name, args.force, &progress)
-                .await?;
-        }
-        Err(err) => return Err(err),
-    }
+    fleet
+        .remove(
+            &args.name,
+            args.target.connect.as_deref(),
+            args.force,
+            &progress,
+        )
+        .await?;
     println!("{} is removed", args.name);
     Ok(0)
 }

@@ -1,5 +1,3 @@
-use kiln::topology::Located;
-
 use super::Outcome;
 use crate::ui::{self, Progress};
 
@@ -58,20 +56,12 @@ pub struct CloneArgs {
 }
 
 pub async fn clone(args: CloneArgs) -> Outcome {
-    let fleet = super::fleet()?;
-    if let Located::Libvirt(host) = fleet.locate(&args.name, None).await? {
-        return Err(kiln::Error::from(host.clone_unsupported(&args.name)));
-    }
-    let vm = fleet
-        .kiln()
-        .clone_from(&args.name, &args.snapshot, &args.new, &Progress::new())
+    let host = super::fleet()?.locate(&args.name, None).await?;
+    host.clone_vm(&args.name, &args.snapshot, &args.new, &Progress::new())
         .await?;
     println!(
         "{} is running, cloned from {} at {}. Try: kiln exec {} -- hostname",
-        vm.name(),
-        args.name,
-        args.snapshot,
-        vm.name()
+        args.new, args.name, args.snapshot, args.new
     );
     Ok(0)
 }
@@ -87,11 +77,8 @@ pub struct PauseArgs {
 
 pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
     let fleet = super::fleet()?;
-    match args.target.locate(&fleet, &args.name).await? {
-        Located::Local(_) if paused => fleet.kiln().pause(&args.name).await?,
-        Located::Local(_) => fleet.kiln().resume(&args.name).await?,
-        Located::Libvirt(host) => host.set_paused(&args.name, paused).await?,
-    }
+    let host = args.target.locate(&fleet, &args.name).await?;
+    host.set_paused(&args.name, paused).await?;
     if paused {
         println!(
             "{} is paused (exec fails fast until `kiln resume {}`)",
@@ -105,7 +92,6 @@ pub async fn pause(args: PauseArgs, paused: bool) -> Outcome {
 
 pub async fn run(command: Command) -> Outcome {
     let fleet = super::fleet()?;
-    let kiln = fleet.kiln();
     match command {
         Command::Save {
             name,
@@ -113,14 +99,10 @@ pub async fn run(command: Command) -> Outcome {
             disk_only,
             target,
         } => {
-            let info = match target.locate(&fleet, &name).await? {
-                Located::Libvirt(host) => {
-                    host.snapshot(&name, &snapshot, disk_only, &Progress::new())
-                        .await?
-                }
-                Located::Local(_) if disk_only => kiln.snapshot_disks(&name, &snapshot).await?,
-                Located::Local(_) => kiln.snapshot(&name, &snapshot).await?,
-            };
+            let host = target.locate(&fleet, &name).await?;
+            let info = host
+                .save_snapshot(&name, &snapshot, disk_only, &Progress::new())
+                .await?;
             println!(
                 "saved {name} as {} ({} of memory, {} disk(s))",
                 info.name,
@@ -129,10 +111,7 @@ pub async fn run(command: Command) -> Outcome {
             );
         }
         Command::Ls { name, json, target } => {
-            let list = match target.locate(&fleet, &name).await? {
-                Located::Libvirt(host) => host.snapshots(&name).await?,
-                Located::Local(_) => kiln.snapshots(&name).await?,
-            };
+            let list = target.locate(&fleet, &name).await?.snapshots(&name).await?;
             if json {
                 ui::print_json(&list)?;
                 return Ok(0);
@@ -164,10 +143,9 @@ pub async fn run(command: Command) -> Outcome {
             snapshot,
             target,
         } => {
-            match target.locate(&fleet, &name).await? {
-                Located::Libvirt(host) => host.restore(&name, &snapshot, &Progress::new()).await?,
-                Located::Local(_) => drop(kiln.restore(&name, &snapshot, &Progress::new()).await?),
-            }
+            let host = target.locate(&fleet, &name).await?;
+            host.restore_snapshot(&name, &snapshot, &Progress::new())
+                .await?;
             println!("{name} is back at {snapshot}");
         }
         Command::Rm {
@@ -175,10 +153,8 @@ pub async fn run(command: Command) -> Outcome {
             snapshot,
             target,
         } => {
-            match target.locate(&fleet, &name).await? {
-                Located::Libvirt(host) => host.remove_snapshot(&name, &snapshot).await?,
-                Located::Local(_) => kiln.remove_snapshot(&name, &snapshot).await?,
-            }
+            let host = target.locate(&fleet, &name).await?;
+            host.remove_snapshot(&name, &snapshot).await?;
             println!("snapshot {snapshot} of {name} is removed");
         }
     }

@@ -1,4 +1,4 @@
-use kiln::topology::{Fleet, Located};
+use kiln::topology::Fleet;
 
 use super::Outcome;
 use super::up::kiln_with_timeout;
@@ -18,10 +18,8 @@ pub struct Args {
 pub async fn run(args: Args) -> Outcome {
     let fleet = Fleet::new(kiln_with_timeout(args.boot_timeout)?);
     let progress = Progress::new();
-    match args.target.locate(&fleet, &args.name).await? {
-        Located::Local(_) => drop(fleet.kiln().start(&args.name, &progress).await?),
-        Located::Libvirt(host) => host.start(&args.name, &progress).await?,
-    }
+    let host = args.target.locate(&fleet, &args.name).await?;
+    host.start(&args.name, &progress).await?;
     println!("{} is running", args.name);
     Ok(0)
 }

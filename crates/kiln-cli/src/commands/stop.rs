@@ -1,5 +1,3 @@
-use kiln::topology::Located;
-
 use super::Outcome;
 use crate::ui::Progress;
 
@@ -14,10 +12,8 @@ pub struct Args {
 pub async fn run(args: Args) -> Outcome {
     let fleet = super::fleet()?;
     let progress = Progress::new();
-    match args.target.locate(&fleet, &args.name).await? {
-        Located::Local(_) => fleet.kiln().stop(&args.name, &progress).await?,
-        Located::Libvirt(host) => host.stop(&args.name, &progress).await?,
-    }
+    let host = args.target.locate(&fleet, &args.name).await?;
+    host.stop(&args.name, &progress).await?;
     println!("{} is stopped", args.name);
     Ok(0)
 }

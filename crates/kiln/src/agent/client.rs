@@ -10,13 +10,15 @@ use kiln_proto::{
     RemoteErrorKind, SYNC_MAGIC, StreamId, SyncScanner, encode_frame,
 };
 use log::{debug, trace};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::AgentError;
 use super::exec::{ExecSession, StdinWriter};
+use super::ports::PortStream;
 
+/// Answers to earlier clients' handshakes skipped before this one's (see `Welcome::echo`).
+const MAX_STALE_ANSWERS: usize = 16;
 /// Bytes of junk tolerated before the handshake's magic (an interrupted earlier session).
 const MAX_SKIP_BEFORE_MAGIC: u64 = 16 << 20;
 /// Messages buffered per stream before the reader waits for the consumer (backpressure).
@@ -59,67 +61,35 @@ impl Drop for Inner {
 }
 
 impl AgentClient {
-    /// Connects to `socket` and authenticates with `secret`, waiting up to `timeout` for the
-    /// agent (it may still be booting). A handshake that goes unanswered is tried again on a
-    /// fresh connection, on which the agent resynchronises: seen now and then right after an
-    /// `up` or a re-key, under load. The one place kiln connects to a local agent.
+    /// Connects to the agent serving `socket` (no other client may use it meanwhile) and
+    /// authenticates with `secret`, waiting up to `timeout` for it (it may still be
+    /// booting). A VM's agent is reached through [`super::ports::connect`], which leases one
+    /// of its ports.
     pub async fn connect(
         socket: &Path,
         secret: &[u8],
         timeout: Duration,
     ) -> Result<Self, AgentError> {
-        let deadline = Instant::now() + timeout;
-        let per_try = (timeout / 3).max(Duration::from_secs(2));
-        let peer = socket.display().to_string();
-        loop {
-            let try_deadline = deadline.min(Instant::now() + per_try);
-            let stream = connect_with_retry(socket, deadline).await?;
-            let (read, write) = stream.into_split();
-            match Self::handshake(Box::new(read), write, secret, try_deadline, &peer).await {
-                Err(AgentError::Timeout { .. }) if Instant::now() < deadline => {
-                    debug!("agent at {peer}: handshake unanswered; trying a fresh connection");
-                }
-                Err(AgentError::Timeout { .. }) => {
-                    return Err(AgentError::Timeout {
-                        what: "handshake",
-                        after: timeout,
-                    });
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Authenticates over an already open byte stream to the agent (a channel that libvirt
-    /// tunnels from a remote host, for one); `peer` names it in logs.
-    pub async fn over_stream<R, W>(
-        read: R,
-        write: W,
-        secret: &[u8],
-        timeout: Duration,
-        peer: &str,
-    ) -> Result<Self, AgentError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        Self::handshake(
-            Box::new(read),
-            write,
+        super::ports::connect(
+            &super::ports::LocalPorts::single(socket),
             secret,
-            Instant::now() + timeout,
-            peer,
+            super::Patience::new(timeout),
         )
         .await
     }
 
-    async fn handshake(
-        mut read: ReadHalf,
-        mut write: impl AsyncWrite + Unpin + Send + 'static,
+    /// Authenticates over an open port; the port's lease lives as long as the connection.
+    pub(super) async fn handshake(
+        port: PortStream,
         secret: &[u8],
         deadline: Instant,
         peer: &str,
     ) -> Result<Self, AgentError> {
+        let PortStream {
+            mut read,
+            mut write,
+            lease,
+        } = port;
         let mut host_nonce = [0u8; 32];
         getrandom::fill(&mut host_nonce).map_err(|e| AgentError::Handshake {
             reason: format!("no randomness: {e}"),
@@ -140,8 +110,22 @@ impl AgentClient {
         let mut decoder = FrameDecoder::new();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let welcome = within(remaining, "handshake", async {
-            read_past_magic(&mut read, &mut decoder).await?;
-            next_message(&mut read, &mut decoder).await
+            let mut leftover = Vec::new();
+            for _ in 0..MAX_STALE_ANSWERS {
+                read_past_magic(&mut read, &mut decoder, &leftover).await?;
+                let envelope = next_message(&mut read, &mut decoder).await?;
+                match &envelope.message {
+                    Message::Welcome { echo, .. } if *echo != host_nonce => {
+                        debug!("skipped the answer to an earlier client's handshake on {peer}");
+                        leftover = decoder.take_buffered();
+                        decoder.clear();
+                    }
+                    _ => return Ok(envelope),
+                }
+            }
+            Err(AgentError::Handshake {
+                reason: format!("more than {MAX_STALE_ANSWERS} stale answers"),
+            })
         })
         .await?;
         let (agent_nonce, info) = match welcome.message {
@@ -150,6 +134,7 @@ impl AgentClient {
                 nonce,
                 proof,
                 agent,
+                echo: _,
             } => {
                 if version != PROTOCOL_VERSION {
                     return Err(AgentError::VersionMismatch {
@@ -211,13 +196,16 @@ impl AgentClient {
                 // connection is given up, and every sender gets an error instead of waiting.
                 match tokio::time::timeout(WRITE_STALL, write.write_all(&bytes)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
+                    Ok(Err(_)) => break,
                     Err(_) => {
                         log::warn!("the agent read nothing for {WRITE_STALL:?}: disconnecting");
-                        return;
+                        break;
                     }
                 }
             }
+            // The port is given back only once this side of it is closed.
+            drop(write);
+            drop(lease);
         });
         let routes: Routes = Arc::default();
         let reader = tokio::spawn(read_loop(read, decoder, routes.clone()));
@@ -390,40 +378,18 @@ async fn within<T>(
         })?
 }
 
-/// QEMU accepts one client at a time and its listen backlog is short: a busy socket refuses
-/// connections for a while. Retry until the deadline.
-async fn connect_with_retry(socket: &Path, deadline: Instant) -> Result<UnixStream, AgentError> {
-    let mut delay = Duration::from_millis(5);
-    loop {
-        match UnixStream::connect(socket).await {
-            Ok(stream) => return Ok(stream),
-            Err(err)
-                if Instant::now() < deadline
-                    && matches!(
-                        err.kind(),
-                        std::io::ErrorKind::NotFound
-                            | std::io::ErrorKind::ConnectionRefused
-                            | std::io::ErrorKind::WouldBlock
-                    ) =>
-            {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(100));
-            }
-            Err(source) => {
-                return Err(AgentError::Connect {
-                    path: socket.to_owned(),
-                    source,
-                });
-            }
-        }
-    }
-}
-
+/// Finds the next sync magic in `leftover` and then the stream, and hands what follows it
+/// to `decoder`.
 async fn read_past_magic(
     read: &mut ReadHalf,
     decoder: &mut FrameDecoder,
+    leftover: &[u8],
 ) -> Result<(), AgentError> {
     let mut scanner = SyncScanner::new();
+    if let Some(rest) = scanner.feed(leftover) {
+        decoder.push(rest);
+        return Ok(());
+    }
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let n = read

@@ -4,9 +4,12 @@
 
 mod client;
 mod exec;
+mod ports;
 
 pub use client::AgentClient;
 pub use exec::{ExecEvent, ExecOutput, ExecSession, StdinWriter};
+pub use kiln_proto::AGENT_PORTS;
+pub use ports::{AgentPorts, LocalPorts, Patience, PortOpen, PortStream, connect};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +23,14 @@ pub enum AgentError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot open an agent channel of {vm}: {reason}")]
+    Channel { vm: String, reason: String },
+    #[error("every agent port of {vm} stayed in use by other clients for {}s ({ports} ports)", waited.as_secs())]
+    Busy {
+        vm: String,
+        ports: u8,
+        waited: Duration,
     },
     #[error("the agent did not answer within {}s ({what})", after.as_secs())]
     Timeout { what: &'static str, after: Duration },
@@ -53,6 +64,10 @@ impl AgentError {
                 "is the VM running? `kiln ls` shows its state"
             }
             Self::Timeout { .. } => "the guest may still be booting, or hung: see `kiln logs NAME`",
+            Self::Busy { .. } => {
+                "other kiln clients (exec, cp, console, run) hold every port of this VM: \
+                 wait for one to end, or give this one a longer timeout"
+            }
             Self::VersionMismatch { .. } => "rebuild the image with `kiln image build --force`",
             Self::AgentNotAuthentic | Self::HostRejected => {
                 "the VM's secret does not match its agent: recreate the VM"

@@ -138,8 +138,24 @@ impl VmPaths {
     pub fn qmp_socket(&self) -> PathBuf {
         self.run.join("qmp.sock")
     }
-    pub fn agent_socket(&self) -> PathBuf {
-        self.run.join("agent.sock")
+    /// Where QEMU listens for agent port `index` (the first keeps the name it had when a VM
+    /// had one port).
+    pub fn agent_socket(&self, index: u8) -> PathBuf {
+        match index {
+            0 => self.run.join("agent.sock"),
+            _ => self.run.join(format!("agent.{index}.sock")),
+        }
+    }
+    /// The file whose lock leases agent port `index` to one client at a time.
+    pub fn agent_lease(&self, index: u8) -> PathBuf {
+        self.run.join(format!("agent.{index}.lease"))
+    }
+    /// The VM's agent ports, as a client leases them.
+    pub fn agent_ports(&self) -> crate::agent::LocalPorts {
+        let vm = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        crate::agent::LocalPorts::new(&vm, |index| {
+            (self.agent_socket(index), self.agent_lease(index))
+        })
     }
     /// Where QEMU listens for its user-mode NIC's network process (passt).
     pub fn net_socket(&self) -> PathBuf {
@@ -156,7 +172,8 @@ impl VmPaths {
 
     /// Refuses socket paths the kernel could not bind.
     pub fn check_socket_paths(&self) -> Result<()> {
-        for path in [self.qmp_socket(), self.agent_socket(), self.net_socket()] {
+        let last_port = self.agent_socket(kiln_proto::AGENT_PORTS - 1);
+        for path in [self.qmp_socket(), last_port, self.net_socket()] {
             if path.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(Error::SocketPathTooLong {
                     path,

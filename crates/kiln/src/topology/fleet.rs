@@ -6,20 +6,49 @@ use std::time::Duration;
 
 use log::debug;
 
-use super::LibvirtHost;
+use super::{Host, LibvirtHost, LocalHost};
 use crate::progress::Reporter;
-use crate::score::VmHost;
 use crate::state::KnownHosts;
-use crate::{AgentClient, Error, Kiln, Result, Vm, VmInfo, VmSpec};
+use crate::{AgentClient, Error, Kiln, Result, VmInfo, VmSpec};
 
-/// How long a libvirt VM's agent may take to answer (it may be taking over a channel).
+/// How long a VM's agent may take to answer a client (it may wait for a free port).
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where a VM was found.
+/// The host a VM was found on. It derefs to [`Host`]: every verb, whatever the host is.
 #[derive(Debug)]
-pub enum Located {
-    Local(Box<Vm>),
-    Libvirt(LibvirtHost),
+pub struct Located {
+    host: Box<dyn Host>,
+    /// The libvirt URI, for a VM on a libvirt host.
+    uri: Option<String>,
+}
+
+impl Located {
+    fn local(kiln: &Kiln) -> Self {
+        Self {
+            host: Box::new(LocalHost::new(kiln.clone())),
+            uri: None,
+        }
+    }
+
+    fn libvirt(host: LibvirtHost) -> Self {
+        Self {
+            uri: Some(host.uri().to_owned()),
+            host: Box::new(host),
+        }
+    }
+
+    /// The libvirt URI the VM is on; `None` for this machine's daemonless VMs.
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+}
+
+impl std::ops::Deref for Located {
+    type Target = dyn Host;
+
+    fn deref(&self) -> &Self::Target {
+        self.host.as_ref()
+    }
 }
 
 /// What `kiln ls` shows: the VMs, and the hosts that could not be asked.
@@ -94,14 +123,14 @@ impl Fleet {
         if let Some(uri) = uri {
             let host = self.connect(uri).await?;
             return match host.find(name).await? {
-                Some(_) => Ok(Located::Libvirt(host)),
+                Some(_) => Ok(Located::libvirt(host)),
                 None => Err(Error::VmNotFound {
                     name: name.to_owned(),
                 }),
             };
         }
         match self.kiln.get(name).await {
-            Ok(vm) => return Ok(Located::Local(Box::new(vm))),
+            Ok(_) => return Ok(Located::local(&self.kiln)),
             Err(Error::VmNotFound { .. }) => {}
             Err(err) => return Err(err),
         }
@@ -122,7 +151,7 @@ impl Fleet {
             0 => Err(Error::VmNotFound {
                 name: name.to_owned(),
             }),
-            1 => Ok(Located::Libvirt(found.remove(0))),
+            1 => Ok(Located::libvirt(found.remove(0))),
             _ => Err(Error::AmbiguousVm {
                 name: name.to_owned(),
                 hosts: found.iter().map(|h| h.uri().to_owned()).collect(),
@@ -132,16 +161,32 @@ impl Fleet {
 
     /// Connects to the agent of a running VM, wherever it is.
     pub async fn agent(&self, name: &str, uri: Option<&str>) -> Result<AgentClient> {
-        match self.locate(name, uri).await? {
-            Located::Local(vm) => vm.agent().await,
-            Located::Libvirt(host) => host.vm_agent(name, AGENT_TIMEOUT).await,
-        }
+        self.locate(name, uri)
+            .await?
+            .agent(name, AGENT_TIMEOUT)
+            .await
     }
 
-    /// Forgets a host once kiln has no VM left on it.
-    pub async fn forget_if_empty(&self, host: &LibvirtHost) -> Result<()> {
-        if host.list().await?.is_empty() {
-            self.hosts.forget(host.uri()).await?;
+    /// Removes a VM wherever it is, and forgets a libvirt host kiln has no VM left on.
+    /// Without `uri`, a name found nowhere may still be what an interrupted local `up` left:
+    /// the local backend cleans that up (or says the VM is not found).
+    pub async fn remove(
+        &self,
+        name: &str,
+        uri: Option<&str>,
+        force: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        let located = match self.locate(name, uri).await {
+            Ok(located) => located,
+            Err(Error::VmNotFound { .. }) if uri.is_none() => Located::local(&self.kiln),
+            Err(err) => return Err(err),
+        };
+        located.remove(name, force, reporter).await?;
+        if let Some(uri) = located.uri()
+            && located.list().await?.is_empty()
+        {
+            self.hosts.forget(uri).await?;
         }
         Ok(())
     }

@@ -3,11 +3,13 @@
 //! spread).
 
 mod fleet;
+mod host;
 mod libvirt;
 mod local;
 mod multi;
 
 pub use fleet::{Fleet, Listing, Located};
+pub use host::{Host, LogChunk};
 pub use libvirt::{CLI_OWNER, LibvirtHost};
 pub use local::LocalHost;
 pub use multi::{MultiHost, Placement};

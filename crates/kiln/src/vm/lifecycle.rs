@@ -272,8 +272,8 @@ impl Kiln {
             .map_err(|e| format!("cannot read {}: {e}", secret_path.display()))?;
         let timeout = self.boot.timeout;
         let started = Instant::now();
-        let socket = paths.agent_socket();
-        let connect = AgentClient::connect(&socket, &secret, timeout);
+        let ports = paths.agent_ports();
+        let connect = crate::agent::connect(&ports, &secret, crate::agent::Patience::new(timeout));
         tokio::pin!(connect);
         loop {
             tokio::select! {

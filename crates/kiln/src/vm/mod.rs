@@ -366,7 +366,8 @@ impl Vm {
         }
         let secret_path = self.paths.secret();
         let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
-        Ok(AgentClient::connect(&self.paths.agent_socket(), &secret, timeout).await?)
+        let ports = self.paths.agent_ports();
+        Ok(crate::agent::connect(&ports, &secret, crate::agent::Patience::new(timeout)).await?)
     }
 
     /// Runs a command and collects its output.

@@ -20,7 +20,8 @@ use crate::progress::{self, Reporter, Stage};
 use crate::state::{self, VmPaths};
 use crate::{Error, IoError, Result, VmSpec};
 
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: a VM has [`kiln_proto::AGENT_PORTS`] agent ports, and saved state holds them all.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// What a snapshot's `meta.json` says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -499,28 +500,17 @@ const RESUME_MARKER: &str = "resume";
 /// connected, and the first connection after the load can go unanswered: retry on fresh
 /// connections, briefly each.
 pub(super) async fn wait_restored_agent(vm: &Vm, secret: &[u8]) -> Result<crate::AgentClient> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        match crate::AgentClient::connect(
-            &vm.paths().agent_socket(),
-            secret,
-            // A live agent answers in milliseconds; a lost first attempt costs little.
-            std::time::Duration::from_millis(200),
-        )
+    use std::time::Duration;
+    // A live agent answers in milliseconds; a lost first attempt costs little.
+    let patience =
+        crate::agent::Patience::new(Duration::from_secs(60)).per_try(Duration::from_millis(200));
+    crate::agent::connect(&vm.paths().agent_ports(), secret, patience)
         .await
-        {
-            Ok(agent) => return Ok(agent),
-            Err(crate::agent::AgentError::Timeout { .. })
-                if std::time::Instant::now() < deadline => {}
-            Err(err) => {
-                return Err(Error::BootFailed {
-                    name: vm.name().to_owned(),
-                    reason: format!("the restored agent did not answer: {err}"),
-                    serial_tail: super::serial_tail(vm.paths(), 20),
-                });
-            }
-        }
-    }
+        .map_err(|err| Error::BootFailed {
+            name: vm.name().to_owned(),
+            reason: format!("the restored agent did not answer: {err}"),
+            serial_tail: super::serial_tail(vm.paths(), 20),
+        })
 }
 
 /// An overlay kiln made (`diskN-STAMP.qcow2` in the VM's directory), not the VM's first file.

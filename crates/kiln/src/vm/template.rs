@@ -107,6 +107,8 @@ impl Kiln {
             // The NICs' backends differ by policy, and QEMU loads saved state only into the
             // same set of user-mode netdevs.
             spec.net_policy().to_string(),
+            // So is the set of agent ports.
+            format!("agent-ports={}", kiln_proto::AGENT_PORTS),
             format!(
                 "{:?}",
                 spec.disks()

@@ -16,6 +16,7 @@ use virt::stream::Stream;
 use virt::sys;
 
 use super::{LibvirtConn, LibvirtError};
+use crate::agent::{AgentError, AgentPorts, PortOpen, PortStream};
 
 /// Bytes buffered in each direction of the pipe.
 const PIPE_BUFFER: usize = 256 * 1024;
@@ -50,24 +51,39 @@ pub(super) fn ensure_event_loop() {
 }
 
 impl LibvirtConn {
-    /// Opens the channel `channel` of the running domain `name`. An earlier session on the
-    /// channel is taken over (a client that died leaves one behind).
+    /// Opens the channel `channel` of the running domain `name`: `None` when another client
+    /// (of this or any other connection to the daemon) has it open. libvirt closes the
+    /// stream of a client that dies, so that lease cannot be left behind.
     pub async fn open_channel(
         &self,
         name: &str,
         channel: &str,
-    ) -> Result<DuplexStream, LibvirtError> {
+    ) -> Result<Option<DuplexStream>, LibvirtError> {
         let (name, channel) = (name.to_owned(), channel.to_owned());
         let stream = self
             .call(move |inner| {
                 let dom = inner.require_domain(&name)?;
                 let stream = Stream::new(&inner.conn, sys::VIR_STREAM_NONBLOCK)
                     .map_err(inner.err("open a stream for", &name))?;
-                dom.open_channel(Some(&channel), &stream, sys::VIR_DOMAIN_CHANNEL_FORCE)
-                    .map_err(inner.err("open the channel of", &name))?;
-                Ok(stream)
+                match dom.open_channel(Some(&channel), &stream, 0) {
+                    Ok(_) => Ok(Some(stream)),
+                    // "Active channel stream exists for this domain".
+                    Err(err)
+                        if err.code()
+                            == virt::error::ErrorNumberEnum::Known(
+                                virt::error::ErrorNumber::OperationFailed,
+                            ) =>
+                    {
+                        let _ = stream.abort();
+                        Ok(None)
+                    }
+                    Err(err) => Err(inner.err("open the channel of", &name)(err)),
+                }
             })
             .await?;
+        let Some(stream) = stream else {
+            return Ok(None);
+        };
         let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
         let (mut from_client, to_client) = tokio::io::split(theirs);
 
@@ -91,7 +107,52 @@ impl LibvirtConn {
             .name("kiln-channel".to_owned())
             .spawn(move || pump(stream, incoming, to_client, &runtime))
             .map_err(|err| LibvirtError::Xml(format!("cannot start the channel thread: {err}")))?;
-        Ok(ours)
+        Ok(Some(ours))
+    }
+}
+
+/// The agent ports of a running domain: its channels, leased by libvirt itself.
+#[derive(Debug, Clone)]
+pub struct ChannelPorts {
+    conn: LibvirtConn,
+    domain: String,
+    count: u8,
+}
+
+impl ChannelPorts {
+    /// The first `count` agent channels of domain `domain`.
+    pub fn new(conn: LibvirtConn, domain: &str, count: u8) -> Self {
+        Self {
+            conn,
+            domain: domain.to_owned(),
+            count,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AgentPorts for ChannelPorts {
+    fn count(&self) -> u8 {
+        self.count
+    }
+
+    fn describe(&self) -> String {
+        format!("{} on {}", self.domain, self.conn.uri())
+    }
+
+    async fn open(&self, index: u8) -> Result<PortOpen, AgentError> {
+        let channel = kiln_proto::port_name(index);
+        match self.conn.open_channel(&self.domain, &channel).await {
+            Ok(Some(stream)) => {
+                let (read, write) = tokio::io::split(stream);
+                Ok(PortOpen::Open(PortStream::new(read, write, None)))
+            }
+            Ok(None) => Ok(PortOpen::Busy),
+            Err(err) => Err(AgentError::Channel {
+                vm: self.describe(),
+                reason: err.to_string(),
+            }),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! element (owner and spec) in the domain or network document, and reads it back to plan.
 
 mod channel;
+pub use channel::ChannelPorts;
 mod snapshot;
 pub mod xml;
 
@@ -51,8 +52,6 @@ pub enum LibvirtError {
     },
     #[error("domain {name} on {uri} has no kiln agent channel (or no secret)")]
     NoAgentChannel { uri: String, name: String },
-    #[error("domain {name} on {uri} is not running")]
-    NotRunning { uri: String, name: String },
     #[error("VM {name}: port forwards need the daemonless backend's user-mode NIC")]
     PortForwardUnsupported { name: String },
     #[error("VM {name} on {uri}: {what} is not possible: {reason}")]

@@ -226,7 +226,7 @@ struct DevicesOut<'a> {
     filesystem: Vec<FilesystemOut<'a>>,
     interface: Vec<InterfaceOut<'a>>,
     serial: SerialOut<'a>,
-    channel: ChannelOut,
+    channel: Vec<ChannelOut>,
     rng: RngOut,
 }
 
@@ -338,8 +338,7 @@ struct LogOut<'a> {
     append: &'static str,
 }
 
-/// The agent's port. Without a source path libvirt picks one it can create and label; kiln
-/// reads it back from the live XML.
+/// One of the agent's ports. Without a source path libvirt picks one it can create and label.
 #[derive(Debug, Serialize)]
 struct ChannelOut {
     #[serde(rename = "@type")]
@@ -359,7 +358,7 @@ struct ChannelTargetOut {
     #[serde(rename = "@type")]
     kind: &'static str,
     #[serde(rename = "@name")]
-    name: &'static str,
+    name: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -486,14 +485,16 @@ impl DomainDef {
                         append: "off",
                     }),
                 },
-                channel: ChannelOut {
-                    kind: "unix",
-                    source: ChannelSourceOut { mode: "bind" },
-                    target: ChannelTargetOut {
-                        kind: "virtio",
-                        name: kiln_proto::PORT_NAME,
-                    },
-                },
+                channel: (0..kiln_proto::AGENT_PORTS)
+                    .map(|index| ChannelOut {
+                        kind: "unix",
+                        source: ChannelSourceOut { mode: "bind" },
+                        target: ChannelTargetOut {
+                            kind: "virtio",
+                            name: kiln_proto::port_name(index),
+                        },
+                    })
+                    .collect(),
                 rng: RngOut {
                     model: "virtio",
                     backend: RngBackendOut {
@@ -516,7 +517,8 @@ pub struct DomainObserved {
     pub tag: Option<KilnTag>,
     /// Where QEMU reads the guest's secret from, on the libvirt host.
     pub secret_file: Option<String>,
-    pub agent_socket: Option<String>,
+    /// How many agent ports (channels `org.kiln.agent.0`, `.1`, …) the domain has.
+    pub agent_ports: u8,
     /// Files the domain boots from (kernel, initrd) and pools its disks come from: what
     /// keeps a pool in use.
     pub boot_files: Vec<String>,
@@ -599,15 +601,7 @@ struct DiskSourceIn {
 #[derive(Debug, Deserialize)]
 struct ChannelIn {
     #[serde(default)]
-    source: Option<ChannelSourceIn>,
-    #[serde(default)]
     target: Option<ChannelTargetIn>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChannelSourceIn {
-    #[serde(rename = "@path", default)]
-    path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -645,22 +639,23 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
         .into_iter()
         .filter_map(|d| d.source.and_then(|s| s.pool))
         .collect();
-    let agent_socket = {
-        devices
-            .channel
-            .into_iter()
-            .find(|c| {
-                c.target.as_ref().and_then(|t| t.name.as_deref()) == Some(kiln_proto::PORT_NAME)
-            })
-            .and_then(|c| c.source)
-            .and_then(|s| s.path)
-    };
+    // Ports are used by index from 0: count the unbroken run of them.
+    let indices: std::collections::BTreeSet<u8> = devices
+        .channel
+        .iter()
+        .filter_map(|c| c.target.as_ref()?.name.as_deref())
+        .filter_map(kiln_proto::port_index)
+        .collect();
+    let agent_ports = (0..=u8::MAX)
+        .take_while(|index| indices.contains(index))
+        .count();
+    let agent_ports = u8::try_from(agent_ports).unwrap_or(u8::MAX);
     Ok(DomainObserved {
         kind: doc.kind,
         uuid: doc.uuid,
         tag: tag_of(doc.metadata),
         secret_file,
-        agent_socket,
+        agent_ports,
         boot_files,
         disk_pools,
     })
@@ -1002,20 +997,22 @@ mod tests {
     }
 
     #[test]
-    fn domain_reads_back_tag_secret_and_socket() {
-        let mut xml = web(true).to_xml().unwrap();
-        // libvirt fills in the socket path it chose.
-        xml = xml.replace(
-            r#"<source mode="bind"/>"#,
-            r#"<source mode="bind" path="/var/lib/libvirt/qemu/channel/target/d-1/org.kiln.agent.0"/>"#,
-        );
+    fn domain_reads_back_tag_secret_and_ports() {
+        let xml = web(true).to_xml().unwrap();
         let observed = parse_domain(&xml).unwrap();
         assert_eq!(observed.tag, Some(tag()));
         assert_eq!(observed.secret_file.as_deref(), Some("/pool/web-1-secret"));
-        assert_eq!(
-            observed.agent_socket.as_deref(),
-            Some("/var/lib/libvirt/qemu/channel/target/d-1/org.kiln.agent.0")
-        );
+        assert_eq!(observed.agent_ports, kiln_proto::AGENT_PORTS);
+        // A domain made before ports were leased has the first one only; a gap ends the run.
+        let old = parse_domain(
+            "<domain><devices>\
+             <channel type='unix'><target type='virtio' name='org.kiln.agent.0'/></channel>\
+             <channel type='unix'><target type='virtio' name='org.kiln.agent.2'/></channel>\
+             <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+             </devices></domain>",
+        )
+        .unwrap();
+        assert_eq!(old.agent_ports, 1);
         assert_eq!(
             observed.boot_files,
             [
@@ -1031,7 +1028,7 @@ mod tests {
     fn foreign_domain_has_no_tag() {
         let observed = parse_domain("<domain type='kvm'><name>x</name></domain>").unwrap();
         assert_eq!(observed.tag, None);
-        assert_eq!(observed.agent_socket, None);
+        assert_eq!(observed.agent_ports, 0);
     }
 
     #[test]

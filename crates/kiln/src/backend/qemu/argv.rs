@@ -28,7 +28,8 @@ pub struct QemuLaunch {
     pub cmdline: String,
     pub serial_log: PathBuf,
     pub qmp_socket: PathBuf,
-    pub agent_socket: PathBuf,
+    /// One socket per agent port, by index.
+    pub agent_sockets: Vec<PathBuf>,
     /// Handed to the guest through fw_cfg, never on the (world-readable) command line.
     pub secret: PathBuf,
     pub pidfile: PathBuf,
@@ -112,19 +113,21 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         &l.qmp_socket,
     );
     argv.push(["-mon", "chardev=qmp,mode=control"]);
-    argv.push_kv(
-        "-chardev",
-        "socket,id=agent,server=on,wait=off,path=",
-        &l.agent_socket,
-    );
     argv.push(["-device", &virtio("virtio-serial")]);
-    argv.push([
-        "-device",
-        &format!(
-            "virtserialport,chardev=agent,name={}",
-            kiln_proto::PORT_NAME
-        ),
-    ]);
+    for (index, socket) in (0u8..).zip(&l.agent_sockets) {
+        argv.push_kv(
+            "-chardev",
+            &format!("socket,id=agent{index},server=on,wait=off,path="),
+            socket,
+        );
+        argv.push([
+            "-device",
+            &format!(
+                "virtserialport,chardev=agent{index},name={}",
+                kiln_proto::port_name(index)
+            ),
+        ]);
+    }
     argv.push_kv("-fw_cfg", "name=opt/org.kiln/secret,file=", &l.secret);
     argv.push(["-device", &virtio("virtio-rng")]);
     if let Some(user) = &l.user_net {
@@ -264,7 +267,7 @@ mod tests {
             cmdline: "console=ttyS0 kiln.name=web-1".into(),
             serial_log: p("serial.log"),
             qmp_socket: p("qmp.sock"),
-            agent_socket: p("agent.sock"),
+            agent_sockets: vec![p("agent.sock"), p("agent.1.sock")],
             secret: p("secret"),
             pidfile: p("qemu.pid"),
             disks: vec![p("disk0.qcow2")],
@@ -296,8 +299,11 @@ mod tests {
 -append console=ttyS0 kiln.name=web-1 \
 -chardev file,id=serial0,append=on,path=/k/vms/web-1/serial.log -serial chardev:serial0 \
 -chardev socket,id=qmp,server=on,wait=off,path=/k/vms/web-1/qmp.sock -mon chardev=qmp,mode=control \
--chardev socket,id=agent,server=on,wait=off,path=/k/vms/web-1/agent.sock \
--device virtio-serial-device -device virtserialport,chardev=agent,name=org.kiln.agent.0 \
+-device virtio-serial-device \
+-chardev socket,id=agent0,server=on,wait=off,path=/k/vms/web-1/agent.sock \
+-device virtserialport,chardev=agent0,name=org.kiln.agent.0 \
+-chardev socket,id=agent1,server=on,wait=off,path=/k/vms/web-1/agent.1.sock \
+-device virtserialport,chardev=agent1,name=org.kiln.agent.1 \
 -fw_cfg name=opt/org.kiln/secret,file=/k/vms/web-1/secret -device virtio-rng-device \
 -netdev stream,id=net0,server=on,addr.type=unix,addr.path=/k/vms/web-1/net.sock \
 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56 \

@@ -157,7 +157,9 @@ impl QemuBackend {
             },
             serial_log: paths.serial_log(),
             qmp_socket: paths.qmp_socket(),
-            agent_socket: paths.agent_socket(),
+            agent_sockets: (0..kiln_proto::AGENT_PORTS)
+                .map(|index| paths.agent_socket(index))
+                .collect(),
             secret: paths.secret(),
             pidfile: paths.pidfile(),
             disks: launch.disks.to_vec(),
@@ -297,12 +299,10 @@ impl Backend for QemuBackend {
         debug!("qemu argv: {} {argv:?}", self.binary.display());
         // Stale sockets of an earlier run would make QEMU fail to bind.
         let net_socket = launch.paths.net_socket();
-        for socket in [
-            &plan.qmp_socket,
-            &plan.agent_socket,
-            &plan.pidfile,
-            &net_socket,
-        ] {
+        for socket in [&plan.qmp_socket, &plan.pidfile, &net_socket]
+            .into_iter()
+            .chain(&plan.agent_sockets)
+        {
             match std::fs::remove_file(socket) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -1,3 +1,4 @@
+mod host;
 mod snapshots;
 mod vms;
 
@@ -386,20 +387,18 @@ impl LibvirtHost {
             .await?
             .filter(|s| !s.is_empty())
             .ok_or_else(no_channel)?;
-        let secret = secret.as_slice();
-        if self.conn.is_local() {
-            let socket = state
-                .observed
-                .agent_socket
-                .as_deref()
-                .ok_or_else(no_channel)?;
-            return Ok(AgentClient::connect(std::path::Path::new(socket), secret, timeout).await?);
+        if state.observed.agent_ports == 0 {
+            return Err(no_channel().into());
         }
-        // The channel's socket is on the remote host: libvirt tunnels it.
-        let channel = self.conn.open_channel(name, kiln_proto::PORT_NAME).await?;
-        let (read, write) = tokio::io::split(channel);
-        let peer = format!("{name} on {}", self.uri());
-        Ok(AgentClient::over_stream(read, write, secret, timeout, &peer).await?)
+        // Through libvirt even when the host is this one: libvirt is what leases a channel
+        // to one client at a time, remote or local.
+        let ports = crate::backend::libvirt::ChannelPorts::new(
+            self.conn.clone(),
+            name,
+            state.observed.agent_ports,
+        );
+        let patience = crate::agent::Patience::new(timeout);
+        Ok(crate::agent::connect(&ports, &secret, patience).await?)
     }
 
     async fn running_domain(&self, name: &str) -> Result<DomainState> {
@@ -412,11 +411,13 @@ impl LibvirtHost {
                 needed: crate::VmState::Running,
             }),
             Some(state) if state.active => Ok(state),
-            Some(_) => Err(LibvirtError::NotRunning {
-                uri: self.uri().to_owned(),
+            // The same refusal as the daemonless backend's.
+            Some(_) => Err(Error::WrongState {
                 name: name.to_owned(),
-            }
-            .into()),
+                state: crate::VmState::Stopped,
+                action: "exec",
+                needed: crate::VmState::Running,
+            }),
             None => Err(Error::VmNotFound {
                 name: name.to_owned(),
             }),

@@ -152,17 +152,6 @@ impl LibvirtHost {
             .find(|s| s.name == snapshot))
     }
 
-    /// Why `kiln clone` refuses a VM on libvirt: its snapshots live inside its own disks.
-    pub fn clone_unsupported(&self, name: &str) -> LibvirtError {
-        LibvirtError::Unsupported {
-            uri: self.uri().to_owned(),
-            name: name.to_owned(),
-            what: "a clone",
-            reason: "libvirt's snapshots live inside the VM's own disks, which a second VM cannot share",
-            hint: "clone VMs of the daemonless backend, or create another VM from the same spec",
-        }
-    }
-
     async fn require_snapshot(&self, name: &str, snapshot: &str) -> Result<SnapshotObserved> {
         self.find_snapshot(name, snapshot)
             .await?

@@ -1,0 +1,88 @@
+//! One trait for every verb on one VM, whatever runs it.
+//!
+//! Modelled on libvirt's driver table: every host implements every entry point, and one it
+//! cannot serve answers [`Error::Unsupported`] naming the verb, the host and what to do
+//! instead. The CLI and programs hold a `dyn Host` and never ask which kind it is.
+//!
+//! [`LocalHost`](super::LocalHost) runs VMs on this machine with the daemonless QEMU backend;
+//! [`LibvirtHost`](super::LibvirtHost) runs them through a libvirt connection, local or
+//! remote. The same conformance tests run against both (`tests/conformance.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::progress::Reporter;
+use crate::spec::PortForward;
+use crate::vm::SnapshotInfo;
+use crate::{AgentClient, Result, VmInfo, VmSpec};
+
+/// A piece of a VM's console log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogChunk {
+    pub data: Vec<u8>,
+    /// Where the next read starts. Smaller than the offset asked for when the log started
+    /// over (a new boot).
+    pub next_offset: u64,
+    /// Whether the VM runs, so more may come.
+    pub running: bool,
+}
+
+/// Every verb kiln has for a VM, on one host.
+#[async_trait]
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// Where its VMs run, for messages: `this machine` or the libvirt URI.
+    fn location(&self) -> String;
+
+    /// Creates and boots a VM, and waits for its agent.
+    async fn up(&self, spec: &VmSpec, reporter: &dyn Reporter) -> Result<()>;
+    /// Boots a stopped VM and waits for its agent; a running one is left alone.
+    async fn start(&self, name: &str, reporter: &dyn Reporter) -> Result<()>;
+    /// Asks the guest to power off; pulls the plug after the grace period.
+    async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()>;
+    /// Suspends or resumes the VM's vCPUs.
+    async fn set_paused(&self, name: &str, paused: bool) -> Result<()>;
+    /// Removes a VM and everything it owns; a running one needs `force`.
+    async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()>;
+
+    /// kiln's VMs on this host, sorted by name.
+    async fn list(&self) -> Result<Vec<VmInfo>>;
+    /// One VM, or `None` when the host has none of that name.
+    async fn find(&self, name: &str) -> Result<Option<VmInfo>>;
+
+    /// Leases one of the running VM's agent ports and authenticates.
+    async fn agent(&self, name: &str, timeout: Duration) -> Result<AgentClient>;
+    /// The console log from `offset` on.
+    async fn read_log(&self, name: &str, offset: u64) -> Result<LogChunk>;
+
+    /// Saves the VM's memory and disks (or its disks only) under a name.
+    async fn save_snapshot(
+        &self,
+        name: &str,
+        snapshot: &str,
+        disk_only: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<SnapshotInfo>;
+    async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotInfo>>;
+    /// Puts the VM back where the snapshot was taken.
+    async fn restore_snapshot(
+        &self,
+        name: &str,
+        snapshot: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()>;
+    async fn remove_snapshot(&self, name: &str, snapshot: &str) -> Result<()>;
+    /// Starts a new VM `new` from a snapshot of `name`, with an identity of its own.
+    async fn clone_vm(
+        &self,
+        name: &str,
+        snapshot: &str,
+        new: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()>;
+
+    /// The VM's port forwards.
+    async fn forwards(&self, name: &str) -> Result<Vec<PortForward>>;
+    async fn add_forward(&self, name: &str, forward: PortForward) -> Result<()>;
+    async fn remove_forward(&self, name: &str, forward: PortForward) -> Result<()>;
+}
