@@ -17,6 +17,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Many clients on one VM: connect and `exec true`, each on a connection of its own (as
+    /// separate `kiln exec` processes), alone and many at once
+    Clients {
+        /// Clients at once
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Single clients, and concurrent rounds, to time
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply a score of many VMs on libvirt's test driver, then time re-applies that change
     /// nothing
     Score {
@@ -73,6 +85,11 @@ fn ms(stats: &Stats) -> String {
 pub async fn run(command: Command) -> Outcome {
     match command {
         Command::Boot { runs, count, json } => boot(runs, count, json).await,
+        Command::Clients {
+            clients,
+            runs,
+            json,
+        } => clients_bench(clients, runs, json).await,
         Command::Score { vms, runs, json } => score(vms, runs, json).await,
         Command::Session { runs, files, json } => session(runs, files, json).await,
         Command::Snapshot { runs, json } => snapshot(runs, json).await,
@@ -82,6 +99,33 @@ pub async fn run(command: Command) -> Outcome {
             json,
         } => libvirt(connect, runs, json).await,
     }
+}
+
+async fn clients_bench(clients: usize, runs: u32, json: bool) -> Outcome {
+    let report = bench::clients(&Kiln::from_env()?, clients, runs, &Progress::new()).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!("connect + exec true, each client on a connection of its own:");
+    println!("  one at a time           {}", ms(&report.single));
+    println!(
+        "  {clients:>3} at once, per client {}",
+        ms(&report.concurrent)
+    );
+    println!(
+        "  {clients:>3} at once over one open connection {}",
+        ms(&report.one_connection)
+    );
+    println!(
+        "  ratio to one at a time  {:>8.2}   (goal p50 <= 3x one at a time)",
+        report.ratio
+    );
+    println!(
+        "  ratio to one connection {:>8.2}   (what separate connections add)",
+        report.ratio_to_one_connection
+    );
+    Ok(0)
 }
 
 async fn score(vms: usize, runs: u32, json: bool) -> Outcome {

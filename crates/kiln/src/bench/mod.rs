@@ -1,10 +1,12 @@
 //! Benchmarks: kiln against bare QEMU, measured in the same run on the same host. Speed goals
 //! live here, never in timed tests. Nothing here prints: a report comes back to the caller.
 
+mod clients;
 mod libvirt;
 mod session;
 mod snapshot;
 
+pub use clients::{ClientsReport, clients};
 pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
 pub use session::{SessionReport, session};
 pub use snapshot::{SnapshotReport, snapshot};
@@ -73,7 +75,7 @@ pub struct LatencyReport {
     pub exec_ratio: f64,
 }
 
-fn spec(name: &str) -> Result<VmSpec> {
+pub(super) fn spec(name: &str) -> Result<VmSpec> {
     Ok(VmSpec::builder(name).memory_mib(256).build()?)
 }
 
