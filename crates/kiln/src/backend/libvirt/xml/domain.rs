@@ -1,109 +1,12 @@
-//! The libvirt XML kiln writes and reads: typed structs rendered by a serializer, never
-//! strings glued together. Only the parts kiln reads back are parsed (metadata, the agent
-//! channel's socket, the secret); libvirt owns the rest of a live document.
+//! Domains: the definition kiln renders from a `VmSpec`, and what it reads back from a
+//! live domain (its tag, secret file, agent ports, boot files and pools).
 
 use serde::{Deserialize, Serialize};
 
-use super::LibvirtError;
-use crate::spec::{NetworkMode, NetworkSpec};
-
-/// The XML namespace of kiln's metadata elements.
-pub const KILN_NS: &str = "https://kiln.dev/xmlns/libvirt/1";
-/// The fw_cfg entry the guest agent reads its secret from.
-pub const SECRET_FW_CFG: &str = "opt/org.kiln/secret";
-
-pub(super) fn render<T: Serialize>(root: &str, value: &T) -> Result<String, LibvirtError> {
-    let mut out = String::new();
-    let mut serializer = quick_xml::se::Serializer::with_root(&mut out, Some(root))
-        .map_err(|err| LibvirtError::Xml(err.to_string()))?;
-    serializer.indent(' ', 2);
-    value
-        .serialize(serializer)
-        .map_err(|err| LibvirtError::Xml(err.to_string()))?;
-    out.push('\n');
-    Ok(out)
-}
-
-pub(super) fn parse<'de, T: Deserialize<'de>>(
-    what: &'static str,
-    xml: &'de str,
-) -> Result<T, LibvirtError> {
-    quick_xml::de::from_str(xml).map_err(|err| LibvirtError::Xml(format!("{what}: {err}")))
-}
-
-#[derive(Debug, Serialize)]
-struct Empty {}
-
-#[derive(Debug, Serialize)]
-struct Text<T> {
-    #[serde(rename = "@unit", skip_serializing_if = "Option::is_none")]
-    unit: Option<&'static str>,
-    #[serde(rename = "$text")]
-    value: T,
-}
-
-/// What kiln stores in a resource it owns: who owns it and the spec it was made from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KilnTag {
-    /// The score (or `kiln up`) that owns the resource.
-    pub owner: String,
-    /// The spec, as JSON.
-    pub spec: String,
-}
-
-impl KilnTag {
-    /// A tag saying `owner` made the resource from `spec`.
-    pub fn new<S: Serialize>(owner: &str, spec: &S) -> Result<Self, LibvirtError> {
-        Ok(Self {
-            owner: owner.to_owned(),
-            spec: serde_json::to_string(spec).map_err(|e| LibvirtError::Xml(e.to_string()))?,
-        })
-    }
-
-    /// The owner and, when it still parses, the spec.
-    pub fn decode<S: serde::de::DeserializeOwned>(
-        tag: Option<&Self>,
-    ) -> (Option<String>, Option<S>) {
-        match tag {
-            Some(tag) => (
-                Some(tag.owner.clone()),
-                serde_json::from_str(&tag.spec).ok(),
-            ),
-            None => (None, None),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct MetadataOut<'a> {
-    #[serde(rename = "kiln:resource")]
-    resource: TagOut<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct TagOut<'a> {
-    #[serde(rename = "@xmlns:kiln")]
-    ns: &'static str,
-    #[serde(rename = "kiln:owner")]
-    owner: &'a str,
-    #[serde(rename = "kiln:spec")]
-    spec: &'a str,
-}
-
-impl<'a> From<&'a KilnTag> for MetadataOut<'a> {
-    fn from(tag: &'a KilnTag) -> Self {
-        Self {
-            resource: TagOut {
-                ns: KILN_NS,
-                owner: &tag.owner,
-                spec: &tag.spec,
-            },
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Domains
+use super::{
+    Empty, KilnTag, MetadataIn, MetadataOut, SECRET_FW_CFG, Text, TypeOut, parse, render, tag_of,
+};
+use crate::backend::libvirt::LibvirtError;
 
 /// Everything a domain document says, in kiln's terms.
 #[derive(Debug, Clone)]
@@ -314,12 +217,6 @@ struct NetworkSourceOut<'a> {
 struct MacOut<'a> {
     #[serde(rename = "@address")]
     address: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-struct TypeOut {
-    #[serde(rename = "@type")]
-    kind: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -550,19 +447,6 @@ struct OsIn {
 }
 
 #[derive(Debug, Deserialize)]
-struct MetadataIn {
-    /// `kiln:resource`: the deserializer matches local names.
-    #[serde(default)]
-    resource: Option<TagIn>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TagIn {
-    owner: String,
-    spec: String,
-}
-
-#[derive(Debug, Deserialize)]
 struct SysinfoIn {
     #[serde(rename = "@type")]
     kind: String,
@@ -610,13 +494,6 @@ struct ChannelTargetIn {
     name: Option<String>,
 }
 
-fn tag_of(metadata: Option<MetadataIn>) -> Option<KilnTag> {
-    metadata.and_then(|m| m.resource).map(|t| KilnTag {
-        owner: t.owner,
-        spec: t.spec,
-    })
-}
-
 pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
     let doc: DomainIn = parse("domain XML", xml)?;
     let secret_file = doc
@@ -661,284 +538,10 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Networks
-
-#[derive(Debug, Serialize)]
-struct NetworkOut<'a> {
-    name: &'a str,
-    metadata: MetadataOut<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    forward: Option<ForwardOut>,
-    ip: IpOut,
-}
-
-#[derive(Debug, Serialize)]
-struct ForwardOut {
-    #[serde(rename = "@mode")]
-    mode: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-struct IpOut {
-    #[serde(rename = "@address")]
-    address: String,
-    #[serde(rename = "@prefix")]
-    prefix: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dhcp: Option<DhcpOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct DhcpOut {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    range: Option<RangeOut>,
-    host: Vec<HostOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct RangeOut {
-    #[serde(rename = "@start")]
-    start: String,
-    #[serde(rename = "@end")]
-    end: String,
-}
-
-#[derive(Debug, Serialize)]
-struct HostOut {
-    #[serde(rename = "@mac")]
-    mac: String,
-    #[serde(rename = "@ip")]
-    ip: String,
-    #[serde(rename = "@name", skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-}
-
-/// A network document for `spec`, tagged with `tag`.
-pub fn network_xml(spec: &NetworkSpec, tag: &KilnTag) -> Result<String, LibvirtError> {
-    let has_dhcp = spec.dhcp().is_some() || !spec.reservations().is_empty();
-    let doc = NetworkOut {
-        name: spec.name(),
-        metadata: tag.into(),
-        forward: match spec.mode() {
-            NetworkMode::Nat => Some(ForwardOut { mode: "nat" }),
-            NetworkMode::Isolated => None,
-        },
-        ip: IpOut {
-            address: spec.gateway().to_string(),
-            prefix: spec.subnet().prefix_len(),
-            dhcp: has_dhcp.then(|| DhcpOut {
-                range: spec.dhcp().map(|r| RangeOut {
-                    start: r.start.to_string(),
-                    end: r.end.to_string(),
-                }),
-                host: spec
-                    .reservations()
-                    .iter()
-                    .map(|r| HostOut {
-                        mac: r.mac.to_string(),
-                        ip: r.ip.to_string(),
-                        name: r.hostname.clone(),
-                    })
-                    .collect(),
-            }),
-        },
-    };
-    render("network", &doc)
-}
-
-/// The parts of a network document kiln reads back: its tag and its subnet, which kiln
-/// compares with the networks it is asked to create.
-#[derive(Debug, Default)]
-pub struct NetworkObserved {
-    pub tag: Option<KilnTag>,
-    pub subnets: Vec<ipnet::Ipv4Net>,
-}
-
-#[derive(Debug, Deserialize)]
-struct NetworkIn {
-    #[serde(default)]
-    metadata: Option<MetadataIn>,
-    #[serde(default)]
-    ip: Vec<IpIn>,
-}
-
-#[derive(Debug, Deserialize)]
-struct IpIn {
-    #[serde(rename = "@address", default)]
-    address: Option<String>,
-    #[serde(rename = "@prefix", default)]
-    prefix: Option<u8>,
-    #[serde(rename = "@netmask", default)]
-    netmask: Option<String>,
-    #[serde(rename = "@family", default)]
-    family: Option<String>,
-}
-
-pub fn parse_network(xml: &str) -> Result<NetworkObserved, LibvirtError> {
-    let doc: NetworkIn = parse("network XML", xml)?;
-    let subnets = doc
-        .ip
-        .iter()
-        .filter(|ip| ip.family.as_deref().is_none_or(|f| f == "ipv4"))
-        .filter_map(|ip| {
-            let address: std::net::Ipv4Addr = ip.address.as_deref()?.parse().ok()?;
-            let prefix = match (ip.prefix, ip.netmask.as_deref()) {
-                (Some(prefix), _) => prefix,
-                (None, Some(mask)) => {
-                    let mask: std::net::Ipv4Addr = mask.parse().ok()?;
-                    u8::try_from(u32::from(mask).count_ones()).ok()?
-                }
-                (None, None) => return None,
-            };
-            ipnet::Ipv4Net::new(address, prefix).ok().map(|n| n.trunc())
-        })
-        .collect();
-    Ok(NetworkObserved {
-        tag: tag_of(doc.metadata),
-        subnets,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Storage
-
-#[derive(Debug, Serialize)]
-struct PoolOut<'a> {
-    #[serde(rename = "@type")]
-    kind: &'static str,
-    name: &'a str,
-    target: PoolTargetOut<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct PoolTargetOut<'a> {
-    path: &'a str,
-}
-
-/// A directory pool at `path`.
-pub fn pool_xml(name: &str, path: &str) -> Result<String, LibvirtError> {
-    render(
-        "pool",
-        &PoolOut {
-            kind: "dir",
-            name,
-            target: PoolTargetOut { path },
-        },
-    )
-}
-
-#[derive(Debug, Serialize)]
-struct VolumeOut<'a> {
-    name: &'a str,
-    capacity: Text<u64>,
-    target: VolumeTargetOut,
-    #[serde(rename = "backingStore", skip_serializing_if = "Option::is_none")]
-    backing_store: Option<BackingOut<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct VolumeTargetOut {
-    format: TypeOut,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    permissions: Option<PermissionsOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct PermissionsOut {
-    mode: String,
-}
-
-#[derive(Debug, Serialize)]
-struct BackingOut<'a> {
-    path: &'a str,
-    format: TypeOut,
-}
-
-/// What a volume holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VolumeFormat {
-    /// A guest disk.
-    Qcow2,
-    /// A file uploaded as is (kernel, initramfs).
-    Raw,
-}
-
-/// A volume document: `capacity` bytes, optionally a copy-on-write overlay on `backing`.
-pub fn volume_xml(
-    name: &str,
-    capacity: u64,
-    format: VolumeFormat,
-    backing: Option<&str>,
-) -> Result<String, LibvirtError> {
-    volume_doc(name, capacity, format, backing, None)
-}
-
-/// A raw volume only its owner reads (`0600`): a guest's secret.
-pub fn private_volume_xml(name: &str, capacity: u64) -> Result<String, LibvirtError> {
-    volume_doc(name, capacity, VolumeFormat::Raw, None, Some(0o600))
-}
-
-fn volume_doc(
-    name: &str,
-    capacity: u64,
-    format: VolumeFormat,
-    backing: Option<&str>,
-    mode: Option<u32>,
-) -> Result<String, LibvirtError> {
-    let format = TypeOut {
-        kind: match format {
-            VolumeFormat::Qcow2 => "qcow2",
-            VolumeFormat::Raw => "raw",
-        },
-    };
-    render(
-        "volume",
-        &VolumeOut {
-            name,
-            capacity: Text {
-                unit: Some("bytes"),
-                value: capacity,
-            },
-            target: VolumeTargetOut {
-                format,
-                permissions: mode.map(|mode| PermissionsOut {
-                    mode: format!("{mode:04o}"),
-                }),
-            },
-            backing_store: backing.map(|path| BackingOut {
-                path,
-                format: TypeOut { kind: "qcow2" },
-            }),
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Compares with `golden/NAME.xml`; `KILN_BLESS=1` rewrites the file instead.
-    fn assert_golden(name: &str, xml: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/backend/libvirt/golden")
-            .join(format!("{name}.xml"));
-        if std::env::var_os("KILN_BLESS").is_some() {
-            std::fs::write(&path, xml).unwrap();
-        }
-        let golden = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            xml, golden,
-            "{name}: rerun with KILN_BLESS=1 if the change is intended"
-        );
-    }
-
-    fn tag() -> KilnTag {
-        KilnTag {
-            owner: "lab".to_owned(),
-            spec: r#"{"name":"web-1","note":"<&>"}"#.to_owned(),
-        }
-    }
+    use crate::backend::libvirt::xml::golden::{assert_golden, tag};
 
     fn web(kernel: bool) -> DomainDef {
         DomainDef {
@@ -1029,55 +632,6 @@ mod tests {
         let observed = parse_domain("<domain type='kvm'><name>x</name></domain>").unwrap();
         assert_eq!(observed.tag, None);
         assert_eq!(observed.agent_ports, 0);
-    }
-
-    #[test]
-    fn nat_network_with_reservations() {
-        let mac = "52:54:00:00:00:01".parse().unwrap();
-        let spec = NetworkSpec::nat("lab", "10.10.0.0/24")
-            .dhcp(
-                std::net::Ipv4Addr::from([10, 10, 0, 100]),
-                std::net::Ipv4Addr::from([10, 10, 0, 200]),
-            )
-            .reserve_host(mac, std::net::Ipv4Addr::from([10, 10, 0, 10]), "web-1")
-            .build()
-            .unwrap();
-        let xml = network_xml(&spec, &tag()).unwrap();
-        assert_golden("network-nat", &xml);
-        let observed = parse_network(&xml).unwrap();
-        assert_eq!(observed.tag, Some(tag()));
-        assert_eq!(observed.subnets, vec!["10.10.0.0/24".parse().unwrap()]);
-    }
-
-    #[test]
-    fn isolated_network_without_dhcp() {
-        let spec = NetworkSpec::isolated("back", "192.168.50.0/28")
-            .build()
-            .unwrap();
-        let xml = network_xml(&spec, &tag()).unwrap();
-        assert_golden("network-isolated", &xml);
-    }
-
-    #[test]
-    fn libvirt_netmask_networks_parse() {
-        let xml = "<network><name>default</name><ip address='192.168.122.1' netmask='255.255.255.0'/></network>";
-        let observed = parse_network(xml).unwrap();
-        assert_eq!(observed.subnets, vec!["192.168.122.0/24".parse().unwrap()]);
-        assert_eq!(observed.tag, None);
-    }
-
-    #[test]
-    fn overlay_volume_and_pool() {
-        let xml = volume_xml(
-            "web-1-disk0.qcow2",
-            4 << 30,
-            VolumeFormat::Qcow2,
-            Some("/var/lib/kiln/base.qcow2"),
-        )
-        .unwrap();
-        assert_golden("volume-overlay", &xml);
-        let xml = pool_xml("kiln", "/var/lib/libvirt/images/kiln").unwrap();
-        assert_golden("pool", &xml);
     }
 
     #[test]
