@@ -22,86 +22,16 @@ pub use network::{NetworkInterpret, NetworkScore};
 pub use plan::{Change, FieldDiff, Outcome, Plan, ResourceKind, ResourcePlan};
 pub use vm::{VmInterpret, VmScore};
 
+// The capabilities live with the topologies; a score names them from here too.
+pub use crate::topology::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
+
 use std::fmt;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
 
+use crate::Result;
 use crate::progress::Reporter;
-use crate::spec::{NetworkSpec, SpecError, validate_name};
-use crate::{AgentClient, Result, VmSpec};
-
-/// Where scores run: one libvirt host, the local daemonless QEMU, several hosts.
-#[async_trait]
-pub trait Topology: Send + Sync + fmt::Debug + 'static {
-    /// A short description for people (`libvirt qemu:///system`).
-    fn describe(&self) -> String;
-
-    /// Makes the topology usable (connections, storage pools); cheap when already ready.
-    async fn ensure_ready(&self, reporter: &dyn Reporter) -> Result<()>;
-}
-
-/// A VM as a topology sees it.
-#[derive(Debug, Clone)]
-pub struct ObservedVm {
-    pub name: String,
-    /// The host it is on, for topologies with several.
-    pub host: Option<String>,
-    /// The score that owns it; `None` for a VM kiln did not create.
-    pub owner: Option<String>,
-    /// The spec it was created from, when kiln created it.
-    pub spec: Option<VmSpec>,
-    pub running: bool,
-}
-
-/// A network as a topology sees it.
-#[derive(Debug, Clone)]
-pub struct ObservedNetwork {
-    pub name: String,
-    pub owner: Option<String>,
-    pub spec: Option<NetworkSpec>,
-    pub subnets: Vec<Ipv4Net>,
-    pub active: bool,
-}
-
-/// A topology that runs VMs.
-#[async_trait]
-pub trait VmHost: Topology {
-    /// Every VM on the topology, kiln's or not.
-    async fn observe_vms(&self) -> Result<Vec<ObservedVm>>;
-
-    /// Refuses, before anything changes, VMs the topology cannot take (disk space, features).
-    async fn check_vms(&self, creating: &[&VmSpec]) -> Result<()>;
-
-    /// Creates and boots a VM tagged as `owner`'s.
-    async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()>;
-
-    /// Makes an existing VM match `spec` where that can be done in place (vCPUs, memory,
-    /// running), restarting it if needed.
-    async fn update_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()>;
-
-    /// Removes a VM and its disks.
-    async fn delete_vm(&self, name: &str, reporter: &dyn Reporter) -> Result<()>;
-
-    /// Connects to a running VM's guest agent.
-    async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient>;
-}
-
-/// A topology with named networks.
-#[async_trait]
-pub trait NetworkHost: Topology {
-    /// Every network, kiln's or not (their subnets are checked for overlaps).
-    async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>>;
-
-    /// Creates a network tagged as `owner`'s and makes it active.
-    async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()>;
-
-    /// Makes an existing network active.
-    async fn start_network(&self, name: &str) -> Result<()>;
-
-    async fn delete_network(&self, name: &str) -> Result<()>;
-}
+use crate::spec::{SpecError, validate_name};
 
 /// Desired state with a name. `create_interpret` gives what applies it to a topology `T`.
 pub trait Score<T: Topology>: Send + Sync + fmt::Debug {

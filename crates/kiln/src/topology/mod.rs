@@ -2,12 +2,14 @@
 //! backend on this machine) and [`MultiHost`] (several libvirt hosts, VMs placed by name or
 //! spread).
 
+mod capability;
 mod fleet;
 mod host;
 mod libvirt;
 mod local;
 mod multi;
 
+pub use capability::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
 pub use fleet::{Fleet, Listing, Located};
 pub use host::{Host, LogChunk};
 pub use libvirt::{CLI_OWNER, LibvirtHost};
