@@ -17,6 +17,7 @@
 pub mod accel;
 pub mod agent;
 pub mod backend;
+#[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
