@@ -1,4 +1,5 @@
 mod host;
+mod mapping;
 mod snapshots;
 mod vms;
 
@@ -11,13 +12,12 @@ use log::{debug, info};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::backend::libvirt::{
-    DomainDef, DomainDisk, DomainNic, DomainShare, DomainState, KernelBoot, KilnTag, LibvirtConn,
-    LibvirtError, LibvirtOptions, VolumeFormat,
+    DomainDef, DomainState, KilnTag, LibvirtConn, LibvirtError, LibvirtOptions, VolumeFormat,
 };
 use crate::image::{Image, ImageInputs, ImageStore};
 use crate::progress::{self, Event, Reporter, Stage};
 use crate::score::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
-use crate::spec::{BootDevice, NetworkSpec};
+use crate::spec::NetworkSpec;
 use crate::{Accel, AccelChoice, AccelProbe, Error, Paths, Result, VmSpec};
 
 /// A libvirt host, local or remote, reached through one URI.
@@ -29,9 +29,7 @@ pub struct LibvirtHost {
     boot_timeout: Duration,
 }
 
-fn disk_volume(vm: &str, index: usize) -> String {
-    format!("{vm}-disk{index}.qcow2")
-}
+use mapping::disk_volume;
 
 /// The libvirt network a `nat` user-mode NIC goes out through. libvirt's own user-mode NIC
 /// (slirp, or passt as libvirt 9 starts it) maps its gateway to the libvirt host's loopback;
@@ -41,11 +39,6 @@ pub const NAT_NETWORK: &str = "kiln-nat";
 const NAT_SUBNET: &str = "10.213.37.0/24";
 /// Who owns [`NAT_NETWORK`]: kiln itself, not a score (no score's destroy removes it).
 const NAT_OWNER: &str = "kiln";
-
-/// Whether `nic` goes out through [`NAT_NETWORK`].
-fn on_nat_network(spec: &VmSpec, nic: &crate::NetworkRef) -> bool {
-    *nic == crate::NetworkRef::User && spec.net_policy() == crate::NetPolicy::Nat
-}
 
 /// The `0600` volume QEMU reads the guest's secret from.
 fn secret_volume(vm: &str) -> String {
@@ -220,6 +213,8 @@ impl LibvirtHost {
         Ok(path)
     }
 
+    /// Resolves what the domain needs from the host (acceleration, the uploaded image),
+    /// then maps the spec purely ([`mapping::domain_def`]).
     async fn domain_def(
         &self,
         spec: &VmSpec,
@@ -232,79 +227,20 @@ impl LibvirtHost {
             accel,
             reason: reason.clone(),
         });
-        let boot_position = |device: BootDevice| {
-            spec.boot_order()
-                .iter()
-                .position(|d| *d == device)
-                .and_then(|p| u32::try_from(p + 1).ok())
-        };
         let kernel = if spec.boot_order().is_empty() {
-            let (kernel, initrd) = self.ensure_image(spec, reporter).await?;
-            Some(KernelBoot {
-                kernel,
-                initrd,
-                cmdline: crate::image::guest_cmdline(spec, crate::image::Addressing::Dhcp),
-            })
+            Some(self.ensure_image(spec, reporter).await?)
         } else {
             None
         };
-        let pool = self.conn.options().pool_name.clone();
-        Ok(DomainDef {
-            name: spec.name().to_owned(),
-            uuid: None,
-            kvm: accel == Accel::Kvm,
-            tag: KilnTag::new(owner, spec)?,
-            memory_mib: spec.memory_mib(),
-            cpus: spec.cpus(),
+        let inputs = mapping::DomainInputs {
+            owner,
+            accel,
             secret_file,
             kernel,
-            disks: (0..spec.disks().len())
-                .map(|index| DomainDisk {
-                    pool: pool.clone(),
-                    volume: disk_volume(spec.name(), index),
-                    boot_order: if index == 0 {
-                        boot_position(BootDevice::Disk)
-                    } else {
-                        None
-                    },
-                })
-                .collect(),
-            nics: spec
-                .networks()
-                .iter()
-                // No way out: the NIC is left out (libvirt's slirp has no `restrict`).
-                .filter(|nic| {
-                    !(**nic == crate::NetworkRef::User
-                        && spec.net_policy() == crate::NetPolicy::None)
-                })
-                .enumerate()
-                .map(|(index, nic)| DomainNic {
-                    network: if on_nat_network(spec, nic) {
-                        Some(NAT_NETWORK.to_owned())
-                    } else {
-                        nic.network_name().map(str::to_owned)
-                    },
-                    mac: nic.mac().map(|m| m.to_string()),
-                    boot_order: if index == 0 {
-                        boot_position(BootDevice::Network)
-                    } else {
-                        None
-                    },
-                })
-                .collect(),
+            pool: &self.conn.options().pool_name,
             serial_log: self.serial_log(spec.name()),
-            // Paths on the libvirt host (the same machine for local URIs).
-            shares: spec
-                .shares()
-                .iter()
-                .enumerate()
-                .map(|(index, share)| DomainShare {
-                    host_dir: share.host().to_string_lossy().into_owned(),
-                    tag: crate::spec::ShareSpec::tag(index),
-                    read_only: share.is_read_only(),
-                })
-                .collect(),
-        })
+        };
+        mapping::domain_def(spec, inputs)
     }
 
     /// Waits until the VM's agent answers; fails with the console's tail when it does not.

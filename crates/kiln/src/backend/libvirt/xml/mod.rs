@@ -141,10 +141,10 @@ pub use storage::{VolumeFormat, pool_xml, private_volume_xml, volume_xml};
 
 /// What the tests of every noun share: golden files and a tag.
 #[cfg(test)]
-mod golden {
+pub(crate) mod golden {
     use super::KilnTag;
 
-    pub(super) fn assert_golden(name: &str, xml: &str) {
+    pub(crate) fn assert_golden(name: &str, xml: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src/backend/libvirt/golden")
             .join(format!("{name}.xml"));
@@ -158,7 +158,7 @@ mod golden {
         );
     }
 
-    pub(super) fn tag() -> KilnTag {
+    pub(crate) fn tag() -> KilnTag {
         KilnTag {
             owner: "lab".to_owned(),
             spec: r#"{"name":"web-1","note":"<&>"}"#.to_owned(),
