@@ -1,5 +1,7 @@
+mod agent;
 mod host;
 mod mapping;
+mod resources;
 mod snapshots;
 mod vms;
 
@@ -8,7 +10,6 @@ pub use vms::CLI_OWNER;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use log::{debug, info};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::backend::libvirt::{
@@ -18,7 +19,7 @@ use crate::image::{Image, ImageInputs, ImageStore};
 use crate::progress::{self, Event, Reporter, Stage};
 use crate::score::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
 use crate::spec::NetworkSpec;
-use crate::{Accel, AccelChoice, AccelProbe, Error, Paths, Result, VmSpec};
+use crate::{Error, Paths, Result, VmSpec};
 
 /// A libvirt host, local or remote, reached through one URI.
 #[derive(Debug, Clone)]
@@ -105,114 +106,6 @@ impl LibvirtHost {
         !self.conn.is_test_driver()
     }
 
-    /// KVM or TCG for a spec. On this machine the local probe decides; on a remote host kiln
-    /// cannot look at `/dev/kvm`, so only an explicit `--accel kvm` asks for it.
-    fn choose_accel(&self, spec: &VmSpec) -> Result<(Accel, String)> {
-        if self.conn.is_local() {
-            let probe = AccelProbe::probe();
-            let accel = probe.choose(spec.accel())?;
-            return Ok((accel, probe.reason));
-        }
-        Ok(match spec.accel() {
-            AccelChoice::Kvm => (Accel::Kvm, "asked for".to_owned()),
-            _ => (
-                Accel::Tcg,
-                "a remote host's KVM cannot be probed from here; pass --accel kvm to use it"
-                    .to_owned(),
-            ),
-        })
-    }
-
-    /// Uploads the kiln image's kernel and initramfs into the pool (once per image digest)
-    /// and returns their paths on the host.
-    async fn ensure_image(
-        &self,
-        spec: &VmSpec,
-        reporter: &dyn Reporter,
-    ) -> Result<(String, String)> {
-        if !self.runs_guests() {
-            let dir = &self.conn.options().pool_path;
-            return Ok((
-                format!("{dir}/kiln-test-vmlinux"),
-                format!("{dir}/kiln-test-initramfs"),
-            ));
-        }
-        let image = self
-            .images
-            .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
-            .await?;
-        let [kernel, initrd, complete] = image_volumes(&image);
-        let existing = self.conn.list_volumes().await?;
-        if ![&kernel, &initrd, &complete]
-            .iter()
-            .all(|v| existing.contains(v))
-        {
-            progress::stage(reporter, Stage::UploadImage, async {
-                // Without the marker an earlier upload may have been cut short: redo both.
-                self.conn.upload_volume(&kernel, &image.kernel()).await?;
-                self.conn.upload_volume(&initrd, &image.initramfs()).await?;
-                self.conn
-                    .ensure_volume(&complete, 1, VolumeFormat::Raw, None)
-                    .await?;
-                Ok::<_, Error>(())
-            })
-            .await?;
-        }
-        let kernel_path = self
-            .conn
-            .ensure_volume(&kernel, 1, VolumeFormat::Raw, None)
-            .await?;
-        let initrd_path = self
-            .conn
-            .ensure_volume(&initrd, 1, VolumeFormat::Raw, None)
-            .await?;
-        Ok((kernel_path, initrd_path))
-    }
-
-    /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns
-    /// may race here: the loser finds it made.
-    async fn ensure_nat_network(&self, spec: &VmSpec) -> Result<()> {
-        if spec.user_net() != Some(crate::NetPolicy::Nat) {
-            return Ok(());
-        }
-        for attempt in 0..2 {
-            let made = async {
-                if self.conn.network(NAT_NETWORK).await?.is_none() {
-                    let nat = NetworkSpec::nat(NAT_NETWORK, NAT_SUBNET)
-                        .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
-                        .build()?;
-                    let tag = KilnTag::new(NAT_OWNER, &nat)?;
-                    let doc = crate::backend::libvirt::xml::network_xml(&nat, &tag)?;
-                    self.conn.define_network(NAT_NETWORK, doc).await?;
-                }
-                self.conn.ensure_network_active(NAT_NETWORK).await?;
-                Ok::<_, Error>(())
-            }
-            .await;
-            match made {
-                Ok(()) => return Ok(()),
-                Err(err) if attempt == 0 => {
-                    log::debug!("{NAT_NETWORK}: {err}; once more");
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(())
-    }
-
-    /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
-    /// volume's path on the libvirt host.
-    async fn new_secret(&self, name: &str) -> Result<String> {
-        let volume = secret_volume(name);
-        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
-        crate::state::random_bytes(&mut secret, std::path::Path::new(&volume))?;
-        let (path, _) = self
-            .conn
-            .upload_bytes(&volume, hex::encode(secret).into_bytes(), true)
-            .await?;
-        Ok(path)
-    }
-
     /// Resolves what the domain needs from the host (acceleration, the uploaded image),
     /// then maps the spec purely ([`mapping::domain_def`]).
     async fn domain_def(
@@ -241,149 +134,6 @@ impl LibvirtHost {
             serial_log: self.serial_log(spec.name()),
         };
         mapping::domain_def(spec, inputs)
-    }
-
-    /// Waits until the VM's agent answers; fails with the console's tail when it does not.
-    async fn wait_for_agent(&self, spec: &VmSpec, reporter: &dyn Reporter) -> Result<()> {
-        if !self.runs_guests() || !spec.boot_order().is_empty() {
-            return Ok(());
-        }
-        self.agent_ready(spec.name(), Duration::from_secs(5), reporter)
-            .await
-    }
-
-    /// Tries the agent until it answers (each try waiting at most `attempt`) or the boot
-    /// timeout passes.
-    async fn agent_ready(
-        &self,
-        name: &str,
-        attempt: Duration,
-        reporter: &dyn Reporter,
-    ) -> Result<()> {
-        progress::stage(reporter, Stage::WaitAgent, async {
-            let started = Instant::now();
-            let deadline = started + self.boot_timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.agent_within(name, left.min(attempt)).await {
-                    Ok(agent) => {
-                        agent.ping().await?;
-                        info!("{name} answered after {:.1?}", started.elapsed());
-                        return Ok(());
-                    }
-                    Err(err) if Instant::now() < deadline => {
-                        debug!("{name} not ready yet: {err}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(err) => {
-                        return Err(Error::BootFailed {
-                            name: name.to_owned(),
-                            reason: err.to_string(),
-                            serial_tail: self.serial_tail(name),
-                        });
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    /// Where a VM's console is logged on the libvirt host, if it is.
-    fn serial_log(&self, name: &str) -> Option<String> {
-        let options = self.conn.options();
-        options
-            .log_serial
-            .then(|| format!("{}/{}", options.pool_path, serial_log_volume(name)))
-    }
-
-    /// The end of a VM's console log, when the host is this machine.
-    pub fn serial_tail(&self, name: &str) -> String {
-        match self.serial_log(name) {
-            Some(log) if self.conn.is_local() => crate::vm::log_tail(log.as_ref(), 20),
-            _ => String::new(),
-        }
-    }
-
-    async fn agent_within(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
-        let state = self.running_domain(name).await?;
-        let no_channel = || LibvirtError::NoAgentChannel {
-            uri: self.uri().to_owned(),
-            name: name.to_owned(),
-        };
-        // The guest reads the hex text from fw_cfg, so the text (not the bytes it encodes) is
-        // the shared secret. It lives in a 0600 volume, read through libvirt (so on remote
-        // hosts too), never in the domain's XML.
-        let secret = self
-            .conn
-            .read_volume(
-                &secret_volume(name),
-                0,
-                2 * kiln_proto::handshake::SECRET_LEN,
-            )
-            .await?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(no_channel)?;
-        if state.observed.agent_ports == 0 {
-            return Err(no_channel().into());
-        }
-        // Through libvirt even when the host is this one: libvirt is what leases a channel
-        // to one client at a time, remote or local.
-        let ports = crate::backend::libvirt::ChannelPorts::new(
-            self.conn.clone(),
-            name,
-            state.observed.agent_ports,
-        );
-        let patience = crate::agent::Patience::new(timeout);
-        Ok(crate::agent::connect(&ports, &secret, patience).await?)
-    }
-
-    async fn running_domain(&self, name: &str) -> Result<DomainState> {
-        match self.conn.domain(name).await? {
-            // Its agent cannot answer: say so now rather than time out.
-            Some(state) if state.paused => Err(Error::WrongState {
-                name: name.to_owned(),
-                state: crate::VmState::Paused,
-                action: "exec",
-                needed: crate::VmState::Running,
-            }),
-            Some(state) if state.active => Ok(state),
-            // The same refusal as the daemonless backend's.
-            Some(_) => Err(Error::WrongState {
-                name: name.to_owned(),
-                state: crate::VmState::Stopped,
-                action: "exec",
-                needed: crate::VmState::Running,
-            }),
-            None => Err(Error::VmNotFound {
-                name: name.to_owned(),
-            }),
-        }
-    }
-
-    /// Removes image volumes and the pool once no domain on the host uses the pool (boots
-    /// from its files or has disks in it).
-    async fn collect_garbage(&self) -> Result<()> {
-        let options = self.conn.options();
-        let in_pool = format!("{}/", options.pool_path);
-        let in_use = self.conn.domains().await?.into_iter().any(|d| {
-            d.observed.disk_pools.contains(&options.pool_name)
-                || d.observed
-                    .boot_files
-                    .iter()
-                    .any(|f| f.starts_with(&in_pool))
-        });
-        if in_use {
-            return Ok(());
-        }
-        for volume in self.conn.list_volumes().await? {
-            if volume.starts_with("kiln-image-") {
-                self.conn.delete_volume(&volume).await?;
-            }
-        }
-        if self.conn.remove_pool_if_empty().await? {
-            info!("removed the empty kiln pool on {}", self.uri());
-        }
-        Ok(())
     }
 }
 

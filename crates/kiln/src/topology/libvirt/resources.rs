@@ -1,0 +1,146 @@
+//! What a libvirt VM needs on its host before it is defined: acceleration, the image's
+//! volumes, the NAT network, a secret; and the image volumes collected once unused.
+
+use log::info;
+
+use super::{LibvirtHost, NAT_NETWORK, NAT_OWNER, NAT_SUBNET, image_volumes, secret_volume};
+use crate::backend::libvirt::{KilnTag, VolumeFormat};
+use crate::progress::{self, Reporter, Stage};
+use crate::spec::NetworkSpec;
+use crate::{Accel, AccelChoice, AccelProbe, Error, Result, VmSpec};
+
+impl LibvirtHost {
+    /// KVM or TCG for a spec. On this machine the local probe decides; on a remote host kiln
+    /// cannot look at `/dev/kvm`, so only an explicit `--accel kvm` asks for it.
+    pub(super) fn choose_accel(&self, spec: &VmSpec) -> Result<(Accel, String)> {
+        if self.conn.is_local() {
+            let probe = AccelProbe::probe();
+            let accel = probe.choose(spec.accel())?;
+            return Ok((accel, probe.reason));
+        }
+        Ok(match spec.accel() {
+            AccelChoice::Kvm => (Accel::Kvm, "asked for".to_owned()),
+            _ => (
+                Accel::Tcg,
+                "a remote host's KVM cannot be probed from here; pass --accel kvm to use it"
+                    .to_owned(),
+            ),
+        })
+    }
+
+    /// Uploads the kiln image's kernel and initramfs into the pool (once per image digest)
+    /// and returns their paths on the host.
+    pub(super) async fn ensure_image(
+        &self,
+        spec: &VmSpec,
+        reporter: &dyn Reporter,
+    ) -> Result<(String, String)> {
+        if !self.runs_guests() {
+            let dir = &self.conn.options().pool_path;
+            return Ok((
+                format!("{dir}/kiln-test-vmlinux"),
+                format!("{dir}/kiln-test-initramfs"),
+            ));
+        }
+        let image = self
+            .images
+            .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
+            .await?;
+        let [kernel, initrd, complete] = image_volumes(&image);
+        let existing = self.conn.list_volumes().await?;
+        if ![&kernel, &initrd, &complete]
+            .iter()
+            .all(|v| existing.contains(v))
+        {
+            progress::stage(reporter, Stage::UploadImage, async {
+                // Without the marker an earlier upload may have been cut short: redo both.
+                self.conn.upload_volume(&kernel, &image.kernel()).await?;
+                self.conn.upload_volume(&initrd, &image.initramfs()).await?;
+                self.conn
+                    .ensure_volume(&complete, 1, VolumeFormat::Raw, None)
+                    .await?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
+        let kernel_path = self
+            .conn
+            .ensure_volume(&kernel, 1, VolumeFormat::Raw, None)
+            .await?;
+        let initrd_path = self
+            .conn
+            .ensure_volume(&initrd, 1, VolumeFormat::Raw, None)
+            .await?;
+        Ok((kernel_path, initrd_path))
+    }
+
+    /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns
+    /// may race here: the loser finds it made.
+    pub(super) async fn ensure_nat_network(&self, spec: &VmSpec) -> Result<()> {
+        if spec.user_net() != Some(crate::NetPolicy::Nat) {
+            return Ok(());
+        }
+        for attempt in 0..2 {
+            let made = async {
+                if self.conn.network(NAT_NETWORK).await?.is_none() {
+                    let nat = NetworkSpec::nat(NAT_NETWORK, NAT_SUBNET)
+                        .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
+                        .build()?;
+                    let tag = KilnTag::new(NAT_OWNER, &nat)?;
+                    let doc = crate::backend::libvirt::xml::network_xml(&nat, &tag)?;
+                    self.conn.define_network(NAT_NETWORK, doc).await?;
+                }
+                self.conn.ensure_network_active(NAT_NETWORK).await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            match made {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt == 0 => {
+                    log::debug!("{NAT_NETWORK}: {err}; once more");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
+    /// volume's path on the libvirt host.
+    pub(super) async fn new_secret(&self, name: &str) -> Result<String> {
+        let volume = secret_volume(name);
+        let mut secret = [0u8; kiln_proto::handshake::SECRET_LEN];
+        crate::state::random_bytes(&mut secret, std::path::Path::new(&volume))?;
+        let (path, _) = self
+            .conn
+            .upload_bytes(&volume, hex::encode(secret).into_bytes(), true)
+            .await?;
+        Ok(path)
+    }
+
+    /// Removes image volumes and the pool once no domain on the host uses the pool (boots
+    /// from its files or has disks in it).
+    pub(super) async fn collect_garbage(&self) -> Result<()> {
+        let options = self.conn.options();
+        let in_pool = format!("{}/", options.pool_path);
+        let in_use = self.conn.domains().await?.into_iter().any(|d| {
+            d.observed.disk_pools.contains(&options.pool_name)
+                || d.observed
+                    .boot_files
+                    .iter()
+                    .any(|f| f.starts_with(&in_pool))
+        });
+        if in_use {
+            return Ok(());
+        }
+        for volume in self.conn.list_volumes().await? {
+            if volume.starts_with("kiln-image-") {
+                self.conn.delete_volume(&volume).await?;
+            }
+        }
+        if self.conn.remove_pool_if_empty().await? {
+            info!("removed the empty kiln pool on {}", self.uri());
+        }
+        Ok(())
+    }
+}
