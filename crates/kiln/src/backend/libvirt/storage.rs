@@ -27,7 +27,7 @@ impl LibvirtConn {
     pub async fn pool_available(&self) -> Result<u64, LibvirtError> {
         self.call(|inner| {
             let pool = inner.pool()?;
-            pool.refresh(0).map_err(inner.err("refresh", "the pool"))?;
+            inner.refresh_pool(&pool);
             Ok(pool
                 .info()
                 .map_err(inner.err("read", "the pool"))?
@@ -50,7 +50,7 @@ impl LibvirtConn {
             if !pool.is_active().map_err(inner.err("read", "the pool"))? {
                 return Ok(Vec::new());
             }
-            pool.refresh(0).map_err(inner.err("refresh", "the pool"))?;
+            inner.refresh_pool(&pool);
             pool.list_volumes().map_err(inner.err("list", "volumes"))
         })
         .await
@@ -177,7 +177,7 @@ impl LibvirtConn {
                 return Ok(None);
             };
             // A file that grew (a log) shows its new size only after a refresh.
-            pool.refresh(0).map_err(inner.err("refresh", "the pool"))?;
+            inner.refresh_pool(&pool);
             let Some(vol) = inner.volume(&pool, &name)? else {
                 return Ok(None);
             };
@@ -217,7 +217,7 @@ impl LibvirtConn {
                 return Ok(false);
             };
             if pool.is_active().map_err(inner.err("read", "the pool"))? {
-                pool.refresh(0).map_err(inner.err("refresh", "the pool"))?;
+                inner.refresh_pool(&pool);
                 if !pool
                     .list_volumes()
                     .map_err(inner.err("list", "volumes"))?
@@ -238,7 +238,32 @@ impl LibvirtConn {
     }
 }
 
+/// How often, and how long apart, a refresh is tried while the pool is busy.
+const REFRESH_TRIES: u32 = 20;
+const REFRESH_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
 impl Inner {
+    /// Rescans the pool's directory, for files that changed behind libvirt's back (a
+    /// console log that grew). libvirt refuses while a stream on one of the pool's volumes
+    /// is open ("asynchronous jobs running"), as when many clients read secrets at once:
+    /// the refresh is retried briefly, then skipped. What kiln made through libvirt is
+    /// known to it without one, so a skipped refresh costs only a log's newest bytes.
+    pub(super) fn refresh_pool(&self, pool: &StoragePool) {
+        for _ in 0..REFRESH_TRIES {
+            match pool.refresh(0) {
+                Ok(_) => return,
+                Err(err) if err.message().contains("asynchronous jobs") => {
+                    std::thread::sleep(REFRESH_PAUSE);
+                }
+                Err(err) => {
+                    debug!("refreshing the pool: {}", err.message());
+                    return;
+                }
+            }
+        }
+        debug!("the pool stayed busy; going on without a refresh");
+    }
+
     pub(super) fn lookup_pool(&self) -> Result<Option<StoragePool>, LibvirtError> {
         match self
             .conn
