@@ -286,3 +286,42 @@ async fn a_lying_guest_writes_nothing_outside_and_the_host_stays_bounded() {
     );
     session.shutdown(&NoProgress).await.unwrap();
 }
+
+/// A guest that floods its serial console cannot fill the host's disk: `serial.log` keeps at
+/// most the cap of each boot, and the guest runs on (what it prints past the cap is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_flooding_its_console_is_capped() {
+    const CAP: u64 = 64 << 10;
+    let env = TestEnv::new();
+    kiln_testkit::require_vm_prerequisites();
+    let backend = kiln::backend::qemu::QemuBackend::new().with_console_log_max(CAP);
+    let kiln = kiln::Kiln::new(env.paths(), std::sync::Arc::new(backend))
+        .with_image_inputs(kiln_testkit::image_inputs());
+    let spec = VmSpec::builder("flood").memory_mib(256).build().unwrap();
+    let vm = kiln.up(spec, &NoProgress).await.unwrap();
+    let agent = vm.agent().await.unwrap();
+    // About 1 MiB, sixteen times the cap, straight to the serial port as root.
+    run(
+        &agent,
+        "head -c 1048576 /dev/zero | tr '\\0' x > /dev/ttyS0; echo done",
+    )
+    .await;
+    let log = vm.paths().serial_log();
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        len <= CAP,
+        "serial.log grew to {len} bytes, past the cap of {CAP}"
+    );
+    assert!(len > 0, "the boot was not logged");
+    // The guest runs on, and answers.
+    let out = agent
+        .exec(ExecRequest::new(["echo", "still here"]))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"still here\n");
+    drop(agent);
+    kiln.remove("flood", true, &NoProgress).await.unwrap();
+}

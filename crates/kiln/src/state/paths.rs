@@ -123,6 +123,10 @@ impl VmPaths {
     pub fn secret(&self) -> PathBuf {
         self.dir.join("secret")
     }
+    /// The FIFO QEMU writes the serial console into (see `serial_log`).
+    pub fn console_fifo(&self) -> PathBuf {
+        self.run.join("console")
+    }
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join("serial.log")
     }

@@ -26,7 +26,9 @@ pub struct QemuLaunch {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
-    pub serial_log: PathBuf,
+    /// Where QEMU writes the serial console: a FIFO that a logger drains, capped, into
+    /// `serial.log`.
+    pub console: PathBuf,
     pub qmp_socket: PathBuf,
     /// One socket per agent port, by index.
     pub agent_sockets: Vec<PathBuf>,
@@ -105,7 +107,7 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
     argv.push_path("-kernel", &l.kernel);
     argv.push_path("-initrd", &l.initrd);
     argv.push(["-append", &l.cmdline]);
-    argv.push_kv("-chardev", "file,id=serial0,append=on,path=", &l.serial_log);
+    argv.push_kv("-chardev", "file,id=serial0,path=", &l.console);
     argv.push(["-serial", "chardev:serial0"]);
     argv.push_kv(
         "-chardev",
@@ -265,7 +267,7 @@ mod tests {
             kernel: PathBuf::from("/k/images/default/vmlinux"),
             initrd: PathBuf::from("/k/images/default/initramfs.cpio"),
             cmdline: "console=ttyS0 kiln.name=web-1".into(),
-            serial_log: p("serial.log"),
+            console: p("console"),
             qmp_socket: p("qmp.sock"),
             agent_sockets: vec![p("agent.sock"), p("agent.1.sock")],
             secret: p("secret"),
@@ -297,7 +299,7 @@ mod tests {
 -bios /usr/share/qemu/qboot.rom \
 -kernel /k/images/default/vmlinux -initrd /k/images/default/initramfs.cpio \
 -append console=ttyS0 kiln.name=web-1 \
--chardev file,id=serial0,append=on,path=/k/vms/web-1/serial.log -serial chardev:serial0 \
+-chardev file,id=serial0,path=/k/vms/web-1/console -serial chardev:serial0 \
 -chardev socket,id=qmp,server=on,wait=off,path=/k/vms/web-1/qmp.sock -mon chardev=qmp,mode=control \
 -device virtio-serial-device \
 -chardev socket,id=agent0,server=on,wait=off,path=/k/vms/web-1/agent.sock \
@@ -389,7 +391,7 @@ hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53 "
     #[test]
     fn commas_in_paths_are_escaped_for_qemu() {
         let mut l = launch(Machine::Microvm, Accel::Tcg);
-        l.serial_log = PathBuf::from("/a,b/serial.log");
-        assert!(joined(&l).contains("path=/a,,b/serial.log"));
+        l.console = PathBuf::from("/a,b/console");
+        assert!(joined(&l).contains("path=/a,,b/console"));
     }
 }

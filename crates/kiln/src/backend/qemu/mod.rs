@@ -2,6 +2,7 @@
 //! `-daemonize` so it outlives the `kiln` that started it, controlled over a QMP socket.
 
 mod argv;
+mod console;
 mod passt;
 mod process;
 mod qmp;
@@ -90,6 +91,8 @@ pub struct QemuBackend {
     /// qboot for microvm: SeaBIOS sometimes stalls there (see ENVIRONMENT.md).
     firmware: Option<PathBuf>,
     machine: Machine,
+    /// The most of one boot's console kept in `serial.log`.
+    console_log_max: u64,
 }
 
 impl Default for QemuBackend {
@@ -113,7 +116,15 @@ impl QemuBackend {
             img_binary: PathBuf::from("qemu-img"),
             firmware,
             machine: Machine::Microvm,
+            console_log_max: console::DEFAULT_CONSOLE_LOG_MAX,
         }
+    }
+
+    /// Keeps at most `bytes` of each boot's console in `serial.log` (default 8 MiB); what
+    /// the guest prints past that is dropped.
+    pub fn with_console_log_max(mut self, bytes: u64) -> Self {
+        self.console_log_max = bytes;
+        self
     }
 
     pub fn binary(&self) -> &std::path::Path {
@@ -155,7 +166,7 @@ impl QemuBackend {
                 }
                 cmdline
             },
-            serial_log: paths.serial_log(),
+            console: paths.console_fifo(),
             qmp_socket: paths.qmp_socket(),
             agent_sockets: (0..kiln_proto::AGENT_PORTS)
                 .map(|index| paths.agent_socket(index))
@@ -309,7 +320,15 @@ impl Backend for QemuBackend {
                 Err(err) => return Err(IoError::new("remove", socket, err).into()),
             }
         }
-        let pid = process::spawn_daemonized(&self.binary, &argv, &plan.pidfile).await?;
+        let console = console::attach(
+            &plan.console,
+            &launch.paths.serial_log(),
+            self.console_log_max,
+        )?;
+        let started = process::spawn_daemonized(&self.binary, &argv, &plan.pidfile).await;
+        // QEMU has the FIFO open now (or never will): the logger ends when QEMU does.
+        drop(console);
+        let pid = started?;
         info!(
             "started qemu for {} as pid {pid} ({})",
             plan.name, plan.accel
