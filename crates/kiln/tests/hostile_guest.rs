@@ -81,6 +81,66 @@ async fn lie(agent: &AgentClient, list: &str, stream: &[u8], endless: bool) {
     run(agent, &format!("{endless} {PAYLOAD_DIR}/endless")).await;
 }
 
+/// Cases 8 to 10: lies that reach the host through the agent alone, with no session: `kiln cp`
+/// pulling a tar stream that climbs out, a command flooding its output, and a pull that gets
+/// no data but a trickle of stderr. The guest runs the fake shell already; `dest` is where
+/// the host unpacks.
+async fn lies_through_the_agent(agent: &AgentClient, dest: &Path) {
+    // 8. `kiln cp` from the guest: the same lies through the other reader.
+    let mut stream = Vec::new();
+    tar_entry(
+        &mut stream,
+        EntryType::Regular,
+        b"x/../../bashrc",
+        b"owned\n",
+    );
+    lie(agent, "", &stream, false).await;
+    let err = copy_error(
+        copy::pull(
+            agent,
+            "/workspace/x",
+            &dest.join("pulled"),
+            &CopyLimits::default(),
+        )
+        .await,
+    );
+    assert!(matches!(err, CopyError::UnsafePath { .. }), "{err}");
+
+    // 9. A command that floods its output: collected only up to the limit, then killed.
+    let flood = agent
+        .exec(ExecRequest::new([REAL_BUSYBOX, "yes", "flood"]))
+        .await
+        .unwrap()
+        .output_limited(1 << 20)
+        .await;
+    assert!(
+        matches!(flood, Err(AgentError::OutputTooLarge { .. })),
+        "{flood:?}"
+    );
+
+    // 10. A guest that sends no data but keeps writing to stderr: the pull still times out.
+    lie(agent, "5 100 ./new.txt\n", b"", false).await;
+    run(agent, &format!("touch {PAYLOAD_DIR}/trickle")).await;
+    let started = std::time::Instant::now();
+    let err = copy::pull(
+        agent,
+        "/workspace/x",
+        &dest.join("pulled"),
+        &CopyLimits::default().max_idle(std::time::Duration::from_secs(3)),
+    )
+    .await;
+    assert!(
+        matches!(err, Err(Error::Agent(AgentError::Timeout { .. }))),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    run(agent, &format!("rm -f {PAYLOAD_DIR}/trickle")).await;
+}
+
 fn copy_error(result: kiln::Result<impl std::fmt::Debug>) -> CopyError {
     match result {
         Err(Error::Copy(err)) => err,
@@ -213,52 +273,8 @@ async fn a_lying_guest_writes_nothing_outside_and_the_host_stays_bounded() {
         "{err}"
     );
 
-    // 8. `kiln cp` from the guest: the same lies through the other reader.
-    let mut stream = Vec::new();
-    tar_entry(
-        &mut stream,
-        EntryType::Regular,
-        b"x/../../bashrc",
-        b"owned\n",
-    );
-    lie(&agent, "", &stream, false).await;
-    let dest = ws.join("pulled");
-    let err = copy_error(copy::pull(&agent, "/workspace/x", &dest, &CopyLimits::default()).await);
-    assert!(matches!(err, CopyError::UnsafePath { .. }), "{err}");
-
-    // 9. A command that floods its output: collected only up to the limit, then killed.
-    let flood = agent
-        .exec(ExecRequest::new([REAL_BUSYBOX, "yes", "flood"]))
-        .await
-        .unwrap()
-        .output_limited(1 << 20)
-        .await;
-    assert!(
-        matches!(flood, Err(AgentError::OutputTooLarge { .. })),
-        "{flood:?}"
-    );
-
-    // 10. A guest that sends no data but keeps writing to stderr: the pull still times out.
-    lie(&agent, "5 100 ./new.txt\n", b"", false).await;
-    run(&agent, &format!("touch {PAYLOAD_DIR}/trickle")).await;
-    let started = std::time::Instant::now();
-    let err = copy::pull(
-        &agent,
-        "/workspace/x",
-        &ws.join("pulled"),
-        &CopyLimits::default().max_idle(std::time::Duration::from_secs(3)),
-    )
-    .await;
-    assert!(
-        matches!(err, Err(Error::Agent(AgentError::Timeout { .. }))),
-        "{err:?}"
-    );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
-        "{:?}",
-        started.elapsed()
-    );
-    run(&agent, &format!("rm -f {PAYLOAD_DIR}/trickle")).await;
+    // 8-10: what reaches the host through the agent alone (the same on libvirt).
+    lies_through_the_agent(&agent, &ws).await;
 
     let peak_kib = peak_rss_kib();
     assert_eq!(
@@ -324,4 +340,47 @@ async fn a_guest_flooding_its_console_is_capped() {
     assert_eq!(out.stdout, b"still here\n");
     drop(agent);
     kiln.remove("flood", true, &NoProgress).await.unwrap();
+}
+
+/// The lies that need no session (cases 8 to 10), from a guest on a real libvirtd: its agent
+/// is reached through a libvirt channel, and the host must hold just the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_guest_on_libvirt_is_held_the_same() {
+    use kiln::topology::Host;
+    kiln_testkit::require_libvirtd();
+    let env = TestEnv::new();
+    let name = kiln_testkit::unique_name("kt-hostile");
+    let host = env.libvirt_host("qemu:///system", &name).await;
+    let spec = VmSpec::builder(&name).memory_mib(384).build().unwrap();
+    host.up(&spec, &NoProgress).await.unwrap();
+    let body = tokio::spawn({
+        let host = host.clone();
+        let name = name.clone();
+        async move {
+            let agent = Host::agent(&host, &name, std::time::Duration::from_secs(30))
+                .await
+                .unwrap();
+            run(&agent, "mkdir -p /workspace").await;
+            run(&agent, &install_fake_shell()).await;
+            let top = tempfile::tempdir().unwrap();
+            std::fs::create_dir(top.path().join("ws")).unwrap();
+            std::fs::write(top.path().join("bashrc"), "original\n").unwrap();
+            let before = snapshot(top.path());
+            let baseline_kib = rss_kib();
+            reset_peak_rss();
+            lies_through_the_agent(&agent, &top.path().join("ws")).await;
+            assert_eq!(
+                snapshot(top.path()),
+                before,
+                "the lies changed the host's files"
+            );
+            let grew = peak_rss_kib().saturating_sub(baseline_kib);
+            assert!(grew < 64 << 10, "the host's memory grew by {grew} KiB");
+        }
+    })
+    .await;
+    let _ = host.remove(&name, true, &NoProgress).await;
+    if let Err(panic) = body {
+        std::panic::resume_unwind(panic.into_panic());
+    }
 }
