@@ -376,6 +376,29 @@ async fn a_lying_guest_on_libvirt_is_held_the_same() {
             );
             let grew = peak_rss_kib().saturating_sub(baseline_kib);
             assert!(grew < 64 << 10, "the host's memory grew by {grew} KiB");
+
+            // A console flood: libvirt's virtlogd rotates the log at 2 MiB (its default).
+            run(
+                &agent,
+                "head -c 3145728 /dev/zero | tr '\\0' x > /dev/ttyS0",
+            )
+            .await;
+            let mut logged = 0u64;
+            let mut offset = 0;
+            loop {
+                let chunk = host.read_log(&name, offset).await.unwrap();
+                if chunk.data.is_empty() {
+                    break;
+                }
+                logged += chunk.data.len() as u64;
+                offset = chunk.next_offset;
+            }
+            // What is left is the flood's part after the last rotation: it did get through.
+            assert!(
+                logged > 512 << 10 && logged <= 2 << 20,
+                "the console log holds {logged} bytes: not what a 3 MiB flood rotated at \
+                 2 MiB leaves"
+            );
         }
     })
     .await;

@@ -62,7 +62,7 @@ impl Host for LibvirtHost {
     }
 
     async fn read_log(&self, name: &str, offset: u64) -> Result<LogChunk> {
-        let (data, running) = LibvirtHost::read_log(self, name, offset).await?;
+        let (data, running) = self.log_from(name, offset).await?;
         Ok(LogChunk {
             next_offset: offset + data.len() as u64,
             data,

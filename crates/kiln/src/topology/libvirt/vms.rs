@@ -121,7 +121,7 @@ impl LibvirtHost {
 
     /// A VM's console log from `offset` on (at most 4 MiB at a time), and whether the VM is
     /// running. Read through the storage API, so it works for remote hosts too.
-    pub async fn read_log(&self, name: &str, offset: u64) -> Result<(Vec<u8>, bool)> {
+    pub(super) async fn log_from(&self, name: &str, offset: u64) -> Result<(Vec<u8>, bool)> {
         let domain = self.kiln_domain(name).await?;
         let log = self
             .conn
