@@ -385,3 +385,82 @@ fn snapshot_save_killed_at_random_points_converges() {
     );
     check_rm_converges_one(&env, vm);
 }
+
+/// `kiln up --connect` on a real libvirtd, killed at random points: each kill leaves a whole
+/// VM, a defined domain, or volumes without a domain; `rm --force --connect` removes every
+/// one of them, and the host keeps no domain and no volume of the VM.
+#[test]
+fn up_on_libvirt_killed_at_random_points_converges() {
+    kiln_testkit::require_libvirtd();
+    let env = TestEnv::new();
+    let mut rng = Rng::from_env("up_on_libvirt_killed_at_random_points_converges");
+    let uri = "qemu:///system";
+    let pool = kiln_testkit::unique_name("kt-kill");
+    let kiln = |args: &[&str]| {
+        let mut command = env.cli(KILN);
+        command.env("KILN_LIBVIRT_POOL", &pool).args(args);
+        command
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let options = kiln::backend::libvirt::LibvirtOptions {
+        pool_name: pool.clone(),
+        pool_path: format!("/var/lib/libvirt/images/{pool}"),
+        log_serial: true,
+    };
+    let conn = runtime
+        .block_on(kiln::backend::libvirt::LibvirtConn::open_with(uri, options))
+        .unwrap();
+    let check_gone = |name: &str, context: &str| {
+        let domain = runtime.block_on(conn.domain(name)).unwrap();
+        assert!(domain.is_none(), "{context}: domain {name} left");
+        let volumes = if runtime.block_on(conn.pool_exists()).unwrap() {
+            runtime.block_on(conn.list_volumes()).unwrap()
+        } else {
+            Vec::new()
+        };
+        let left: Vec<_> = volumes
+            .iter()
+            .filter(|v| v.starts_with(&format!("{name}-")))
+            .collect();
+        assert!(left.is_empty(), "{context}: volumes left: {left:?}");
+    };
+    let rm = |name: &str, context: &str| {
+        let out = kiln(&["rm", "--force", name, "--connect", uri])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() || text(&out.stderr).contains("not found"),
+            "{context}: rm: {}",
+            text(&out.stderr)
+        );
+    };
+
+    let started = Instant::now();
+    let out = kiln(&["up", "whole", "--memory", "256M", "--connect", uri])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+    let full = started.elapsed();
+    rm("whole", "the whole up");
+    check_gone("whole", "the whole up");
+
+    let iterations = faults::iterations(8);
+    let mut killed = 0;
+    for i in 0..iterations {
+        let name = format!("lvkill-{i}");
+        let delay = rng.duration_up_to(full.mul_f32(1.2));
+        let mut child = kiln(&["up", &name, "--memory", "256M", "--connect", uri])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        killed += usize::from(faults::kill_after(&mut child, delay));
+        let context = format!("iteration {i} (killed after {delay:?})");
+        rm(&name, &context);
+        check_gone(&name, &context);
+    }
+    eprintln!(
+        "figure: libvirt up: {iterations} iterations, {killed} killed mid-way (up to {:?} in), nothing left on the host",
+        full.mul_f32(1.2)
+    );
+}

@@ -168,8 +168,8 @@ impl Fleet {
     }
 
     /// Removes a VM wherever it is, and forgets a libvirt host kiln has no VM left on.
-    /// Without `uri`, a name found nowhere may still be what an interrupted local `up` left:
-    /// the local backend cleans that up (or says the VM is not found).
+    /// A name found nowhere may still be what an interrupted `up` left: the host it was
+    /// meant for (`uri`, or this machine) cleans that up, or says the VM is not found.
     pub async fn remove(
         &self,
         name: &str,
@@ -179,7 +179,10 @@ impl Fleet {
     ) -> Result<()> {
         let located = match self.locate(name, uri).await {
             Ok(located) => located,
-            Err(Error::VmNotFound { .. }) if uri.is_none() => Located::local(&self.kiln),
+            Err(Error::VmNotFound { .. }) => match uri {
+                None => Located::local(&self.kiln),
+                Some(uri) => Located::libvirt(self.connect(uri).await?),
+            },
             Err(err) => return Err(err),
         };
         located.remove(name, force, reporter).await?;

@@ -98,20 +98,24 @@ pub struct LibvirtOptions {
 }
 
 impl LibvirtOptions {
-    /// The defaults for a URI: a `kiln` pool under libvirt's image directory; serial logs
-    /// beside libvirt's own for system connections.
+    /// The defaults for a URI: a pool named `kiln` (or `$KILN_LIBVIRT_POOL`) under libvirt's
+    /// image directory; serial logs beside libvirt's own for system connections.
     pub fn for_uri(uri: &str) -> Self {
         let system = uri.contains("/system");
+        let pool = std::env::var("KILN_LIBVIRT_POOL")
+            .ok()
+            .filter(|p| crate::spec::validate_name(p).is_ok())
+            .unwrap_or_else(|| "kiln".to_owned());
         Self {
-            pool_name: "kiln".to_owned(),
             pool_path: if uri.starts_with("test:") {
                 "/kiln-test-pool".to_owned()
             } else if system {
-                "/var/lib/libvirt/images/kiln".to_owned()
+                format!("/var/lib/libvirt/images/{pool}")
             } else {
                 let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".to_owned());
-                format!("{home}/.local/share/libvirt/images/kiln")
+                format!("{home}/.local/share/libvirt/images/{pool}")
             },
+            pool_name: pool,
             log_serial: !uri.starts_with("test:"),
         }
     }

@@ -203,6 +203,8 @@ impl VmHost for LibvirtHost {
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         self.conn.ensure_pool_active().await?;
+        // An `up` killed before its domain was defined left volumes: they are not this VM's.
+        self.remove_leftovers(spec.name()).await?;
         self.ensure_nat_network(spec).await?;
         let secret_file = self.new_secret(spec.name()).await?;
         let def = self.domain_def(spec, owner, secret_file, reporter).await?;
@@ -246,17 +248,7 @@ impl VmHost for LibvirtHost {
     async fn delete_vm(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
         progress::stage(reporter, Stage::Remove, async {
             self.conn.undefine_domain(name).await?;
-            let prefix = format!("{name}-disk");
-            let log = serial_log_volume(name);
-            let secret = secret_volume(name);
-            for volume in self.conn.list_volumes().await? {
-                if (volume.starts_with(&prefix) && volume.ends_with(".qcow2"))
-                    || volume == log
-                    || volume == secret
-                {
-                    self.conn.delete_volume(&volume).await?;
-                }
-            }
+            self.remove_leftovers(name).await?;
             self.collect_garbage().await
         })
         .await

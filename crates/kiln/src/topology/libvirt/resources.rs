@@ -3,7 +3,10 @@
 
 use log::info;
 
-use super::{LibvirtHost, NAT_NETWORK, NAT_OWNER, NAT_SUBNET, image_volumes, secret_volume};
+use super::{
+    LibvirtHost, NAT_NETWORK, NAT_OWNER, NAT_SUBNET, image_volumes, secret_volume,
+    serial_log_volume,
+};
 use crate::backend::libvirt::{KilnTag, VolumeFormat};
 use crate::progress::{self, Reporter, Stage};
 use crate::spec::NetworkSpec;
@@ -142,5 +145,48 @@ impl LibvirtHost {
             info!("removed the empty kiln pool on {}", self.uri());
         }
         Ok(())
+    }
+
+    /// Removes the volumes kiln makes for VM `name` (disks, secret, console log) and returns
+    /// how many there were. With its domain gone, they are what a killed `up` or `rm` left.
+    pub(super) async fn remove_leftovers(&self, name: &str) -> Result<usize> {
+        if !self.conn.pool_exists().await? {
+            return Ok(0);
+        }
+        let (log, secret) = (serial_log_volume(name), secret_volume(name));
+        let mut removed = 0;
+        for volume in self.conn.list_volumes().await? {
+            if is_disk_of(&volume, name) || volume == log || volume == secret {
+                self.conn.delete_volume(&volume).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether `volume` is one of VM `name`'s disks (`NAME-diskN.qcow2`), and not a disk of a VM
+/// whose name merely starts the same (`NAME-disk1-disk0.qcow2`).
+fn is_disk_of(volume: &str, name: &str) -> bool {
+    volume
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix("-disk"))
+        .and_then(|rest| rest.strip_suffix(".qcow2"))
+        .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vms_disks_are_told_from_another_vms() {
+        assert!(is_disk_of("web-disk0.qcow2", "web"));
+        assert!(is_disk_of("web-disk12.qcow2", "web"));
+        assert!(!is_disk_of("web-disk1-disk0.qcow2", "web"));
+        assert!(!is_disk_of("web-2-disk0.qcow2", "web"));
+        assert!(!is_disk_of("web-disk.qcow2", "web"));
+        assert!(!is_disk_of("web-disk0.raw", "web"));
+        assert!(is_disk_of("web-disk1-disk0.qcow2", "web-disk1"));
     }
 }

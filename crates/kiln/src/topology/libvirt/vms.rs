@@ -105,9 +105,16 @@ impl LibvirtHost {
         Ok(self.conn.set_suspended(name, paused).await?)
     }
 
-    /// Removes a VM, its disks and its log. A running VM needs `force`.
+    /// Removes a VM, its disks and its log. A running VM needs `force`. With no domain of
+    /// that name, what a killed `up` left of one (its volumes) is removed, and only a name
+    /// with nothing at all is not found.
     pub async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()> {
-        let domain = self.kiln_domain(name).await?;
+        let domain = match self.kiln_domain(name).await {
+            Err(Error::VmNotFound { .. }) if self.remove_leftovers(name).await? > 0 => {
+                return self.collect_garbage().await;
+            }
+            other => other?,
+        };
         if domain.active && !force {
             return Err(Error::WrongState {
                 name: name.to_owned(),
