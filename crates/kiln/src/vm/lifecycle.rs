@@ -424,6 +424,10 @@ impl Kiln {
     pub(super) async fn discard(&self, name: &str, paths: &VmPaths) -> Result<()> {
         self.backend.kill(paths).await?;
         paths.remove_all()?;
+        // A QEMU whose starter was killed can still be on its way up: one that got as far
+        // as binding its sockets before the directories went is found by them now; one that
+        // comes later cannot bind them, and exits.
+        self.backend.kill(paths).await?;
         self.networks().release(name).await
     }
 }
