@@ -102,3 +102,80 @@ async fn each_policy_reaches_exactly_what_it_promises_on_libvirt() {
         removed.unwrap();
     }
 }
+
+/// The address DHCP gave a VM's first NIC.
+async fn address_of(host: &LibvirtHost, vm: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(
+            host,
+            vm,
+            "ip -4 -o addr show eth0 | sed -n 's/.* inet \\([0-9.]*\\)\\/.*/\\1/p'",
+        )
+        .await;
+        let address = String::from_utf8_lossy(&out).trim().to_owned();
+        if !address.is_empty() {
+            return address;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{vm} got no address on kiln-nat"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Two VMs under `nat` share kiln's NAT bridge, whose ports are isolated: each reaches the
+/// gateway (and the host through it) but never the other's services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vms_on_the_nat_bridge_cannot_reach_each_other() {
+    require_libvirtd();
+    let env = TestEnv::new();
+    let id = unique_name("kt-iso");
+    let host = env.libvirt_host("qemu:///system", &id).await;
+    let (a, b) = (format!("{id}-a"), format!("{id}-b"));
+    let result = async {
+        for name in [&a, &b] {
+            let spec = VmSpec::builder(name).memory_mib(256).build()?;
+            host.up(&spec, &NoProgress).await?;
+        }
+        let address = address_of(&host, &a).await;
+        run(
+            &host,
+            &a,
+            "mkdir -p /srv/www && echo served > /srv/www/x && httpd -p 80 -h /srv/www",
+        )
+        .await;
+        // The server is up: the host reaches it over the bridge.
+        let from_host = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((address.as_str(), 80)),
+        )
+        .await;
+        assert!(
+            matches!(from_host, Ok(Ok(_))),
+            "the host cannot reach {a}'s server at {address}: {from_host:?}"
+        );
+        // The other VM cannot.
+        address_of(&host, &b).await;
+        let out = run(
+            &host,
+            &b,
+            &format!(
+                "printf 'GET /x HTTP/1.0\\r\\n\\r\\n' | timeout 8 nc -w 3 {address} 80; echo \"rc=$?\""
+            ),
+        )
+        .await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains("served") && !out.contains("rc=0"),
+            "{b} reached {a} at {address}: {out}"
+        );
+        Ok::<_, kiln::Error>(())
+    }
+    .await;
+    for name in [&a, &b] {
+        let _ = host.remove(name, true, &NoProgress).await;
+    }
+    result.unwrap();
+}

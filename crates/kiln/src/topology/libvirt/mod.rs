@@ -294,7 +294,7 @@ impl NetworkHost for LibvirtHost {
 
     async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
         let tag = KilnTag::new(owner, spec)?;
-        let doc = crate::backend::libvirt::xml::network_xml(spec, &tag)?;
+        let doc = crate::backend::libvirt::xml::network_xml(spec, &tag, false)?;
         self.conn.define_network(spec.name(), doc).await?;
         self.conn.ensure_network_active(spec.name()).await?;
         Ok(())

@@ -78,20 +78,34 @@ impl LibvirtHost {
     }
 
     /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns
-    /// may race here: the loser finds it made.
+    /// may race here: the loser finds it made. One made before its guests were isolated
+    /// from each other is remade when no kiln VM runs (a running one would lose its NIC).
     pub(super) async fn ensure_nat_network(&self, spec: &VmSpec) -> Result<()> {
         if spec.user_net() != Some(crate::NetPolicy::Nat) {
             return Ok(());
         }
         for attempt in 0..2 {
             let made = async {
-                if self.conn.network(NAT_NETWORK).await?.is_none() {
-                    let nat = NetworkSpec::nat(NAT_NETWORK, NAT_SUBNET)
-                        .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
-                        .build()?;
-                    let tag = KilnTag::new(NAT_OWNER, &nat)?;
-                    let doc = crate::backend::libvirt::xml::network_xml(&nat, &tag)?;
-                    self.conn.define_network(NAT_NETWORK, doc).await?;
+                match self.conn.network(NAT_NETWORK).await? {
+                    None => {
+                        self.conn
+                            .define_network(NAT_NETWORK, nat_network_xml()?)
+                            .await?;
+                    }
+                    Some(net) if !net.observed.guests_isolated => {
+                        if self.conn.kiln_domains().await?.iter().any(|d| d.active) {
+                            log::warn!(
+                                "{NAT_NETWORK} lets its guests reach each other (made by an older kiln); it is remade once no kiln VM runs"
+                            );
+                        } else {
+                            info!("{NAT_NETWORK}: remaking it so its guests are isolated");
+                            self.conn.remove_network(NAT_NETWORK).await?;
+                            self.conn
+                                .define_network(NAT_NETWORK, nat_network_xml()?)
+                                .await?;
+                        }
+                    }
+                    Some(_) => {}
                 }
                 self.conn.ensure_network_active(NAT_NETWORK).await?;
                 Ok::<_, Error>(())
@@ -165,6 +179,16 @@ impl LibvirtHost {
     }
 }
 
+/// [`NAT_NETWORK`]: NAT to the host's networks, DHCP, and guests that reach the gateway but
+/// not each other (a VM must not reach another VM's services through it).
+fn nat_network_xml() -> Result<String> {
+    let nat = NetworkSpec::nat(NAT_NETWORK, NAT_SUBNET)
+        .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
+        .build()?;
+    let tag = KilnTag::new(NAT_OWNER, &nat)?;
+    Ok(crate::backend::libvirt::xml::network_xml(&nat, &tag, true)?)
+}
+
 /// Whether `volume` is one of VM `name`'s disks (`NAME-diskN.qcow2`), and not a disk of a VM
 /// whose name merely starts the same (`NAME-disk1-disk0.qcow2`).
 fn is_disk_of(volume: &str, name: &str) -> bool {
@@ -178,6 +202,14 @@ fn is_disk_of(volume: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kilns_nat_network_isolates_its_guests() {
+        let xml = nat_network_xml().unwrap();
+        crate::backend::libvirt::xml::golden::assert_golden("network-kiln-nat", &xml);
+        let observed = crate::backend::libvirt::xml::parse_network(&xml).unwrap();
+        assert!(observed.guests_isolated);
+    }
 
     #[test]
     fn a_vms_disks_are_told_from_another_vms() {

@@ -12,7 +12,16 @@ struct NetworkOut<'a> {
     metadata: MetadataOut<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     forward: Option<ForwardOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<PortOut>,
     ip: IpOut,
+}
+
+/// `<port isolated="yes"/>`: guests on the bridge reach the gateway, never each other.
+#[derive(Debug, Serialize)]
+struct PortOut {
+    #[serde(rename = "@isolated")]
+    isolated: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,7 +66,13 @@ struct HostOut {
 }
 
 /// A network document for `spec`, tagged with `tag`.
-pub fn network_xml(spec: &NetworkSpec, tag: &KilnTag) -> Result<String, LibvirtError> {
+/// The network for `spec`. With `isolate_guests`, its guests reach the gateway (and through
+/// it, NAT) but not each other.
+pub fn network_xml(
+    spec: &NetworkSpec,
+    tag: &KilnTag,
+    isolate_guests: bool,
+) -> Result<String, LibvirtError> {
     let has_dhcp = spec.dhcp().is_some() || !spec.reservations().is_empty();
     let doc = NetworkOut {
         name: spec.name(),
@@ -66,6 +81,7 @@ pub fn network_xml(spec: &NetworkSpec, tag: &KilnTag) -> Result<String, LibvirtE
             NetworkMode::Nat => Some(ForwardOut { mode: "nat" }),
             NetworkMode::Isolated => None,
         },
+        port: isolate_guests.then_some(PortOut { isolated: "yes" }),
         ip: IpOut {
             address: spec.gateway().to_string(),
             prefix: spec.subnet().prefix_len(),
@@ -95,6 +111,8 @@ pub fn network_xml(spec: &NetworkSpec, tag: &KilnTag) -> Result<String, LibvirtE
 pub struct NetworkObserved {
     pub tag: Option<KilnTag>,
     pub subnets: Vec<ipnet::Ipv4Net>,
+    /// Guests on it cannot reach each other (`<port isolated="yes"/>`).
+    pub guests_isolated: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +121,14 @@ struct NetworkIn {
     metadata: Option<MetadataIn>,
     #[serde(default)]
     ip: Vec<IpIn>,
+    #[serde(default)]
+    port: Option<PortIn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PortIn {
+    #[serde(rename = "@isolated", default)]
+    isolated: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +163,10 @@ pub fn parse_network(xml: &str) -> Result<NetworkObserved, LibvirtError> {
         })
         .collect();
     Ok(NetworkObserved {
+        guests_isolated: doc
+            .port
+            .and_then(|p| p.isolated)
+            .is_some_and(|i| i == "yes"),
         tag: tag_of(doc.metadata),
         subnets,
     })
@@ -158,7 +188,7 @@ mod tests {
             .reserve_host(mac, std::net::Ipv4Addr::from([10, 10, 0, 10]), "web-1")
             .build()
             .unwrap();
-        let xml = network_xml(&spec, &tag()).unwrap();
+        let xml = network_xml(&spec, &tag(), false).unwrap();
         assert_golden("network-nat", &xml);
         let observed = parse_network(&xml).unwrap();
         assert_eq!(observed.tag, Some(tag()));
@@ -170,7 +200,7 @@ mod tests {
         let spec = NetworkSpec::isolated("back", "192.168.50.0/28")
             .build()
             .unwrap();
-        let xml = network_xml(&spec, &tag()).unwrap();
+        let xml = network_xml(&spec, &tag(), false).unwrap();
         assert_golden("network-isolated", &xml);
     }
 
