@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum LinkEvent {
     Data(Vec<u8>),
+    /// Data came after an end-of-file too short to count as a disconnect: the same host
+    /// whose "port open" message was late, or a new host that came at once.
+    Resumed,
     Disconnected,
 }
 
@@ -74,8 +77,30 @@ fn find_ports() -> Result<Vec<(String, PathBuf)>, String> {
 }
 
 /// Opens every agent port; each is a link of its own, served by a session of its own.
+///
+/// The driver adds ports as the host announces them, so an early agent may see only some:
+/// it looks again until all [`kiln_proto::AGENT_PORTS`] are there, or the count has held
+/// still for a while (a VM made with fewer ports).
 pub fn open_virtio_ports() -> Result<Vec<Link>, String> {
-    find_ports()?
+    let mut ports = find_ports();
+    let (mut seen, mut still) = (0, 0);
+    for _ in 0..40 {
+        let count = ports.as_ref().map_or(0, Vec::len);
+        if count >= usize::from(kiln_proto::AGENT_PORTS) {
+            break;
+        }
+        if count == seen {
+            still += 1;
+            if count > 0 && still >= 4 {
+                break;
+            }
+        } else {
+            (seen, still) = (count, 0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        ports = find_ports();
+    }
+    ports?
         .into_iter()
         .map(|(name, path)| open_virtio_port(&name, &path))
         .collect()
@@ -175,8 +200,9 @@ impl IdleWait {
 /// again, and gets end-of-file because the port does not look connected yet. Ending the
 /// session then would drop the answer to that host's `Hello` (seen as handshakes that went
 /// unanswered). So end-of-file counts as a disconnect only once it persists for
-/// [`DISCONNECT_SETTLE`]; a host that really left and a new one that came within that time
-/// is caught by the new one's sync magic instead.
+/// [`DISCONNECT_SETTLE`]. Data after a shorter one is reported as [`LinkEvent::Resumed`]:
+/// the session then ends unless it is still in its handshake with nothing half-read (a
+/// host that really left and a new one that came at once never inherits an open session).
 fn read_port(mut file: File, idle: IdleWait, events: mpsc::Sender<LinkEvent>) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut connected = false;
@@ -202,7 +228,9 @@ fn read_port(mut file: File, idle: IdleWait, events: mpsc::Sender<LinkEvent>) {
             Ok(0) => idle.wait(),
             Ok(n) => {
                 connected = true;
-                suspect = None;
+                if suspect.take().is_some() && events.blocking_send(LinkEvent::Resumed).is_err() {
+                    return;
+                }
                 if events
                     .blocking_send(LinkEvent::Data(buf[..n].to_vec()))
                     .is_err()

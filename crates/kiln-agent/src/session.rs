@@ -76,6 +76,7 @@ pub async fn serve(mut link: Link, secret: Secret) {
             event = link.events.recv() => match event {
                 Some(LinkEvent::Data(bytes)) => session.feed(&bytes).await,
                 Some(LinkEvent::Disconnected) => session.reset("host disconnected"),
+                Some(LinkEvent::Resumed) => session.resumed(),
                 None => return,
             },
             Some((epoch, stream)) = done_rx.recv() => {
@@ -99,6 +100,14 @@ impl Session {
         self.sender.epoch.fetch_add(1, Ordering::AcqRel);
         self.decoder.clear();
         self.phase = Phase::Unsynced(SyncScanner::new());
+    }
+
+    /// Data after a short end-of-file: a late "port open" only ever interrupts a handshake
+    /// at a frame boundary, so an open session, or half a frame, belongs to a host that left.
+    fn resumed(&mut self) {
+        if matches!(self.phase, Phase::Open) || self.decoder.buffered() > 0 {
+            self.reset("host reconnected");
+        }
     }
 
     async fn feed(&mut self, mut bytes: &[u8]) {
@@ -175,8 +184,14 @@ impl Session {
     async fn on_hello(&mut self, version: u32, host_nonce: [u8; 32]) {
         if version != PROTOCOL_VERSION {
             let why = format!("agent speaks protocol {PROTOCOL_VERSION}, host speaks {version}");
-            self.sender.send_raw(&SYNC_MAGIC).await;
-            self.refuse(RemoteErrorKind::VersionMismatch, &why).await;
+            let error = RemoteError {
+                kind: RemoteErrorKind::VersionMismatch,
+                message: why.clone(),
+            };
+            self.answer(Message::Error(error)).await;
+            eprintln!("kiln-agent: session refused: {why}");
+            self.decoder.clear();
+            self.phase = Phase::Unsynced(SyncScanner::new());
             return;
         }
         let mut nonce = [0u8; 32];
@@ -192,9 +207,19 @@ impl Session {
             proof: handshake::proof(&self.secret.get(), Role::Agent, &host_nonce),
             agent: agent_info(),
         };
-        self.sender.send_raw(&SYNC_MAGIC).await;
-        self.sender.send(CONTROL_STREAM, welcome).await;
+        self.answer(welcome).await;
         self.phase = Phase::AwaitAuth { nonce };
+    }
+
+    /// The sync magic and the answer to a `Hello`, as one write: a port whose host left can
+    /// hold a write until the next host comes, and a magic alone, without its answer, would
+    /// make that host misread its own answer.
+    async fn answer(&self, message: Message) {
+        if let Some(frame) = frame(CONTROL_STREAM, message) {
+            let mut bytes = SYNC_MAGIC.to_vec();
+            bytes.extend(frame);
+            self.sender.send_raw(&bytes).await;
+        }
     }
 
     async fn refuse(&mut self, kind: RemoteErrorKind, message: &str) {

@@ -134,48 +134,54 @@ async fn vms_on_the_nat_bridge_cannot_reach_each_other() {
     let id = unique_name("kt-iso");
     let host = env.libvirt_host("qemu:///system", &id).await;
     let (a, b) = (format!("{id}-a"), format!("{id}-b"));
-    let result = async {
-        for name in [&a, &b] {
-            let spec = VmSpec::builder(name).memory_mib(256).build()?;
-            host.up(&spec, &NoProgress).await?;
-        }
-        let address = address_of(&host, &a).await;
-        run(
-            &host,
-            &a,
-            "mkdir -p /srv/www && echo served > /srv/www/x && httpd -p 80 -h /srv/www",
-        )
-        .await;
-        // The server is up: the host reaches it over the bridge.
-        let from_host = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect((address.as_str(), 80)),
-        )
-        .await;
-        assert!(
-            matches!(from_host, Ok(Ok(_))),
-            "the host cannot reach {a}'s server at {address}: {from_host:?}"
-        );
-        // The other VM cannot.
-        address_of(&host, &b).await;
-        let out = run(
-            &host,
-            &b,
-            &format!(
-                "printf 'GET /x HTTP/1.0\\r\\n\\r\\n' | timeout 8 nc -w 3 {address} 80; echo \"rc=$?\""
-            ),
-        )
-        .await;
-        let out = String::from_utf8_lossy(&out);
-        assert!(
-            !out.contains("served") && !out.contains("rc=0"),
-            "{b} reached {a} at {address}: {out}"
-        );
-        Ok::<_, kiln::Error>(())
-    }
+    let result = tokio::spawn({
+        let (host, a, b) = (host.clone(), a.clone(), b.clone());
+        async move { isolation_body(&host, &a, &b).await }
+    })
     .await;
     for name in [&a, &b] {
-        let _ = host.remove(name, true, &NoProgress).await;
+        host.remove(name, true, &NoProgress).await.unwrap();
     }
-    result.unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+async fn isolation_body(host: &LibvirtHost, a: &str, b: &str) {
+    for name in [a, b] {
+        let spec = VmSpec::builder(name).memory_mib(256).build().unwrap();
+        host.up(&spec, &NoProgress).await.unwrap();
+    }
+    let address = address_of(host, a).await;
+    run(
+        host,
+        a,
+        "mkdir -p /srv/www && echo served > /srv/www/x && httpd -p 80 -h /srv/www",
+    )
+    .await;
+    // The server is up: the host reaches it over the bridge.
+    let from_host = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((address.as_str(), 80)),
+    )
+    .await;
+    assert!(
+        matches!(from_host, Ok(Ok(_))),
+        "the host cannot reach {a}'s server at {address}: {from_host:?}"
+    );
+    // The other VM cannot.
+    address_of(host, b).await;
+    let out = run(
+        host,
+        b,
+        &format!(
+            "printf 'GET /x HTTP/1.0\\r\\n\\r\\n' | timeout 8 nc -w 3 {address} 80; echo \"rc=$?\""
+        ),
+    )
+    .await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        !out.contains("served") && !out.contains("rc=0"),
+        "{b} reached {a} at {address}: {out}"
+    );
 }

@@ -112,16 +112,22 @@ pub async fn connect(
 ) -> Result<AgentClient, AgentError> {
     let deadline = Instant::now() + patience.total;
     let peer = ports.describe();
+    // A port whose handshake went unanswered is tried last next time.
+    let mut unanswered: Option<u8> = None;
     loop {
         let mut busy = 0u8;
         let mut not_ready = None;
-        for index in 0..ports.count() {
+        let order = (0..ports.count())
+            .filter(|i| Some(*i) != unanswered)
+            .chain(unanswered);
+        for index in order {
             match ports.open(index).await? {
                 PortOpen::Open(stream) => {
                     let try_deadline = deadline.min(Instant::now() + patience.per_try);
                     match AgentClient::handshake(stream, secret, try_deadline, &peer).await {
                         Err(AgentError::Timeout { .. }) if Instant::now() < deadline => {
                             debug!("agent of {peer}: handshake on port {index} unanswered");
+                            unanswered = Some(index);
                             not_ready = Some(AgentError::Timeout {
                                 what: "handshake",
                                 after: patience.total,

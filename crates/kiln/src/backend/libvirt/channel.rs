@@ -23,6 +23,9 @@ const PIPE_BUFFER: usize = 256 * 1024;
 const CHUNK: usize = 64 * 1024;
 /// How long the pump sleeps when neither side had anything.
 const IDLE: Duration = Duration::from_millis(1);
+/// How long the guest may take none of what the client sends before the channel is closed
+/// (a little past the client's own limit, `WRITE_STALL` in the agent client).
+const SEND_STALL: Duration = Duration::from_secs(130);
 /// `virStreamRecv`/`virStreamSend` on a non-blocking stream: try again later.
 const AGAIN: isize = -2;
 
@@ -166,6 +169,8 @@ fn pump(
     let mut buf = vec![0u8; CHUNK];
     let mut pending: Vec<u8> = Vec::new();
     let mut sent = 0;
+    // Since when the guest has taken none of what is pending.
+    let mut stalled_since: Option<std::time::Instant> = None;
     loop {
         let mut progress = false;
         match stream.recv(&mut buf) {
@@ -185,6 +190,15 @@ fn pump(
                 break;
             }
         }
+        // The guest stopped reading: once the client has left, or has given up on it too,
+        // the channel is given back rather than held until the guest reads again.
+        if sent < pending.len()
+            && (incoming.is_closed()
+                || stalled_since.is_some_and(|since| since.elapsed() > SEND_STALL))
+        {
+            log::debug!("the guest stopped reading its agent channel: closing it");
+            break;
+        }
         if sent == pending.len() {
             match incoming.try_recv() {
                 Ok(chunk) => {
@@ -200,8 +214,11 @@ fn pump(
                 Ok(n) if n > 0 => {
                     sent += n.unsigned_abs();
                     progress = true;
+                    stalled_since = None;
                 }
-                Ok(AGAIN) | Ok(0) => {}
+                Ok(AGAIN) | Ok(0) => {
+                    stalled_since.get_or_insert_with(std::time::Instant::now);
+                }
                 Ok(_) => break,
                 Err(err) => {
                     log::debug!("agent channel send failed: {err}");

@@ -20,12 +20,14 @@ use crate::{IoError, Result};
 /// The most of one boot's console kept on disk.
 pub const DEFAULT_CONSOLE_LOG_MAX: u64 = 8 << 20;
 
-/// A write end of the FIFO that keeps the logger from seeing end of file before QEMU has opened
-/// it: drop it once QEMU runs (or failed to start).
+/// Both ends of the FIFO, held while QEMU starts: the write end keeps the logger from seeing
+/// end of file before QEMU has opened the FIFO, and the read end keeps QEMU's open from
+/// blocking should the logger have died. Drop it once QEMU runs (or failed to start).
 #[derive(Debug)]
 #[must_use = "dropping it at once lets the logger end before QEMU opens the FIFO"]
 pub struct ConsolePipe {
-    _hold: OwnedFd,
+    _write: OwnedFd,
+    _read: OwnedFd,
 }
 
 /// Makes the FIFO at `fifo` and starts the logger copying at most `max` bytes of it to `log`
@@ -85,7 +87,16 @@ pub fn attach(fifo: &Path, log: &Path, max: u64) -> Result<ConsolePipe> {
             Err(err) => log::warn!("waiting for the console logger {pid}: {err}"),
         }
     });
-    Ok(ConsolePipe { _hold: hold })
+    let spare = rustix::fs::open(
+        fifo,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| IoError::new("open", fifo, e.into()))?;
+    Ok(ConsolePipe {
+        _write: hold,
+        _read: spare,
+    })
 }
 
 /// `head -c MAX` with its output unbuffered: each read is written as it arrives.

@@ -7,11 +7,11 @@ mod vms;
 
 pub use vms::CLI_OWNER;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::agent::{AgentClient, AgentError};
+use crate::agent::AgentClient;
 use crate::backend::libvirt::{
     DomainDef, DomainState, KilnTag, LibvirtConn, LibvirtError, LibvirtOptions, VolumeFormat,
 };
@@ -203,8 +203,6 @@ impl VmHost for LibvirtHost {
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
         self.conn.ensure_pool_active().await?;
-        // An `up` killed before its domain was defined left volumes: they are not this VM's.
-        self.remove_leftovers(spec.name()).await?;
         self.ensure_nat_network(spec).await?;
         let secret_file = self.new_secret(spec.name()).await?;
         let def = self.domain_def(spec, owner, secret_file, reporter).await?;
@@ -255,19 +253,8 @@ impl VmHost for LibvirtHost {
     }
 
     async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self
-                .agent_within(name, left.min(Duration::from_secs(10)))
-                .await
-            {
-                Err(Error::Agent(AgentError::Timeout { .. })) if Instant::now() < deadline => {
-                    log::info!("{name}: agent handshake timed out; reconnecting");
-                }
-                other => return other,
-            }
-        }
+        // `agent::connect` retries an unanswered handshake and waits for a free port itself.
+        self.agent_within(name, timeout).await
     }
 }
 

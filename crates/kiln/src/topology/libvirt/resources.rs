@@ -93,9 +93,11 @@ impl LibvirtHost {
                             .await?;
                     }
                     Some(net) if !net.observed.guests_isolated => {
-                        if self.conn.kiln_domains().await?.iter().any(|d| d.active) {
+                        let ours = net.observed.tag.as_ref().is_some_and(|t| t.owner == NAT_OWNER);
+                        // Any running guest may be on it, kiln's or not: it would lose its NIC.
+                        if !ours || self.conn.domains().await?.iter().any(|d| d.active) {
                             log::warn!(
-                                "{NAT_NETWORK} lets its guests reach each other (made by an older kiln); it is remade once no kiln VM runs"
+                                "{NAT_NETWORK} lets its guests reach each other; kiln remakes it (if it made it) once no VM runs on this host"
                             );
                         } else {
                             info!("{NAT_NETWORK}: remaking it so its guests are isolated");
@@ -170,7 +172,7 @@ impl LibvirtHost {
         let (log, secret) = (serial_log_volume(name), secret_volume(name));
         let mut removed = 0;
         for volume in self.conn.list_volumes().await? {
-            if is_disk_of(&volume, name) || volume == log || volume == secret {
+            if is_disk_of(&volume, name) || is_log(&volume, &log) || volume == secret {
                 self.conn.delete_volume(&volume).await?;
                 removed += 1;
             }
@@ -187,6 +189,16 @@ fn nat_network_xml() -> Result<String> {
         .build()?;
     let tag = KilnTag::new(NAT_OWNER, &nat)?;
     Ok(crate::backend::libvirt::xml::network_xml(&nat, &tag, true)?)
+}
+
+/// Whether `volume` is the console log `log`, or one virtlogd rotated out of it (`log.N`).
+fn is_log(volume: &str, log: &str) -> bool {
+    volume.strip_prefix(log).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix('.')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Whether `volume` is one of VM `name`'s disks (`NAME-diskN.qcow2`), and not a disk of a VM
@@ -209,6 +221,16 @@ mod tests {
         crate::backend::libvirt::xml::golden::assert_golden("network-kiln-nat", &xml);
         let observed = crate::backend::libvirt::xml::parse_network(&xml).unwrap();
         assert!(observed.guests_isolated);
+    }
+
+    #[test]
+    fn rotated_console_logs_go_with_the_vm() {
+        assert!(is_log("web-serial.log", "web-serial.log"));
+        assert!(is_log("web-serial.log.0", "web-serial.log"));
+        assert!(is_log("web-serial.log.12", "web-serial.log"));
+        assert!(!is_log("web-serial.log.x", "web-serial.log"));
+        assert!(!is_log("web-serial.log.", "web-serial.log"));
+        assert!(!is_log("web-2-serial.log", "web-serial.log"));
     }
 
     #[test]

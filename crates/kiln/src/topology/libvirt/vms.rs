@@ -107,7 +107,8 @@ impl LibvirtHost {
 
     /// Removes a VM, its disks and its log. A running VM needs `force`. With no domain of
     /// that name, what a killed `up` left of one (its volumes) is removed, and only a name
-    /// with nothing at all is not found.
+    /// with nothing at all is not found. (Not done before an `up`: a second `up` of the name
+    /// racing the first must not take its volumes.)
     pub async fn remove(&self, name: &str, force: bool, reporter: &dyn Reporter) -> Result<()> {
         let domain = match self.kiln_domain(name).await {
             Err(Error::VmNotFound { .. }) if self.remove_leftovers(name).await? > 0 => {
