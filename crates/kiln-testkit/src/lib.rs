@@ -214,6 +214,26 @@ impl Drop for TestEnv {
     }
 }
 
+/// Runs `sh -c script` in VM `vm` on `host` through a connection of its own, asserts that it
+/// exited 0, and returns its stdout.
+pub async fn sh(host: &dyn kiln::topology::Host, vm: &str, script: &str) -> String {
+    let agent = host
+        .agent(vm, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("the agent of {vm}: {e}"));
+    let out = async {
+        agent
+            .exec(kiln::ExecRequest::new(["sh", "-c", script]))
+            .await?
+            .output()
+            .await
+    }
+    .await
+    .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(out.status.success(), "{script}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where

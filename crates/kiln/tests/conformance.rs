@@ -9,8 +9,8 @@ use std::time::Duration;
 use kiln::progress::NoProgress;
 use kiln::spec::{DiskSpec, PortForward};
 use kiln::topology::{Host, LocalHost};
-use kiln::{Error, ExecRequest, VmSpec, VmState};
-use kiln_testkit::{TestEnv, require_libvirtd, unique_name};
+use kiln::{Error, VmSpec, VmState};
+use kiln_testkit::{TestEnv, require_libvirtd, sh, unique_name};
 
 /// Where the hosts differ, by design (see docs/hosts.md).
 struct Differences {
@@ -21,19 +21,6 @@ struct Differences {
     /// A snapshot the VM's disks still read through after a restore can be removed
     /// (otherwise `Error::SnapshotInUse` until the VM is removed).
     remove_snapshot_in_use: bool,
-}
-
-async fn sh(host: &dyn Host, name: &str, script: &str) -> String {
-    let agent = host.agent(name, Duration::from_secs(30)).await.unwrap();
-    let out = agent
-        .exec(ExecRequest::new(["sh", "-c", script]))
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{script}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn state(host: &dyn Host, name: &str) -> Option<VmState> {

@@ -4,27 +4,11 @@
 //! what libvirt's internal snapshots cannot hold is refused before anything is written.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::time::Duration;
-
 use kiln::backend::libvirt::LibvirtError;
 use kiln::progress::NoProgress;
-use kiln::score::VmHost;
 use kiln::topology::LibvirtHost;
-use kiln::{DiskSpec, Error, ExecRequest, ExitStatus, VmSpec};
-use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
-
-async fn sh(host: &LibvirtHost, vm: &str, script: &str) -> String {
-    let agent = host.vm_agent(vm, Duration::from_secs(30)).await.unwrap();
-    let out = agent
-        .exec(ExecRequest::new(["sh", "-c", script]))
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status, ExitStatus::Code(0), "{script}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use kiln::{DiskSpec, Error, VmSpec};
+use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, sh, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_restore_and_disk_only_snapshots_on_libvirtd() {
