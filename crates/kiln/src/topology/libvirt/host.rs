@@ -61,12 +61,18 @@ impl Host for LibvirtHost {
         self.vm_agent(name, timeout).await
     }
 
+    /// At most 4 MiB at a time, read through the storage API, so remote hosts too.
     async fn read_log(&self, name: &str, offset: u64) -> Result<LogChunk> {
-        let (data, running) = self.log_from(name, offset).await?;
+        let domain = self.kiln_domain(name).await?;
+        let data = self
+            .conn()
+            .read_volume(&super::serial_log_volume(name), offset, 4 << 20)
+            .await?
+            .unwrap_or_default();
         Ok(LogChunk {
             next_offset: offset + data.len() as u64,
             data,
-            running,
+            running: domain.active,
         })
     }
 

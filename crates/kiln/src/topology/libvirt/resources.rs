@@ -191,14 +191,16 @@ fn nat_network_xml() -> Result<String> {
     Ok(crate::backend::libvirt::xml::network_xml(&nat, &tag, true)?)
 }
 
+/// Whether `text` is a number (one or more ASCII digits).
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Whether `volume` is the console log `log`, or one virtlogd rotated out of it (`log.N`).
 fn is_log(volume: &str, log: &str) -> bool {
-    volume.strip_prefix(log).is_some_and(|rest| {
-        rest.is_empty()
-            || rest
-                .strip_prefix('.')
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    })
+    volume
+        .strip_prefix(log)
+        .is_some_and(|rest| rest.is_empty() || rest.strip_prefix('.').is_some_and(is_number))
 }
 
 /// Whether `volume` is one of VM `name`'s disks (`NAME-diskN.qcow2`), and not a disk of a VM
@@ -208,7 +210,7 @@ fn is_disk_of(volume: &str, name: &str) -> bool {
         .strip_prefix(name)
         .and_then(|rest| rest.strip_prefix("-disk"))
         .and_then(|rest| rest.strip_suffix(".qcow2"))
-        .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(is_number)
 }
 
 #[cfg(test)]

@@ -127,18 +127,6 @@ impl LibvirtHost {
         self.delete_vm(name, reporter).await
     }
 
-    /// A VM's console log from `offset` on (at most 4 MiB at a time), and whether the VM is
-    /// running. Read through the storage API, so it works for remote hosts too.
-    pub(super) async fn log_from(&self, name: &str, offset: u64) -> Result<(Vec<u8>, bool)> {
-        let domain = self.kiln_domain(name).await?;
-        let log = self
-            .conn
-            .read_volume(&super::serial_log_volume(name), offset, 4 << 20)
-            .await?
-            .unwrap_or_default();
-        Ok((log, domain.active))
-    }
-
     /// A domain kiln created; any other is not kiln's to change.
     pub(super) async fn kiln_domain(&self, name: &str) -> Result<DomainState> {
         match self.conn.domain(name).await? {
