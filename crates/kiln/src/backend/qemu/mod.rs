@@ -4,6 +4,7 @@
 mod argv;
 mod console;
 mod passt;
+mod plan;
 mod process;
 mod qmp;
 
@@ -133,73 +134,6 @@ impl QemuBackend {
 
     pub fn firmware(&self) -> Option<&std::path::Path> {
         self.firmware.as_deref()
-    }
-
-    /// The typed launch description for a VM (what `start` renders and runs).
-    pub fn plan(&self, launch: &Launch<'_>) -> QemuLaunch {
-        let paths = launch.paths;
-        QemuLaunch {
-            name: launch.spec.name().to_owned(),
-            machine: self.machine,
-            accel: launch.accel,
-            cpus: launch.spec.cpus(),
-            memory_mib: launch.spec.memory_mib(),
-            firmware: match self.machine {
-                Machine::Microvm => self.firmware.clone(),
-                Machine::Q35 => None,
-            },
-            kernel: launch.image.kernel(),
-            initrd: launch.image.initramfs(),
-            cmdline: {
-                let mut cmdline = crate::image::guest_cmdline(
-                    launch.spec,
-                    crate::image::Addressing::Static(launch.attachments),
-                );
-                // Under TCG on a busy host the kernel's PIT calibration of the TSC can fail;
-                // microvm has no HPET or PM timer to fall back on, and the guest then spins
-                // forever waiting for a timer tick. The guest's TSC runs at the host's rate:
-                // say so, and no calibration is needed.
-                if launch.accel == crate::Accel::Tcg
-                    && let Some(khz) = crate::accel::host_tsc_khz()
-                {
-                    cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-                }
-                cmdline
-            },
-            console: paths.console_fifo(),
-            qmp_socket: paths.qmp_socket(),
-            agent_sockets: (0..kiln_proto::AGENT_PORTS)
-                .map(|index| paths.agent_socket(index))
-                .collect(),
-            secret: paths.secret(),
-            pidfile: paths.pidfile(),
-            disks: launch.disks.to_vec(),
-            incoming: launch.incoming.map(std::path::Path::to_owned),
-            user_net: launch.spec.user_net().map(|policy| UserNet {
-                policy,
-                passt_socket: paths.net_socket(),
-                hostfwd: launch.spec.ports().iter().map(|p| p.hostfwd()).collect(),
-            }),
-            shares: launch
-                .spec
-                .shares()
-                .iter()
-                .enumerate()
-                .map(|(index, share)| Share9p {
-                    tag: crate::spec::ShareSpec::tag(index),
-                    host: share.host().to_owned(),
-                    read_only: share.is_read_only(),
-                })
-                .collect(),
-            taps: launch
-                .attachments
-                .iter()
-                .map(|nic| TapNic {
-                    ifname: nic.tap.clone(),
-                    mac: nic.mac.to_string(),
-                })
-                .collect(),
-        }
     }
 
     /// Runs `qemu-img` and returns its standard output.
