@@ -72,8 +72,10 @@ main() {
   # networks; iproute2 for the network namespaces of the named-network tests; passt for the
   # user-mode NIC's default policy (outbound NAT that does not reach the host's loopback).
   # virt-xml-validate (libvirt-clients, with xmllint from libxml2-utils) checks the XML goldens.
+  # mmdebstrap and e2fsprogs build the Debian userland images (`kiln image build debian`).
   want=$(missing_packages busybox-static dpkg xz-utils libvirt-daemon-system libvirt-dev \
-    pkg-config dnsmasq-base iptables iproute2 passt libvirt-clients libxml2-utils)
+    pkg-config dnsmasq-base iptables iproute2 passt libvirt-clients libxml2-utils \
+    mmdebstrap e2fsprogs)
   if [ -n "$want" ]; then
     apt_update_once
     log "installing: $want"

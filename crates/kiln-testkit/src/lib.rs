@@ -114,11 +114,19 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// The image cache shared by all tests (building an image takes seconds).
+/// The image cache shared by all tests: `KILN_TEST_CACHE`, else `kiln-test` in the user's
+/// cache directory. Outside the clone, so a fresh clone reuses the Debian images an earlier
+/// run built (each takes a minute or two).
 pub fn shared_cache_dir() -> PathBuf {
-    std::env::var_os("KILN_TEST_CACHE")
+    if let Some(dir) = std::env::var_os("KILN_TEST_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/kiln-test-cache"))
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| workspace_root().join("target"));
+    base.join("kiln-test")
 }
 
 /// One test's kiln state. Every QEMU it started is killed when it is dropped.

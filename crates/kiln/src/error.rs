@@ -88,8 +88,12 @@ pub enum Error {
         action: &'static str,
         needed: VmState,
     },
-    #[error("unknown image {name}")]
-    UnknownImage { name: String },
+    #[error("unknown image {name} (known: {})", known.join(", "))]
+    UnknownImage { name: String, known: Vec<String> },
+    #[error("image {name} is not built")]
+    ImageNotBuilt { name: String },
+    #[error("image {name} is in use by {}", vms.join(", "))]
+    ImageInUse { name: String, vms: Vec<String> },
     #[error("KVM was requested but is not usable: {reason}")]
     KvmUnavailable { reason: String },
     #[error("VM {name} did not become ready: {reason}")]
@@ -173,7 +177,11 @@ impl Error {
                 VmState::Stopped => format!("stop it with `kiln stop {name}`, or use --force"),
             },
             Self::UnknownImage { .. } => {
-                "`kiln image ls` lists the images; `kiln image build` builds the default one".to_owned()
+                "`kiln image ls` lists the images and recipes".to_owned()
+            }
+            Self::ImageNotBuilt { name } => format!("build it with `kiln image build {name}`"),
+            Self::ImageInUse { vms, .. } => {
+                format!("remove those VMs first (`kiln rm {}`)", vms.join(" "))
             }
             Self::KvmUnavailable { .. } => {
                 "use `--accel tcg` (or auto), and run `kiln doctor` to see why KVM is not usable"

@@ -1,81 +1,179 @@
 use std::path::PathBuf;
 
 use kiln::Kiln;
-use kiln::image::ImageInputs;
+use kiln::image::{CatalogEntry, ImageInputs};
 
 use super::Outcome;
 use crate::ui::{self, Progress};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Build the default image (kernel, modules, busybox, agent) if an input changed
+    /// Build an image (default: the busybox image and kernel) if an input changed
     Build {
-        /// Rebuild even if nothing changed
+        /// The image: default, or a Debian recipe (`kiln image ls` lists them)
+        #[arg(default_value = kiln::spec::DEFAULT_IMAGE, value_parser = crate::ui::parse_name)]
+        name: String,
+        /// Rebuild even if nothing changed (a Debian image picks up newer packages)
         #[arg(long)]
         force: bool,
         /// Use this kernel .deb instead of downloading linux-image-amd64's
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
     },
-    /// List cached images
+    /// List the images kiln knows, built or not
     Ls {
         #[arg(long)]
         json: bool,
+    },
+    /// Show an image's recipe and build: packages, sizes, checksums
+    Inspect {
+        #[arg(value_parser = crate::ui::parse_name)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a built image from the cache (refused while a VM uses it)
+    Rm {
+        #[arg(value_parser = crate::ui::parse_name)]
+        name: String,
     },
 }
 
 pub async fn run(command: Command) -> Outcome {
     let kiln = Kiln::from_env()?;
     match command {
-        Command::Build { force, kernel_deb } => {
+        Command::Build {
+            name,
+            force,
+            kernel_deb,
+        } => {
             let mut inputs = ImageInputs::discover()?;
             if kernel_deb.is_some() {
                 inputs.kernel_deb = kernel_deb;
             }
             let image = kiln
                 .images()
-                .ensure(
-                    kiln::spec::DEFAULT_IMAGE,
-                    Some(&inputs),
-                    force,
-                    &Progress::new(),
-                )
+                .ensure(&name, Some(&inputs), force, &Progress::new())
                 .await?;
-            println!(
-                "image {} ready: kernel {}, {} modules, {}",
-                image.name(),
-                image.manifest.kernel_release,
-                image.manifest.modules.len(),
-                image.dir.display()
-            );
+            match image.root() {
+                None => println!(
+                    "image {} ready: kernel {}, {} modules, {}",
+                    image.name(),
+                    image.manifest.kernel_release,
+                    image.manifest.modules.len(),
+                    image.dir.display()
+                ),
+                Some(root) => println!(
+                    "image {} ready: Debian {} ({} packages, {} init), {}, {}",
+                    image.name(),
+                    root.recipe.suite(),
+                    root.packages.len(),
+                    root.init(),
+                    human_bytes(root.base.size),
+                    root.base.path.display()
+                ),
+            }
         }
         Command::Ls { json } => {
-            let images = kiln.images().list()?;
+            let catalog = kiln.images().catalog()?;
             if json {
-                let manifests: Vec<_> = images.iter().map(|i| &i.manifest).collect();
-                ui::print_json(&manifests)?;
+                ui::print_json(&catalog)?;
             } else {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.name().to_owned(),
-                            i.manifest.kernel_release.clone(),
-                            i.manifest.digest(),
-                            format!(
-                                "{} MiB",
-                                (i.manifest.vmlinux.size + i.manifest.initramfs.size) >> 20
-                            ),
-                            i.dir.display().to_string(),
-                        ]
-                    })
-                    .collect();
+                let rows: Vec<Vec<String>> = catalog.iter().map(row).collect();
                 print!(
                     "{}",
-                    ui::table(&["NAME", "KERNEL", "DIGEST", "SIZE", "PATH"], &rows)
+                    ui::table(&["NAME", "KIND", "BUILT", "SIZE", "DESCRIPTION"], &rows)
                 );
             }
         }
+        Command::Inspect { name, json } => {
+            let image = kiln.images().get(&name)?;
+            if json {
+                match image.root() {
+                    Some(root) => ui::print_json(root)?,
+                    None => ui::print_json(&image.manifest)?,
+                }
+            } else {
+                println!("name:      {}", image.name());
+                println!("digest:    {}", image.digest());
+                println!("kernel:    {}", image.manifest.kernel_release);
+                match image.root() {
+                    None => {
+                        println!("kind:      busybox in RAM");
+                        println!("vmlinux:   {}", image.manifest.vmlinux.sha256);
+                        println!("initramfs: {}", image.manifest.initramfs.sha256);
+                    }
+                    Some(root) => {
+                        println!(
+                            "kind:      Debian {} ({} init)",
+                            root.recipe.suite(),
+                            root.init()
+                        );
+                        println!(
+                            "size:      {} filesystem, {} on disk",
+                            root.size,
+                            human_bytes(root.base.size)
+                        );
+                        println!("base:      {}", root.base.path.display());
+                        println!("sha256:    {}", root.base.sha256);
+                        println!("mirror:    {}", root.mirror);
+                        println!(
+                            "built:     {} ago in {:.0} s",
+                            age(root.built_at),
+                            root.build_seconds
+                        );
+                        println!("packages:  {}", root.packages.len());
+                        for package in &root.packages {
+                            println!("  {} {}", package.name, package.version);
+                        }
+                    }
+                }
+            }
+        }
+        Command::Rm { name } => {
+            kiln.remove_image(&name).await?;
+            println!("removed image {name}");
+        }
     }
     Ok(0)
+}
+
+fn row(entry: &CatalogEntry) -> Vec<String> {
+    let (built, size) = match &entry.built {
+        Some(built) => (
+            format!("{} ago", age(built.built_at)),
+            human_bytes(built.bytes),
+        ),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    let origin = if entry.shipped { "" } else { " (declared)" };
+    vec![
+        entry.name.clone(),
+        entry.kind.clone(),
+        built,
+        size,
+        format!("{}{origin}", entry.description),
+    ]
+}
+
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+fn age(epoch_secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(epoch_secs);
+    let secs = now.saturating_sub(epoch_secs);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
 }

@@ -15,6 +15,10 @@ pub struct Args {
     /// command creates or changes there come back
     #[arg(long, short = 'w', value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// The image: default (busybox in RAM) or a Debian userland (debian, rust, python, ...;
+    /// `kiln image ls` lists them), built on first use
+    #[arg(long, default_value = kiln::spec::DEFAULT_IMAGE, value_parser = crate::ui::parse_name)]
+    pub image: String,
     /// Number of vCPUs
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
@@ -52,6 +56,7 @@ pub async fn run(args: Args) -> Outcome {
     let spec = VmSpec::builder(Session::unique_name())
         .cpus(args.cpus)
         .memory(args.memory)
+        .image(&args.image)
         .net_policy(args.net)
         .build()?;
     let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);

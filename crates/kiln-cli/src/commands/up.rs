@@ -18,6 +18,13 @@ pub struct Args {
     /// Memory, e.g. 512M or 2G
     #[arg(long, default_value = "512M", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub memory: ByteSize,
+    /// The image: default (busybox in RAM) or a Debian userland (debian, rust, python, ...;
+    /// `kiln image ls` lists them), built on first use
+    #[arg(long, default_value = kiln::spec::DEFAULT_IMAGE, value_parser = crate::ui::parse_name)]
+    pub image: String,
+    /// Grow a Debian image's root disk and filesystem to this size, e.g. 20G
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
+    pub root_size: Option<ByteSize>,
     /// Add a blank qcow2 disk of this size (repeatable), e.g. --disk 4G
     #[arg(long = "disk", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub disks: Vec<ByteSize>,
@@ -88,7 +95,11 @@ pub async fn run(args: Args) -> Outcome {
         .cpus(args.cpus)
         .memory(args.memory)
         .accel(args.accel.into())
+        .image(&args.image)
         .net_policy(args.net);
+    if let Some(size) = args.root_size {
+        builder = builder.root_size(size);
+    }
     for size in args.disks {
         builder = builder.disk(DiskSpec::new(size));
     }
@@ -125,10 +136,11 @@ pub async fn run(args: Args) -> Outcome {
         .map(|u| format!(" on {u}"))
         .unwrap_or_default();
     eprintln!(
-        "Creating {} ({} vCPU, {}){on}",
+        "Creating {} ({} vCPU, {}, image {}){on}",
         spec.name(),
         spec.cpus(),
-        args.memory
+        args.memory,
+        spec.image()
     );
     match &uri {
         Some(uri) => Fleet::new(kiln).up_on(uri, &spec, &Progress::new()).await?,

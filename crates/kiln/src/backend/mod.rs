@@ -35,8 +35,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Refuses a spec this backend cannot run, before anything is created.
     fn check(&self, spec: &VmSpec) -> Result<()>;
 
-    /// Prepares what the VM needs on disk the first time (disk files).
-    async fn create(&self, spec: &VmSpec, paths: &VmPaths) -> Result<()>;
+    /// Prepares what the VM needs on disk the first time: a file for each of the machine's
+    /// disks (a Debian image's root disk first, see [`crate::image::machine_disks`]).
+    async fn create(&self, disks: &[crate::DiskSpec], paths: &VmPaths) -> Result<()>;
 
     /// Starts the machine and returns once its process runs (not once the guest booted).
     async fn start(&self, launch: &Launch<'_>) -> Result<MachineRecord>;

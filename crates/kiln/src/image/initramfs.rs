@@ -16,17 +16,21 @@ pub struct InitramfsParts<'a> {
     pub modules: &'a [Module],
 }
 
-/// `/init`. Module parameters the kernel command line carries (`virtio_mmio.device=…`, which
-/// QEMU's microvm adds for its devices) are passed to `insmod`, which does not read them itself.
+/// `/init`, stage one: mounts the basics and loads the modules. Module parameters the kernel
+/// command line carries (`virtio_mmio.device=…`, which QEMU's microvm adds for its devices)
+/// are passed to `insmod`, which does not read them itself. With `kiln.root=SERIAL` it mounts
+/// the virtio disk with that serial, hands busybox, the agent and stage two over on the
+/// `/run` tmpfs (`/run/kiln`), and switches root into the disk: to stage two (fast mode) or
+/// to `/sbin/init` (full mode, whose agent unit runs stage two). Without a root disk, or if it
+/// cannot be mounted, stage two runs in the RAM root.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm /tmp /run /root
+mkdir -p /dev/pts /dev/shm /tmp /run /root /newroot
 mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 params_for() {
   for p in $(cat /proc/cmdline); do
@@ -37,9 +41,64 @@ while read -r m; do
   # shellcheck disable=SC2046
   insmod "/lib/modules/$m.ko" $(params_for "$m") 2>/dev/null || echo "kiln-init: cannot load $m"
 done < /etc/kiln/modules
+root=
+mode=fast
+for p in $(cat /proc/cmdline); do
+  case "$p" in
+    kiln.root=*) root="${p#kiln.root=}" ;;
+    kiln.init=*) mode="${p#kiln.init=}" ;;
+  esac
+done
+dev=
+if [ -n "$root" ]; then
+  for b in /sys/block/vd*; do
+    [ "$(cat "$b/serial" 2>/dev/null)" = "$root" ] && dev="/dev/${b##*/}"
+  done
+fi
+if [ -z "$root" ]; then
+  mount -t tmpfs tmpfs /tmp
+  exec sh /etc/kiln/stage2 /bin /sbin/kiln-agent /etc/kiln
+elif [ -z "$dev" ] || ! mount -t ext4 -o rw "$dev" /newroot; then
+  echo "kiln-init: cannot mount the root disk ($root${dev:+ at $dev}); staying in the RAM root"
+  mount -t tmpfs tmpfs /tmp
+  exec sh /etc/kiln/stage2 /bin /sbin/kiln-agent /etc/kiln
+fi
+mkdir -p /run/kiln/bin
+cp /bin/busybox /sbin/kiln-agent /etc/kiln/stage2 /etc/kiln/udhcpc.sh /run/kiln/
+echo "$dev" > /run/kiln/rootdev
+/run/kiln/busybox --install -s /run/kiln/bin
+for m in dev proc sys run; do
+  mkdir -p "/newroot/$m"
+  mount --move "/$m" "/newroot/$m"
+done
+echo "kiln-init: switching root to $dev ($mode)"
+# /sbin/init is an absolute symlink into the new root: test the link, not its target here.
+if [ "$mode" = full ] && { [ -L /newroot/sbin/init ] || [ -x /newroot/sbin/init ]; }; then
+  exec switch_root /newroot /sbin/init
+fi
+exec switch_root /newroot /run/kiln/busybox sh /run/kiln/stage2 /run/kiln/bin /run/kiln/kiln-agent /run/kiln
+"#;
+
+/// Stage two: hostname, shares, disk labels, root growth and the network, then the agent, kept
+/// running. Arguments: the busybox applet directory, the agent, and the directory of
+/// `udhcpc.sh`. Its own commands come from busybox first, whatever userland it runs in; the
+/// agent gets the userland's `PATH`, with busybox last.
+const STAGE2: &str = r#"kb="$1"; agent="$2"; kd="$3"
+export PATH="$kb:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root
+mkdir -p /dev/pts /dev/shm /dev/disk/by-id
+mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
+for b in /sys/block/vd*; do
+  s="$(cat "$b/serial" 2>/dev/null)"
+  [ -n "$s" ] && ln -sf "../../${b##*/}" "/dev/disk/by-id/virtio-$s"
+done
 for p in $(cat /proc/cmdline); do
   case "$p" in
     kiln.name=*) hostname "${p#kiln.name=}" ;;
+    kiln.grow=1)
+      if [ -f /run/kiln/rootdev ]; then
+        /sbin/resize2fs "$(cat /run/kiln/rootdev)" >/dev/null 2>&1 || echo "kiln-init: cannot grow the root filesystem"
+      fi
+      ;;
     kiln.share=*)
       # TAG:DIR:ro|rw, a virtio-9p share of the host.
       s="${p#kiln.share=}"; tag="${s%%:*}"; rest="${s#*:}"; dir="${rest%:*}"; mode="${rest##*:}"
@@ -63,20 +122,20 @@ for p in $(cat /proc/cmdline); do
       v="${p#kiln.ip=}"; mac="${v%%,*}"; addr="${v#*,}"
       for dev in /sys/class/net/*; do
         if [ "$(cat "$dev/address")" = "$mac" ]; then
-          ip link set "${dev##*/}" up && ip addr add "$addr" dev "${dev##*/}" && addressed=1
+          ip link set "${dev##*/}" up && ip addr add "$addr" dev "${dev##*/}" 2>/dev/null && addressed=1
         fi
       done
       ;;
   esac
 done
 if [ -n "$addressed" ]; then
-  if [ -n "$gw" ]; then ip route add default via "$gw"; fi
+  if [ -n "$gw" ]; then ip route add default via "$gw" 2>/dev/null; fi
   if [ -n "$dns" ]; then echo "nameserver $dns" > /etc/resolv.conf; fi
 elif [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up
   if [ "$net" = dhcp ]; then
     # A libvirt network: ask its dnsmasq, in the background so the agent starts at once.
-    udhcpc -i eth0 -b -q -t 10 -s /etc/kiln/udhcpc.sh >/dev/null 2>&1 &
+    udhcpc -i eth0 -b -q -t 10 -s "$kd/udhcpc.sh" >/dev/null 2>&1 &
   else
     # QEMU user-mode networking: fixed addresses.
     ip addr add 10.0.2.15/24 dev eth0
@@ -84,9 +143,10 @@ elif [ -e /sys/class/net/eth0 ]; then
     echo "nameserver 10.0.2.3" > /etc/resolv.conf
   fi
 fi
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$kb"
 echo "kiln-init: starting agent"
 while true; do
-  /sbin/kiln-agent
+  "$agent"
   echo "kiln-init: agent exited ($?), restarting"
   sleep 1
 done
@@ -119,13 +179,37 @@ pub enum Addressing<'a> {
     Static(&'a [crate::net::NicAttachment]),
 }
 
-/// The kernel command line of a kiln guest: what its init reads (name, addresses, shares).
-/// The same for every backend.
-pub fn guest_cmdline(spec: &crate::VmSpec, addressing: Addressing<'_>) -> String {
+/// Where a guest's userland lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootRoot {
+    /// The initramfs itself (the busybox image).
+    Ram,
+    /// The virtio disk with serial [`ROOT_DISK_LABEL`](crate::spec::ROOT_DISK_LABEL), started
+    /// in this mode; `grow` resizes its filesystem to the disk.
+    Disk {
+        /// Fast (kiln's init) or full (systemd).
+        init: super::InitMode,
+        /// Whether the disk is larger than the image's filesystem.
+        grow: bool,
+    },
+}
+
+/// The kernel command line of a kiln guest: what its init reads (name, root, addresses,
+/// shares). The same for every backend.
+pub fn guest_cmdline(spec: &crate::VmSpec, root: BootRoot, addressing: Addressing<'_>) -> String {
     let mut cmdline = format!(
         "console=ttyS0 reboot=t panic=-1 quiet kiln.name={}",
         spec.name()
     );
+    if let BootRoot::Disk { init, grow } = root {
+        cmdline.push_str(&format!(
+            " kiln.root={} kiln.init={init}",
+            crate::spec::ROOT_DISK_LABEL
+        ));
+        if grow {
+            cmdline.push_str(" kiln.grow=1");
+        }
+    }
     match addressing {
         Addressing::Dhcp => {
             // libvirt: named networks run dnsmasq, and so does kiln's NAT network behind a
@@ -171,6 +255,18 @@ case "$1" in
 esac
 "#;
 
+/// A digest of the scripts the initramfs carries: a kiln whose init changed rebuilds the
+/// image even though no input file did.
+pub fn scripts_digest() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for script in [INIT, STAGE2, UDHCPC_SCRIPT] {
+        hasher.update(script.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
 /// Writes the archive to `out`.
 pub fn write(parts: &InitramfsParts<'_>, out: &Path) -> Result<(), ImageError> {
     let file = std::fs::File::create(out).map_err(IoError::at("create", out))?;
@@ -195,6 +291,7 @@ pub fn write(parts: &InitramfsParts<'_>, out: &Path) -> Result<(), ImageError> {
         "usr/bin",
         "usr/sbin",
         "mnt",
+        "newroot",
     ] {
         cpio.dir(dir, 0o755).map_err(io)?;
     }
@@ -205,6 +302,8 @@ pub fn write(parts: &InitramfsParts<'_>, out: &Path) -> Result<(), ImageError> {
     cpio.file("sbin/kiln-agent", 0o755, &read(parts.agent)?)
         .map_err(io)?;
     cpio.file("init", 0o755, INIT.as_bytes()).map_err(io)?;
+    cpio.file("etc/kiln/stage2", 0o755, STAGE2.as_bytes())
+        .map_err(io)?;
     cpio.file("etc/kiln/udhcpc.sh", 0o755, UDHCPC_SCRIPT.as_bytes())
         .map_err(io)?;
     let mut order = String::new();

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::IoError;
 
 /// Bumped whenever the image layout or init changes, so old caches are rebuilt.
-pub const IMAGE_FORMAT: u32 = 4;
+pub const IMAGE_FORMAT: u32 = 5;
 
 /// A file kiln read or wrote, with what identifies its content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,9 @@ pub struct Manifest {
     pub modules: Vec<String>,
     /// Seconds since the Unix epoch.
     pub built_at: u64,
+    /// The init scripts' digest ([`super::initramfs::scripts_digest`]).
+    #[serde(default)]
+    pub scripts: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ mod port;
 mod share;
 mod size;
 
-pub use disk::DiskSpec;
+pub use disk::{DiskSpec, MAX_LABEL_LEN, ROOT_DISK_LABEL};
 pub use mac::MacAddr;
 pub use network::{
     DhcpRange, NetPolicy, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
@@ -48,6 +48,14 @@ pub enum SpecError {
     InvalidImage { name: String },
     #[error("disk {index} is empty: a disk needs a size of at least 1 MiB")]
     EmptyDisk { index: usize },
+    #[error("disk {index}: invalid label {label:?}")]
+    InvalidDiskLabel { index: usize, label: String },
+    #[error("two disks are labelled {label:?}")]
+    DuplicateDiskLabel { label: String },
+    #[error("a root size needs a Debian image: the default image has no root disk")]
+    RootSizeWithoutRoot,
+    #[error("image {image} boots through kiln's kernel, but a boot order boots firmware")]
+    FirmwareBootWithImage { image: String },
     #[error("network name {name:?} is invalid")]
     InvalidNetwork { name: String },
     #[error("invalid MAC address {mac:?}: {reason}")]
@@ -130,6 +138,13 @@ impl SpecError {
             }
             Self::Size(_) => "sizes are a number with an optional unit: 512M, 2G, 1T",
             Self::EmptyDisk { .. } => "give the disk a size with a unit, e.g. --disk 4G",
+            Self::InvalidDiskLabel { .. } | Self::DuplicateDiskLabel { .. } => {
+                "labels are up to 20 of a-z, 0-9, '-' and '_', one per disk (kiln-root is taken)"
+            }
+            Self::RootSizeWithoutRoot => "pick a Debian image too, e.g. --image debian",
+            Self::FirmwareBootWithImage { .. } => {
+                "drop the boot order, or the image (firmware boots what is on the disks)"
+            }
             Self::InvalidMac { .. } | Self::DuplicateMac { .. } => {
                 "a MAC is six hex octets like 52:54:00:12:34:56, unique per NIC"
             }
@@ -209,6 +224,9 @@ struct VmSpecFields {
     /// What the user-mode NIC reaches.
     #[serde(default, skip_serializing_if = "NetPolicy::is_default")]
     net_policy: NetPolicy,
+    /// A Debian image's root disk size, when larger than the image's filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root_size: Option<ByteSize>,
 }
 
 /// A device firmware boots from, in [`VmSpecBuilder::boot_order`].
@@ -275,9 +293,30 @@ fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), Spe
             name: spec.image.clone(),
         });
     }
+    if spec.root_size.is_some() && spec.image == DEFAULT_IMAGE {
+        return Err(SpecError::RootSizeWithoutRoot);
+    }
+    if !spec.boot_order.is_empty() && spec.image != DEFAULT_IMAGE {
+        return Err(SpecError::FirmwareBootWithImage {
+            image: spec.image.clone(),
+        });
+    }
     for (index, disk) in spec.disks.iter().enumerate() {
         if disk.size().mib() == 0 {
             return Err(SpecError::EmptyDisk { index });
+        }
+        if let Some(label) = disk.label() {
+            if !disk::valid_label(label) {
+                return Err(SpecError::InvalidDiskLabel {
+                    index,
+                    label: label.to_owned(),
+                });
+            }
+            if spec.disks[..index].iter().any(|d| d.label() == Some(label)) {
+                return Err(SpecError::DuplicateDiskLabel {
+                    label: label.to_owned(),
+                });
+            }
         }
         if let Some(base) = disk.base()
             && !base.is_absolute()
@@ -371,6 +410,7 @@ impl VmSpec {
                 shares: Vec::new(),
                 ports: Vec::new(),
                 net_policy: NetPolicy::default(),
+                root_size: None,
             },
             networks_set: false,
         }
@@ -393,6 +433,32 @@ impl VmSpec {
     }
     pub fn image(&self) -> &str {
         &self.fields.image
+    }
+    /// Whether the VM boots a root disk: every image but `default` is a Debian userland.
+    pub fn has_root_disk(&self) -> bool {
+        self.fields.image != DEFAULT_IMAGE
+    }
+    /// The root disk's size asked for, if larger than the image's filesystem.
+    pub fn root_size(&self) -> Option<ByteSize> {
+        self.fields.root_size
+    }
+    /// How many disks the machine has: the root disk, if any, then the spec's own.
+    pub fn machine_disk_count(&self) -> usize {
+        self.fields.disks.len() + usize::from(self.has_root_disk())
+    }
+    /// The machine's disks' labels, in order (the root disk's first).
+    pub fn machine_disk_labels(&self) -> Vec<Option<String>> {
+        let root = self
+            .has_root_disk()
+            .then(|| Some(ROOT_DISK_LABEL.to_owned()));
+        root.into_iter()
+            .chain(
+                self.fields
+                    .disks
+                    .iter()
+                    .map(|d| d.label().map(str::to_owned)),
+            )
+            .collect()
     }
     pub fn accel(&self) -> AccelChoice {
         self.fields.accel
@@ -493,6 +559,11 @@ impl VmSpecBuilder {
     /// NAT, not the host's loopback).
     pub fn net_policy(mut self, policy: NetPolicy) -> Self {
         self.fields.net_policy = policy;
+        self
+    }
+    /// Grows a Debian image's root disk (and its filesystem, on first boot) to this size.
+    pub fn root_size(mut self, size: ByteSize) -> Self {
+        self.fields.root_size = Some(size);
         self
     }
     /// No NIC at all.

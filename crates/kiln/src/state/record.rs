@@ -49,7 +49,7 @@ pub struct VmRecord {
 impl VmRecord {
     /// The file each disk of the VM writes to.
     pub fn disk_files(&self, paths: &super::VmPaths) -> Vec<std::path::PathBuf> {
-        (0..self.spec.disks().len())
+        (0..self.spec.machine_disk_count())
             .map(|i| {
                 self.disk_files
                     .get(i)

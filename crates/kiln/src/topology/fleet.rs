@@ -83,7 +83,8 @@ impl Fleet {
     pub async fn connect(&self, uri: &str) -> Result<LibvirtHost> {
         let mut host = LibvirtHost::connect(uri, self.kiln.paths())
             .await?
-            .with_boot_timeout(self.boot_timeout);
+            .with_boot_timeout(self.boot_timeout)
+            .with_images(self.kiln.images().clone());
         if let Some(inputs) = self.kiln.image_inputs() {
             host = host.with_image_inputs(inputs.clone());
         }

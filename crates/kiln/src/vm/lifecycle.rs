@@ -132,13 +132,14 @@ impl Kiln {
             state::create_private_dir(paths.dir())?;
             state::create_private_dir(paths.run_dir())?;
             state::write_new_secret(&paths.secret())?;
-            self.backend.create(&spec, &paths).await?;
+            let disks = crate::image::machine_disks(&spec, &image);
+            self.backend.create(&disks, &paths).await?;
             let record = VmRecord {
                 version: RECORD_VERSION,
                 spec: spec.clone(),
                 backend: BackendKind::Qemu,
                 created_at: now_secs(),
-                image_digest: image.manifest.digest(),
+                image_digest: image.digest(),
                 should_run: true,
                 machine: None,
                 last_error: None,
@@ -189,12 +190,12 @@ impl Kiln {
     ) -> Result<Vm> {
         let name = record.spec.name().to_owned();
         let image = self.images.get(record.spec.image())?;
-        if image.manifest.digest() != record.image_digest {
+        if image.digest() != record.image_digest {
             info!(
                 "{name}: image {} was rebuilt since the VM was created",
                 image.name()
             );
-            record.image_digest = image.manifest.digest();
+            record.image_digest = image.digest();
         }
         let attachments = self.networks().attachments(&record.spec).await?;
         let disks = record.disk_files(&paths);

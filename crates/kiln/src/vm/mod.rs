@@ -97,6 +97,16 @@ impl Kiln {
         self
     }
 
+    /// Declares an image of this program's own: its VMs can name it, and `ensure` builds it.
+    /// Its name may not be `default` or that of a recipe kiln ships.
+    pub fn with_image(
+        mut self,
+        image: crate::image::ImageSpec,
+    ) -> std::result::Result<Self, crate::image::RecipeError> {
+        self.images = self.images.with_recipe(image)?;
+        Ok(self)
+    }
+
     #[must_use]
     pub fn with_boot_policy(mut self, boot: BootPolicy) -> Self {
         self.boot = boot;
@@ -181,6 +191,29 @@ impl Kiln {
     /// What is known of one VM, checked against reality.
     pub async fn info(&self, name: &str) -> Result<VmInfo> {
         Ok(self.get(name).await?.info().await)
+    }
+
+    /// Removes a cached image; refused, naming them, while VMs of this kiln use it (their
+    /// root disks read through its base).
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let users: Vec<String> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|vm| vm.image == name)
+            .map(|vm| vm.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::ImageInUse {
+                name: name.to_owned(),
+                vms: users,
+            });
+        }
+        let images = self.images.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || images.remove(&name))
+            .await
+            .map_err(crate::image::join_error)?
     }
 
     /// Every VM, sorted by name.

@@ -392,7 +392,7 @@ impl Kiln {
             )));
         }
         let image = self.images.get(meta.spec.image())?;
-        if image.manifest.digest() != meta.image_digest {
+        if image.digest() != meta.image_digest {
             return Err(incompatible(
                 "the image was rebuilt since (its kernel and initramfs differ)".to_owned(),
             ));

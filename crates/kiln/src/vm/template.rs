@@ -99,7 +99,7 @@ impl Kiln {
         let qemu = self.backend.version().await?;
         let mut hasher = Sha256::new();
         for part in [
-            image.manifest.digest(),
+            image.digest(),
             qemu,
             accel.to_string(),
             spec.cpus().to_string(),
@@ -109,13 +109,15 @@ impl Kiln {
             spec.net_policy().to_string(),
             // So is the set of agent ports.
             format!("agent-ports={}", kiln_proto::AGENT_PORTS),
+            // Labels too: the guest reads a disk's serial once, at boot.
             format!(
                 "{:?}",
                 spec.disks()
                     .iter()
-                    .map(|d| d.size().bytes())
+                    .map(|d| (d.size().bytes(), d.label()))
                     .collect::<Vec<_>>()
             ),
+            format!("root-size={:?}", spec.root_size().map(|s| s.bytes())),
         ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
@@ -219,8 +221,15 @@ fn spec_shape(spec: &VmSpec) -> Result<VmSpec> {
         .image(spec.image())
         .accel(spec.accel())
         .net_policy(spec.net_policy());
+    if let Some(size) = spec.root_size() {
+        builder = builder.root_size(size);
+    }
     for disk in spec.disks() {
-        builder = builder.disk(crate::DiskSpec::new(disk.size()));
+        let blank = crate::DiskSpec::new(disk.size());
+        builder = builder.disk(match disk.label() {
+            Some(label) => blank.labeled(label),
+            None => blank,
+        });
     }
     Ok(builder.build()?)
 }

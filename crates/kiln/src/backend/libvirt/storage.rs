@@ -95,20 +95,23 @@ impl LibvirtConn {
         .await
     }
 
-    /// Uploads a local file into a new raw volume (replacing one of that name). Returns the
-    /// volume's path, and whether the content went up: the test driver takes no uploads.
+    /// Uploads a local file into a new raw volume (replacing one of that name), streaming it
+    /// in pieces (an image's root filesystem is gigabytes). Returns the volume's path, and
+    /// whether the content went up: the test driver takes no uploads.
     pub async fn upload_volume(
         &self,
         name: &str,
         file: &Path,
     ) -> Result<(String, bool), LibvirtError> {
-        let data = std::fs::read(file).map_err(|err| LibvirtError::Call {
+        let read_err = |err: std::io::Error| LibvirtError::Call {
             uri: self.uri().to_owned(),
             op: "read",
             object: file.display().to_string(),
             message: err.to_string(),
-        })?;
-        self.upload_bytes(name, data, false).await
+        };
+        let opened = std::fs::File::open(file).map_err(read_err)?;
+        let len = opened.metadata().map_err(read_err)?.len();
+        self.upload(name, Box::new(opened), len, false).await
     }
 
     /// Writes `data` into a new raw volume (replacing one of that name); `private` makes it
@@ -119,6 +122,18 @@ impl LibvirtConn {
         data: Vec<u8>,
         private: bool,
     ) -> Result<(String, bool), LibvirtError> {
+        let len = data.len() as u64;
+        self.upload(name, Box::new(std::io::Cursor::new(data)), len, private)
+            .await
+    }
+
+    async fn upload(
+        &self,
+        name: &str,
+        mut source: Box<dyn std::io::Read + Send>,
+        len: u64,
+        private: bool,
+    ) -> Result<(String, bool), LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| {
             let pool = inner.pool()?;
@@ -126,7 +141,6 @@ impl LibvirtConn {
                 old.delete(sys::VIR_STORAGE_VOL_DELETE_NORMAL)
                     .map_err(inner.err("delete volume", &name))?;
             }
-            let len = data.len() as u64;
             let doc = if private {
                 xml::private_volume_xml(&name, len.max(1))?
             } else {
@@ -145,14 +159,43 @@ impl LibvirtConn {
                 return Err(inner.err("upload to", &name)(err));
             }
             // libvirt's RPC messages carry at most 32 MiB: send in small pieces.
-            for chunk in data.chunks(UPLOAD_CHUNK) {
+            let mut buf = vec![0u8; UPLOAD_CHUNK];
+            let mut total = 0u64;
+            while total < len {
+                let want = usize::try_from(len - total)
+                    .unwrap_or(UPLOAD_CHUNK)
+                    .min(UPLOAD_CHUNK);
+                let n = match source.read(&mut buf[..want]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(err) => {
+                        let _ = stream.abort();
+                        return Err(LibvirtError::Call {
+                            uri: inner.uri.clone(),
+                            op: "read the upload for",
+                            object: name.clone(),
+                            message: err.to_string(),
+                        });
+                    }
+                };
                 let mut sent = 0;
-                while sent < chunk.len() {
-                    let n = stream
-                        .send(&chunk[sent..])
+                while sent < n {
+                    let wrote = stream
+                        .send(&buf[sent..n])
                         .map_err(inner.err("upload to", &name))?;
-                    sent += usize::try_from(n).unwrap_or(0).max(1);
+                    sent += usize::try_from(wrote).unwrap_or(0).max(1);
                 }
+                total += n as u64;
+            }
+            if total != len {
+                let _ = stream.abort();
+                return Err(LibvirtError::Call {
+                    uri: inner.uri.clone(),
+                    op: "upload to",
+                    object: name.clone(),
+                    message: format!("the source ended after {total} of {len} bytes"),
+                });
             }
             stream
                 .finish()

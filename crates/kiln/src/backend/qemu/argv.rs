@@ -36,6 +36,8 @@ pub struct QemuLaunch {
     pub secret: PathBuf,
     pub pidfile: PathBuf,
     pub disks: Vec<PathBuf>,
+    /// Each disk's label, its virtio serial (the guest's `/dev/disk/by-id/virtio-LABEL`).
+    pub disk_labels: Vec<Option<String>>,
     pub user_net: Option<UserNet>,
     pub shares: Vec<Share9p>,
     /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
@@ -187,9 +189,16 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             &format!("id=disk{i},if=none,format=qcow2,file="),
             disk,
         );
+        // Labels are checked (`a-z 0-9 - _`), so they cannot break QEMU's option syntax.
+        let serial = l
+            .disk_labels
+            .get(i)
+            .and_then(Option::as_deref)
+            .map(|label| format!(",serial={label}"))
+            .unwrap_or_default();
         argv.push([
             "-device",
-            &format!("{},drive=disk{i}", virtio("virtio-blk")),
+            &format!("{},drive=disk{i}{serial}", virtio("virtio-blk")),
         ]);
     }
     for share in &l.shares {
@@ -273,6 +282,7 @@ mod tests {
             secret: p("secret"),
             pidfile: p("qemu.pid"),
             disks: vec![p("disk0.qcow2")],
+            disk_labels: vec![Some("data".to_owned())],
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,
                 passt_socket: p("net.sock"),
@@ -311,7 +321,7 @@ mod tests {
 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56 \
 -netdev user,id=fwd0,restrict=on,net=10.0.3.0/24,host=10.0.3.2,dhcpstart=10.0.3.15 \
 -device virtio-net-device,netdev=fwd0,mac=52:54:00:12:34:57 \
--drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0 \
+-drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0,serial=data \
 -daemonize -pidfile /k/vms/web-1/qemu.pid";
         assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);
     }

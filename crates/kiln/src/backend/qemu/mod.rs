@@ -221,8 +221,8 @@ impl Backend for QemuBackend {
         Ok(())
     }
 
-    async fn create(&self, spec: &VmSpec, paths: &VmPaths) -> Result<()> {
-        for (index, disk) in spec.disks().iter().enumerate() {
+    async fn create(&self, disks: &[crate::DiskSpec], paths: &VmPaths) -> Result<()> {
+        for (index, disk) in disks.iter().enumerate() {
             let path = paths.disk(index);
             if path.exists() {
                 continue;

@@ -23,6 +23,7 @@ impl QemuBackend {
             cmdline: {
                 let mut cmdline = crate::image::guest_cmdline(
                     launch.spec,
+                    crate::image::boot_root(launch.spec, launch.image),
                     crate::image::Addressing::Static(launch.attachments),
                 );
                 // Under TCG on a busy host the kernel's PIT calibration of the TSC can fail;
@@ -44,6 +45,7 @@ impl QemuBackend {
             secret: paths.secret(),
             pidfile: paths.pidfile(),
             disks: launch.disks.to_vec(),
+            disk_labels: launch.spec.machine_disk_labels(),
             incoming: launch.incoming.map(std::path::Path::to_owned),
             user_net: launch.spec.user_net().map(|policy| UserNet {
                 policy,

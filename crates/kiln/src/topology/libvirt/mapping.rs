@@ -28,6 +28,8 @@ pub(super) struct DomainInputs<'a> {
     /// The kernel and initramfs paths on the libvirt host, for direct kernel boot; `None`
     /// when the spec has a boot order (firmware boot).
     pub kernel: Option<(String, String)>,
+    /// Where the guest's userland is (a Debian image's root disk is the first disk).
+    pub root: crate::image::BootRoot,
     /// kiln's storage pool.
     pub pool: &'a str,
     /// Where the console is logged, when it is.
@@ -53,12 +55,16 @@ pub(super) fn domain_def(spec: &VmSpec, inputs: DomainInputs<'_>) -> Result<Doma
         kernel: inputs.kernel.map(|(kernel, initrd)| KernelBoot {
             kernel,
             initrd,
-            cmdline: crate::image::guest_cmdline(spec, crate::image::Addressing::Dhcp),
+            cmdline: crate::image::guest_cmdline(spec, inputs.root, crate::image::Addressing::Dhcp),
         }),
-        disks: (0..spec.disks().len())
-            .map(|index| DomainDisk {
+        disks: spec
+            .machine_disk_labels()
+            .into_iter()
+            .enumerate()
+            .map(|(index, serial)| DomainDisk {
                 pool: inputs.pool.to_owned(),
                 volume: disk_volume(spec.name(), index),
+                serial,
                 boot_order: if index == 0 {
                     boot_position(BootDevice::Disk)
                 } else {
@@ -118,9 +124,29 @@ mod tests {
                     "/pool/kiln-image-default-abc-initramfs".to_owned(),
                 )
             }),
+            root: crate::image::BootRoot::Ram,
             pool: "kiln",
             serial_log: Some("/pool/web-1-serial.log".to_owned()),
         }
+    }
+
+    /// A Debian image: its root disk comes first, with the serial kiln's initramfs looks
+    /// for; the spec's labelled disk follows; the kernel is told to switch root.
+    #[test]
+    fn a_debian_image_boots_its_root_disk() {
+        let spec = VmSpec::builder("db-1")
+            .image("debian")
+            .root_size(crate::ByteSize::from_gib(8))
+            .disk(DiskSpec::new_gib(4).labeled("data"))
+            .build()
+            .unwrap();
+        let mut inputs = inputs(true);
+        inputs.root = crate::image::BootRoot::Disk {
+            init: crate::image::InitMode::Fast,
+            grow: true,
+        };
+        let xml = domain_def(&spec, inputs).unwrap().to_xml().unwrap();
+        assert_golden("domain-debian-image", &xml);
     }
 
     /// The guide's VM: two vCPUs, 1 GiB, a disk, a named network, the user-mode NIC (under

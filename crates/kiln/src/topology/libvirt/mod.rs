@@ -42,6 +42,16 @@ const NAT_SUBNET: &str = "10.213.37.0/24";
 const NAT_OWNER: &str = "kiln";
 
 /// The `0600` volume QEMU reads the guest's secret from.
+/// A Debian image's root base on a host, and the marker of its complete upload.
+fn root_volumes(image: &Image, root: &crate::image::RootfsManifest) -> [String; 2] {
+    let id = format!(
+        "kiln-image-{}-{}",
+        image.name(),
+        &root.base.sha256[..root.base.sha256.len().min(12)]
+    );
+    [format!("{id}-root.qcow2"), format!("{id}-root-complete")]
+}
+
 fn secret_volume(vm: &str) -> String {
     format!("{vm}-secret")
 }
@@ -50,11 +60,13 @@ fn serial_log_volume(vm: &str) -> String {
     format!("{vm}-serial.log")
 }
 
+/// The boot kit's volumes (kernel, initramfs, and the marker of a complete upload): one set
+/// per host for every image, since all boot the same kernel.
 fn image_volumes(image: &Image) -> [String; 3] {
     let digest = image.manifest.digest();
     let id = format!(
         "kiln-image-{}-{}",
-        image.name(),
+        image.manifest.name,
         &digest[..digest.len().min(12)]
     );
     [
@@ -86,6 +98,13 @@ impl LibvirtHost {
         self
     }
 
+    /// Takes images (and the recipes a program declared) from this store.
+    #[must_use]
+    pub fn with_images(mut self, images: ImageStore) -> Self {
+        self.images = images;
+        self
+    }
+
     /// How long a VM may take to boot until its agent answers.
     #[must_use]
     pub fn with_boot_timeout(mut self, timeout: Duration) -> Self {
@@ -114,26 +133,28 @@ impl LibvirtHost {
         owner: &str,
         secret_file: String,
         reporter: &dyn Reporter,
-    ) -> Result<DomainDef> {
+    ) -> Result<(DomainDef, Vec<crate::DiskSpec>)> {
         let (accel, reason) = self.choose_accel(spec)?;
         reporter.report(Event::AccelChosen {
             accel,
             reason: reason.clone(),
         });
-        let kernel = if spec.boot_order().is_empty() {
-            Some(self.ensure_image(spec, reporter).await?)
+        let (kernel, root, disks) = if spec.boot_order().is_empty() {
+            let placed = self.ensure_image(spec, reporter).await?;
+            (Some(placed.kernel), placed.root, placed.disks)
         } else {
-            None
+            (None, crate::image::BootRoot::Ram, spec.disks().to_vec())
         };
         let inputs = mapping::DomainInputs {
             owner,
             accel,
             secret_file,
             kernel,
+            root,
             pool: &self.conn.options().pool_name,
             serial_log: self.serial_log(spec.name()),
         };
-        mapping::domain_def(spec, inputs)
+        Ok((mapping::domain_def(spec, inputs)?, disks))
     }
 }
 
@@ -205,9 +226,9 @@ impl VmHost for LibvirtHost {
         self.conn.ensure_pool_active().await?;
         self.ensure_nat_network(spec).await?;
         let secret_file = self.new_secret(spec.name()).await?;
-        let def = self.domain_def(spec, owner, secret_file, reporter).await?;
+        let (def, disks) = self.domain_def(spec, owner, secret_file, reporter).await?;
         progress::stage(reporter, Stage::CreateVm, async {
-            for (index, disk) in spec.disks().iter().enumerate() {
+            for (index, disk) in disks.iter().enumerate() {
                 self.conn
                     .ensure_volume(
                         &disk_volume(spec.name(), index),
@@ -234,7 +255,7 @@ impl VmHost for LibvirtHost {
             // It restarts below: a fresh secret is fine.
             None => self.new_secret(spec.name()).await?,
         };
-        let mut def = self.domain_def(spec, owner, secret_file, reporter).await?;
+        let (mut def, _) = self.domain_def(spec, owner, secret_file, reporter).await?;
         def.uuid = observed.uuid;
         self.conn.define_domain(&def).await?;
         // A running domain takes new vCPUs and memory on its next start.

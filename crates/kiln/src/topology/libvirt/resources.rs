@@ -4,13 +4,24 @@
 use log::info;
 
 use super::{
-    LibvirtHost, NAT_NETWORK, NAT_OWNER, NAT_SUBNET, image_volumes, secret_volume,
+    LibvirtHost, NAT_NETWORK, NAT_OWNER, NAT_SUBNET, image_volumes, root_volumes, secret_volume,
     serial_log_volume,
 };
 use crate::backend::libvirt::{KilnTag, VolumeFormat};
 use crate::progress::{self, Reporter, Stage};
 use crate::spec::NetworkSpec;
 use crate::{Accel, AccelChoice, AccelProbe, Error, Result, VmSpec};
+
+/// An image as it is on a libvirt host.
+#[derive(Debug)]
+pub(super) struct PlacedImage {
+    /// The kernel's and the initramfs's paths there.
+    pub kernel: (String, String),
+    /// Where the guest's userland is.
+    pub root: crate::image::BootRoot,
+    /// The machine's disks; a root disk's base is the uploaded volume's path.
+    pub disks: Vec<crate::DiskSpec>,
+}
 
 impl LibvirtHost {
     /// KVM or TCG for a spec. On this machine the local probe decides; on a remote host kiln
@@ -31,19 +42,25 @@ impl LibvirtHost {
         })
     }
 
-    /// Uploads the kiln image's kernel and initramfs into the pool (once per image digest)
-    /// and returns their paths on the host.
+    /// Uploads the kiln image's kernel and initramfs into the pool (once per boot kit), and a
+    /// Debian image's root base (once per build), streamed so remote hosts work. Returns
+    /// their paths on the host and the machine's disks (the root disk first, an overlay on the
+    /// uploaded base).
     pub(super) async fn ensure_image(
         &self,
         spec: &VmSpec,
         reporter: &dyn Reporter,
-    ) -> Result<(String, String)> {
+    ) -> Result<PlacedImage> {
         if !self.runs_guests() {
             let dir = &self.conn.options().pool_path;
-            return Ok((
-                format!("{dir}/kiln-test-vmlinux"),
-                format!("{dir}/kiln-test-initramfs"),
-            ));
+            return Ok(PlacedImage {
+                kernel: (
+                    format!("{dir}/kiln-test-vmlinux"),
+                    format!("{dir}/kiln-test-initramfs"),
+                ),
+                root: crate::image::BootRoot::Ram,
+                disks: spec.disks().to_vec(),
+            });
         }
         let image = self
             .images
@@ -74,7 +91,31 @@ impl LibvirtHost {
             .conn
             .ensure_volume(&initrd, 1, VolumeFormat::Raw, None)
             .await?;
-        Ok((kernel_path, initrd_path))
+        let mut disks = crate::image::machine_disks(spec, &image);
+        if let Some(root) = image.root() {
+            let [base, complete] = root_volumes(&image, root);
+            if !(existing.contains(&base) && existing.contains(&complete)) {
+                progress::stage(reporter, Stage::UploadImage, async {
+                    self.conn.upload_volume(&base, root.base_path()).await?;
+                    self.conn
+                        .ensure_volume(&complete, 1, VolumeFormat::Raw, None)
+                        .await?;
+                    Ok::<_, Error>(())
+                })
+                .await?;
+            }
+            let base_path = self
+                .conn
+                .ensure_volume(&base, 1, VolumeFormat::Raw, None)
+                .await?;
+            // The root disk reads through the base as it is on the libvirt host.
+            disks[0] = crate::DiskSpec::root(disks[0].size(), std::path::Path::new(&base_path));
+        }
+        Ok(PlacedImage {
+            kernel: (kernel_path, initrd_path),
+            root: crate::image::boot_root(spec, &image),
+            disks,
+        })
     }
 
     /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns

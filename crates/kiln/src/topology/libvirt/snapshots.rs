@@ -170,7 +170,7 @@ impl LibvirtHost {
             reason,
             hint,
         };
-        if spec.disks().is_empty() {
+        if spec.machine_disk_count() == 0 {
             return Err(unsupported(
                 "libvirt keeps a snapshot inside the VM's qcow2 disks, and it has none",
                 "create the VM with a disk (`--disk 1G`), or use the daemonless backend",
@@ -218,7 +218,7 @@ fn info_of(spec: &VmSpec, snapshot: &SnapshotObserved) -> SnapshotInfo {
         } else {
             spec.memory_mib() << 20
         },
-        disks: spec.disks().len(),
+        disks: spec.machine_disk_count(),
         qemu_version: note.map(|n| n.qemu_version).unwrap_or_default(),
         disk_only,
     }

@@ -51,6 +51,8 @@ pub struct DomainDisk {
     pub pool: String,
     pub volume: String,
     pub boot_order: Option<u32>,
+    /// The virtio serial the guest sees (`/dev/disk/by-id/virtio-SERIAL`).
+    pub serial: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +146,8 @@ struct DiskOut<'a> {
     target: DiskTargetOut,
     #[serde(skip_serializing_if = "Option::is_none")]
     boot: Option<BootOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -340,6 +344,7 @@ impl DomainDef {
                             bus: "virtio",
                         },
                         boot: disk.boot_order.map(|order| BootOut { order }),
+                        serial: disk.serial.as_deref(),
                     })
                     .collect(),
                 filesystem: self
@@ -561,6 +566,7 @@ mod tests {
                 pool: "kiln".to_owned(),
                 volume: "web-1-disk0.qcow2".to_owned(),
                 boot_order: (!kernel).then_some(2),
+                serial: Some("data".to_owned()),
             }],
             nics: vec![
                 DomainNic {
