@@ -366,6 +366,18 @@ fn set_identity(hostname: &str, seed: &[u8]) -> Result<(), String> {
 fn power_off() {
     eprintln!("kiln-agent: powering off at the host's request");
     rustix::fs::sync();
+    // Under systemd (a full-mode Debian image), let it stop the services and unmount; the
+    // data is already synced if it is slow and the host kills the machine.
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        let asked = std::process::Command::new("systemctl")
+            .args(["poweroff", "--no-block"])
+            .stdin(std::process::Stdio::null())
+            .status();
+        if asked.is_ok_and(|status| status.success()) {
+            return;
+        }
+        eprintln!("kiln-agent: systemctl poweroff failed; powering off directly");
+    }
     if let Err(err) = rustix::system::reboot(rustix::system::RebootCommand::PowerOff) {
         eprintln!("kiln-agent: power off failed: {err}");
     }

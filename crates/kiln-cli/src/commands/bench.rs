@@ -62,6 +62,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Debian images: build (fresh with --fresh, and the no-op check), cold boot against the
+    /// busybox image, systemd's full mode, a warm `kiln run --image debian -- true`, and
+    /// `cargo build` of a hello crate in the rust image
+    Images {
+        /// Boots of each kind, alternating
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Also time a build of `debian` from nothing (about a minute)
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// `up` until the agent answers on a real libvirtd, against the daemonless backend
     Libvirt {
         /// The libvirt URI (default: $KILN_LIBVIRT_URI or qemu:///system)
@@ -93,12 +106,50 @@ pub async fn run(command: Command) -> Outcome {
         Command::Score { vms, runs, json } => score(vms, runs, json).await,
         Command::Session { runs, files, json } => session(runs, files, json).await,
         Command::Snapshot { runs, json } => snapshot(runs, json).await,
+        Command::Images { runs, fresh, json } => images(runs, fresh, json).await,
         Command::Libvirt {
             connect,
             runs,
             json,
         } => libvirt(connect, runs, json).await,
     }
+}
+
+async fn images(runs: u32, fresh: bool, json: bool) -> Outcome {
+    let report = bench::images(&Kiln::from_env()?, runs, fresh, &Progress::new()).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    if let Some(secs) = report.fresh_build_s {
+        println!("build debian from nothing       {secs:>8.1} s");
+    }
+    println!(
+        "no-op check of a built image    {}   (goal < 100 ms)",
+        ms(&report.noop_check)
+    );
+    println!(
+        "cold up, busybox image          {}",
+        ms(&report.busybox_boot)
+    );
+    println!(
+        "cold up, debian (fast)          {}",
+        ms(&report.debian_boot)
+    );
+    println!(
+        "  ratio                         {:>8.2}   (goal <= 1.3)",
+        report.ratio
+    );
+    println!("cold up, debian-full (systemd)  {}", ms(&report.full_boot));
+    println!(
+        "warm kiln run --image debian -- true {}   (goal p50 <= 500 ms)",
+        ms(&report.warm_run_true)
+    );
+    println!(
+        "cargo build of a hello crate in the rust image {:>6.1} s",
+        report.cargo_build_hello_s
+    );
+    Ok(0)
 }
 
 async fn clients_bench(clients: usize, runs: u32, json: bool) -> Outcome {

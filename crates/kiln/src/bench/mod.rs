@@ -2,11 +2,13 @@
 //! live here, never in timed tests. Nothing here prints: a report comes back to the caller.
 
 mod clients;
+mod images;
 mod libvirt;
 mod session;
 mod snapshot;
 
 pub use clients::{ClientsReport, clients};
+pub use images::{ImagesReport, images};
 pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
 pub use session::{SessionReport, session};
 pub use snapshot::{SnapshotReport, snapshot};
