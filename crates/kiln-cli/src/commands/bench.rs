@@ -146,6 +146,10 @@ async fn images(runs: u32, fresh: bool, json: bool) -> Outcome {
         ms(&report.warm_run_true)
     );
     println!(
+        "warm kiln run -- true (busybox)      {}",
+        ms(&report.warm_run_true_busybox)
+    );
+    println!(
         "cargo build of a hello crate in the rust image {:>6.1} s",
         report.cargo_build_hello_s
     );

@@ -26,6 +26,8 @@ pub struct ImagesReport {
     pub full_boot: Stats,
     /// A whole warm session, `kiln run --image debian -- true` (goal ≤ 0.5 s under TCG).
     pub warm_run_true: Stats,
+    /// The same session on the busybox image, alternating with it: the baseline.
+    pub warm_run_true_busybox: Stats,
     /// `cargo new` + `cargo build` of a hello crate in the `rust` image, in seconds.
     pub cargo_build_hello_s: f64,
 }
@@ -100,18 +102,19 @@ pub async fn images(
         });
     }
 
-    // Warm sessions: the first makes the template (not timed).
+    // Warm sessions: the first of each makes the template (not timed).
     let warm = kiln.clone().with_warm_starts(true);
-    let spec = |name: String| {
-        VmSpec::builder(name)
-            .memory_mib(512)
-            .image("debian")
-            .build()
-    };
-    super::session::run_true(&warm, spec("bench-drun-0".to_owned())?).await?;
-    let mut warm_runs = Vec::new();
-    for run in 1..=runs {
-        warm_runs.push(super::session::run_true(&warm, spec(format!("bench-drun-{run}"))?).await?);
+    let spec =
+        |name: String, image: &str| VmSpec::builder(name).memory_mib(512).image(image).build();
+    let busybox_image = crate::spec::DEFAULT_IMAGE;
+    super::session::run_true(&warm, spec("bench-drun-0".to_owned(), "debian")?).await?;
+    super::session::run_true(&warm, spec("bench-brun-0".to_owned(), busybox_image)?).await?;
+    let (mut warm_runs, mut warm_busybox) = (Vec::new(), Vec::new());
+    for run in 1..=runs.max(5) {
+        let debian = spec(format!("bench-drun-{run}"), "debian")?;
+        warm_runs.push(super::session::run_true(&warm, debian).await?);
+        let busybox = spec(format!("bench-brun-{run}"), busybox_image)?;
+        warm_busybox.push(super::session::run_true(&warm, busybox).await?);
     }
 
     let name = "bench-cargo";
@@ -156,6 +159,7 @@ pub async fn images(
         debian_boot,
         full_boot: Stats::of(&full),
         warm_run_true: Stats::of(&warm_runs),
+        warm_run_true_busybox: Stats::of(&warm_busybox),
         cargo_build_hello_s,
     })
 }

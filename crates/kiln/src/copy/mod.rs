@@ -148,7 +148,7 @@ async fn send_tar(
     guest_dir: &str,
     pack: impl FnOnce(mpsc::Sender<Vec<u8>>) -> Result<CopyStats> + Send + 'static,
 ) -> Result<CopyStats> {
-    let mut request = ExecRequest::new(["tar", "-x", "-f", "-", "-C", guest_dir]);
+    let mut request = helper(["tar", "-x", "-f", "-", "-C", guest_dir]);
     request.stdin = true;
     let mut session = agent.exec(request).await?;
     let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
@@ -228,7 +228,7 @@ pub async fn pull(
     // Exit code 3: the source does not exist (tar's own errors exit 1).
     let script = r#"[ -e "$1" ] || [ -L "$1" ] || exit 3; cd "$(dirname "$1")" && exec tar -c -f - "$(basename "$1")""#;
     let mut session = agent
-        .exec(ExecRequest::new(["sh", "-c", script, "kiln-cp", src]))
+        .exec(helper(["sh", "-c", script, "kiln-cp", src]))
         .await?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let limits = *limits;
@@ -237,6 +237,25 @@ pub async fn pull(
     });
     let exited = wait_exit(&mut session, Some(tx), limits.idle()).await;
     Ok(finish_pull(unpacking, exited, src).await?.stats)
+}
+
+/// kiln's helper commands (tar, find, stat, xargs under `sh`) look in the guest's kiln tools
+/// first: the busybox the initramfs hands a Debian guest at `/run/kiln/bin`. So they behave
+/// the same whatever the userland holds, and start fast (static, no dynamic loader to run
+/// under TCG). In the busybox image that directory is absent and `/bin` has the same applets.
+pub(crate) const GUEST_TOOLS_PATH: &str = "/run/kiln/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A helper command, run with [`GUEST_TOOLS_PATH`].
+pub(crate) fn helper<I, S>(argv: I) -> ExecRequest
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut request = ExecRequest::new(argv);
+    request
+        .env
+        .push(("PATH".to_owned(), GUEST_TOOLS_PATH.to_owned()));
+    request
 }
 
 /// Copies the files `paths` (relative to `guest_dir`) into `host_dir`, keeping their
@@ -257,7 +276,7 @@ pub(crate) async fn pull_paths(
         ..unpack::Target::below(host_dir)
     };
     let script = r#"cd "$1" || exit 3; xargs -0 tar -c -f - --no-recursion"#;
-    let mut request = ExecRequest::new(["sh", "-c", script, "kiln-cp", guest_dir]);
+    let mut request = helper(["sh", "-c", script, "kiln-cp", guest_dir]);
     request.stdin = true;
     let mut session = agent.exec(request).await?;
     let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
@@ -398,7 +417,7 @@ enum GuestKind {
 async fn guest_kind(agent: &AgentClient, path: &str) -> Result<GuestKind> {
     let script = r#"if [ -d "$1" ]; then echo dir; elif [ -e "$1" ]; then echo file; elif [ -d "$(dirname "$1")" ]; then echo new; else echo missing; fi"#;
     let out = agent
-        .exec(ExecRequest::new(["sh", "-c", script, "kiln-cp", path]))
+        .exec(helper(["sh", "-c", script, "kiln-cp", path]))
         .await?
         .output_within(CONTROL_OUTPUT, CONTROL_TIMEOUT, "checking the destination")
         .await?;

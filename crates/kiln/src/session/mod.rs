@@ -317,7 +317,7 @@ fn move_into_place(
 
 /// Deletes files (relative to the guest's workspace).
 async fn remove_in_guest(agent: &AgentClient, paths: &[String]) -> Result<()> {
-    let mut request = ExecRequest::new([
+    let mut request = copy::helper([
         "sh",
         "-c",
         r#"cd "$1" && xargs -0 rm -f"#,
@@ -354,7 +354,7 @@ async fn remove_in_guest(agent: &AgentClient, paths: &[String]) -> Result<()> {
 
 async fn mkdir(agent: &AgentClient, dir: &str) -> Result<()> {
     let out = agent
-        .exec(ExecRequest::new(["mkdir", "-p", dir]))
+        .exec(copy::helper(["mkdir", "-p", dir]))
         .await?
         .output_within(
             copy::CONTROL_OUTPUT,
@@ -458,7 +458,7 @@ async fn guest_stamps(
     let script = r#"cd "$1" && find . \( -type f -o -type l \) -exec stat -c '%s %Y %n' {} +"#;
     let max = usize::try_from(limits.get(CopyLimit::FileList)).unwrap_or(usize::MAX);
     let out = agent
-        .exec(ExecRequest::new([
+        .exec(copy::helper([
             "sh",
             "-c",
             script,
