@@ -103,6 +103,14 @@ pub fn require_libvirtd_remote() {
     );
 }
 
+/// A TCP port on 127.0.0.1 nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or_else(|e| panic!("cannot bind a port on 127.0.0.1: {e}"))
+}
+
 /// A name no other test run uses at the same time (libvirt objects are host-wide).
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

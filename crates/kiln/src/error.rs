@@ -90,6 +90,8 @@ pub enum Error {
     },
     #[error("unknown image {name} (known: {})", known.join(", "))]
     UnknownImage { name: String, known: Vec<String> },
+    #[error("image {image} has no cloud-init: the VM's cloud-init data would be ignored")]
+    ImageLacksCloudInit { image: String },
     #[error("image {name} is not built")]
     ImageNotBuilt { name: String },
     #[error("image {name} is in use by {}", vms.join(", "))]
@@ -180,6 +182,9 @@ impl Error {
                 "`kiln image ls` lists the images and recipes".to_owned()
             }
             Self::ImageNotBuilt { name } => format!("build it with `kiln image build {name}`"),
+            Self::ImageLacksCloudInit { .. } => {
+                "use --image cloud, or a recipe that installs cloud-init".to_owned()
+            }
             Self::ImageInUse { vms, .. } => {
                 format!("remove those VMs first (`kiln rm {}`)", vms.join(" "))
             }

@@ -212,3 +212,124 @@ async fn full_mode_runs_systemd_as_pid_one() {
     assert_eq!(sh(&host, "deb-full", "cat /kept.txt").await, "kept\n");
     host.remove("deb-full", true, p).await.unwrap();
 }
+
+/// The cloud body both hosts run: the `cloud` image runs the typed user-data at first boot
+/// (hostname, a user with a key, a written file, a runcmd marker). Where the host forwards
+/// ports, a real `ssh` client logs in with the key.
+async fn cloud_init_reaches_the_guest(host: &dyn Host, name: &str, ssh_port: Option<u16>) {
+    use kiln::spec::{CloudInit, PortForward};
+    let p = &NoProgress;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("prerequisite missing: ssh-keygen (openssh-client; scripts/setup.sh installs it)");
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let mut spec = VmSpec::builder(name).memory_mib(768).image("cloud");
+    if let Some(port) = ssh_port {
+        spec = spec.port(format!("{port}:22").parse::<PortForward>().unwrap());
+    }
+    let spec = spec
+        .cloud_init(
+            CloudInit::new()
+                .hostname("seeded")
+                .user("ops")
+                .ssh_authorized_key(public.trim())
+                .write_file("/etc/kiln-written", "from user-data\n")
+                .runcmd("echo ran > /var/tmp/runcmd-marker"),
+        )
+        .build()
+        .unwrap();
+    host.up(&spec, p).await.unwrap();
+    let status = sh(
+        host,
+        name,
+        "cloud-init status --wait >/dev/null; cloud-init status",
+    )
+    .await;
+    assert!(status.contains("done"), "{status}");
+    assert_eq!(sh(host, name, "hostname").await, "seeded\n");
+    assert_eq!(sh(host, name, "id -un ops").await, "ops\n");
+    assert_eq!(
+        sh(host, name, "cat /etc/kiln-written").await,
+        "from user-data\n"
+    );
+    assert_eq!(sh(host, name, "cat /var/tmp/runcmd-marker").await, "ran\n");
+    // The seed is read-only to the guest.
+    let write = sh(
+        host,
+        name,
+        "dd if=/dev/zero of=/dev/disk/by-id/virtio-cidata count=1 2>&1 || echo refused",
+    )
+    .await;
+    assert!(write.contains("refused"), "{write}");
+
+    if let Some(port) = ssh_port {
+        let out = std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=30",
+                "-p",
+                &port.to_string(),
+                "ops@127.0.0.1",
+                "sudo -n id -u; hostname",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nseeded\n");
+    }
+    host.remove(name, true, p).await.unwrap();
+
+    // An image without cloud-init refuses the data before anything is made.
+    let plain = VmSpec::builder(format!("{name}-plain"))
+        .image("debian")
+        .cloud_init(CloudInit::new().runcmd("true"))
+        .build()
+        .unwrap();
+    match host.up(&plain, p).await {
+        Err(Error::ImageLacksCloudInit { image }) => assert_eq!(image, "debian"),
+        other => panic!("cloud-init data on an image without it: {other:?}"),
+    }
+    assert!(host.find(plain.name()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_init_on_the_daemonless_backend_and_ssh_logs_in() {
+    let env = TestEnv::new();
+    let host = LocalHost::new(env.kiln());
+    cloud_init_reaches_the_guest(&host, "cloud-1", Some(kiln_testkit::free_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_init_on_libvirt() {
+    require_libvirtd();
+    let env = TestEnv::new();
+    let name = unique_name("kt-cloud");
+    let host = env.libvirt_host("qemu:///system", &name).await;
+    let body = tokio::spawn({
+        let host = host.clone();
+        let name = name.clone();
+        async move { cloud_init_reaches_the_guest(&host, &name, None).await }
+    })
+    .await;
+    let _ = host.remove(&name, true, &NoProgress).await;
+    if let Err(panic) = body {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}

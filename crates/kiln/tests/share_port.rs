@@ -14,14 +14,7 @@ use kiln::spec::{PortForward, ShareSpec};
 use kiln::{Error, ExecRequest, ExitStatus, VmSpec};
 use kiln_testkit::TestEnv;
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use kiln_testkit::free_port;
 
 /// `GET path` on 127.0.0.1:port; `None` when nothing answers.
 fn http_get(port: u16, path: &str) -> Option<String> {

@@ -25,6 +25,10 @@ pub struct Args {
     /// Grow a Debian image's root disk and filesystem to this size, e.g. 20G
     #[arg(long, allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub root_size: Option<ByteSize>,
+    /// A cloud-init `#cloud-config` file for the VM's first boot (needs an image with
+    /// cloud-init: --image cloud)
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<std::path::PathBuf>,
     /// Add a blank qcow2 disk of this size (repeatable), e.g. --disk 4G
     #[arg(long = "disk", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub disks: Vec<ByteSize>,
@@ -99,6 +103,11 @@ pub async fn run(args: Args) -> Outcome {
         .net_policy(args.net);
     if let Some(size) = args.root_size {
         builder = builder.root_size(size);
+    }
+    if let Some(file) = &args.user_data {
+        let text = std::fs::read_to_string(file).map_err(kiln::IoError::at("read", file))?;
+        let cloud_init = kiln::spec::CloudInit::raw(text).map_err(kiln::spec::SpecError::from)?;
+        builder = builder.cloud_init(cloud_init);
     }
     for size in args.disks {
         builder = builder.disk(DiskSpec::new(size));

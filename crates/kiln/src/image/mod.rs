@@ -11,6 +11,7 @@ mod kernel;
 mod manifest;
 mod recipe;
 mod rootfs;
+pub(crate) mod seed;
 
 pub use initramfs::{Addressing, BootRoot, guest_cmdline, user_net};
 pub use manifest::{FileStamp, Manifest};
@@ -197,6 +198,21 @@ impl Image {
     /// The initramfs every kiln guest boots.
     pub fn initramfs(&self) -> PathBuf {
         self.dir.join("initramfs.cpio")
+    }
+    /// Whether cloud-init is installed in the image (a spec's cloud-init data needs it).
+    pub fn has_cloud_init(&self) -> bool {
+        self.root
+            .as_ref()
+            .is_some_and(|root| root.packages.iter().any(|p| p.name == "cloud-init"))
+    }
+    /// Refuses `spec` when it carries cloud-init data this image would ignore.
+    pub fn check_spec(&self, spec: &crate::VmSpec) -> crate::Result<()> {
+        if spec.cloud_init().is_some() && !self.has_cloud_init() {
+            return Err(Error::ImageLacksCloudInit {
+                image: self.name.clone(),
+            });
+        }
+        Ok(())
     }
     /// A Debian image's root filesystem; `None` for the busybox image.
     pub fn root(&self) -> Option<&RootfsManifest> {

@@ -12,9 +12,15 @@ pub const DEFAULT_SUITE: &str = "bookworm";
 /// What every Debian image carries besides its recipe's packages: modules can be loaded,
 /// the root grows (`resize2fs`), the network is configured (`ip`), TLS works.
 pub const BASE_PACKAGES: &[&str] = &["kmod", "e2fsprogs", "iproute2", "ca-certificates"];
-/// Full mode runs systemd as PID 1.
-const FULL_MODE_PACKAGES: &[&str] = &["systemd-sysv"];
+/// Full mode runs systemd as PID 1, with udev: without it, device units (the serial
+/// console's getty waits for `dev-ttyS0.device`) never appear and boot never finishes.
+const FULL_MODE_PACKAGES: &[&str] = &["systemd-sysv", "udev"];
 const MIN_SIZE: ByteSize = ByteSize::from_mib(512);
+/// The `cloud` image's cloud-init settings: only the NoCloud seed kiln attaches (no probing
+/// of cloud metadata services, which would stall the boot), and the network left to kiln's
+/// init, which configures it the same way in every image.
+const CLOUD_CFG: &str =
+    "datasource_list: [ NoCloud, None ]\nnetwork: {config: disabled}\nlocale: C.UTF-8\n";
 
 /// How a Debian image starts once kiln's initramfs has switched into it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -176,6 +182,8 @@ impl ImageSpec {
         };
         // Serializing a struct of strings, numbers and byte vectors cannot fail.
         hasher.update(serde_json::to_vec(&canonical).unwrap_or_default());
+        // The packages kiln adds to every recipe are part of what is built.
+        hasher.update(self.all_packages().join(",").as_bytes());
         hex::encode(hasher.finalize())
     }
 
@@ -337,6 +345,12 @@ pub fn shipped() -> Vec<ImageSpec> {
         ImageSpec::builder("debian-full")
             .description("Debian 12 with systemd as PID 1, for long-lived VMs")
             .init(InitMode::Full),
+        ImageSpec::builder("cloud")
+            .description("Debian 12 with systemd, cloud-init (NoCloud) and openssh-server")
+            .packages(["cloud-init", "openssh-server", "sudo"])
+            .file("/etc/cloud/cloud.cfg.d/90-kiln.cfg", CLOUD_CFG)
+            .init(InitMode::Full)
+            .size_gib(3),
         ImageSpec::builder("rust")
             .description("Debian 12 with cargo, build-essential, pkg-config and git")
             .packages(["cargo", "build-essential", "pkg-config", "git"])
@@ -359,7 +373,7 @@ mod tests {
 
     #[test]
     fn every_shipped_recipe_is_valid() {
-        assert_eq!(shipped().len(), 4);
+        assert_eq!(shipped().len(), 5);
         let rust = shipped().into_iter().find(|r| r.name() == "rust").unwrap();
         assert!(rust.all_packages().starts_with(&["kmod".to_owned()]));
         assert!(rust.all_packages().contains(&"cargo".to_owned()));

@@ -172,6 +172,15 @@ fn build_in(
     inputs: &RootfsInputs<'_>,
     started: Instant,
 ) -> crate::Result<RootfsManifest> {
+    // The release names directories in the hooks' shell commands: only plain characters.
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    if inputs.kernel_release.is_empty() || !inputs.kernel_release.chars().all(plain) {
+        return Err(ImageError::KernelFormat {
+            path: inputs.kernel_deb.to_owned(),
+            reason: format!("unexpected kernel release {:?}", inputs.kernel_release),
+        }
+        .into());
+    }
     let deb = work.join("kernel");
     run(
         Command::new("dpkg-deb")
@@ -512,6 +521,17 @@ mod tests {
             std::fs::read(stage.join("files/etc/motd")).unwrap(),
             b"hello"
         );
+    }
+
+    #[test]
+    fn a_build_that_cannot_fit_is_refused_before_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_free_space(dir.path(), ByteSize::from_gib(1 << 20)).unwrap_err();
+        assert!(
+            matches!(err, Error::Image(ImageError::NoSpace { ref path, .. }) if path == dir.path()),
+            "{err:?}"
+        );
+        check_free_space(dir.path(), ByteSize::from_mib(1)).unwrap();
     }
 
     #[test]

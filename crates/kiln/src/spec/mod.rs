@@ -1,5 +1,6 @@
 //! What a VM should be: [`VmSpec`] and its parts, built and loaded through one [`validate`].
 
+mod cloud_init;
 mod disk;
 mod mac;
 mod network;
@@ -7,6 +8,7 @@ mod port;
 mod share;
 mod size;
 
+pub use cloud_init::{CloudInit, CloudInitError, MAX_USER_DATA};
 pub use disk::{DiskSpec, MAX_LABEL_LEN, ROOT_DISK_LABEL};
 pub use mac::MacAddr;
 pub use network::{
@@ -56,6 +58,10 @@ pub enum SpecError {
     RootSizeWithoutRoot,
     #[error("image {image} boots through kiln's kernel, but a boot order boots firmware")]
     FirmwareBootWithImage { image: String },
+    #[error("cloud-init needs an image that has it; the default image has not")]
+    CloudInitWithoutImage,
+    #[error(transparent)]
+    CloudInit(#[from] CloudInitError),
     #[error("network name {name:?} is invalid")]
     InvalidNetwork { name: String },
     #[error("invalid MAC address {mac:?}: {reason}")]
@@ -145,6 +151,11 @@ impl SpecError {
             Self::FirmwareBootWithImage { .. } => {
                 "drop the boot order, or the image (firmware boots what is on the disks)"
             }
+            Self::CloudInitWithoutImage => "use --image cloud (Debian with cloud-init)",
+            Self::CloudInit(CloudInitError::NotCloudConfig) => {
+                "start the file with the line #cloud-config"
+            }
+            Self::CloudInit(_) => "fix the cloud-init data",
             Self::InvalidMac { .. } | Self::DuplicateMac { .. } => {
                 "a MAC is six hex octets like 52:54:00:12:34:56, unique per NIC"
             }
@@ -227,6 +238,9 @@ struct VmSpecFields {
     /// A Debian image's root disk size, when larger than the image's filesystem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     root_size: Option<ByteSize>,
+    /// What cloud-init does at first boot (an image with cloud-init, such as `cloud`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cloud_init: Option<CloudInit>,
 }
 
 /// A device firmware boots from, in [`VmSpecBuilder::boot_order`].
@@ -295,6 +309,12 @@ fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), Spe
     }
     if spec.root_size.is_some() && spec.image == DEFAULT_IMAGE {
         return Err(SpecError::RootSizeWithoutRoot);
+    }
+    if let Some(cloud_init) = &spec.cloud_init {
+        if spec.image == DEFAULT_IMAGE {
+            return Err(SpecError::CloudInitWithoutImage);
+        }
+        cloud_init.validate()?;
     }
     if !spec.boot_order.is_empty() && spec.image != DEFAULT_IMAGE {
         return Err(SpecError::FirmwareBootWithImage {
@@ -411,6 +431,7 @@ impl VmSpec {
                 ports: Vec::new(),
                 net_policy: NetPolicy::default(),
                 root_size: None,
+                cloud_init: None,
             },
             networks_set: false,
         }
@@ -441,6 +462,10 @@ impl VmSpec {
     /// The root disk's size asked for, if larger than the image's filesystem.
     pub fn root_size(&self) -> Option<ByteSize> {
         self.fields.root_size
+    }
+    /// What cloud-init does at first boot, if anything.
+    pub fn cloud_init(&self) -> Option<&CloudInit> {
+        self.fields.cloud_init.as_ref()
     }
     /// How many disks the machine has: the root disk, if any, then the spec's own.
     pub fn machine_disk_count(&self) -> usize {
@@ -559,6 +584,12 @@ impl VmSpecBuilder {
     /// NAT, not the host's loopback).
     pub fn net_policy(mut self, policy: NetPolicy) -> Self {
         self.fields.net_policy = policy;
+        self
+    }
+    /// What cloud-init does at first boot; the image must have cloud-init (`cloud` does). Its
+    /// data goes on a read-only `cidata` seed disk.
+    pub fn cloud_init(mut self, cloud_init: CloudInit) -> Self {
+        self.fields.cloud_init = Some(cloud_init);
         self
     }
     /// Grows a Debian image's root disk (and its filesystem, on first boot) to this size.

@@ -124,6 +124,10 @@ impl VmPaths {
         self.dir.join("secret")
     }
     /// The FIFO QEMU writes the serial console into (see `serial_log`).
+    /// The cloud-init NoCloud seed (`cidata`), written at each start from the spec.
+    pub fn seed(&self) -> PathBuf {
+        self.dir.join("cidata.img")
+    }
     pub fn console_fifo(&self) -> PathBuf {
         self.run.join("console")
     }

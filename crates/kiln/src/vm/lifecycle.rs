@@ -127,6 +127,7 @@ impl Kiln {
             .images
             .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
             .await?;
+        image.check_spec(&spec)?;
 
         let record = progress::stage(reporter, Stage::CreateVm, async {
             state::create_private_dir(paths.dir())?;

@@ -41,6 +41,9 @@ impl Kiln {
         if !spec.boot_order().is_empty() {
             return Some("it boots through firmware");
         }
+        if spec.cloud_init().is_some() {
+            return Some("cloud-init runs at its first boot");
+        }
         if spec.disks().iter().any(|d| d.base().is_some()) {
             return Some("a disk has a base image");
         }

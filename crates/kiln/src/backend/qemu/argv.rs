@@ -38,6 +38,8 @@ pub struct QemuLaunch {
     pub disks: Vec<PathBuf>,
     /// Each disk's label, its virtio serial (the guest's `/dev/disk/by-id/virtio-LABEL`).
     pub disk_labels: Vec<Option<String>>,
+    /// The cloud-init seed, attached read-only after the disks.
+    pub seed: Option<PathBuf>,
     pub user_net: Option<UserNet>,
     pub shares: Vec<Share9p>,
     /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
@@ -201,6 +203,17 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             &format!("{},drive=disk{i}{serial}", virtio("virtio-blk")),
         ]);
     }
+    if let Some(seed) = &l.seed {
+        argv.push_kv(
+            "-drive",
+            "id=seed,if=none,format=raw,readonly=on,file=",
+            seed,
+        );
+        argv.push([
+            "-device",
+            &format!("{},drive=seed,serial=cidata", virtio("virtio-blk")),
+        ]);
+    }
     for share in &l.shares {
         // mapped-xattr: the guest's owners and modes live in xattrs, never in the host file's
         // mode, so a guest root cannot plant a setuid-root file in a host directory (QEMU
@@ -283,6 +296,7 @@ mod tests {
             pidfile: p("qemu.pid"),
             disks: vec![p("disk0.qcow2")],
             disk_labels: vec![Some("data".to_owned())],
+            seed: None,
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,
                 passt_socket: p("net.sock"),

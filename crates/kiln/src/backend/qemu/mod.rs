@@ -240,6 +240,9 @@ impl Backend for QemuBackend {
 
     async fn start(&self, launch: &Launch<'_>) -> Result<MachineRecord> {
         let plan = self.plan(launch);
+        if let (Some(seed), Some(cloud_init)) = (&plan.seed, launch.spec.cloud_init()) {
+            crate::image::seed::write(seed, cloud_init, launch.spec.name())?;
+        }
         let argv = render(&plan);
         debug!("qemu argv: {} {argv:?}", self.binary.display());
         // Stale sockets of an earlier run would make QEMU fail to bind.

@@ -46,6 +46,7 @@ impl QemuBackend {
             pidfile: paths.pidfile(),
             disks: launch.disks.to_vec(),
             disk_labels: launch.spec.machine_disk_labels(),
+            seed: launch.spec.cloud_init().map(|_| paths.seed()),
             incoming: launch.incoming.map(std::path::Path::to_owned),
             user_net: launch.spec.user_net().map(|policy| UserNet {
                 policy,

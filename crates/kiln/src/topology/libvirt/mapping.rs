@@ -12,6 +12,11 @@ pub(super) fn disk_volume(vm: &str, index: usize) -> String {
     format!("{vm}-disk{index}.qcow2")
 }
 
+/// The volume of a VM's cloud-init seed.
+pub(super) fn seed_volume(vm: &str) -> String {
+    format!("{vm}-cidata.img")
+}
+
 /// Whether `nic` goes out through [`NAT_NETWORK`].
 fn on_nat_network(spec: &VmSpec, nic: &NetworkRef) -> bool {
     *nic == NetworkRef::User && spec.net_policy() == NetPolicy::Nat
@@ -65,12 +70,20 @@ pub(super) fn domain_def(spec: &VmSpec, inputs: DomainInputs<'_>) -> Result<Doma
                 pool: inputs.pool.to_owned(),
                 volume: disk_volume(spec.name(), index),
                 serial,
+                read_only: false,
                 boot_order: if index == 0 {
                     boot_position(BootDevice::Disk)
                 } else {
                     None
                 },
             })
+            .chain(spec.cloud_init().map(|_| DomainDisk {
+                pool: inputs.pool.to_owned(),
+                volume: seed_volume(spec.name()),
+                boot_order: None,
+                serial: Some("cidata".to_owned()),
+                read_only: true,
+            }))
             .collect(),
         nics: spec
             .networks()

@@ -223,11 +223,20 @@ impl VmHost for LibvirtHost {
     }
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
+        if spec.cloud_init().is_some() && self.runs_guests() {
+            // Refused before anything is made on the host.
+            let image = self
+                .images
+                .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
+                .await?;
+            image.check_spec(spec)?;
+        }
         self.conn.ensure_pool_active().await?;
         self.ensure_nat_network(spec).await?;
         let secret_file = self.new_secret(spec.name()).await?;
         let (def, disks) = self.domain_def(spec, owner, secret_file, reporter).await?;
         progress::stage(reporter, Stage::CreateVm, async {
+            self.upload_seed(spec).await?;
             for (index, disk) in disks.iter().enumerate() {
                 self.conn
                     .ensure_volume(
@@ -256,6 +265,7 @@ impl VmHost for LibvirtHost {
             None => self.new_secret(spec.name()).await?,
         };
         let (mut def, _) = self.domain_def(spec, owner, secret_file, reporter).await?;
+        self.upload_seed(spec).await?;
         def.uuid = observed.uuid;
         self.conn.define_domain(&def).await?;
         // A running domain takes new vCPUs and memory on its next start.

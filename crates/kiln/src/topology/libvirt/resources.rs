@@ -66,6 +66,7 @@ impl LibvirtHost {
             .images
             .ensure(spec.image(), self.image_inputs.as_ref(), false, reporter)
             .await?;
+        image.check_spec(spec)?;
         let [kernel, initrd, complete] = image_volumes(&image);
         let existing = self.conn.list_volumes().await?;
         if ![&kernel, &initrd, &complete]
@@ -165,6 +166,19 @@ impl LibvirtHost {
         Ok(())
     }
 
+    /// Puts `spec`'s cloud-init seed in the pool, replacing an older one; nothing without
+    /// cloud-init data.
+    pub(super) async fn upload_seed(&self, spec: &VmSpec) -> Result<()> {
+        let Some(cloud_init) = spec.cloud_init() else {
+            return Ok(());
+        };
+        let volume = super::mapping::seed_volume(spec.name());
+        let bytes = crate::image::seed::image(cloud_init, spec.name())
+            .map_err(crate::IoError::at("make the cloud-init seed for", &volume))?;
+        self.conn.upload_bytes(&volume, bytes, false).await?;
+        Ok(())
+    }
+
     /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
     /// volume's path on the libvirt host.
     pub(super) async fn new_secret(&self, name: &str) -> Result<String> {
@@ -211,9 +225,14 @@ impl LibvirtHost {
             return Ok(0);
         }
         let (log, secret) = (serial_log_volume(name), secret_volume(name));
+        let seed = super::mapping::seed_volume(name);
         let mut removed = 0;
         for volume in self.conn.list_volumes().await? {
-            if is_disk_of(&volume, name) || is_log(&volume, &log) || volume == secret {
+            if is_disk_of(&volume, name)
+                || is_log(&volume, &log)
+                || volume == secret
+                || volume == seed
+            {
                 self.conn.delete_volume(&volume).await?;
                 removed += 1;
             }

@@ -53,6 +53,8 @@ pub struct DomainDisk {
     pub boot_order: Option<u32>,
     /// The virtio serial the guest sees (`/dev/disk/by-id/virtio-SERIAL`).
     pub serial: Option<String>,
+    /// A raw volume the guest only reads (the cloud-init seed); else a writable qcow2.
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,8 @@ struct DiskOut<'a> {
     boot: Option<BootOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     serial: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<()>,
 }
 
 #[derive(Debug, Serialize)]
@@ -333,7 +337,7 @@ impl DomainDef {
                         device: "disk",
                         driver: DriverOut {
                             name: "qemu",
-                            format: "qcow2",
+                            format: if disk.read_only { "raw" } else { "qcow2" },
                         },
                         source: VolumeSourceOut {
                             pool: &disk.pool,
@@ -345,6 +349,7 @@ impl DomainDef {
                         },
                         boot: disk.boot_order.map(|order| BootOut { order }),
                         serial: disk.serial.as_deref(),
+                        readonly: disk.read_only.then_some(()),
                     })
                     .collect(),
                 filesystem: self
@@ -567,6 +572,7 @@ mod tests {
                 volume: "web-1-disk0.qcow2".to_owned(),
                 boot_order: (!kernel).then_some(2),
                 serial: Some("data".to_owned()),
+                read_only: false,
             }],
             nics: vec![
                 DomainNic {

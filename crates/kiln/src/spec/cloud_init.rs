@@ -1,0 +1,326 @@
+//! cloud-init's NoCloud data, from types: a [`CloudInit`] renders to `user-data` (a
+//! `#cloud-config` document) and `meta-data`, which kiln puts on a read-only `cidata` seed disk.
+//! JSON is valid YAML, so both are written as JSON behind their headers.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The most user-data kiln passes on: cloud-init reads the whole seed into memory.
+pub const MAX_USER_DATA: usize = 64 * 1024;
+
+/// Why cloud-init data is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloudInitError {
+    /// Raw user-data that cloud-init would not read as cloud-config.
+    #[error("user-data must start with `#cloud-config`")]
+    NotCloudConfig,
+    /// More user-data than kiln passes on.
+    #[error("user-data is {size} bytes, over the {max} kiln accepts")]
+    TooLarge { size: usize, max: usize },
+    /// A user or host name cloud-init would reject.
+    #[error("invalid {what} {value:?}")]
+    InvalidName { what: &'static str, value: String },
+    /// A file path that is not absolute and plain.
+    #[error("write_files path {path:?} must be absolute and plain")]
+    InvalidPath { path: String },
+    /// An SSH key that is not one line of `TYPE BASE64 [COMMENT]`.
+    #[error("ssh key {key:?} is not an OpenSSH public key line")]
+    InvalidKey { key: String },
+}
+
+/// A user cloud-init creates, with passwordless sudo and these SSH keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudUser {
+    name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ssh_authorized_keys: Vec<String>,
+}
+
+/// A file cloud-init writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudFile {
+    path: String,
+    content: String,
+    permissions: u32,
+}
+
+/// What cloud-init does at a VM's first boot. Either built from types, or a user's own
+/// `#cloud-config` document passed through ([`CloudInit::raw`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    users: Vec<CloudUser>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    packages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    runcmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    write_files: Vec<CloudFile>,
+    /// A user's own document, used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    raw: Option<String>,
+}
+
+impl CloudInit {
+    /// Nothing yet: add what cloud-init should do.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A user's own `#cloud-config` document, passed through as it is (checked only for its
+    /// header and size).
+    pub fn raw(user_data: impl Into<String>) -> Result<Self, CloudInitError> {
+        let raw = Self {
+            raw: Some(user_data.into()),
+            ..Self::default()
+        };
+        raw.validate()?;
+        Ok(raw)
+    }
+
+    /// The guest's hostname (by default, the VM's name).
+    #[must_use]
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+    /// Adds a user with passwordless sudo.
+    #[must_use]
+    pub fn user(mut self, name: impl Into<String>) -> Self {
+        self.users.push(CloudUser {
+            name: name.into(),
+            ssh_authorized_keys: Vec::new(),
+        });
+        self
+    }
+    /// Authorizes an SSH public key for the last user added (for `root` if none was).
+    #[must_use]
+    pub fn ssh_authorized_key(mut self, key: impl Into<String>) -> Self {
+        if self.users.is_empty() {
+            self = self.user("root");
+        }
+        if let Some(user) = self.users.last_mut() {
+            user.ssh_authorized_keys.push(key.into());
+        }
+        self
+    }
+    /// Adds packages for cloud-init to install (the guest needs a way to the mirror).
+    #[must_use]
+    pub fn packages<I, S>(mut self, packages: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.packages.extend(packages.into_iter().map(Into::into));
+        self
+    }
+    /// Adds a shell command run once, at the end of the first boot.
+    #[must_use]
+    pub fn runcmd(mut self, command: impl Into<String>) -> Self {
+        self.runcmd.push(command.into());
+        self
+    }
+    /// Adds a file (mode 0644).
+    #[must_use]
+    pub fn write_file(mut self, path: impl Into<String>, content: impl Into<String>) -> Self {
+        self.write_files.push(CloudFile {
+            path: path.into(),
+            content: content.into(),
+            permissions: 0o644,
+        });
+        self
+    }
+
+    /// Checks names, paths, keys and size.
+    pub fn validate(&self) -> Result<(), CloudInitError> {
+        if let Some(raw) = &self.raw {
+            if !raw.starts_with("#cloud-config") {
+                return Err(CloudInitError::NotCloudConfig);
+            }
+            if raw.len() > MAX_USER_DATA {
+                return Err(CloudInitError::TooLarge {
+                    size: raw.len(),
+                    max: MAX_USER_DATA,
+                });
+            }
+            return Ok(());
+        }
+        if let Some(host) = &self.hostname
+            && crate::spec::validate_name(host).is_err()
+        {
+            return Err(CloudInitError::InvalidName {
+                what: "hostname",
+                value: host.clone(),
+            });
+        }
+        for user in &self.users {
+            let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c);
+            if user.name.is_empty()
+                || user.name.len() > 32
+                || !user.name.chars().all(plain)
+                || user.name.starts_with('-')
+            {
+                return Err(CloudInitError::InvalidName {
+                    what: "user name",
+                    value: user.name.clone(),
+                });
+            }
+            for key in &user.ssh_authorized_keys {
+                let mut parts = key.split_whitespace();
+                let kind_ok = parts
+                    .next()
+                    .is_some_and(|k| k.starts_with("ssh-") || k.starts_with("ecdsa-"));
+                if !kind_ok || parts.next().is_none() || key.contains('\n') {
+                    return Err(CloudInitError::InvalidKey { key: key.clone() });
+                }
+            }
+        }
+        for file in &self.write_files {
+            let plain = file.path.starts_with('/')
+                && !file.path.contains('\0')
+                && file.path[1..]
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != "." && part != "..");
+            if !plain {
+                return Err(CloudInitError::InvalidPath {
+                    path: file.path.clone(),
+                });
+            }
+        }
+        let size = self.user_data("x").len();
+        if size > MAX_USER_DATA {
+            return Err(CloudInitError::TooLarge {
+                size,
+                max: MAX_USER_DATA,
+            });
+        }
+        Ok(())
+    }
+
+    /// The `user-data` file for VM `vm`.
+    pub fn user_data(&self, vm: &str) -> String {
+        if let Some(raw) = &self.raw {
+            return raw.clone();
+        }
+        let mut doc = Map::new();
+        doc.insert(
+            "hostname".to_owned(),
+            json!(self.hostname.as_deref().unwrap_or(vm)),
+        );
+        // So the guest resolves its own name (sudo asks).
+        doc.insert("manage_etc_hosts".to_owned(), json!(true));
+        if !self.users.is_empty() {
+            let users: Vec<Value> = self
+                .users
+                .iter()
+                .map(|u| {
+                    if u.name == "root" {
+                        json!({"name": "root", "ssh_authorized_keys": u.ssh_authorized_keys})
+                    } else {
+                        json!({
+                            "name": u.name,
+                            "shell": "/bin/bash",
+                            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                            "lock_passwd": true,
+                            "ssh_authorized_keys": u.ssh_authorized_keys,
+                        })
+                    }
+                })
+                .collect();
+            doc.insert("users".to_owned(), Value::Array(users));
+        }
+        if !self.packages.is_empty() {
+            doc.insert("packages".to_owned(), json!(self.packages));
+        }
+        if !self.runcmd.is_empty() {
+            doc.insert("runcmd".to_owned(), json!(self.runcmd));
+        }
+        if !self.write_files.is_empty() {
+            let files: Vec<Value> = self
+                .write_files
+                .iter()
+                .map(|f| {
+                    json!({
+                        "path": f.path,
+                        "content": f.content,
+                        "permissions": format!("{:04o}", f.permissions),
+                    })
+                })
+                .collect();
+            doc.insert("write_files".to_owned(), Value::Array(files));
+        }
+        format!("#cloud-config\n{}\n", Value::Object(doc))
+    }
+
+    /// The `meta-data` file for VM `vm`: its instance id and name.
+    pub fn meta_data(&self, vm: &str) -> String {
+        format!(
+            "{}\n",
+            json!({"instance-id": format!("kiln-{vm}"), "local-hostname": self.hostname.as_deref().unwrap_or(vm)})
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_data_renders_to_cloud_config() {
+        let ci = CloudInit::new()
+            .hostname("web")
+            .user("ops")
+            .ssh_authorized_key("ssh-ed25519 AAAAC3Nza kiln@test")
+            .runcmd("touch /run/marker")
+            .write_file("/etc/motd", "hi\n");
+        ci.validate().unwrap();
+        let user_data = ci.user_data("vm-1");
+        let (header, body) = user_data.split_once('\n').unwrap();
+        assert_eq!(header, "#cloud-config");
+        let doc: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(doc["hostname"], "web");
+        assert_eq!(doc["users"][0]["name"], "ops");
+        assert_eq!(
+            doc["users"][0]["ssh_authorized_keys"][0],
+            "ssh-ed25519 AAAAC3Nza kiln@test"
+        );
+        assert_eq!(doc["runcmd"][0], "touch /run/marker");
+        assert_eq!(doc["write_files"][0]["permissions"], "0644");
+        let meta: Value = serde_json::from_str(&ci.meta_data("vm-1")).unwrap();
+        assert_eq!(meta["instance-id"], "kiln-vm-1");
+    }
+
+    #[test]
+    fn bad_data_is_refused() {
+        assert_eq!(
+            CloudInit::raw("users: []"),
+            Err(CloudInitError::NotCloudConfig)
+        );
+        let huge = format!("#cloud-config\n{}", "x".repeat(MAX_USER_DATA));
+        assert!(matches!(
+            CloudInit::raw(huge),
+            Err(CloudInitError::TooLarge { .. })
+        ));
+        let bad_user = CloudInit::new().user("Root Me");
+        assert!(matches!(
+            bad_user.validate(),
+            Err(CloudInitError::InvalidName { .. })
+        ));
+        let bad_key = CloudInit::new().user("ops").ssh_authorized_key("hello");
+        assert!(matches!(
+            bad_key.validate(),
+            Err(CloudInitError::InvalidKey { .. })
+        ));
+        let bad_path = CloudInit::new().write_file("../etc/x", "");
+        assert!(matches!(
+            bad_path.validate(),
+            Err(CloudInitError::InvalidPath { .. })
+        ));
+        assert!(CloudInit::raw("#cloud-config\nruncmd: [true]\n").is_ok());
+    }
+}
