@@ -29,6 +29,10 @@ pub struct Args {
     /// cloud-init: --image cloud)
     #[arg(long, value_name = "FILE")]
     pub user_data: Option<std::path::PathBuf>,
+    /// Boot through firmware, in this order: network (iPXE loads kiln's image over the
+    /// user-mode NIC's TFTP, or the libvirt network's), disk, or both: --boot network,disk
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE[,DEVICE]", value_parser = parse_boot_device)]
+    pub boot: Vec<kiln::spec::BootDevice>,
     /// Add a blank qcow2 disk of this size (repeatable), e.g. --disk 4G
     #[arg(long = "disk", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub disks: Vec<ByteSize>,
@@ -89,6 +93,16 @@ impl From<Accel> for AccelChoice {
     }
 }
 
+fn parse_boot_device(text: &str) -> Result<kiln::spec::BootDevice, String> {
+    match text {
+        "network" | "net" | "pxe" => Ok(kiln::spec::BootDevice::Network),
+        "disk" => Ok(kiln::spec::BootDevice::Disk),
+        other => Err(format!(
+            "unknown boot device {other:?}: use network or disk"
+        )),
+    }
+}
+
 pub fn kiln_with_timeout(boot_timeout: u64) -> kiln::Result<Kiln> {
     let policy = kiln::vm_boot_policy(Duration::from_secs(boot_timeout));
     Ok(Kiln::from_env()?.with_boot_policy(policy))
@@ -103,6 +117,9 @@ pub async fn run(args: Args) -> Outcome {
         .net_policy(args.net);
     if let Some(size) = args.root_size {
         builder = builder.root_size(size);
+    }
+    if !args.boot.is_empty() {
+        builder = builder.boot_order(args.boot.iter().copied());
     }
     if let Some(file) = &args.user_data {
         let text = std::fs::read_to_string(file).map_err(kiln::IoError::at("read", file))?;

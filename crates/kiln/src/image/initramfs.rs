@@ -86,7 +86,7 @@ exec switch_root /newroot /run/kiln/busybox sh /run/kiln/stage2 /run/kiln/bin /r
 const STAGE2: &str = r#"kb="$1"; agent="$2"; kd="$3"
 export PATH="$kb:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/root
 mkdir -p /dev/pts /dev/shm /dev/disk/by-id
-mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
+grep -q " /dev/pts " /proc/mounts || mount -t devpts devpts /dev/pts
 for b in /sys/block/vd*; do
   s="$(cat "$b/serial" 2>/dev/null)"
   [ -n "$s" ] && ln -sf "../../${b##*/}" "/dev/disk/by-id/virtio-$s"

@@ -195,6 +195,10 @@ impl Image {
     pub fn kernel(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
+    /// The compressed kernel (bzImage), for firmware that boots Linux's own way (iPXE).
+    pub fn bzimage(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
     /// The initramfs every kiln guest boots.
     pub fn initramfs(&self) -> PathBuf {
         self.dir.join("initramfs.cpio")
@@ -593,6 +597,7 @@ impl ImageStore {
             };
             deb_ok
                 && manifest.scripts == initramfs::scripts_digest()
+                && manifest.vmlinux.path.with_file_name("vmlinuz").is_file()
                 && manifest.inputs.busybox.matches(&inputs.busybox)
                 && manifest.inputs.agent.matches(&inputs.agent)
                 && manifest.vmlinux.matches(&manifest.vmlinux.path)
@@ -668,6 +673,9 @@ fn build(
     state::create_private_dir(&out)?;
     let vmlinux_path = out.join("vmlinux");
     std::fs::write(&vmlinux_path, &vmlinux).map_err(IoError::at("write", &vmlinux_path))?;
+    // The bzImage too: a network boot (iPXE) loads it the way a bootloader does.
+    let bzimage_path = out.join("vmlinuz");
+    std::fs::write(&bzimage_path, &bzimage).map_err(IoError::at("write", &bzimage_path))?;
 
     let tree = kernel::ModuleTree::open(&unpacked.join("lib/modules").join(&release))?;
     let modules = tree.closure(kernel::GUEST_MODULES)?;

@@ -124,6 +124,10 @@ impl VmPaths {
         self.dir.join("secret")
     }
     /// The FIFO QEMU writes the serial console into (see `serial_log`).
+    /// What the VM's network boot serves over TFTP: `boot.ipxe` and links to the image.
+    pub fn tftp_dir(&self) -> PathBuf {
+        self.dir.join("tftp")
+    }
     /// The cloud-init NoCloud seed (`cidata`), written at each start from the spec.
     pub fn seed(&self) -> PathBuf {
         self.dir.join("cidata.img")

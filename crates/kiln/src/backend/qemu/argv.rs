@@ -40,6 +40,8 @@ pub struct QemuLaunch {
     pub disk_labels: Vec<Option<String>>,
     /// The cloud-init seed, attached read-only after the disks.
     pub seed: Option<PathBuf>,
+    /// Boot through firmware (SeaBIOS) instead of the kernel: a spec with a boot order.
+    pub firmware_boot: Option<FirmwareBoot>,
     pub user_net: Option<UserNet>,
     pub shares: Vec<Share9p>,
     /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
@@ -58,6 +60,20 @@ pub struct UserNet {
     pub passt_socket: PathBuf,
     /// `hostfwd` rules of the forwards NIC (`tcp:127.0.0.1:8080-:80`).
     pub hostfwd: Vec<String>,
+}
+
+/// A boot through SeaBIOS, in the spec's boot order: over the network (iPXE on the
+/// forwards NIC, from QEMU's TFTP), or from the first disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareBoot {
+    /// The TFTP root the forwards NIC serves (`boot.ipxe`, the kernel, the initramfs); `None`
+    /// when the network is not in the boot order.
+    pub tftp: Option<PathBuf>,
+    /// The NIC's and the first disk's places in the boot order (1 first).
+    pub nic_bootindex: Option<u32>,
+    pub disk_bootindex: Option<u32>,
+    /// A 2-byte file holding the serial port SeaBIOS mirrors its console (and iPXE's) to.
+    pub sercon: PathBuf,
 }
 
 /// The netdev id the forwards NIC's rules live on (`hostfwd_add fwd0 ...`).
@@ -108,9 +124,15 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
     if let Some(firmware) = &l.firmware {
         argv.push_path("-bios", firmware);
     }
-    argv.push_path("-kernel", &l.kernel);
-    argv.push_path("-initrd", &l.initrd);
-    argv.push(["-append", &l.cmdline]);
+    match &l.firmware_boot {
+        None => {
+            argv.push_path("-kernel", &l.kernel);
+            argv.push_path("-initrd", &l.initrd);
+            argv.push(["-append", &l.cmdline]);
+        }
+        // SeaBIOS shows its console, and the option ROMs' (iPXE), on the serial port too.
+        Some(boot) => argv.push_kv("-fw_cfg", "name=etc/sercon-port,file=", &boot.sercon),
+    }
     argv.push_kv("-chardev", "file,id=serial0,path=", &l.console);
     argv.push(["-serial", "chardev:serial0"]);
     argv.push_kv(
@@ -164,11 +186,25 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             netdev.push_str(",hostfwd=");
             netdev.push_str(rule);
         }
-        argv.push(["-netdev", &netdev]);
+        // Network boot: the same restricted NIC serves BOOTP and TFTP (QEMU's own, inside
+        // the restriction), so the boot never reaches past it.
+        match l.firmware_boot.as_ref().and_then(|b| b.tftp.as_ref()) {
+            Some(tftp) => {
+                netdev.push_str(",bootfile=boot.ipxe,tftp=");
+                argv.push_kv("-netdev", &netdev, tftp);
+            }
+            None => argv.push(["-netdev", &netdev]),
+        }
+        let bootindex = l
+            .firmware_boot
+            .as_ref()
+            .and_then(|b| b.nic_bootindex)
+            .map(|i| format!(",bootindex={i}"))
+            .unwrap_or_default();
         argv.push([
             "-device",
             &format!(
-                "{},netdev={FORWARDS_NETDEV},mac={}",
+                "{},netdev={FORWARDS_NETDEV},mac={}{bootindex}",
                 virtio("virtio-net"),
                 addr::FORWARDS_MAC
             ),
@@ -198,9 +234,16 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             .and_then(Option::as_deref)
             .map(|label| format!(",serial={label}"))
             .unwrap_or_default();
+        let bootindex = l
+            .firmware_boot
+            .as_ref()
+            .and_then(|b| b.disk_bootindex)
+            .filter(|_| i == 0)
+            .map(|n| format!(",bootindex={n}"))
+            .unwrap_or_default();
         argv.push([
             "-device",
-            &format!("{},drive=disk{i}{serial}", virtio("virtio-blk")),
+            &format!("{},drive=disk{i}{serial}{bootindex}", virtio("virtio-blk")),
         ]);
     }
     if let Some(seed) = &l.seed {
@@ -297,6 +340,7 @@ mod tests {
             disks: vec![p("disk0.qcow2")],
             disk_labels: vec![Some("data".to_owned())],
             seed: None,
+            firmware_boot: None,
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,
                 passt_socket: p("net.sock"),
@@ -314,6 +358,39 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// A boot order: no kernel on the command line; the forwards NIC serves BOOTP and TFTP
+    /// and boots first, the disk next; SeaBIOS mirrors its console (and iPXE's) to serial.
+    #[test]
+    fn a_network_boot_goes_through_seabios_and_the_forwards_nic() {
+        let mut l = launch(Machine::Q35, Accel::Tcg);
+        l.firmware = None;
+        l.firmware_boot = Some(FirmwareBoot {
+            tftp: Some(PathBuf::from("/k/vms/web-1/tftp")),
+            nic_bootindex: Some(1),
+            disk_bootindex: Some(2),
+            sercon: PathBuf::from("/run/k/web-1/sercon-port"),
+        });
+        let line = joined(&l);
+        assert!(!line.contains("-kernel"), "{line}");
+        assert!(!line.contains("-append"), "{line}");
+        assert!(
+            line.contains("-fw_cfg name=etc/sercon-port,file=/run/k/web-1/sercon-port"),
+            "{line}"
+        );
+        assert!(
+            line.contains("restrict=on,net=10.0.3.0/24,host=10.0.3.2,dhcpstart=10.0.3.15,bootfile=boot.ipxe,tftp=/k/vms/web-1/tftp "),
+            "{line}"
+        );
+        assert!(
+            line.contains("netdev=fwd0,mac=52:54:00:12:34:57,bootindex=1"),
+            "{line}"
+        );
+        assert!(
+            line.contains("drive=disk0,serial=data,bootindex=2"),
+            "{line}"
+        );
     }
 
     #[test]

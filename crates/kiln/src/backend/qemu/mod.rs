@@ -2,13 +2,16 @@
 //! `-daemonize` so it outlives the `kiln` that started it, controlled over a QMP socket.
 
 mod argv;
+mod boot;
 mod console;
 mod passt;
 mod plan;
 mod process;
 mod qmp;
 
-pub use argv::{FORWARDS_NETDEV, Machine, QemuLaunch, Share9p, TapNic, UserNet, render};
+pub use argv::{
+    FORWARDS_NETDEV, FirmwareBoot, Machine, QemuLaunch, Share9p, TapNic, UserNet, render,
+};
 pub use passt::{binary as passt_binary, installed as passt_installed};
 pub use qmp::{QmpClient, QmpReply};
 
@@ -38,8 +41,8 @@ pub enum QemuError {
     Qmp { path: PathBuf, reason: String },
     #[error("qemu-img failed: {stderr}")]
     ImgFailed { stderr: String },
-    #[error("the QEMU backend boots the kiln image directly: it has no firmware boot order")]
-    FirmwareBootUnsupported,
+    #[error("a network boot needs the user-mode NIC: it serves BOOTP and TFTP")]
+    NetworkBootNeedsUserNic,
     #[error("cannot share {}: it is not a directory on this host", path.display())]
     ShareNotADirectory { path: PathBuf },
     #[error("cannot run {}, which gives the guest its way out (network policy nat)", program.display())]
@@ -76,9 +79,11 @@ impl QemuError {
                 "pick another host port (`ss -lntup | grep :{}` shows who has it)",
                 forward.host_port
             )),
-            Self::FirmwareBootUnsupported => {
-                Some("PXE and disk boot need the libvirt backend (--backend libvirt)".to_owned())
-            }
+            Self::NetworkBootNeedsUserNic => Some(
+                "keep the default user-mode NIC (it serves the network boot), or boot from the \
+                 disk"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }
@@ -196,8 +201,13 @@ impl Backend for QemuBackend {
     }
 
     fn check(&self, spec: &VmSpec) -> Result<()> {
-        if !spec.boot_order().is_empty() {
-            return Err(QemuError::FirmwareBootUnsupported.into());
+        // Network boot is served by the user-mode NIC's own BOOTP and TFTP.
+        if spec
+            .boot_order()
+            .contains(&crate::spec::BootDevice::Network)
+            && !spec.networks().contains(&crate::NetworkRef::User)
+        {
+            return Err(QemuError::NetworkBootNeedsUserNic.into());
         }
         for share in spec.shares() {
             if !share.host().is_dir() {
@@ -242,6 +252,9 @@ impl Backend for QemuBackend {
         let plan = self.plan(launch);
         if let (Some(seed), Some(cloud_init)) = (&plan.seed, launch.spec.cloud_init()) {
             crate::image::seed::write(seed, cloud_init, launch.spec.name())?;
+        }
+        if let Some(boot) = &plan.firmware_boot {
+            boot::prepare(boot, &plan, launch)?;
         }
         let argv = render(&plan);
         debug!("qemu argv: {} {argv:?}", self.binary.display());

@@ -1,20 +1,40 @@
 //! A VM's launch, as typed data: `VmSpec` plus what was resolved for it (image, paths,
 //! acceleration, NICs, disks) becomes a [`QemuLaunch`], which `argv` renders (golden-tested).
 
-use super::{Machine, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet};
+use super::{FirmwareBoot, Machine, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet};
 use crate::backend::Launch;
+use crate::spec::BootDevice;
 
 impl QemuBackend {
     /// The typed launch description for a VM (what `start` renders and runs).
     pub fn plan(&self, launch: &Launch<'_>) -> QemuLaunch {
         let paths = launch.paths;
+        let order = launch.spec.boot_order();
+        let position = |device: BootDevice| {
+            order
+                .iter()
+                .position(|d| *d == device)
+                .and_then(|p| u32::try_from(p + 1).ok())
+        };
+        // A boot order boots through SeaBIOS, on q35: microvm has no PXE and no disk boot.
+        let firmware_boot = (!order.is_empty()).then(|| FirmwareBoot {
+            tftp: position(BootDevice::Network).map(|_| paths.tftp_dir()),
+            nic_bootindex: position(BootDevice::Network),
+            disk_bootindex: position(BootDevice::Disk),
+            sercon: paths.run_dir().join("sercon-port"),
+        });
+        let machine = if firmware_boot.is_some() {
+            Machine::Q35
+        } else {
+            self.machine
+        };
         QemuLaunch {
             name: launch.spec.name().to_owned(),
-            machine: self.machine,
+            machine,
             accel: launch.accel,
             cpus: launch.spec.cpus(),
             memory_mib: launch.spec.memory_mib(),
-            firmware: match self.machine {
+            firmware: match machine {
                 Machine::Microvm => self.firmware.clone(),
                 Machine::Q35 => None,
             },
@@ -47,6 +67,7 @@ impl QemuBackend {
             disks: launch.disks.to_vec(),
             disk_labels: launch.spec.machine_disk_labels(),
             seed: launch.spec.cloud_init().map(|_| paths.seed()),
+            firmware_boot,
             incoming: launch.incoming.map(std::path::Path::to_owned),
             user_net: launch.spec.user_net().map(|policy| UserNet {
                 policy,

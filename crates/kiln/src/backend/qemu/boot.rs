@@ -1,0 +1,67 @@
+//! Firmware boot (a spec with a boot order): what SeaBIOS and iPXE read, written before QEMU
+//! starts. A network boot is served by the forwards NIC's own BOOTP and TFTP: `boot.ipxe`
+//! loads kiln's image (the bzImage and the initramfs) with the guest's command line.
+
+use super::{FirmwareBoot, QemuLaunch};
+use crate::backend::Launch;
+use crate::{IoError, Result};
+
+/// Writes what a firmware boot reads: the serial-console port for SeaBIOS and, for a network
+/// boot, the TFTP root (the iPXE script, and links to the image's bzImage and initramfs).
+pub(super) fn prepare(boot: &FirmwareBoot, plan: &QemuLaunch, launch: &Launch<'_>) -> Result<()> {
+    // COM1, as SeaBIOS reads it: a little-endian integer.
+    crate::state::write_atomic(&boot.sercon, &0x3f8u16.to_le_bytes())?;
+    let Some(tftp) = &boot.tftp else {
+        return Ok(());
+    };
+    crate::state::create_private_dir(tftp)?;
+    for (link, target) in [
+        ("vmlinuz", launch.image.bzimage()),
+        ("initramfs.cpio", launch.image.initramfs()),
+    ] {
+        let path = tftp.join(link);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(IoError::new("remove", &path, err).into()),
+        }
+        std::os::unix::fs::symlink(&target, &path).map_err(IoError::at("link", &path))?;
+    }
+    let disk_next = boot
+        .disk_bootindex
+        .zip(boot.nic_bootindex)
+        .is_some_and(|(disk, nic)| disk > nic);
+    let script = ipxe_script(&plan.name, &plan.cmdline, disk_next);
+    crate::state::write_atomic(&tftp.join("boot.ipxe"), script.as_bytes())
+}
+
+/// The iPXE script a network boot runs: kiln's image, by TFTP from the same server. With the
+/// disk next in the boot order it first tries the disk, so once something has made the disk
+/// bootable, the boot falls through to it.
+pub(super) fn ipxe_script(name: &str, cmdline: &str, disk_next: bool) -> String {
+    let mut script = format!("#!ipxe\necho kiln: network boot of {name} (iPXE ${{version}})\n");
+    if disk_next {
+        script.push_str(
+            "sanboot --no-describe --drive 0x80 || echo kiln: the first disk does not boot: booting kiln's image\n",
+        );
+    }
+    script.push_str(&format!(
+        "kernel vmlinuz {cmdline}\ninitrd initramfs.cpio\nboot\n"
+    ));
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_ipxe_script_boots_kilns_image_and_tries_the_disk_when_it_comes_next() {
+        let script = super::ipxe_script("pxe-1", "console=ttyS0 kiln.name=pxe-1", true);
+        assert_eq!(
+            script,
+            "#!ipxe\necho kiln: network boot of pxe-1 (iPXE ${version})\n\
+             sanboot --no-describe --drive 0x80 || echo kiln: the first disk does not boot: booting kiln's image\n\
+             kernel vmlinuz console=ttyS0 kiln.name=pxe-1\ninitrd initramfs.cpio\nboot\n"
+        );
+        assert!(!super::ipxe_script("pxe-1", "x", false).contains("sanboot"));
+    }
+}
