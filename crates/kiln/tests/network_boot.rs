@@ -1,6 +1,7 @@
-//! Network boot, for real, on the daemonless backend: the Harmony guide's VM (boot order
-//! network, then disk, and a blank disk) boots through SeaBIOS and iPXE over the user-mode
-//! NIC's TFTP into kiln's image, and its agent answers. Once the guest has made the disk
+//! Network boot, for real, on both hosts with one test body: the Harmony guide's VM (boot
+//! order network, then disk, and a blank disk) boots through SeaBIOS and iPXE into kiln's
+//! image (over the user-mode NIC's TFTP, or the libvirt boot network's dnsmasq), and its
+//! agent answers. Once the guest has made the disk
 //! bootable, the next boot falls through to the disk.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -10,7 +11,7 @@ use kiln::progress::NoProgress;
 use kiln::spec::{BootDevice, DiskSpec};
 use kiln::topology::{Host, LocalHost};
 use kiln::{Error, NetworkRef, VmSpec};
-use kiln_testkit::{TestEnv, sh};
+use kiln_testkit::{TestEnv, require_libvirtd, sh, unique_name};
 
 /// A boot sector that writes `kiln-disk-boot` to COM1 and halts: proof the disk booted.
 fn marker_mbr() -> Vec<u8> {
@@ -36,54 +37,79 @@ async fn console(host: &dyn Host, name: &str) -> String {
     String::from_utf8_lossy(&log.data).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn network_then_disk_boots_kilns_image_then_falls_through_to_a_bootable_disk() {
-    let env = TestEnv::new();
-    let kiln = env
-        .kiln()
-        .with_boot_policy(kiln::vm_boot_policy(Duration::from_secs(90)));
-    let host = LocalHost::new(kiln);
+/// The body both hosts run. `impatient` is the same host with a short boot timeout: the
+/// disk's own system has no kiln agent, so its boot is expected to time out.
+async fn network_then_disk(host: &dyn Host, impatient: &dyn Host, name: &str) {
     let p = &NoProgress;
-    let spec = VmSpec::builder("pxe-1")
+    let spec = VmSpec::builder(name)
         .memory_mib(512)
         .disk(DiskSpec::new_gib(1))
         .boot_order([BootDevice::Network, BootDevice::Disk])
         .build()
         .unwrap();
     host.up(&spec, p).await.unwrap();
-    assert_eq!(sh(&host, "pxe-1", "echo up").await, "up\n");
-    let log = console(&host, "pxe-1").await;
+    assert_eq!(sh(host, name, "echo up").await, "up\n");
+    let log = console(host, name).await;
     // The serial log shows the network boot itself: iPXE, and kiln's script over TFTP.
     assert!(log.contains("iPXE"), "{log}");
-    assert!(log.contains("kiln: network boot of pxe-1"), "{log}");
+    assert!(
+        log.contains(&format!("kiln: network boot of {name}")),
+        "{log}"
+    );
     assert!(log.contains("the first disk does not boot"), "{log}");
 
     // Something writes a bootable system to the disk; the next boot falls through to it.
     let dir = tempfile::tempdir().unwrap();
     let mbr = dir.path().join("mbr");
     std::fs::write(&mbr, marker_mbr()).unwrap();
-    let agent = host.agent("pxe-1", Duration::from_secs(30)).await.unwrap();
+    let agent = host.agent(name, Duration::from_secs(30)).await.unwrap();
     kiln::copy::push(&agent, &mbr, "/tmp/mbr").await.unwrap();
     drop(agent);
     sh(
-        &host,
-        "pxe-1",
+        host,
+        name,
         "dd if=/tmp/mbr of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null && sync",
     )
     .await;
-    host.stop("pxe-1", p).await.unwrap();
-    let short = LocalHost::new(
-        env.kiln()
-            .with_boot_policy(kiln::vm_boot_policy(Duration::from_secs(25))),
+    host.stop(name, p).await.unwrap();
+    assert!(
+        impatient.start(name, p).await.is_err(),
+        "the disk's own system has no kiln agent"
     );
-    match short.start("pxe-1", p).await {
-        Err(Error::BootFailed { .. }) => {}
-        other => panic!("the disk's own system has no kiln agent: {other:?}"),
-    }
-    let log = console(&short, "pxe-1").await;
-    assert!(log.contains("kiln: network boot of pxe-1"), "{log}");
+    let log = console(impatient, name).await;
     assert!(log.contains("kiln-disk-boot"), "{log}");
-    host.remove("pxe-1", true, p).await.unwrap();
+    host.remove(name, true, p).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_then_disk_on_the_daemonless_backend() {
+    let env = TestEnv::new();
+    let patient = kiln::vm_boot_policy(Duration::from_secs(90));
+    let host = LocalHost::new(env.kiln().with_boot_policy(patient));
+    let impatient = kiln::vm_boot_policy(Duration::from_secs(25));
+    let impatient = LocalHost::new(env.kiln().with_boot_policy(impatient));
+    network_then_disk(&host, &impatient, "pxe-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_then_disk_on_libvirt() {
+    require_libvirtd();
+    let env = TestEnv::new();
+    let name = unique_name("kt-pxe");
+    let host = env
+        .libvirt_host("qemu:///system", &name)
+        .await
+        .with_boot_timeout(Duration::from_secs(90));
+    let impatient = host.clone().with_boot_timeout(Duration::from_secs(25));
+    let body = tokio::spawn({
+        let (host, impatient, name) = (host.clone(), impatient.clone(), name.clone());
+        async move { network_then_disk(&host, &impatient, &name).await }
+    })
+    .await;
+    let _ = host.remove(&name, true, &NoProgress).await;
+    if let Err(panic) = body {
+        std::panic::resume_unwind(panic.into_panic());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,37 +31,12 @@ pub(super) fn prepare(boot: &FirmwareBoot, plan: &QemuLaunch, launch: &Launch<'_
         .disk_bootindex
         .zip(boot.nic_bootindex)
         .is_some_and(|(disk, nic)| disk > nic);
-    let script = ipxe_script(&plan.name, &plan.cmdline, disk_next);
+    let script = crate::image::ipxe_script(
+        &plan.name,
+        &plan.cmdline,
+        disk_next,
+        "vmlinuz",
+        "initramfs.cpio",
+    );
     crate::state::write_atomic(&tftp.join("boot.ipxe"), script.as_bytes())
-}
-
-/// The iPXE script a network boot runs: kiln's image, by TFTP from the same server. With the
-/// disk next in the boot order it first tries the disk, so once something has made the disk
-/// bootable, the boot falls through to it.
-pub(super) fn ipxe_script(name: &str, cmdline: &str, disk_next: bool) -> String {
-    let mut script = format!("#!ipxe\necho kiln: network boot of {name} (iPXE ${{version}})\n");
-    if disk_next {
-        script.push_str(
-            "sanboot --no-describe --drive 0x80 || echo kiln: the first disk does not boot: booting kiln's image\n",
-        );
-    }
-    script.push_str(&format!(
-        "kernel vmlinuz {cmdline}\ninitrd initramfs.cpio\nboot\n"
-    ));
-    script
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_ipxe_script_boots_kilns_image_and_tries_the_disk_when_it_comes_next() {
-        let script = super::ipxe_script("pxe-1", "console=ttyS0 kiln.name=pxe-1", true);
-        assert_eq!(
-            script,
-            "#!ipxe\necho kiln: network boot of pxe-1 (iPXE ${version})\n\
-             sanboot --no-describe --drive 0x80 || echo kiln: the first disk does not boot: booting kiln's image\n\
-             kernel vmlinuz console=ttyS0 kiln.name=pxe-1\ninitrd initramfs.cpio\nboot\n"
-        );
-        assert!(!super::ipxe_script("pxe-1", "x", false).contains("sanboot"));
-    }
 }

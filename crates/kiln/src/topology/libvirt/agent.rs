@@ -18,7 +18,9 @@ impl LibvirtHost {
         spec: &VmSpec,
         reporter: &dyn Reporter,
     ) -> Result<()> {
-        if !self.runs_guests() || !spec.boot_order().is_empty() {
+        // A network boot boots kiln's image; a disk-only boot, whatever is on the disk.
+        let kiln_image = spec.boot_order().is_empty() || super::boot::boots_from_network(spec);
+        if !self.runs_guests() || !kiln_image {
             return Ok(());
         }
         self.agent_ready(spec.name(), Duration::from_secs(5), reporter)

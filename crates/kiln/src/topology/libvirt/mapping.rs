@@ -3,6 +3,7 @@
 //! (spec → XML), like the daemonless backend's `plan()` (spec → argv).
 
 use super::NAT_NETWORK;
+use super::boot::{BOOT_NETWORK, boot_mac, boots_from_network};
 use crate::backend::libvirt::{DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag};
 use crate::spec::BootDevice;
 use crate::{Accel, NetPolicy, NetworkRef, Result, VmSpec};
@@ -92,12 +93,18 @@ pub(super) fn domain_def(spec: &VmSpec, inputs: DomainInputs<'_>) -> Result<Doma
             .filter(|nic| !(**nic == NetworkRef::User && spec.net_policy() == NetPolicy::None))
             .enumerate()
             .map(|(index, nic)| DomainNic {
-                network: if on_nat_network(spec, nic) {
+                network: if index == 0 && boots_from_network(spec) && on_nat_network(spec, nic) {
+                    Some(BOOT_NETWORK.to_owned())
+                } else if on_nat_network(spec, nic) {
                     Some(NAT_NETWORK.to_owned())
                 } else {
                     nic.network_name().map(str::to_owned)
                 },
-                mac: nic.mac().map(|m| m.to_string()),
+                mac: if index == 0 && boots_from_network(spec) && on_nat_network(spec, nic) {
+                    Some(boot_mac(spec.name()).to_string())
+                } else {
+                    nic.mac().map(|m| m.to_string())
+                },
                 boot_order: if index == 0 {
                     boot_position(BootDevice::Network)
                 } else {

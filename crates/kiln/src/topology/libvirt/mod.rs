@@ -1,4 +1,5 @@
 mod agent;
+mod boot;
 mod host;
 mod mapping;
 mod resources;
@@ -233,6 +234,7 @@ impl VmHost for LibvirtHost {
         }
         self.conn.ensure_pool_active().await?;
         self.ensure_nat_network(spec).await?;
+        self.ensure_network_boot(spec, reporter).await?;
         let secret_file = self.new_secret(spec.name()).await?;
         let (def, disks) = self.domain_def(spec, owner, secret_file, reporter).await?;
         progress::stage(reporter, Stage::CreateVm, async {
@@ -264,6 +266,7 @@ impl VmHost for LibvirtHost {
             // It restarts below: a fresh secret is fine.
             None => self.new_secret(spec.name()).await?,
         };
+        self.ensure_network_boot(spec, reporter).await?;
         let (mut def, _) = self.domain_def(spec, owner, secret_file, reporter).await?;
         self.upload_seed(spec).await?;
         def.uuid = observed.uuid;
@@ -312,7 +315,7 @@ impl NetworkHost for LibvirtHost {
 
     async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
         let tag = KilnTag::new(owner, spec)?;
-        let doc = crate::backend::libvirt::xml::network_xml(spec, &tag, false)?;
+        let doc = crate::backend::libvirt::xml::network_xml(spec, &tag, false, None)?;
         self.conn.define_network(spec.name(), doc).await?;
         self.conn.ensure_network_active(spec.name()).await?;
         Ok(())

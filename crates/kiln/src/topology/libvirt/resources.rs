@@ -221,6 +221,7 @@ impl LibvirtHost {
     /// Removes the volumes kiln makes for VM `name` (disks, secret, console log) and returns
     /// how many there were. With its domain gone, they are what a killed `up` or `rm` left.
     pub(super) async fn remove_leftovers(&self, name: &str) -> Result<usize> {
+        self.remove_boot_script(name)?;
         if !self.conn.pool_exists().await? {
             return Ok(0);
         }
@@ -248,7 +249,9 @@ fn nat_network_xml() -> Result<String> {
         .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
         .build()?;
     let tag = KilnTag::new(NAT_OWNER, &nat)?;
-    Ok(crate::backend::libvirt::xml::network_xml(&nat, &tag, true)?)
+    Ok(crate::backend::libvirt::xml::network_xml(
+        &nat, &tag, true, None,
+    )?)
 }
 
 /// Whether `text` is a number (one or more ASCII digits).

@@ -103,12 +103,21 @@ struct EntryOut<'a> {
 struct OsOut<'a> {
     #[serde(rename = "type")]
     os_type: OsTypeOut,
+    /// Firmware boot: SeaBIOS shows its console, and iPXE's, on the serial port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bios: Option<BiosOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     initrd: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cmdline: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct BiosOut {
+    #[serde(rename = "@useserial")]
+    useserial: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -319,6 +328,10 @@ impl DomainDef {
                     machine: "q35",
                     value: "hvm",
                 },
+                bios: self
+                    .kernel
+                    .is_none()
+                    .then_some(BiosOut { useserial: "yes" }),
                 kernel: self.kernel.as_ref().map(|k| k.kernel.as_str()),
                 initrd: self.kernel.as_ref().map(|k| k.initrd.as_str()),
                 cmdline: self.kernel.as_ref().map(|k| k.cmdline.as_str()),

@@ -136,7 +136,7 @@ mod storage;
 pub use domain::{
     DomainDef, DomainDisk, DomainNic, DomainObserved, DomainShare, KernelBoot, parse_domain,
 };
-pub use network::{NetworkObserved, network_xml, parse_network};
+pub use network::{NetworkBoot, NetworkObserved, network_xml, parse_network};
 pub use storage::{VolumeFormat, pool_xml, private_volume_xml, volume_xml};
 
 /// What the tests of every noun share: golden files and a tag.

@@ -37,7 +37,15 @@ struct IpOut {
     #[serde(rename = "@prefix")]
     prefix: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
+    tftp: Option<TftpOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     dhcp: Option<DhcpOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct TftpOut {
+    #[serde(rename = "@root")]
+    root: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +53,22 @@ struct DhcpOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     range: Option<RangeOut>,
     host: Vec<HostOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootp: Option<BootpOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct BootpOut {
+    #[serde(rename = "@file")]
+    file: String,
+}
+
+/// What a network serves for network boot: a TFTP root on its host, and the file its DHCP
+/// names as the boot file.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkBoot<'a> {
+    pub tftp_root: &'a str,
+    pub bootfile: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +96,7 @@ pub fn network_xml(
     spec: &NetworkSpec,
     tag: &KilnTag,
     isolate_guests: bool,
+    boot: Option<NetworkBoot<'_>>,
 ) -> Result<String, LibvirtError> {
     let has_dhcp = spec.dhcp().is_some() || !spec.reservations().is_empty();
     let doc = NetworkOut {
@@ -85,7 +110,13 @@ pub fn network_xml(
         ip: IpOut {
             address: spec.gateway().to_string(),
             prefix: spec.subnet().prefix_len(),
+            tftp: boot.map(|b| TftpOut {
+                root: b.tftp_root.to_owned(),
+            }),
             dhcp: has_dhcp.then(|| DhcpOut {
+                bootp: boot.map(|b| BootpOut {
+                    file: b.bootfile.to_owned(),
+                }),
                 range: spec.dhcp().map(|r| RangeOut {
                     start: r.start.to_string(),
                     end: r.end.to_string(),
@@ -188,7 +219,7 @@ mod tests {
             .reserve_host(mac, std::net::Ipv4Addr::from([10, 10, 0, 10]), "web-1")
             .build()
             .unwrap();
-        let xml = network_xml(&spec, &tag(), false).unwrap();
+        let xml = network_xml(&spec, &tag(), false, None).unwrap();
         assert_golden("network-nat", &xml);
         let observed = parse_network(&xml).unwrap();
         assert_eq!(observed.tag, Some(tag()));
@@ -200,7 +231,7 @@ mod tests {
         let spec = NetworkSpec::isolated("back", "192.168.50.0/28")
             .build()
             .unwrap();
-        let xml = network_xml(&spec, &tag(), false).unwrap();
+        let xml = network_xml(&spec, &tag(), false, None).unwrap();
         assert_golden("network-isolated", &xml);
     }
 
