@@ -198,6 +198,20 @@ impl TestEnv {
             .with_image_inputs(image_inputs())
     }
 
+    /// Runs `body` with a VM name of its own on `host`, then removes that VM whatever
+    /// happened (the daemon is shared), and fails the test if the body failed.
+    pub async fn on_libvirt<F, Fut>(&self, host: LibvirtHost, name: String, body: F)
+    where
+        F: FnOnce(LibvirtHost, String) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let outcome = tokio::spawn(body(host.clone(), name.clone())).await;
+        let _ = host.remove(&name, true, &kiln::progress::NoProgress).await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic.into_panic());
+        }
+    }
+
     /// The real `kiln` binary (pass `env!("CARGO_BIN_EXE_kiln")`) with this test's state.
     pub fn cli(&self, kiln_binary: &str) -> Command {
         let mut command = Command::new(kiln_binary);

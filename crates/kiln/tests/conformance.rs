@@ -223,15 +223,9 @@ async fn every_verb_on_libvirt() {
         clone: false,
         remove_snapshot_in_use: true,
     };
-    let body = tokio::spawn({
-        let host = host.clone();
-        let name = name.clone();
-        async move { conformance(&host, &name, differences).await }
+    // Whatever fails, nothing is left behind on the shared daemon.
+    env.on_libvirt(host, name, |host, name| async move {
+        conformance(&host, &name, differences).await;
     })
     .await;
-    // Whatever failed, leave nothing behind on the shared daemon.
-    let _ = host.remove(&name, true, &NoProgress).await;
-    if let Err(panic) = body {
-        std::panic::resume_unwind(panic.into_panic());
-    }
 }

@@ -62,16 +62,10 @@ async fn a_debian_vm_on_libvirt() {
     let env = TestEnv::new();
     let name = unique_name("kt-deb");
     let host = env.libvirt_host("qemu:///system", &name).await;
-    let body = tokio::spawn({
-        let host = host.clone();
-        let name = name.clone();
-        async move { behaves_like_debian(&host, &name).await }
+    env.on_libvirt(host, name, |host, name| async move {
+        behaves_like_debian(&host, &name).await;
     })
     .await;
-    let _ = host.remove(&name, true, &NoProgress).await;
-    if let Err(panic) = body {
-        std::panic::resume_unwind(panic.into_panic());
-    }
 }
 
 /// A snapshot of a Debian VM brings its root filesystem back; a clone starts with it.
@@ -322,14 +316,8 @@ async fn cloud_init_on_libvirt() {
     let env = TestEnv::new();
     let name = unique_name("kt-cloud");
     let host = env.libvirt_host("qemu:///system", &name).await;
-    let body = tokio::spawn({
-        let host = host.clone();
-        let name = name.clone();
-        async move { cloud_init_reaches_the_guest(&host, &name, None).await }
+    env.on_libvirt(host, name, |host, name| async move {
+        cloud_init_reaches_the_guest(&host, &name, None).await;
     })
     .await;
-    let _ = host.remove(&name, true, &NoProgress).await;
-    if let Err(panic) = body {
-        std::panic::resume_unwind(panic.into_panic());
-    }
 }

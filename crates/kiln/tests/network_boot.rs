@@ -101,15 +101,10 @@ async fn network_then_disk_on_libvirt() {
         .await
         .with_boot_timeout(Duration::from_secs(90));
     let impatient = host.clone().with_boot_timeout(Duration::from_secs(25));
-    let body = tokio::spawn({
-        let (host, impatient, name) = (host.clone(), impatient.clone(), name.clone());
-        async move { network_then_disk(&host, &impatient, &name).await }
+    env.on_libvirt(host, name, |host, name| async move {
+        network_then_disk(&host, &impatient, &name).await;
     })
     .await;
-    let _ = host.remove(&name, true, &NoProgress).await;
-    if let Err(panic) = body {
-        std::panic::resume_unwind(panic.into_panic());
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

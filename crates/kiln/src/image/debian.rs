@@ -21,13 +21,18 @@ async fn run(program: &str, args: Vec<OsString>, cwd: Option<&Path>) -> Result<S
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
-    let output = command
-        .output()
-        .await
-        .map_err(|source| ImageError::ToolMissing {
-            program: program.to_owned(),
-            source,
-        })?;
+    checked(program, command.output().await)
+}
+
+/// A tool's stdout, or why it could not run or failed (with its stderr).
+pub(super) fn checked(
+    program: &str,
+    output: std::io::Result<std::process::Output>,
+) -> Result<String, ImageError> {
+    let output = output.map_err(|source| ImageError::ToolMissing {
+        program: program.to_owned(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(ImageError::ToolFailed {
             program: program.to_owned(),

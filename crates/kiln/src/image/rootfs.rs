@@ -419,26 +419,22 @@ fn tail(text: &str, lines: usize) -> String {
 
 fn run(command: &mut Command, program: &str) -> crate::Result<()> {
     debug!("running {command:?}");
-    let output = command
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|source| ImageError::ToolMissing {
-            program: program.to_owned(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(ImageError::ToolFailed {
-            program: program.to_owned(),
-            status: output.status.code().unwrap_or(-1),
-            // The whole of it (bounded): mmdebstrap's is classified, then cut to its tail.
-            stderr: tail(
-                String::from_utf8_lossy(&output.stderr).trim(),
-                MAX_STDERR_LINES,
-            ),
+    let output = command.stdin(std::process::Stdio::null()).output();
+    match super::debian::checked(program, output) {
+        Ok(_) => Ok(()),
+        // The whole of it (bounded): mmdebstrap's is classified, then cut to its tail.
+        Err(ImageError::ToolFailed {
+            program,
+            status,
+            stderr,
+        }) => Err(ImageError::ToolFailed {
+            program,
+            status,
+            stderr: tail(&stderr, MAX_STDERR_LINES),
         }
-        .into());
+        .into()),
+        Err(err) => Err(err.into()),
     }
-    Ok(())
 }
 
 fn check_free_space(dir: &Path, size: ByteSize) -> crate::Result<()> {
