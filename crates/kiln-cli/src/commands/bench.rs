@@ -75,6 +75,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Network boot (iPXE over TFTP) until the agent answers, against direct kernel boot;
+    /// the cloud image until cloud-init reports done
+    Provision {
+        /// Boots of each kind, alternating
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// `up` until the agent answers on a real libvirtd, against the daemonless backend
     Libvirt {
         /// The libvirt URI (default: $KILN_LIBVIRT_URI or qemu:///system)
@@ -107,12 +116,35 @@ pub async fn run(command: Command) -> Outcome {
         Command::Session { runs, files, json } => session(runs, files, json).await,
         Command::Snapshot { runs, json } => snapshot(runs, json).await,
         Command::Images { runs, fresh, json } => images(runs, fresh, json).await,
+        Command::Provision { runs, json } => provision(runs, json).await,
         Command::Libvirt {
             connect,
             runs,
             json,
         } => libvirt(connect, runs, json).await,
     }
+}
+
+async fn provision(runs: u32, json: bool) -> Outcome {
+    let report = bench::provision(&Kiln::from_env()?, runs, &Progress::new()).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!(
+        "cold up, direct kernel boot     {}",
+        ms(&report.direct_boot)
+    );
+    println!(
+        "cold up, network boot (iPXE)    {}",
+        ms(&report.network_boot)
+    );
+    println!("  ratio                         {:>8.2}", report.ratio);
+    println!(
+        "cloud image until cloud-init is done {:>6.1} s",
+        report.cloud_init_done_s
+    );
+    Ok(0)
 }
 
 async fn images(runs: u32, fresh: bool, json: bool) -> Outcome {

@@ -4,12 +4,14 @@
 mod clients;
 mod images;
 mod libvirt;
+mod provision;
 mod session;
 mod snapshot;
 
 pub use clients::{ClientsReport, clients};
 pub use images::{ImagesReport, images};
 pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
+pub use provision::{ProvisionReport, provision};
 pub use session::{SessionReport, session};
 pub use snapshot::{SnapshotReport, snapshot};
 

@@ -289,6 +289,7 @@ impl ImageStore {
     /// Adds a program's own recipe. Its name may not be `default` or a shipped recipe's;
     /// declaring the same name again replaces the earlier declaration.
     pub fn with_recipe(mut self, spec: ImageSpec) -> Result<Self, RecipeError> {
+        spec.validate()?;
         let shipped = recipe::shipped();
         if spec.name() == DEFAULT_IMAGE || shipped.iter().any(|r| r.name() == spec.name()) {
             return Err(RecipeError::Reserved {
@@ -320,8 +321,14 @@ impl ImageStore {
         }
     }
 
+    /// Where image `name` is cached. Callers check the name first ([`Self::check_name`]):
+    /// it must not climb out of the cache.
     fn dir(&self, name: &str) -> PathBuf {
         self.paths.images_dir().join(name)
+    }
+
+    fn check_name(&self, name: &str) -> crate::Result<()> {
+        crate::spec::validate_name(name).map_err(|_| self.unknown(name))
     }
 
     fn boot_kit(&self) -> crate::Result<(PathBuf, Manifest)> {
@@ -342,6 +349,7 @@ impl ImageStore {
 
     /// Loads a built image by name without checking its inputs.
     pub fn get(&self, name: &str) -> crate::Result<Image> {
+        self.check_name(name)?;
         if name != DEFAULT_IMAGE && self.recipe(name).is_none() && !self.dir(name).is_dir() {
             return Err(self.unknown(name));
         }
@@ -417,6 +425,7 @@ impl ImageStore {
 
     /// Removes image `name` from the cache (the caller checks that no VM uses it).
     pub fn remove(&self, name: &str) -> crate::Result<()> {
+        self.check_name(name)?;
         let dir = self.dir(name);
         if !dir.is_dir() {
             return Err(self.unknown(name));

@@ -187,12 +187,13 @@ impl ImageSpec {
         hex::encode(hasher.finalize())
     }
 
-    fn validate(&self) -> Result<(), RecipeError> {
+    /// Checks the recipe (the builder does; a deserialized one is checked again on use).
+    pub fn validate(&self) -> Result<(), RecipeError> {
         validate_name(&self.name).map_err(|err| RecipeError::InvalidName {
             name: self.name.clone(),
             reason: err.to_string(),
         })?;
-        let suite_ok = !self.suite.is_empty()
+        let suite_ok = self.suite.starts_with(|c: char| c.is_ascii_lowercase())
             && self.suite.len() <= 32
             && self
                 .suite

@@ -246,15 +246,25 @@ fn build_in(
     let packages = read_packages(&packages_out)?;
     let key = build_key(recipe, inputs.kernel_sha256);
     state::create_private_dir(dir)?;
-    let base = dir.join(format!("root-{key}.qcow2"));
-    let partial = dir.join(format!(".root-{key}.qcow2.partial"));
-    run(
+    // A name of its own for every build: VMs of an earlier build read through its base,
+    // which a rebuild (`--force`, or of a damaged image) must never replace.
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let base = dir.join(format!("root-{key}-{stamp:x}.qcow2"));
+    let partial = dir.join(format!(".root-{key}-{stamp:x}.qcow2.partial"));
+    let converted = run(
         Command::new("qemu-img")
             .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
             .arg(&raw)
             .arg(&partial),
         "qemu-img",
-    )?;
+    );
+    if let Err(err) = converted {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err);
+    }
     std::fs::rename(&partial, &base).map_err(IoError::at("move into place", &base))?;
     let manifest = RootfsManifest {
         format: IMAGE_FORMAT,
@@ -309,10 +319,13 @@ fn hooks(
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(file.mode()))
             .map_err(IoError::at("set the mode of", &staged))?;
     }
+    // Everything that lands in the image is written from inside the chroot (tar, sh), never
+    // by a host tool: a symlink in the image (`/etc/localtime` is one) resolves inside it
+    // instead of sending the write onto the host.
     if !recipe.files().is_empty() {
-        // `--no-preserve=ownership`: the files belong to root in the guest, whoever built it.
+        // `--no-same-owner`: the files belong to root in the guest, whoever built it.
         hooks.push(format!(
-            "cp -r --preserve=mode --no-preserve=ownership {}/. \"$1/\"",
+            "tar -C {} -cf - . | chroot \"$1\" tar -xf - -C / --no-same-owner --no-overwrite-dir",
             quote(&files)
         ));
     }
@@ -320,17 +333,19 @@ fn hooks(
         let unit = stage.join("kiln-agent.service");
         std::fs::write(&unit, AGENT_UNIT).map_err(IoError::at("write", &unit))?;
         hooks.push(format!(
-            "cp {} \"$1/etc/systemd/system/\" && ln -sf /etc/systemd/system/kiln-agent.service \
-             \"$1/etc/systemd/system/multi-user.target.wants/kiln-agent.service\"",
+            "chroot \"$1\" sh -ec 'cat > /etc/systemd/system/kiln-agent.service; \
+             mkdir -p /etc/systemd/system/multi-user.target.wants; \
+             ln -sf /etc/systemd/system/kiln-agent.service \
+             /etc/systemd/system/multi-user.target.wants/kiln-agent.service' < {}",
             quote(&unit)
         ));
     }
     for (index, command) in recipe.setup().iter().enumerate() {
         let script = stage.join(format!("setup-{index}.sh"));
         std::fs::write(&script, format!("{command}\n")).map_err(IoError::at("write", &script))?;
+        // The command reaches the guest's shell as one argument, read from its file.
         hooks.push(format!(
-            "cp {} \"$1/tmp/kiln-setup.sh\" && chroot \"$1\" /bin/sh -e /tmp/kiln-setup.sh >&2; \
-             rc=$?; rm -f \"$1/tmp/kiln-setup.sh\"; \
+            "chroot \"$1\" /bin/sh -ec \"$(cat {})\" </dev/null >&2; rc=$?; \
              [ $rc -eq 0 ] || echo 'kiln: setup command {} failed with exit code '$rc >&2; exit $rc",
             quote(&script),
             index + 1

@@ -233,6 +233,14 @@ impl CloudInit {
                 })
                 .collect();
             doc.insert("users".to_owned(), Value::Array(users));
+            // cloud-init refuses root's keys unless told otherwise.
+            if self
+                .users
+                .iter()
+                .any(|u| u.name == "root" && !u.ssh_authorized_keys.is_empty())
+            {
+                doc.insert("disable_root".to_owned(), json!(false));
+            }
         }
         if !self.packages.is_empty() {
             doc.insert("packages".to_owned(), json!(self.packages));
