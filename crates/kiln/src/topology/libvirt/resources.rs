@@ -69,46 +69,22 @@ impl LibvirtHost {
         image.check_spec(spec)?;
         let [kernel, initrd, complete] = image_volumes(&image);
         let existing = self.conn.list_volumes().await?;
-        if ![&kernel, &initrd, &complete]
-            .iter()
-            .all(|v| existing.contains(v))
-        {
-            progress::stage(reporter, Stage::UploadImage, async {
-                // Without the marker an earlier upload may have been cut short: redo both.
-                self.conn.upload_volume(&kernel, &image.kernel()).await?;
-                self.conn.upload_volume(&initrd, &image.initramfs()).await?;
-                self.conn
-                    .ensure_volume(&complete, 1, VolumeFormat::Raw, None)
-                    .await?;
-                Ok::<_, Error>(())
-            })
-            .await?;
-        }
-        let kernel_path = self
-            .conn
-            .ensure_volume(&kernel, 1, VolumeFormat::Raw, None)
-            .await?;
-        let initrd_path = self
-            .conn
-            .ensure_volume(&initrd, 1, VolumeFormat::Raw, None)
-            .await?;
+        let (kernel_file, initrd_file) = (image.kernel(), image.initramfs());
+        self.upload_once(
+            &existing,
+            &[(&kernel, &kernel_file), (&initrd, &initrd_file)],
+            &complete,
+            reporter,
+        )
+        .await?;
+        let kernel_path = self.volume_path(&kernel).await?;
+        let initrd_path = self.volume_path(&initrd).await?;
         let mut disks = crate::image::machine_disks(spec, &image);
         if let Some(root) = image.root() {
             let [base, complete] = root_volumes(&image, root);
-            if !(existing.contains(&base) && existing.contains(&complete)) {
-                progress::stage(reporter, Stage::UploadImage, async {
-                    self.conn.upload_volume(&base, root.base_path()).await?;
-                    self.conn
-                        .ensure_volume(&complete, 1, VolumeFormat::Raw, None)
-                        .await?;
-                    Ok::<_, Error>(())
-                })
+            self.upload_once(&existing, &[(&base, root.base_path())], &complete, reporter)
                 .await?;
-            }
-            let base_path = self
-                .conn
-                .ensure_volume(&base, 1, VolumeFormat::Raw, None)
-                .await?;
+            let base_path = self.volume_path(&base).await?;
             // The root disk reads through the base as it is on the libvirt host.
             disks[0] = crate::DiskSpec::root(disks[0].size(), std::path::Path::new(&base_path));
         }
@@ -117,6 +93,40 @@ impl LibvirtHost {
             root: crate::image::boot_root(spec, &image),
             disks,
         })
+    }
+
+    /// Uploads `files` into volumes of these names once. A marker volume, made after them,
+    /// says the upload completed: without it an earlier one may have been cut short, and all
+    /// go up again.
+    async fn upload_once(
+        &self,
+        existing: &[String],
+        files: &[(&String, &std::path::Path)],
+        marker: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        let present = |name: &str| existing.iter().any(|v| v == name);
+        if !(present(marker) && files.iter().all(|(name, _)| present(name))) {
+            progress::stage(reporter, Stage::UploadImage, async {
+                for (name, file) in files {
+                    self.conn.upload_volume(name, file).await?;
+                }
+                self.conn
+                    .ensure_volume(marker, 1, VolumeFormat::Raw, None)
+                    .await?;
+                Ok::<_, Error>(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The path on the host of a volume kiln uploaded.
+    async fn volume_path(&self, name: &str) -> Result<String> {
+        Ok(self
+            .conn
+            .ensure_volume(name, 1, VolumeFormat::Raw, None)
+            .await?)
     }
 
     /// Makes (and starts) [`NAT_NETWORK`] when `spec` needs it and it is missing. Two kilns
