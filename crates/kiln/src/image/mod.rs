@@ -4,8 +4,11 @@
 //! from Debian packages, that the initramfs switches into. All are built offline and cached
 //! under the XDG cache directory with manifests of SHA-256 sums.
 
+mod boot;
+mod bootkit;
 mod cpio;
 mod debian;
+mod error;
 mod initramfs;
 mod kernel;
 mod manifest;
@@ -13,6 +16,10 @@ mod recipe;
 mod rootfs;
 pub(crate) mod seed;
 
+pub(crate) use boot::ipxe_script;
+pub use boot::{boot_root, machine_disks};
+pub use bootkit::ImageInputs;
+pub use error::ImageError;
 pub use initramfs::{Addressing, BootRoot, guest_cmdline, user_net};
 pub use manifest::{FileStamp, Manifest};
 pub use recipe::{
@@ -21,159 +28,15 @@ pub use recipe::{
 };
 pub use rootfs::{PackageVersion, RootfsManifest, debian_mirror};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
+use log::info;
 
 use crate::progress::{self, Event, Reporter, Stage};
 use crate::spec::DEFAULT_IMAGE;
 use crate::state::{self, Lock, Paths};
 use crate::{Error, IoError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error("cannot run {program}")]
-    ToolMissing {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{program} failed with exit code {status}: {stderr}")]
-    ToolFailed {
-        program: String,
-        status: i32,
-        stderr: String,
-    },
-    #[error("cannot tell which kernel package linux-image-amd64 depends on")]
-    KernelPackageUnknown,
-    #[error("{} is not a usable kernel: {reason}", path.display())]
-    KernelFormat { path: PathBuf, reason: String },
-    #[error("kernel module {name} is neither in the kernel package nor built in")]
-    ModuleMissing { name: String },
-    #[error("{what} not found at {}", path.display())]
-    InputMissing { what: &'static str, path: PathBuf },
-    #[error("the guest agent at {} is not a static executable", path.display())]
-    AgentNotStatic { path: PathBuf },
-    #[error("no guest agent binary found (looked in {})", looked.join(", "))]
-    AgentNotFound { looked: Vec<String> },
-    #[error("image {image}: Debian {suite} has no package {package}")]
-    UnknownPackage {
-        image: String,
-        suite: String,
-        package: String,
-    },
-    #[error("image {image}: {detail}\n{output}")]
-    SetupFailed {
-        image: String,
-        detail: String,
-        output: String,
-    },
-    #[error("image {image}: its files do not fit in {size}")]
-    TooSmall {
-        image: String,
-        size: crate::ByteSize,
-    },
-    #[error("not enough space in {}: a build needs {needed}, {available} is free", path.display())]
-    NoSpace {
-        path: PathBuf,
-        needed: crate::ByteSize,
-        available: crate::ByteSize,
-    },
-    #[error("cannot tell which Debian mirror to use")]
-    MirrorUnknown,
-    #[error(transparent)]
-    Recipe(#[from] RecipeError),
-    #[error(transparent)]
-    Io(#[from] IoError),
-}
-
-impl ImageError {
-    pub fn hint(&self) -> Option<String> {
-        let hint = match self {
-            Self::ToolMissing { .. } | Self::KernelPackageUnknown => {
-                "run scripts/setup.sh (or `apt-get update`) so apt can find linux-image-amd64"
-            }
-            Self::ToolFailed { .. } => "check that `apt-get download linux-image-amd64` works here",
-            Self::InputMissing { what, .. } if what.contains("busybox") => {
-                "install busybox-static (scripts/setup.sh does)"
-            }
-            Self::InputMissing { .. } => {
-                "check the path; without --kernel-deb kiln downloads linux-image-amd64 with apt"
-            }
-            Self::AgentNotStatic { .. } | Self::AgentNotFound { .. } => {
-                "build it with scripts/build-agent.sh, or point KILN_AGENT at a static kiln-agent"
-            }
-            Self::UnknownPackage { .. } => {
-                "check the name with `apt-cache policy NAME`; nothing was cached"
-            }
-            Self::SetupFailed { .. } => "fix the recipe's setup command; nothing was cached",
-            Self::TooSmall { .. } => {
-                "give the recipe a larger size (ImageSpec::builder(..).size_gib(N))"
-            }
-            Self::NoSpace { .. } => "free space there, or point KILN_CACHE_DIR at a larger disk",
-            Self::MirrorUnknown => {
-                "set KILN_DEBIAN_MIRROR (e.g. http://deb.debian.org/debian), or add a Debian apt source"
-            }
-            _ => return None,
-        };
-        Some(hint.to_owned())
-    }
-}
-
-/// Where the image's inputs come from.
-#[derive(Debug, Clone)]
-pub struct ImageInputs {
-    /// A kernel .deb to use; `None` downloads the current one with apt.
-    pub kernel_deb: Option<PathBuf>,
-    pub busybox: PathBuf,
-    pub agent: PathBuf,
-}
-
-impl ImageInputs {
-    /// The usual places: `/bin/busybox` (busybox-static), and the agent from `KILN_AGENT`,
-    /// beside the running executable, or in the workspace's agent build directory.
-    pub fn discover() -> Result<Self, ImageError> {
-        Ok(Self {
-            kernel_deb: std::env::var_os("KILN_KERNEL_DEB").map(PathBuf::from),
-            busybox: PathBuf::from("/bin/busybox"),
-            agent: find_agent()?,
-        })
-    }
-}
-
-fn find_agent() -> Result<PathBuf, ImageError> {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os("KILN_AGENT") {
-        candidates.push(PathBuf::from(path));
-    } else if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        candidates.push(dir.join("kiln-agent"));
-        // Inside a cargo target dir: target/{debug,release}/kiln → target/<triple>/agent/.
-        candidates.push(dir.join("../x86_64-unknown-linux-gnu/agent/kiln-agent"));
-    }
-    // A dynamically linked dev build beside the CLI is skipped, not chosen.
-    if let Some(found) = candidates.iter().find(|p| is_static_executable(p)) {
-        return Ok(found.clone());
-    }
-    match candidates.iter().find(|p| p.is_file()) {
-        Some(dynamic) => Err(ImageError::AgentNotStatic {
-            path: dynamic.clone(),
-        }),
-        None => Err(ImageError::AgentNotFound {
-            looked: candidates.iter().map(|p| p.display().to_string()).collect(),
-        }),
-    }
-}
-
-fn is_static_executable(path: &Path) -> bool {
-    use object::Object;
-    std::fs::read(path).is_ok_and(|bytes| {
-        object::File::parse(&*bytes).is_ok_and(|file| file.section_by_name(".interp").is_none())
-    })
-}
 
 /// A built image, ready to boot.
 #[derive(Debug, Clone)]
@@ -568,9 +431,11 @@ impl ImageStore {
         let build = progress::stage(reporter, Stage::BuildImage, async {
             let (dir, paths, name) = (dir.clone(), self.paths.clone(), name.to_owned());
             let inputs = inputs.clone();
-            tokio::task::spawn_blocking(move || build(&paths, &name, &dir, &inputs, &kernel_deb))
-                .await
-                .map_err(join_error)?
+            tokio::task::spawn_blocking(move || {
+                bootkit::build(&paths, &name, &dir, &inputs, &kernel_deb)
+            })
+            .await
+            .map_err(join_error)?
         });
         let manifest = Box::pin(build).await?;
         info!(
@@ -634,209 +499,4 @@ impl ImageStore {
 
 pub(crate) fn join_error(err: tokio::task::JoinError) -> Error {
     IoError::new("run a background task for", "", std::io::Error::other(err)).into()
-}
-
-/// Builds the image into `dir` (blocking). Writes into a temp directory and renames it into
-/// place, so an interrupted build never leaves a half image that looks complete.
-fn build(
-    paths: &Paths,
-    name: &str,
-    dir: &Path,
-    inputs: &ImageInputs,
-    kernel_deb: &Path,
-) -> crate::Result<Manifest> {
-    for (what, path) in [
-        ("busybox", &inputs.busybox),
-        ("kernel package", &kernel_deb.to_owned()),
-    ] {
-        if !path.is_file() {
-            return Err(ImageError::InputMissing {
-                what,
-                path: path.clone(),
-            }
-            .into());
-        }
-    }
-    check_static(&inputs.agent)?;
-    let work = paths.images_dir().join(format!(".{name}.build"));
-    let _ = std::fs::remove_dir_all(&work);
-    state::create_private_dir(&work)?;
-    let unpacked = work.join("deb");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(IoError::at("start a runtime for", &work))?;
-    runtime.block_on(debian::unpack(kernel_deb, &unpacked))?;
-
-    let boot = unpacked.join("boot");
-    let vmlinuz = first_entry(&boot, "vmlinuz-")?;
-    let release = vmlinuz
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .unwrap_or_default()
-        .to_owned();
-    let bzimage = std::fs::read(&vmlinuz).map_err(IoError::at("read", &vmlinuz))?;
-    let vmlinux = kernel::extract_vmlinux(&bzimage, &vmlinuz)?;
-    let out = work.join("out");
-    state::create_private_dir(&out)?;
-    let vmlinux_path = out.join("vmlinux");
-    std::fs::write(&vmlinux_path, &vmlinux).map_err(IoError::at("write", &vmlinux_path))?;
-    // The bzImage too: a network boot (iPXE) loads it the way a bootloader does.
-    let bzimage_path = out.join("vmlinuz");
-    std::fs::write(&bzimage_path, &bzimage).map_err(IoError::at("write", &bzimage_path))?;
-
-    let tree = kernel::ModuleTree::open(&unpacked.join("lib/modules").join(&release))?;
-    let modules = tree.closure(kernel::GUEST_MODULES)?;
-    let initramfs_path = out.join("initramfs.cpio");
-    initramfs::write(
-        &initramfs::InitramfsParts {
-            busybox: &inputs.busybox,
-            agent: &inputs.agent,
-            modules: &modules,
-        },
-        &initramfs_path,
-    )?;
-
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&out, dir).map_err(IoError::at("move into place", dir))?;
-    let _ = std::fs::remove_dir_all(&work);
-    let package = kernel_deb
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('_').next())
-        .unwrap_or_default()
-        .to_owned();
-    let manifest = Manifest {
-        format: manifest::IMAGE_FORMAT,
-        name: name.to_owned(),
-        kernel_package: package,
-        kernel_release: release,
-        inputs: manifest::Inputs {
-            kernel_deb: FileStamp::of(kernel_deb)?,
-            busybox: FileStamp::of(&inputs.busybox)?,
-            agent: FileStamp::of(&inputs.agent)?,
-        },
-        vmlinux: FileStamp::of(&dir.join("vmlinux"))?,
-        initramfs: FileStamp::of(&dir.join("initramfs.cpio"))?,
-        modules: modules.into_iter().map(|m| m.name).collect(),
-        built_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        scripts: initramfs::scripts_digest(),
-    };
-    state::write_json_atomic(&dir.join("manifest.json"), &manifest)?;
-    Ok(manifest)
-}
-
-fn first_entry(dir: &Path, prefix: &str) -> crate::Result<PathBuf> {
-    let entries = std::fs::read_dir(dir).map_err(IoError::at("list", dir))?;
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .ok_or_else(|| {
-            ImageError::InputMissing {
-                what: "kernel image",
-                path: dir.join(format!("{prefix}*")),
-            }
-            .into()
-        })
-}
-
-/// The agent runs in a guest without libc: refuse a dynamically linked build.
-fn check_static(agent: &Path) -> crate::Result<()> {
-    use object::Object;
-    let bytes = std::fs::read(agent).map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            Error::from(ImageError::InputMissing {
-                what: "guest agent",
-                path: agent.to_owned(),
-            })
-        } else {
-            IoError::new("read", agent, err).into()
-        }
-    })?;
-    let parsed = object::File::parse(&*bytes);
-    if !parsed.is_ok_and(|file| file.section_by_name(".interp").is_none()) {
-        warn!("{} is dynamically linked", agent.display());
-        return Err(ImageError::AgentNotStatic {
-            path: agent.to_owned(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
-/// Where a VM of `spec` booting `image` finds its userland.
-pub fn boot_root(spec: &crate::VmSpec, image: &Image) -> BootRoot {
-    match image.root() {
-        None => BootRoot::Ram,
-        Some(root) => BootRoot::Disk {
-            init: root.init(),
-            grow: spec.root_size().is_some_and(|size| size > root.size),
-        },
-    }
-}
-
-/// The disks a VM of `spec` booting `image` has: a Debian image's root disk first (an overlay
-/// on the image's base, grown to the spec's root size), then the spec's own.
-pub fn machine_disks(spec: &crate::VmSpec, image: &Image) -> Vec<crate::DiskSpec> {
-    let root = image.root().map(|root| {
-        let size = spec
-            .root_size()
-            .map_or(root.size, |size| size.max(root.size));
-        crate::DiskSpec::root(size, root.base_path())
-    });
-    root.into_iter()
-        .chain(spec.disks().iter().cloned())
-        .collect()
-}
-
-/// The iPXE script a network boot of VM `name` runs: kiln's image (`kernel` and `initrd`,
-/// paths relative to the script on the same TFTP server) with the guest's command line. With
-/// the disk next in the boot order it first tries the disk, so once something has made the
-/// disk bootable, the boot falls through to it.
-pub(crate) fn ipxe_script(
-    name: &str,
-    cmdline: &str,
-    disk_next: bool,
-    kernel: &str,
-    initrd: &str,
-) -> String {
-    let mut script = format!("#!ipxe\necho kiln: network boot of {name} (iPXE ${{version}})\n");
-    if disk_next {
-        script.push_str(
-            "sanboot --no-describe --drive 0x80 || echo kiln: the first disk does not boot: booting kiln's image\n",
-        );
-    }
-    script.push_str(&format!(
-        "kernel {kernel} {cmdline}\ninitrd {initrd}\nboot\n"
-    ));
-    script
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_ipxe_script_boots_kilns_image_and_tries_the_disk_when_it_comes_next() {
-        let script = super::ipxe_script(
-            "pxe-1",
-            "console=ttyS0 kiln.name=pxe-1",
-            true,
-            "vmlinuz",
-            "initramfs.cpio",
-        );
-        assert_eq!(
-            script,
-            "#!ipxe\necho kiln: network boot of pxe-1 (iPXE ${version})\n\
-             sanboot --no-describe --drive 0x80 || echo kiln: the first disk does not boot: booting kiln's image\n\
-             kernel vmlinuz console=ttyS0 kiln.name=pxe-1\ninitrd initramfs.cpio\nboot\n"
-        );
-        assert!(!super::ipxe_script("pxe-1", "x", false, "k", "i").contains("sanboot"));
-    }
 }
