@@ -360,7 +360,56 @@ fn set_identity(hostname: &str, seed: &[u8]) -> Result<(), String> {
     #[allow(unsafe_code)]
     let reseeded =
         unsafe { rustix::ioctl::ioctl(&urandom, rustix::ioctl::NoArg::<RNDRESEEDCRNG>::new()) };
-    reseeded.map_err(|e| format!("cannot reseed the kernel's CRNG: {e}"))
+    reseeded.map_err(|e| format!("cannot reseed the kernel's CRNG: {e}"))?;
+    refresh_config()
+}
+
+/// Where kiln's init mounts the config drive.
+const CONFIG_MOUNT: &str = "/run/kiln/config";
+/// `BLKFLSBUF`: drop a block device's cached blocks.
+const BLKFLSBUF: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(0x12, 97);
+
+/// Mounts the config drive again. A clone's drive is its own, but the guest it restores
+/// still has the template's drive mounted and cached: unmount it, drop the device's cached
+/// blocks, and mount what the drive holds now. Nothing to do where no drive is mounted.
+fn refresh_config() -> Result<(), String> {
+    use rustix::mount::{MountFlags, UnmountFlags};
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let Some(source) = config_source(&mountinfo) else {
+        return Ok(());
+    };
+    rustix::mount::unmount(CONFIG_MOUNT, UnmountFlags::empty())
+        .map_err(|e| format!("cannot unmount the config drive: {e}"))?;
+    let device = std::fs::File::open(&source).map_err(|e| format!("cannot open {source}: {e}"))?;
+    // SAFETY: BLKFLSBUF takes no argument, which is what `NoArg` passes; the opcode is the
+    // kernel's `_IO(0x12, 97)`.
+    #[allow(unsafe_code)]
+    let flushed =
+        unsafe { rustix::ioctl::ioctl(&device, rustix::ioctl::NoArg::<BLKFLSBUF>::new()) };
+    flushed.map_err(|e| format!("cannot drop the cached blocks of {source}: {e}"))?;
+    rustix::mount::mount(
+        source.as_str(),
+        CONFIG_MOUNT,
+        "ext4",
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| format!("cannot mount the config drive again: {e}"))?;
+    eprintln!("kiln-agent: config drive remounted");
+    Ok(())
+}
+
+/// The device mounted at [`CONFIG_MOUNT`], from `/proc/self/mountinfo`: the fifth field is
+/// the mount point, and the source follows the ` - ` separator and the filesystem type.
+fn config_source(mountinfo: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some(CONFIG_MOUNT))
+        .filter_map(|line| line.split_once(" - "))
+        .filter_map(|(_, tail)| tail.split(' ').nth(1))
+        .next_back()
+        .map(str::to_owned)
 }
 
 fn power_off() {
@@ -392,5 +441,25 @@ pub(crate) fn frame(stream: StreamId, message: Message) -> Option<Vec<u8>> {
             eprintln!("kiln-agent: cannot encode a frame: {err}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_drive_is_found_by_its_mount_point() {
+        let mountinfo = "\
+22 1 0:21 / /run rw,nosuid - tmpfs tmpfs rw
+30 22 254:2 / /run/kiln/config ro,nosuid,nodev,noexec - ext4 /dev/vdc ro
+31 22 254:0 / /run/kiln/configs ro - ext4 /dev/vdd ro
+";
+        assert_eq!(config_source(mountinfo).as_deref(), Some("/dev/vdc"));
+        assert_eq!(
+            config_source("22 1 0:21 / /run rw - tmpfs tmpfs rw\n"),
+            None
+        );
+        assert_eq!(config_source("garbage\n\n"), None);
     }
 }

@@ -37,6 +37,9 @@ enum Command {
     Forward(commands::forward::Args),
     /// Show a VM's serial console log
     Logs(commands::logs::Args),
+    /// Show or change a VM's metadata (the guest reads it on its config drive from its next
+    /// start): `kiln metadata web-1 role=db --unset tier`
+    Metadata(commands::metadata::Args),
     /// Power a VM off
     Stop(commands::stop::Args),
     /// Boot a stopped VM
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Cp(args) => commands::cp::run(args).await,
             Command::Forward(args) => commands::forward::run(args).await,
             Command::Logs(args) => commands::logs::run(args).await,
+            Command::Metadata(args) => commands::metadata::run(args).await,
             Command::Stop(args) => commands::stop::run(args).await,
             Command::Start(args) => commands::start::run(args).await,
             Command::Pause(args) => commands::snapshot::pause(args, true).await,

@@ -107,6 +107,28 @@ fn bad_names_sizes_ports_and_paths_are_refused_and_change_nothing() {
             "kernel package not found at /nonexistent.deb",
             1,
         ),
+        (
+            &["up", "ok", "--metadata", "bad key=x"],
+            "metadata key \"bad key\" is not a plain identifier",
+            2,
+        ),
+        (&["up", "ok", "--metadata", "role"], "is not KEY=VALUE", 2),
+        (
+            &[
+                "up",
+                "ok",
+                "--metadata",
+                &format!("big={}", "x".repeat(5000)),
+            ],
+            "at most 4096 are allowed",
+            2,
+        ),
+        (
+            &["up", "ok", "--secret", "token=/nonexistent/token"],
+            "cannot read secret token of VM ok from /nonexistent/token",
+            1,
+        ),
+        (&["metadata", "nope", "role=db"], "VM nope not found", 1),
         (&["exec", "nope", "--", "true"], "VM nope not found", 1),
         (
             &["snapshot", "restore", "nope", "s1"],

@@ -92,6 +92,22 @@ pub enum Error {
     UnknownImage { name: String, known: Vec<String> },
     #[error("image {image} has no cloud-init: the VM's cloud-init data would be ignored")]
     ImageLacksCloudInit { image: String },
+    #[error("cannot read secret {name} of VM {vm} from {}", path.display())]
+    SecretUnreadable {
+        vm: String,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret {name} of VM {vm} ({}) is {size} bytes; at most {max} fit", path.display())]
+    SecretTooLarge {
+        vm: String,
+        name: String,
+        path: PathBuf,
+        size: u64,
+        max: u64,
+    },
     #[error("image {name} is not built")]
     ImageNotBuilt { name: String },
     #[error("image {name} is in use by {}", vms.join(", "))]
@@ -182,6 +198,11 @@ impl Error {
                 "`kiln image ls` lists the images and recipes".to_owned()
             }
             Self::ImageNotBuilt { name } => format!("build it with `kiln image build {name}`"),
+            Self::SecretUnreadable { .. } | Self::SecretTooLarge { .. } => {
+                "a secret is a host file read at each start: make it readable by kiln, at \
+                 most 64 KiB, or drop it from the spec"
+                    .to_owned()
+            }
             Self::ImageLacksCloudInit { .. } => {
                 "use --image cloud, or a recipe that installs cloud-init".to_owned()
             }

@@ -19,10 +19,14 @@ async fn behaves_like_debian(host: &dyn Host, name: &str) {
         .image("debian")
         .root_size(ByteSize::from_gib(3))
         .disk(DiskSpec::new_gib(1).labeled("data"))
+        .metadata("role", "db")
         .build()
         .unwrap();
     host.up(&spec, p).await.unwrap();
 
+    // The config drive stays mounted across the switch into the Debian root.
+    let config = sh(host, name, "cat /run/kiln/config/metadata.json").await;
+    assert!(config.contains(r#""role": "db""#), "{config}");
     let release = sh(host, name, ". /etc/os-release; echo $ID $VERSION_ID").await;
     assert_eq!(release, "debian 12\n");
     let apt = sh(host, name, "apt-get --version | head -n1").await;
@@ -189,10 +193,14 @@ async fn full_mode_runs_systemd_as_pid_one() {
     let spec = VmSpec::builder("deb-full")
         .memory_mib(512)
         .image("debian-full")
+        .metadata("role", "db")
         .build()
         .unwrap();
     host.up(&spec, p).await.unwrap();
     assert_eq!(sh(&host, "deb-full", "cat /proc/1/comm").await, "systemd\n");
+    // The config drive, mounted before systemd started, is still there under it.
+    let config = sh(&host, "deb-full", "cat /run/kiln/config/metadata.json").await;
+    assert!(config.contains(r#""role": "db""#), "{config}");
     assert_eq!(
         sh(&host, "deb-full", "systemctl is-active kiln-agent").await,
         "active\n"

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod image;
 pub mod logs;
 pub mod ls;
+pub mod metadata;
 pub mod net;
 pub mod rm;
 pub mod run;

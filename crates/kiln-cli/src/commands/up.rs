@@ -33,6 +33,14 @@ pub struct Args {
     /// user-mode NIC's TFTP, or the libvirt network's), disk, or both: --boot network,disk
     #[arg(long, value_delimiter = ',', value_name = "DEVICE[,DEVICE]", value_parser = parse_boot_device)]
     pub boot: Vec<kiln::spec::BootDevice>,
+    /// Metadata for the guest, KEY=VALUE (repeatable): it reads them in
+    /// /run/kiln/config/metadata.json
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_metadata)]
+    pub metadata: Vec<(String, String)>,
+    /// A secret by reference, NAME=PATH (repeatable): the host file is read at each start
+    /// and the guest finds it in /run/kiln/config/secrets/NAME, root's only
+    #[arg(long = "secret", value_name = "NAME=PATH", value_parser = parse_secret)]
+    pub secrets: Vec<(String, std::path::PathBuf)>,
     /// Add a blank qcow2 disk of this size (repeatable), e.g. --disk 4G
     #[arg(long = "disk", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub disks: Vec<ByteSize>,
@@ -93,6 +101,32 @@ impl From<Accel> for AccelChoice {
     }
 }
 
+/// clap value parser for `KEY=VALUE` metadata: a bad one is a usage error with a hint.
+pub fn parse_metadata(text: &str) -> Result<(String, String), String> {
+    kiln::spec::parse_assignment(text).map_err(|err| {
+        let hint = kiln::spec::SpecError::from(err.clone())
+            .hint()
+            .unwrap_or_default();
+        format!("{err}\n  hint: {hint}")
+    })
+}
+
+fn parse_secret(text: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (name, path) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?} is not NAME=PATH\n  hint: e.g. --secret token=./token.txt")
+    })?;
+    if !kiln::spec::valid_metadata_key(name) {
+        return Err(format!(
+            "secret name {name:?} is not a plain identifier\n  hint: a name starts with a \
+             letter, then letters, digits, '_', '-' or '.'"
+        ));
+    }
+    // A relative path means the current directory's.
+    std::path::absolute(path)
+        .map(|path| (name.to_owned(), path))
+        .map_err(|err| format!("cannot resolve {path:?}: {err}"))
+}
+
 fn parse_boot_device(text: &str) -> Result<kiln::spec::BootDevice, String> {
     match text {
         "network" | "net" | "pxe" => Ok(kiln::spec::BootDevice::Network),
@@ -125,6 +159,12 @@ pub async fn run(args: Args) -> Outcome {
         let text = std::fs::read_to_string(file).map_err(kiln::IoError::at("read", file))?;
         let cloud_init = kiln::spec::CloudInit::raw(text).map_err(kiln::spec::SpecError::from)?;
         builder = builder.cloud_init(cloud_init);
+    }
+    for (key, value) in args.metadata {
+        builder = builder.metadata(key, value);
+    }
+    for (name, path) in args.secrets {
+        builder = builder.secret(name, path);
     }
     for size in args.disks {
         builder = builder.disk(DiskSpec::new(size));

@@ -16,6 +16,8 @@ use crate::{Accel, Result, VmSpec};
 #[derive(Debug)]
 pub struct Launch<'a> {
     pub spec: &'a VmSpec,
+    /// The VM's id, for its config drive.
+    pub id: &'a str,
     pub image: &'a Image,
     pub paths: &'a VmPaths,
     pub accel: Accel,

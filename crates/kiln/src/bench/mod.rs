@@ -160,6 +160,7 @@ async fn bare_boot(
     state::write_atomic(&paths.secret(), b"bench")?;
     let launch = Launch {
         spec: &spec,
+        id: "bench-bare",
         image,
         paths: &paths,
         accel,

@@ -16,7 +16,8 @@ pub struct InitramfsParts<'a> {
     pub modules: &'a [Module],
 }
 
-/// `/init`, stage one: mounts the basics and loads the modules. Module parameters the kernel
+/// `/init`, stage one: mounts the basics, loads the modules and mounts the config drive
+/// (`kiln-config`) read-only at `/run/kiln/config`. Module parameters the kernel
 /// command line carries (`virtio_mmio.device=…`, which QEMU's microvm adds for its devices)
 /// are passed to `insmod`, which does not read them itself. With `kiln.root=SERIAL` it mounts
 /// the virtio disk with that serial, hands busybox, the agent and stage two over on the
@@ -41,6 +42,14 @@ while read -r m; do
   # shellcheck disable=SC2046
   insmod "/lib/modules/$m.ko" $(params_for "$m") 2>/dev/null || echo "kiln-init: cannot load $m"
 done < /etc/kiln/modules
+# The config drive, read-only; it stays mounted on /run whatever root the guest switches to.
+mkdir -p /run/kiln/config
+for b in /sys/block/vd*; do
+  if [ "$(cat "$b/serial" 2>/dev/null)" = kiln-config ]; then
+    mount -t ext4 -o ro,nosuid,nodev,noexec "/dev/${b##*/}" /run/kiln/config \
+      || echo "kiln-init: cannot mount the config drive"
+  fi
+done
 root=
 mode=fast
 for p in $(cat /proc/cmdline); do

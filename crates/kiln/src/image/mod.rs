@@ -6,6 +6,7 @@
 
 mod boot;
 mod bootkit;
+pub mod config_drive;
 mod cpio;
 mod debian;
 mod error;

@@ -3,6 +3,7 @@
 mod cloud_init;
 mod disk;
 mod mac;
+mod metadata;
 mod network;
 mod port;
 mod share;
@@ -11,6 +12,10 @@ mod size;
 pub use cloud_init::{CloudInit, CloudInitError, MAX_USER_DATA};
 pub use disk::{DiskSpec, MAX_LABEL_LEN, ROOT_DISK_LABEL};
 pub use mac::MacAddr;
+pub use metadata::{
+    MAX_ENTRIES as MAX_METADATA_ENTRIES, MAX_SECRET_LEN, Metadata, MetadataError, parse_assignment,
+    valid_key as valid_metadata_key,
+};
 pub use network::{
     DhcpRange, NetPolicy, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
     check_no_overlap, subnets_overlap,
@@ -62,6 +67,8 @@ pub enum SpecError {
     CloudInitWithoutImage,
     #[error(transparent)]
     CloudInit(#[from] CloudInitError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     #[error("network name {name:?} is invalid")]
     InvalidNetwork { name: String },
     #[error("invalid MAC address {mac:?}: {reason}")]
@@ -156,6 +163,13 @@ impl SpecError {
                 "start the file with the line #cloud-config"
             }
             Self::CloudInit(_) => "fix the cloud-init data",
+            Self::Metadata(MetadataError::RelativeSecretPath { .. }) => {
+                "a secret is NAME=/absolute/path/on/the/host"
+            }
+            Self::Metadata(_) => {
+                "metadata is KEY=VALUE: a key starts with a letter, then letters, digits, '_', '-' \
+                 or '.' (64 at most); a value is text of up to 4 KiB"
+            }
             Self::InvalidMac { .. } | Self::DuplicateMac { .. } => {
                 "a MAC is six hex octets like 52:54:00:12:34:56, unique per NIC"
             }
@@ -241,6 +255,9 @@ struct VmSpecFields {
     /// What cloud-init does at first boot (an image with cloud-init, such as `cloud`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cloud_init: Option<CloudInit>,
+    /// Key/values and secrets by reference, on the guest's config drive.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    metadata: Metadata,
 }
 
 /// A device firmware boots from, in [`VmSpecBuilder::boot_order`].
@@ -316,6 +333,7 @@ fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), Spe
         }
         cloud_init.validate()?;
     }
+    spec.metadata.validate()?;
     if !spec.boot_order.is_empty() && spec.image != DEFAULT_IMAGE {
         return Err(SpecError::FirmwareBootWithImage {
             image: spec.image.clone(),
@@ -432,6 +450,7 @@ impl VmSpec {
                 net_policy: NetPolicy::default(),
                 root_size: None,
                 cloud_init: None,
+                metadata: Metadata::default(),
             },
             networks_set: false,
         }
@@ -466,6 +485,19 @@ impl VmSpec {
     /// What cloud-init does at first boot, if anything.
     pub fn cloud_init(&self) -> Option<&CloudInit> {
         self.fields.cloud_init.as_ref()
+    }
+    /// The user's metadata: key/values and secrets by reference.
+    pub fn metadata(&self) -> &Metadata {
+        &self.fields.metadata
+    }
+    /// This spec with its metadata's key/values replaced (`kiln metadata set`); secrets stay.
+    pub fn with_metadata_values(
+        &self,
+        values: std::collections::BTreeMap<String, String>,
+    ) -> Result<VmSpec, SpecError> {
+        let mut fields = self.fields.clone();
+        fields.metadata.values = values;
+        VmSpec::try_from(fields)
     }
     /// How many disks the machine has: the root disk, if any, then the spec's own.
     pub fn machine_disk_count(&self) -> usize {
@@ -590,6 +622,20 @@ impl VmSpecBuilder {
     /// data goes on a read-only `cidata` seed disk.
     pub fn cloud_init(mut self, cloud_init: CloudInit) -> Self {
         self.fields.cloud_init = Some(cloud_init);
+        self
+    }
+    /// A metadata key/value: the guest reads it in `/run/kiln/config/metadata.json`. Keys
+    /// are plain identifiers; values are text of up to 4 KiB. Not for secrets: see
+    /// [`secret`](Self::secret).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fields.metadata.set(key, value);
+        self
+    }
+    /// A secret by reference: the host file `path` is read at each start (at most 64 KiB)
+    /// and the guest finds its contents in `/run/kiln/config/secrets/NAME`, readable by root
+    /// only. The spec keeps the path, never the secret.
+    pub fn secret(mut self, name: impl Into<String>, path: impl AsRef<std::path::Path>) -> Self {
+        self.fields.metadata.set_secret(name, path);
         self
     }
     /// Grows a Debian image's root disk (and its filesystem, on first boot) to this size.

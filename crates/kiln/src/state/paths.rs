@@ -128,6 +128,10 @@ impl VmPaths {
     pub fn tftp_dir(&self) -> PathBuf {
         self.dir.join("tftp")
     }
+    /// The config drive (`kiln-config`), written at each start from the record.
+    pub fn config_drive(&self) -> PathBuf {
+        self.dir.join("config.img")
+    }
     /// The cloud-init NoCloud seed (`cidata`), written at each start from the spec.
     pub fn seed(&self) -> PathBuf {
         self.dir.join("cidata.img")

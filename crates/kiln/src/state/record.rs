@@ -18,6 +18,10 @@ pub enum BackendKind {
 #[serde(deny_unknown_fields)]
 pub struct VmRecord {
     pub version: u32,
+    /// The VM's id (a UUID), made when the VM is; a clone gets its own. Records written
+    /// before ids existed get one when next read.
+    #[serde(default = "new_vm_id")]
+    pub id: String,
     pub spec: VmSpec,
     pub backend: BackendKind,
     /// Seconds since the Unix epoch.
@@ -44,6 +48,11 @@ pub struct VmRecord {
     /// Found set with the VM's lock free, it is what a killed `up` left: rolled back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+}
+
+/// A new VM id: a random (version 4) UUID.
+pub fn new_vm_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 impl VmRecord {

@@ -85,4 +85,12 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn forwards(&self, name: &str) -> Result<Vec<PortForward>>;
     async fn add_forward(&self, name: &str, forward: PortForward) -> Result<()>;
     async fn remove_forward(&self, name: &str, forward: PortForward) -> Result<()>;
+
+    /// Replaces the VM's metadata key/values (its secrets stay). The guest reads them on its
+    /// config drive from its next start on; a running VM keeps what it booted with.
+    async fn set_metadata(
+        &self,
+        name: &str,
+        values: std::collections::BTreeMap<String, String>,
+    ) -> Result<()>;
 }

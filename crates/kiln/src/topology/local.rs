@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -221,5 +222,9 @@ impl Host for LocalHost {
 
     async fn remove_forward(&self, name: &str, forward: PortForward) -> Result<()> {
         self.kiln.unforward(name, forward).await
+    }
+
+    async fn set_metadata(&self, name: &str, values: BTreeMap<String, String>) -> Result<()> {
+        self.kiln.set_metadata(name, values).await
     }
 }

@@ -122,6 +122,7 @@ impl Kiln {
             .map_or(crate::Accel::Tcg, |m| m.accel);
         let mut record = state::VmRecord {
             version: state::RECORD_VERSION,
+            id: state::new_vm_id(),
             spec,
             backend: state::BackendKind::Qemu,
             created_at: now_secs(),
@@ -141,6 +142,7 @@ impl Kiln {
         }
         let launch = Launch {
             spec: &record.spec,
+            id: &record.id,
             image,
             paths,
             accel,

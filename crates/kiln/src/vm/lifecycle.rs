@@ -81,6 +81,7 @@ impl Kiln {
         owner: Option<&str>,
         reporter: &dyn Reporter,
     ) -> Result<Vm> {
+        crate::image::config_drive::check_secrets(&spec)?;
         if self.warm {
             match Kiln::cold_reason(&spec) {
                 None => {
@@ -137,6 +138,7 @@ impl Kiln {
             self.backend.create(&disks, &paths).await?;
             let record = VmRecord {
                 version: RECORD_VERSION,
+                id: state::new_vm_id(),
                 spec: spec.clone(),
                 backend: BackendKind::Qemu,
                 created_at: now_secs(),
@@ -155,6 +157,22 @@ impl Kiln {
         .await?;
         self.boot(record, paths, accel, &probe.reason, reporter)
             .await
+    }
+
+    /// Replaces VM `name`'s metadata key/values; its secrets stay. The config drive is made
+    /// at each start, so the guest sees them from its next start on.
+    pub async fn set_metadata(
+        &self,
+        name: &str,
+        values: std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let vm = self.get(name).await?;
+        let _lock = lock(&vm.paths).await?;
+        let mut record = read_record(&vm.paths)?.ok_or_else(|| Error::VmNotFound {
+            name: name.to_owned(),
+        })?;
+        record.spec = record.spec.with_metadata_values(values)?;
+        state::write_json_atomic(&vm.paths.record(), &record)
     }
 
     /// Starts a stopped VM and waits for its agent. A running VM is left alone.
@@ -204,6 +222,7 @@ impl Kiln {
         for attempt in 1..=self.boot.attempts.max(1) {
             let launch = Launch {
                 spec: &record.spec,
+                id: &record.id,
                 image: &image,
                 paths: &paths,
                 accel,

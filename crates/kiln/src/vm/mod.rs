@@ -310,6 +310,10 @@ pub(crate) fn check_snapshot_state(name: &str, state: VmState, disk_only: bool) 
 #[derive(Debug, Clone, Serialize)]
 pub struct VmInfo {
     pub name: String,
+    /// The VM's id, as its config drive tells the guest (libvirt: the domain's UUID).
+    pub id: Option<String>,
+    /// The user's metadata key/values.
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// The libvirt URI the VM runs on; `None` for the daemonless backend on this machine.
     pub host: Option<String>,
     pub state: VmState,
@@ -370,6 +374,8 @@ impl Vm {
         let spec = &self.record.spec;
         VmInfo {
             name: self.name.clone(),
+            id: Some(self.record.id.clone()),
+            metadata: spec.metadata().values().clone(),
             host: None,
             state,
             detail,

@@ -323,6 +323,7 @@ impl Kiln {
         let attachments = self.networks().attachments(&record.spec).await?;
         let launch = Launch {
             spec: &record.spec,
+            id: &record.id,
             image: &image,
             paths: vm.paths(),
             accel,

@@ -69,6 +69,30 @@ impl LibvirtConn {
         .await
     }
 
+    /// Replaces a domain's kiln tag in place: in its definition, and in the running
+    /// domain's live XML too when it runs.
+    pub async fn set_domain_tag(&self, name: &str, tag: &xml::KilnTag) -> Result<(), LibvirtError> {
+        let fragment = tag.fragment()?;
+        let name = name.to_owned();
+        self.call(move |inner| {
+            let dom = inner.require_domain(&name)?;
+            let mut flags = virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
+            if dom.is_active().map_err(inner.err("read", &name))? {
+                flags |= virt::sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            dom.set_metadata(
+                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                Some(&fragment),
+                Some("kiln"),
+                Some(xml::KILN_NS),
+                flags,
+            )
+            .map_err(inner.err("set the metadata of", &name))?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn start_domain(&self, name: &str) -> Result<(), LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| {

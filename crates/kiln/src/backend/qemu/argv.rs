@@ -40,6 +40,8 @@ pub struct QemuLaunch {
     pub disk_labels: Vec<Option<String>>,
     /// The cloud-init seed, attached read-only after the disks.
     pub seed: Option<PathBuf>,
+    /// The config drive (`kiln-config`), attached read-only after the seed.
+    pub config_drive: PathBuf,
     /// Boot through firmware (SeaBIOS) instead of the kernel: a spec with a boot order.
     pub firmware_boot: Option<FirmwareBoot>,
     pub user_net: Option<UserNet>,
@@ -257,6 +259,19 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             &format!("{},drive=seed,serial=cidata", virtio("virtio-blk")),
         ]);
     }
+    argv.push_kv(
+        "-drive",
+        "id=config,if=none,format=raw,readonly=on,file=",
+        &l.config_drive,
+    );
+    argv.push([
+        "-device",
+        &format!(
+            "{},drive=config,serial={}",
+            virtio("virtio-blk"),
+            crate::image::config_drive::LABEL
+        ),
+    ]);
     for share in &l.shares {
         // mapped-xattr: the guest's owners and modes live in xattrs, never in the host file's
         // mode, so a guest root cannot plant a setuid-root file in a host directory (QEMU
@@ -340,6 +355,7 @@ mod tests {
             disks: vec![p("disk0.qcow2")],
             disk_labels: vec![Some("data".to_owned())],
             seed: None,
+            config_drive: p("config.img"),
             firmware_boot: None,
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,
@@ -413,6 +429,8 @@ mod tests {
 -netdev user,id=fwd0,restrict=on,net=10.0.3.0/24,host=10.0.3.2,dhcpstart=10.0.3.15 \
 -device virtio-net-device,netdev=fwd0,mac=52:54:00:12:34:57 \
 -drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0,serial=data \
+-drive id=config,if=none,format=raw,readonly=on,file=/k/vms/web-1/config.img \
+-device virtio-blk-device,drive=config,serial=kiln-config \
 -daemonize -pidfile /k/vms/web-1/qemu.pid";
         assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);
     }
@@ -428,7 +446,9 @@ mod tests {
         assert!(argv.contains("-device virtio-serial-pci"));
         assert!(!argv.contains("-bios"));
         assert!(!argv.contains("-netdev"));
-        assert!(!argv.contains("-drive"));
+        // Only the config drive, which every VM has.
+        assert_eq!(argv.matches("-drive").count(), 1, "{argv}");
+        assert!(argv.contains("-device virtio-blk-pci,drive=config,serial=kiln-config"));
     }
 
     #[test]

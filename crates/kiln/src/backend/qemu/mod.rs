@@ -253,6 +253,7 @@ impl Backend for QemuBackend {
         if let (Some(seed), Some(cloud_init)) = (&plan.seed, launch.spec.cloud_init()) {
             crate::image::seed::write(seed, cloud_init, launch.spec.name())?;
         }
+        crate::image::config_drive::write(&plan.config_drive, launch.spec, launch.id, "qemu")?;
         if let Some(boot) = &plan.firmware_boot {
             boot::prepare(boot, &plan, launch)?;
         }

@@ -67,6 +67,7 @@ impl QemuBackend {
             disks: launch.disks.to_vec(),
             disk_labels: launch.spec.machine_disk_labels(),
             seed: launch.spec.cloud_init().map(|_| paths.seed()),
+            config_drive: paths.config_drive(),
             firmware_boot,
             incoming: launch.incoming.map(std::path::Path::to_owned),
             user_net: launch.spec.user_net().map(|policy| UserNet {

@@ -1,5 +1,6 @@
 //! [`Host`] on a libvirt connection: each verb is the inherent one of the same name.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -132,6 +133,10 @@ impl Host for LibvirtHost {
     async fn remove_forward(&self, name: &str, _forward: PortForward) -> Result<()> {
         self.kiln_domain(name).await?;
         Err(self.forwards_unsupported())
+    }
+
+    async fn set_metadata(&self, name: &str, values: BTreeMap<String, String>) -> Result<()> {
+        LibvirtHost::set_metadata(self, name, values).await
     }
 }
 

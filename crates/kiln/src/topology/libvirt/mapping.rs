@@ -18,6 +18,11 @@ pub(super) fn seed_volume(vm: &str) -> String {
     format!("{vm}-cidata.img")
 }
 
+/// The volume of a VM's config drive (`kiln-config`).
+pub(super) fn config_volume(vm: &str) -> String {
+    format!("{vm}-config.img")
+}
+
 /// Whether `nic` goes out through [`NAT_NETWORK`].
 fn on_nat_network(spec: &VmSpec, nic: &NetworkRef) -> bool {
     *nic == NetworkRef::User && spec.net_policy() == NetPolicy::Nat
@@ -83,6 +88,13 @@ pub(super) fn domain_def(spec: &VmSpec, inputs: DomainInputs<'_>) -> Result<Doma
                 volume: seed_volume(spec.name()),
                 boot_order: None,
                 serial: Some("cidata".to_owned()),
+                read_only: true,
+            }))
+            .chain(std::iter::once(DomainDisk {
+                pool: inputs.pool.to_owned(),
+                volume: config_volume(spec.name()),
+                boot_order: None,
+                serial: Some(crate::image::config_drive::LABEL.to_owned()),
                 read_only: true,
             }))
             .collect(),

@@ -224,6 +224,7 @@ impl VmHost for LibvirtHost {
     }
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
+        crate::image::config_drive::check_secrets(spec)?;
         if spec.cloud_init().is_some() && self.runs_guests() {
             // Refused before anything is made on the host.
             let image = self
@@ -236,9 +237,13 @@ impl VmHost for LibvirtHost {
         self.ensure_nat_network(spec).await?;
         self.ensure_network_boot(spec, reporter).await?;
         let secret_file = self.new_secret(spec.name()).await?;
-        let (def, disks) = self.domain_def(spec, owner, secret_file, reporter).await?;
+        let (mut def, disks) = self.domain_def(spec, owner, secret_file, reporter).await?;
+        // kiln picks the UUID, so the config drive can carry it before the domain exists.
+        let id = crate::state::new_vm_id();
+        def.uuid = Some(id.clone());
         progress::stage(reporter, Stage::CreateVm, async {
             self.upload_seed(spec).await?;
+            self.upload_config(spec, &id).await?;
             for (index, disk) in disks.iter().enumerate() {
                 self.conn
                     .ensure_volume(
@@ -269,6 +274,9 @@ impl VmHost for LibvirtHost {
         self.ensure_network_boot(spec, reporter).await?;
         let (mut def, _) = self.domain_def(spec, owner, secret_file, reporter).await?;
         self.upload_seed(spec).await?;
+        if let Some(id) = &observed.uuid {
+            self.upload_config(spec, id).await?;
+        }
         def.uuid = observed.uuid;
         self.conn.define_domain(&def).await?;
         // A running domain takes new vCPUs and memory on its next start.

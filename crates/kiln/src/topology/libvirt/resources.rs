@@ -189,6 +189,23 @@ impl LibvirtHost {
         Ok(())
     }
 
+    /// Puts `spec`'s config drive in the pool (a `0600` volume: it may hold secrets),
+    /// replacing the one of its last start. `id` is the domain's UUID. Nothing on the test
+    /// driver, which runs no guest to read it.
+    pub(super) async fn upload_config(&self, spec: &VmSpec, id: &str) -> Result<()> {
+        if !self.runs_guests() {
+            return Ok(());
+        }
+        let volume = super::mapping::config_volume(spec.name());
+        let work = tempfile::tempdir()
+            .map_err(crate::IoError::at("make a work directory for", &volume))?;
+        let drive = work.path().join("config.img");
+        crate::image::config_drive::write(&drive, spec, id, "libvirt")?;
+        let bytes = std::fs::read(&drive).map_err(crate::IoError::at("read", &drive))?;
+        self.conn.upload_bytes(&volume, bytes, true).await?;
+        Ok(())
+    }
+
     /// A new random secret for VM `name`, in a `0600` volume of kiln's pool; returns the
     /// volume's path on the libvirt host.
     pub(super) async fn new_secret(&self, name: &str) -> Result<String> {
@@ -237,12 +254,14 @@ impl LibvirtHost {
         }
         let (log, secret) = (serial_log_volume(name), secret_volume(name));
         let seed = super::mapping::seed_volume(name);
+        let config = super::mapping::config_volume(name);
         let mut removed = 0;
         for volume in self.conn.list_volumes().await? {
             if is_disk_of(&volume, name)
                 || is_log(&volume, &log)
                 || volume == secret
                 || volume == seed
+                || volume == config
             {
                 self.conn.delete_volume(&volume).await?;
                 removed += 1;

@@ -63,8 +63,13 @@ impl LibvirtHost {
         if domain.active {
             return Ok(());
         }
+        let spec: Option<crate::VmSpec> = KilnTag::decode(domain.observed.tag.as_ref()).1;
+        // The drive is made anew, so metadata changed while it was stopped is what it sees.
+        if let (Some(spec), Some(id)) = (&spec, &domain.observed.uuid) {
+            self.upload_config(spec, id).await?;
+        }
         self.conn.start_domain(name).await?;
-        match KilnTag::decode(domain.observed.tag.as_ref()).1 {
+        match spec {
             Some(spec) => self.wait_for_agent(&spec, reporter).await,
             None => Ok(()),
         }
@@ -128,6 +133,24 @@ impl LibvirtHost {
     }
 
     /// A domain kiln created; any other is not kiln's to change.
+    /// Replaces the VM's metadata key/values; the guest sees them from its next start.
+    pub async fn set_metadata(
+        &self,
+        name: &str,
+        values: std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let domain = self.kiln_domain(name).await?;
+        let (owner, spec) = KilnTag::decode::<VmSpec>(domain.observed.tag.as_ref());
+        let (Some(owner), Some(spec)) = (owner, spec) else {
+            return Err(foreign(name));
+        };
+        let spec = spec.with_metadata_values(values)?;
+        self.conn
+            .set_domain_tag(name, &KilnTag::new(&owner, &spec)?)
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn kiln_domain(&self, name: &str) -> Result<DomainState> {
         match self.conn.domain(name).await? {
             Some(d) if d.observed.tag.is_some() => Ok(d),
@@ -147,6 +170,11 @@ impl LibvirtHost {
         };
         let accel = domain.active.then_some(accel);
         VmInfo {
+            id: domain.observed.uuid.clone(),
+            metadata: spec
+                .as_ref()
+                .map(|s: &VmSpec| s.metadata().values().clone())
+                .unwrap_or_default(),
             name: domain.name,
             host: Some(self.uri().to_owned()),
             state,

@@ -102,6 +102,26 @@ impl<'a> From<&'a KilnTag> for MetadataOut<'a> {
     }
 }
 
+/// The tag as `virDomainSetMetadata` takes it: the element without its namespace, which
+/// libvirt adds (key `kiln`, [`KILN_NS`]).
+#[derive(Debug, Serialize)]
+#[serde(rename = "resource")]
+struct FragmentOut<'a> {
+    owner: &'a str,
+    spec: &'a str,
+}
+
+impl KilnTag {
+    /// The tag as a metadata fragment for `virDomainSetMetadata`.
+    pub fn fragment(&self) -> Result<String, LibvirtError> {
+        quick_xml::se::to_string(&FragmentOut {
+            owner: &self.owner,
+            spec: &self.spec,
+        })
+        .map_err(|e| LibvirtError::Xml(e.to_string()))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct MetadataIn {
     /// `kiln:resource`: the deserializer matches local names.

@@ -1,0 +1,63 @@
+use std::collections::BTreeMap;
+
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The VM
+    #[arg(value_parser = crate::ui::parse_name)]
+    pub name: String,
+    /// Set these keys, KEY=VALUE; without any (and without --unset), show the metadata
+    #[arg(value_name = "KEY=VALUE", value_parser = super::up::parse_metadata)]
+    pub set: Vec<(String, String)>,
+    /// Remove this key (repeatable)
+    #[arg(long, value_name = "KEY")]
+    pub unset: Vec<String>,
+    /// Print the VM's id and metadata as JSON: {"name", "id", "metadata"}
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: super::Target,
+}
+
+pub async fn run(args: Args) -> Outcome {
+    let host = args.target.locate(&super::fleet()?, &args.name).await?;
+    let info = host
+        .find(&args.name)
+        .await?
+        .ok_or_else(|| kiln::Error::VmNotFound {
+            name: args.name.clone(),
+        })?;
+    let mut metadata = info.metadata.clone();
+    if !args.set.is_empty() || !args.unset.is_empty() {
+        for key in &args.unset {
+            metadata.remove(key);
+        }
+        metadata.extend(args.set.iter().cloned());
+        host.set_metadata(&args.name, metadata.clone()).await?;
+        if info.state != kiln::VmState::Stopped {
+            eprintln!(
+                "{} sees the new metadata from its next start (it runs with what it booted with)",
+                args.name
+            );
+        }
+    }
+    show(&args, info.id.as_deref(), &metadata)
+}
+
+fn show(args: &Args, id: Option<&str>, metadata: &BTreeMap<String, String>) -> Outcome {
+    if args.json {
+        let document = serde_json::json!({
+            "name": args.name,
+            "id": id,
+            "metadata": metadata,
+        });
+        println!("{document:#}");
+        return Ok(0);
+    }
+    let width = metadata.keys().map(String::len).max().unwrap_or(0);
+    for (key, value) in metadata {
+        println!("{key:width$}  {value}");
+    }
+    Ok(0)
+}
