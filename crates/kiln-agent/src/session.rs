@@ -361,7 +361,7 @@ fn set_identity(hostname: &str, seed: &[u8]) -> Result<(), String> {
     let reseeded =
         unsafe { rustix::ioctl::ioctl(&urandom, rustix::ioctl::NoArg::<RNDRESEEDCRNG>::new()) };
     reseeded.map_err(|e| format!("cannot reseed the kernel's CRNG: {e}"))?;
-    refresh_config()
+    refresh_config(hostname)
 }
 
 /// Where kiln's init mounts the config drive.
@@ -372,7 +372,7 @@ const BLKFLSBUF: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(0x12, 97);
 /// Mounts the config drive again. A clone's drive is its own, but the guest it restores
 /// still has the template's drive mounted and cached: unmount it, drop the device's cached
 /// blocks, and mount what the drive holds now. Nothing to do where no drive is mounted.
-fn refresh_config() -> Result<(), String> {
+fn refresh_config(name: &str) -> Result<(), String> {
     use rustix::mount::{MountFlags, UnmountFlags};
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
@@ -396,8 +396,24 @@ fn refresh_config() -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("cannot mount the config drive again: {e}"))?;
+    // A superblock kept alive elsewhere (another mount namespace) would come back as it was:
+    // make sure the drive now is this VM's.
+    let document = std::fs::read_to_string(format!("{CONFIG_MOUNT}/metadata.json"))
+        .map_err(|e| format!("cannot read the remounted config drive: {e}"))?;
+    if !names_vm(&document, name) {
+        return Err(format!(
+            "the remounted config drive is not {name}'s: the old one is still held"
+        ));
+    }
     eprintln!("kiln-agent: config drive remounted");
     Ok(())
+}
+
+/// Whether `metadata.json` (as kiln writes it: pretty JSON, the name on a line of its own)
+/// is VM `name`'s.
+fn names_vm(document: &str, name: &str) -> bool {
+    let line = format!("\"name\": \"{name}\",");
+    document.lines().any(|l| l.trim() == line)
 }
 
 /// The device mounted at [`CONFIG_MOUNT`], from `/proc/self/mountinfo`: the fifth field is
@@ -461,5 +477,14 @@ mod tests {
             None
         );
         assert_eq!(config_source("garbage\n\n"), None);
+    }
+
+    #[test]
+    fn the_remounted_drive_must_name_this_vm() {
+        let document = "{\n  \"format\": 1,\n  \"name\": \"web-1\",\n  \"id\": \"x\"\n}\n";
+        assert!(names_vm(document, "web-1"));
+        assert!(!names_vm(document, "web"));
+        assert!(!names_vm(document, "template"));
+        assert!(!names_vm("", "web-1"));
     }
 }

@@ -9,16 +9,41 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The environment kiln reads, shown under `kiln --help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  KILN_HOME            one directory for all of kiln's state (default: the XDG directories)
+  KILN_CACHE_DIR       where images and warm-start templates are cached
+  KILN_AGENT           the guest agent binary to put in images
+  KILN_LIBVIRT_URI     the libvirt URI of --backend libvirt (default qemu:///system)
+  KILN_LIBVIRT_POOL    the storage pool kiln uses on libvirt hosts (default kiln)
+  KILN_QEMU            the QEMU binary (default qemu-system-x86_64)
+  KILN_PASST           the passt binary of the nat network policy
+  KILN_KERNEL_DEB      a Debian kernel package to build images from
+  KILN_DEBIAN_MIRROR   the Debian mirror images are built from
+  KILN_LOG             log filter, e.g. debug or kiln=info (overrides --verbose)
+  NO_COLOR             no colour, unless --color always";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kiln",
     version,
     about = "Code-first virtual machines",
-    propagate_version = true
+    propagate_version = true,
+    after_help = ENVIRONMENT
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Quiet: no progress, only results and errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log what kiln does (--verbose --verbose: debug); KILN_LOG=filter overrides
+    #[arg(long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Colour errors and hints: auto (on a terminal, unless NO_COLOR is set), always, never
+    #[arg(long, global = true, value_enum, default_value_t = ui::ColorChoice::Auto, value_name = "WHEN")]
+    color: ui::ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +52,8 @@ enum Command {
     Up(commands::up::Args),
     /// List VMs
     Ls(commands::ls::Args),
+    /// Show one VM: state, host, id, metadata and its whole spec
+    Inspect(commands::inspect::Args),
     /// Run a command in a VM, streaming its output; exits with the command's exit code
     Exec(commands::exec::Args),
     /// An interactive shell in a VM (Ctrl-] detaches)
@@ -40,10 +67,13 @@ enum Command {
     /// Show or change a VM's metadata (the guest reads it on its config drive from its next
     /// start): `kiln metadata web-1 role=db --unset tier`
     Metadata(commands::metadata::Args),
-    /// Power a VM off
+    /// Power VMs off: the guest is asked, and its machine killed if it has not after
+    /// --timeout seconds (--force: at once)
     Stop(commands::stop::Args),
-    /// Boot a stopped VM
+    /// Boot stopped VMs
     Start(commands::start::Args),
+    /// Stop a VM (as `kiln stop` does) and boot it again
+    Restart(commands::start::RestartArgs),
     /// Stop a VM's vCPUs; its memory stays
     Pause(commands::snapshot::PauseArgs),
     /// Let a paused VM run on
@@ -53,7 +83,7 @@ enum Command {
     Snapshot(commands::snapshot::Command),
     /// Start a new VM from a snapshot of another (own name, hostname, secret, random seed)
     Clone(commands::snapshot::CloneArgs),
-    /// Remove a VM and its files
+    /// Remove VMs and their files
     Rm(commands::rm::Args),
     /// Run a command in a throwaway VM with a workspace, bring back changed files, remove
     /// the VM (also on failure or Ctrl-C)
@@ -69,6 +99,15 @@ enum Command {
     /// Manage kiln's caches (warm-start templates)
     #[command(subcommand)]
     Cache(commands::cache::Command),
+    /// Print a shell completion script: `kiln completion bash > /etc/bash_completion.d/kiln`
+    Completion {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print kiln's man page (roff), made from the same definitions as `--help`: `kiln man |
+    /// man -l -`
+    Man,
     /// Benchmarks, each against its baseline in the same run: boot, score, libvirt, session, snapshot
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -76,7 +115,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ui::init_logging();
+    ui::init(cli.quiet, cli.color, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,10 +127,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `exec` and `run` exit with the guest command's code: kiln's own failures are 125, as
+    // docker's and podman's are, so that a command's exit 1 is told from kiln's.
+    let failure_code = match cli.command {
+        Command::Exec(_) | Command::Run(_) => 125,
+        _ => 1,
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
             Command::Ls(args) => commands::ls::run(args).await,
+            Command::Inspect(args) => commands::inspect::run(args).await,
             Command::Exec(args) => commands::exec::run(args).await,
             Command::Console(args) => commands::console::run(args).await,
             Command::Cp(args) => commands::cp::run(args).await,
@@ -100,6 +146,7 @@ fn main() -> ExitCode {
             Command::Metadata(args) => commands::metadata::run(args).await,
             Command::Stop(args) => commands::stop::run(args).await,
             Command::Start(args) => commands::start::run(args).await,
+            Command::Restart(args) => commands::start::restart(args).await,
             Command::Pause(args) => commands::snapshot::pause(args, true).await,
             Command::Resume(args) => commands::snapshot::pause(args, false).await,
             Command::Clone(args) => commands::snapshot::clone(args).await,
@@ -111,13 +158,25 @@ fn main() -> ExitCode {
             Command::Net(command) => commands::net::run(command).await,
             Command::Cache(command) => commands::cache::run(command).await,
             Command::Bench(command) => commands::bench::run(command).await,
+            Command::Completion { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "kiln", &mut std::io::stdout());
+                Ok(0)
+            }
+            Command::Man => {
+                let command = <Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(command)
+                    .render(&mut std::io::stdout())
+                    .map_err(kiln::IoError::at("write the man page to", "stdout"))?;
+                Ok(0)
+            }
         }
     });
     let code = match result {
         Ok(code) => code,
         Err(err) => {
             ui::print_error(&err);
-            1
+            failure_code
         }
     };
     // Exit without waiting for a stdin reader blocked in the runtime's thread pool.

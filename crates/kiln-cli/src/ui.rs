@@ -3,17 +3,49 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::progress::{Event, Reporter};
 
-pub fn init_logging() {
+/// `--color`: whether kiln colours what it writes to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set
+    Auto,
+    Always,
+    Never,
+}
+
+/// What the global options asked for: set once in `main`, before any output.
+static QUIET: AtomicBool = AtomicBool::new(false);
+static COLOR: AtomicBool = AtomicBool::new(false);
+
+/// Applies the global options: `-q` silences progress, `--color` (and `NO_COLOR`) colours
+/// the labels of errors and hints, `--verbose` logs what kiln does (`KILN_LOG` overrides).
+pub fn init(quiet: bool, color: ColorChoice, verbose: u8) {
+    QUIET.store(quiet, Ordering::Relaxed);
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let color = match color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => !no_color && std::io::stderr().is_terminal(),
+    };
+    COLOR.store(color, Ordering::Relaxed);
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,netlink_packet_route=error,netlink_proto=error")
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},netlink_packet_route=error,netlink_proto=error"
+        ))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
@@ -22,7 +54,7 @@ pub fn init_logging() {
 
 /// Prints `error:` with the error, `caused by:` for each source, and `hint:` if known.
 pub fn print_error(err: &kiln::Error) {
-    eprintln!("error: {err}");
+    eprintln!("{} {err}", label("error:", "1;31"));
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         // Transparent wrappers repeat their inner message: print each sentence once.
@@ -40,7 +72,16 @@ pub fn print_error(err: &kiln::Error) {
         }
     }
     if let Some(hint) = err.hint() {
-        eprintln!("hint: {hint}");
+        eprintln!("{} {hint}", label("hint:", "1;36"));
+    }
+}
+
+/// `text` in the SGR colour `sgr` when colour is on.
+fn label(text: &str, sgr: &str) -> String {
+    if COLOR.load(Ordering::Relaxed) {
+        format!("\x1b[{sgr}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
     }
 }
 
@@ -69,6 +110,9 @@ impl Progress {
 
 impl Reporter for Progress {
     fn report(&self, event: Event) {
+        if QUIET.load(Ordering::Relaxed) {
+            return;
+        }
         match event {
             Event::AccelChosen { accel, reason } => {
                 eprintln!("  accel     {accel} ({reason})");

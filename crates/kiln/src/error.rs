@@ -108,6 +108,11 @@ pub enum Error {
         size: u64,
         max: u64,
     },
+    #[error(
+        "VM {vm}'s secrets were not declared on this machine: its libvirt definition names \
+         host files, and kiln reads those only for the machine that declared them"
+    )]
+    SecretsNotDeclaredHere { vm: String },
     #[error("image {name} is not built")]
     ImageNotBuilt { name: String },
     #[error("image {name} is in use by {}", vms.join(", "))]
@@ -203,6 +208,10 @@ impl Error {
                  most 64 KiB, or drop it from the spec"
                     .to_owned()
             }
+            Self::SecretsNotDeclaredHere { vm } => format!(
+                "start {vm} from the machine that created it, or re-apply its spec here (that \
+                 declares its secrets on this machine)"
+            ),
             Self::ImageLacksCloudInit { .. } => {
                 "use --image cloud, or a recipe that installs cloud-init".to_owned()
             }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use kiln::progress::NoProgress;
+use kiln::spec::MetadataChange;
 use kiln::topology::{Host, LocalHost};
 use kiln::{Error, VmSpec};
 use kiln_testkit::{TestEnv, require_libvirtd, sh, unique_name};
@@ -64,10 +65,12 @@ async fn metadata_and_secrets_reach_the_guest(host: &dyn Host, name: &str) {
     );
 
     // Changed while it runs: kept for the next start, which also reads the secret anew.
-    let mut values = info.metadata.clone();
-    values.insert("role".to_owned(), "web".to_owned());
-    values.remove("note");
-    host.set_metadata(name, values).await.unwrap();
+    let change = MetadataChange {
+        set: [("role".to_owned(), "web".to_owned())].into(),
+        unset: vec!["note".to_owned()],
+    };
+    let now = host.set_metadata(name, &change).await.unwrap();
+    assert_eq!(now, [("role".to_owned(), "web".to_owned())].into());
     assert_eq!(document(host, name).await["metadata"]["role"], "db");
     assert_eq!(
         host.find(name).await.unwrap().unwrap().metadata["role"],
@@ -85,8 +88,11 @@ async fn metadata_and_secrets_reach_the_guest(host: &dyn Host, name: &str) {
     );
 
     // Bad metadata changes nothing; a secret gone from the host is named at the next start.
-    let bad = [("../x".to_owned(), "v".to_owned())].into_iter().collect();
-    let err = host.set_metadata(name, bad).await.unwrap_err();
+    let bad = MetadataChange {
+        set: [("../x".to_owned(), "v".to_owned())].into(),
+        unset: Vec::new(),
+    };
+    let err = host.set_metadata(name, &bad).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -171,4 +177,78 @@ async fn warm_clones_each_see_their_own_metadata() {
     for name in ["cfg-w1", "cfg-w2"] {
         host.remove(name, true, p).await.unwrap();
     }
+}
+
+/// A restore starts QEMU with the drive made now, under a guest that mounted the drive of
+/// when the snapshot was taken: kiln re-keys the restored agent, which remounts it; and each
+/// restore of one snapshot gets fresh randomness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_vm_sees_the_drive_of_its_restore_and_fresh_randomness() {
+    let env = TestEnv::new();
+    let host = LocalHost::new(env.kiln());
+    let p = &NoProgress;
+    let name = "cfg-snap";
+    let spec = VmSpec::builder(name)
+        .metadata("role", "before")
+        .build()
+        .unwrap();
+    host.up(&spec, p).await.unwrap();
+    host.save_snapshot(name, "s1", false, p).await.unwrap();
+    let change = MetadataChange {
+        set: [("role".to_owned(), "after".to_owned())].into(),
+        unset: Vec::new(),
+    };
+    host.set_metadata(name, &change).await.unwrap();
+    let mut draws = Vec::new();
+    for _ in 0..2 {
+        host.restore_snapshot(name, "s1", p).await.unwrap();
+        let doc = document(&host, name).await;
+        assert_eq!(doc["metadata"]["role"], "after", "{doc}");
+        draws.push(sh(&host, name, "head -c 16 /dev/urandom | od -An -tx1").await);
+    }
+    assert_ne!(
+        draws[0], draws[1],
+        "two restores drew the same random bytes"
+    );
+    host.remove(name, true, p).await.unwrap();
+}
+
+/// A libvirt domain's tag names its secrets' host files; only the machine that declared
+/// them reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_of_a_libvirt_vm_are_read_only_where_they_were_declared() {
+    require_libvirtd();
+    let env = TestEnv::new();
+    let name = unique_name("kt-cfs");
+    let host = env
+        .libvirt_host("qemu:///system", &name)
+        .await
+        .with_boot_timeout(Duration::from_secs(90));
+    // Another machine: kiln with other state, the same libvirt host and pool.
+    let other_env = TestEnv::new();
+    let other = other_env.libvirt_host("qemu:///system", &name).await;
+    env.on_libvirt(host, name, |host, name| async move {
+        let p = &NoProgress;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let spec = VmSpec::builder(&name)
+            .secret("token", &secret)
+            .build()
+            .unwrap();
+        host.up(&spec, p).await.unwrap();
+        host.stop(&name, p).await.unwrap();
+        let err = other.start(&name, p).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::SecretsNotDeclaredHere { vm } if *vm == name),
+            "{err:?}"
+        );
+        assert!(err.hint().is_some());
+        host.start(&name, p).await.unwrap();
+        assert_eq!(
+            sh(&host, &name, "cat /run/kiln/config/secrets/token").await,
+            "s3cret\n"
+        );
+    })
+    .await;
 }

@@ -8,10 +8,21 @@ pub struct Args {
     /// Print JSON for scripts
     #[arg(long)]
     pub json: bool,
+    /// List only the VMs on this libvirt host (default: this machine's and those on every
+    /// libvirt host kiln has created VMs on)
+    #[arg(long, value_name = "URI")]
+    pub connect: Option<String>,
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let listing = super::fleet()?.list().await?;
+    let fleet = super::fleet()?;
+    let listing = match &args.connect {
+        Some(uri) => kiln::topology::Listing {
+            vms: fleet.connect(uri).await?.list().await?,
+            unreachable: Vec::new(),
+        },
+        None => fleet.list().await?,
+    };
     for (uri, err) in &listing.unreachable {
         eprintln!("warning: cannot list the VMs on {uri}: {err}");
     }

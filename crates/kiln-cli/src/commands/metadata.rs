@@ -28,13 +28,13 @@ pub async fn run(args: Args) -> Outcome {
         .ok_or_else(|| kiln::Error::VmNotFound {
             name: args.name.clone(),
         })?;
+    let change = kiln::spec::MetadataChange {
+        set: args.set.iter().cloned().collect(),
+        unset: args.unset.clone(),
+    };
     let mut metadata = info.metadata.clone();
-    if !args.set.is_empty() || !args.unset.is_empty() {
-        for key in &args.unset {
-            metadata.remove(key);
-        }
-        metadata.extend(args.set.iter().cloned());
-        host.set_metadata(&args.name, metadata.clone()).await?;
+    if !change.is_empty() {
+        metadata = host.set_metadata(&args.name, &change).await?;
         if info.state != kiln::VmState::Stopped {
             eprintln!(
                 "{} sees the new metadata from its next start (it runs with what it booted with)",

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod exec;
 pub mod forward;
 pub mod image;
+pub mod inspect;
 pub mod logs;
 pub mod ls;
 pub mod metadata;
@@ -36,6 +37,56 @@ impl Target {
         name: &str,
     ) -> kiln::Result<kiln::topology::Located> {
         fleet.locate(name, self.connect.as_deref()).await
+    }
+}
+
+/// The VMs a verb on several VMs acts on: the names given, or every VM with `--all`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Many {
+    /// The VMs, by name
+    #[arg(value_parser = crate::ui::parse_name, required_unless_present = "all")]
+    pub names: Vec<String>,
+    /// Every VM `kiln ls` lists (with --connect, every VM on that host)
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+impl Many {
+    /// The names to act on.
+    pub async fn names(&self, fleet: &kiln::topology::Fleet) -> kiln::Result<Vec<String>> {
+        if !self.all {
+            return Ok(self.names.clone());
+        }
+        let vms = match &self.target.connect {
+            Some(uri) => fleet.connect(uri).await?.list().await?,
+            None => fleet.list().await?.vms,
+        };
+        Ok(vms.into_iter().map(|vm| vm.name).collect())
+    }
+
+    /// Runs `verb` on each VM in turn. One VM: its error is the command's. Several: each
+    /// failure is printed as it comes, the others go on, and the exit code is 1 if any
+    /// failed.
+    pub async fn each<F, Fut>(&self, fleet: &kiln::topology::Fleet, mut verb: F) -> Outcome
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = kiln::Result<()>>,
+    {
+        let names = self.names(fleet).await?;
+        if let [name] = names.as_slice() {
+            verb(name.clone()).await?;
+            return Ok(0);
+        }
+        let mut failed = 0;
+        for name in names {
+            if let Err(err) = verb(name.clone()).await {
+                crate::ui::print_error(&err);
+                failed += 1;
+            }
+        }
+        Ok(i32::from(failed > 0))
     }
 }
 

@@ -3,10 +3,8 @@ use crate::ui::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(value_parser = crate::ui::parse_name)]
-    pub name: String,
     #[command(flatten)]
-    pub target: super::Target,
+    pub vms: super::Many,
     /// Remove a running VM too (its machine is killed)
     #[arg(long, short)]
     pub force: bool,
@@ -15,14 +13,15 @@ pub struct Args {
 pub async fn run(args: Args) -> Outcome {
     let fleet = super::fleet()?;
     let progress = Progress::new();
-    fleet
-        .remove(
-            &args.name,
-            args.target.connect.as_deref(),
-            args.force,
-            &progress,
-        )
-        .await?;
-    println!("{} is removed", args.name);
-    Ok(0)
+    args.vms
+        .each(&fleet, |name| {
+            let (fleet, progress) = (&fleet, &progress);
+            let connect = args.vms.target.connect.as_deref();
+            async move {
+                fleet.remove(&name, connect, args.force, progress).await?;
+                println!("{name} is removed");
+                Ok(())
+            }
+        })
+        .await
 }

@@ -6,10 +6,8 @@ use crate::ui::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(value_parser = crate::ui::parse_name)]
-    pub name: String,
     #[command(flatten)]
-    pub target: super::Target,
+    pub vms: super::Many,
     /// Seconds a boot may take before it is retried or fails
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
@@ -18,8 +16,44 @@ pub struct Args {
 pub async fn run(args: Args) -> Outcome {
     let fleet = Fleet::new(kiln_with_timeout(args.boot_timeout)?);
     let progress = Progress::new();
-    let host = args.target.locate(&fleet, &args.name).await?;
-    host.start(&args.name, &progress).await?;
-    println!("{} is running", args.name);
-    Ok(0)
+    args.vms
+        .each(&fleet, |name| {
+            let (fleet, progress, target) = (&fleet, &progress, &args.vms.target);
+            async move {
+                let host = target.locate(fleet, &name).await?;
+                host.start(&name, progress).await?;
+                println!("{name} is running");
+                Ok(())
+            }
+        })
+        .await
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub stop: super::stop::Args,
+    /// Seconds a boot may take before it is retried or fails
+    #[arg(long, default_value_t = 60)]
+    pub boot_timeout: u64,
+}
+
+/// Stops each VM (as `kiln stop` does) and starts it again.
+pub async fn restart(args: RestartArgs) -> Outcome {
+    let fleet = Fleet::new(kiln_with_timeout(args.boot_timeout)?);
+    let progress = Progress::new();
+    let grace = args.stop.grace();
+    args.stop
+        .vms
+        .each(&fleet, |name| {
+            let (fleet, progress, target) = (&fleet, &progress, &args.stop.vms.target);
+            async move {
+                let host = target.locate(fleet, &name).await?;
+                host.stop_within(&name, grace, progress).await?;
+                host.start(&name, progress).await?;
+                println!("{name} is running");
+                Ok(())
+            }
+        })
+        .await
 }

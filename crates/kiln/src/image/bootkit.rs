@@ -32,16 +32,32 @@ impl ImageInputs {
     }
 }
 
+/// Where `scripts/build-agent.sh` puts the static agent, inside a cargo target directory.
+const AGENT_IN_TARGET: &str = "x86_64-unknown-linux-gnu/agent/kiln-agent";
+
 fn find_agent() -> Result<PathBuf, ImageError> {
     let mut candidates = Vec::new();
     if let Some(path) = std::env::var_os("KILN_AGENT") {
         candidates.push(PathBuf::from(path));
-    } else if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        candidates.push(dir.join("kiln-agent"));
-        // Inside a cargo target dir: target/{debug,release}/kiln → target/<triple>/agent/.
-        candidates.push(dir.join("../x86_64-unknown-linux-gnu/agent/kiln-agent"));
+    } else {
+        // Beside the running program, or in the cargo target directory it was built in,
+        // however deep it sits there: target/{debug,release}/kiln, …/examples/lab,
+        // …/deps/test-…; `scripts/build-agent.sh` puts the agent in target/<triple>/agent/.
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(dir) = exe.parent()
+        {
+            for dir in dir.ancestors().take(4) {
+                candidates.push(dir.join("kiln-agent"));
+                candidates.push(dir.join(AGENT_IN_TARGET));
+            }
+        }
+        // The workspace this library was built from (a program using kiln by path).
+        candidates.push(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target")
+                .join(AGENT_IN_TARGET),
+        );
+        candidates.dedup();
     }
     // A dynamically linked dev build beside the CLI is skipped, not chosen.
     if let Some(found) = candidates.iter().find(|p| is_static_executable(p)) {

@@ -9,12 +9,14 @@
 //! owners and modes: secrets are root's, mode 0400. `mkfs.ext4 -d` writes it without
 //! mounting anything.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use serde::Serialize;
 
-use crate::spec::MAX_SECRET_LEN;
+use super::ImageError;
+use crate::spec::{MAX_SECRET_LEN, MAX_SECRETS_TOTAL};
 use crate::{Error, IoError, Result, VmSpec, state};
 
 /// The drive's filesystem label and its virtio serial.
@@ -23,11 +25,11 @@ pub const LABEL: &str = "kiln-config";
 pub const GUEST_PATH: &str = "/run/kiln/config";
 /// The drive's size, the same for every VM (a warm clone's drive replaces its template's
 /// under a running guest, whose driver read the capacity at boot). Sparse on the host.
-pub const SIZE: u64 = 4 << 20;
+pub const SIZE: u64 = 8 << 20;
 /// The version of `metadata.json`'s layout.
 pub const FORMAT: u32 = 1;
 
-/// `metadata.json`, as the guest reads it. Its fields are documented in docs/provisioning.md.
+/// `metadata.json`, as the guest reads it. Its fields are documented in docs/images.md.
 #[derive(Debug, Serialize)]
 pub struct Document<'a> {
     pub format: u32,
@@ -105,8 +107,9 @@ pub fn write(path: &Path, spec: &VmSpec, id: &str, backend: &str) -> Result<()> 
 
 fn write_owned(path: &Path, spec: &VmSpec, id: &str, backend: &str, chown: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    sweep(dir);
     let work = tempfile::Builder::new()
-        .prefix(".config-drive-")
+        .prefix(WORK_PREFIX)
         .tempdir_in(dir)
         .map_err(IoError::at("make a work directory in", dir))?;
     let tree = work.path().join("tree");
@@ -114,18 +117,42 @@ fn write_owned(path: &Path, spec: &VmSpec, id: &str, backend: &str, chown: bool)
     let mut document = serde_json::to_vec_pretty(&Document::new(spec, id, backend))
         .map_err(|err| IoError::new("render", tree.join("metadata.json"), err.into()))?;
     document.push(b'\n');
-    write_file(&tree.join("metadata.json"), &document, 0o444)?;
+    let mut files = vec![tree.join("metadata.json")];
+    write_file(&files[0], &document, 0o444)?;
+    // 0700, not 0500: the work directory must stay removable by a kiln run by a user.
     let secrets_dir = tree.join("secrets");
     state::create_private_dir(&secrets_dir)?;
-    for (name, source) in spec.metadata().secrets() {
-        let secret = read_secret(spec.name(), name, source)?;
-        write_file(&secrets_dir.join(name), &secret, 0o400)?;
+    files.push(secrets_dir.clone());
+    for (name, secret) in read_secrets(spec)? {
+        let file = secrets_dir.join(&name);
+        write_file(&file, &secret, 0o400)?;
+        files.push(file);
     }
-    set_mode(&secrets_dir, 0o500)?;
     set_mode(&tree, 0o755)?;
+    files.push(tree.clone());
+    // Fixed times, UUID and hash seed: the same contents make the same bytes, so a drive
+    // remade under a guest that restored an older state of it holds what its cache holds.
+    for file in &files {
+        let epoch = rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: epoch,
+            last_modification: epoch,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, file, &times, rustix::fs::AtFlags::empty())
+            .map_err(|err| IoError::new("set the times of", file, err.into()))?;
+    }
+    let fs_uuid = fs_uuid(id);
 
     let image = work.path().join("drive.img");
-    let file = std::fs::File::create(&image).map_err(IoError::at("create", &image))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&image)
+        .map_err(IoError::at("create", &image))?;
     file.set_len(SIZE).map_err(IoError::at("size", &image))?;
     drop(file);
     run(Command::new("mkfs.ext4")
@@ -134,46 +161,123 @@ fn write_owned(path: &Path, spec: &VmSpec, id: &str, backend: &str, chown: bool)
             "-F",
             "-L",
             LABEL,
+            "-m",
+            "0",
             "-O",
             "^has_journal",
-            "-E",
-            "root_owner=0:0",
+            "-U",
         ])
+        .arg(&fs_uuid)
+        .arg("-E")
+        .arg(format!("root_owner=0:0,hash_seed={fs_uuid}"))
         .arg("-d")
         .arg(&tree)
         .arg(&image))?;
-    if chown {
-        // `mkfs.ext4 -d` copies the files' owners: a kiln run by a user would make them the
-        // guest's uid of that user. Root's, as with a kiln run by root.
-        let mut commands = String::from("sif /metadata.json uid 0\nsif /metadata.json gid 0\n");
-        commands.push_str("sif /secrets uid 0\nsif /secrets gid 0\n");
-        for name in spec.metadata().secrets().keys() {
-            commands.push_str(&format!(
-                "sif /secrets/{name} uid 0\nsif /secrets/{name} gid 0\n"
-            ));
+    // `mkfs.ext4 -d` copies each file's change time, which no one can set on the host, and
+    // its owner: a kiln run by a user would make the files the guest's uid of that user.
+    let mut commands = String::new();
+    for file in files.iter().filter_map(|f| f.strip_prefix(&tree).ok()) {
+        let file = Path::new("/").join(file);
+        let file = file.display();
+        commands.push_str(&format!("sif {file} ctime 1\n"));
+        if chown {
+            commands.push_str(&format!("sif {file} uid 0\nsif {file} gid 0\n"));
         }
-        let script = work.path().join("chown.debugfs");
-        write_file(&script, commands.as_bytes(), 0o600)?;
-        run(Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&script)
-            .arg(&image))?;
     }
+    let script = work.path().join("fixup.debugfs");
+    write_file(&script, commands.as_bytes(), 0o600)?;
+    debugfs(&script, &image)?;
     std::fs::rename(&image, path).map_err(IoError::at("move the config drive to", path))?;
+    Ok(())
+}
+
+/// The prefix of the work directories beside a drive.
+const WORK_PREFIX: &str = ".config-drive-";
+
+/// Removes work directories a killed kiln left beside the drive (they may hold secrets).
+/// The caller holds the VM's lock, or its own private directory.
+fn sweep(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(WORK_PREFIX) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The filesystem's UUID (and hash seed), fixed by the VM's id.
+fn fs_uuid(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("kiln-config-drive:{id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Runs a debugfs script on `image`. debugfs exits 0 whatever its commands did; a failed
+/// command says so on stderr, where otherwise only its banner is.
+fn debugfs(script: &Path, image: &Path) -> Result<()> {
+    let output = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(script)
+        .arg(image)
+        .stdin(std::process::Stdio::null())
+        .env("LC_ALL", "C")
+        .env("E2FSPROGS_FAKE_TIME", "1")
+        .output()
+        .map_err(|source| ImageError::ToolMissing {
+            program: "debugfs".to_owned(),
+            source,
+        })?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with("debugfs "))
+        .collect();
+    if !output.status.success() || !complaints.is_empty() {
+        return Err(ImageError::ToolFailed {
+            program: "debugfs".to_owned(),
+            status: output.status.code().unwrap_or(-1),
+            stderr: complaints.join("\n"),
+        }
+        .into());
+    }
     Ok(())
 }
 
 /// Reads every secret of `spec` once, so that one which cannot be read, or is too large,
 /// is refused before anything is made for the VM.
 pub fn check_secrets(spec: &VmSpec) -> Result<()> {
-    for (name, source) in spec.metadata().secrets() {
-        read_secret(spec.name(), name, source)?;
-    }
-    Ok(())
+    read_secrets(spec).map(drop)
 }
 
-/// A secret's bytes, from its host file: at most [`MAX_SECRET_LEN`], read no further.
+/// Each secret's name and bytes, read from its host file: at most [`MAX_SECRET_LEN`] each
+/// and [`MAX_SECRETS_TOTAL`] together, from regular files only (a FIFO would hang the start).
+fn read_secrets(spec: &VmSpec) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut secrets = Vec::new();
+    let mut total = 0u64;
+    for (name, source) in spec.metadata().secrets() {
+        let secret = read_secret(spec.name(), name, source)?;
+        total += secret.len() as u64;
+        if total > MAX_SECRETS_TOTAL {
+            return Err(Error::SecretTooLarge {
+                vm: spec.name().to_owned(),
+                name: name.clone(),
+                path: source.clone(),
+                size: total,
+                max: MAX_SECRETS_TOTAL,
+            });
+        }
+        secrets.push((name.clone(), secret));
+    }
+    Ok(secrets)
+}
+
 fn read_secret(vm: &str, name: &str, source: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let unreadable = |source_err: std::io::Error| Error::SecretUnreadable {
@@ -182,18 +286,28 @@ fn read_secret(vm: &str, name: &str, source: &Path) -> Result<Vec<u8>> {
         path: source.to_owned(),
         source: source_err,
     };
-    let file = std::fs::File::open(source).map_err(unreadable)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(source)
+        .map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(unreadable)?;
     if bytes.len() as u64 > MAX_SECRET_LEN {
-        let size = std::fs::metadata(source).map_or(bytes.len() as u64, |m| m.len());
         return Err(Error::SecretTooLarge {
             vm: vm.to_owned(),
             name: name.to_owned(),
             path: source.to_owned(),
-            size,
+            size: meta.len().max(bytes.len() as u64),
             max: MAX_SECRET_LEN,
         });
     }
@@ -216,6 +330,8 @@ fn run(command: &mut Command) -> Result<()> {
     let output = command
         .stdin(std::process::Stdio::null())
         .env("LC_ALL", "C")
+        // The filesystem's own times: fixed, like everything else in it.
+        .env("E2FSPROGS_FAKE_TIME", "1")
         .output();
     super::debian::checked(&program, output)?;
     Ok(())
@@ -304,6 +420,62 @@ mod tests {
         assert!(!path.exists());
         // Only the test's own file: no drive, no work directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_same_contents_make_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token.txt");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        write(&a, &spec(&secret), "id-1", "qemu").unwrap();
+        // Rewritten: new change times on the host, a second later.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        write(&b, &spec(&secret), "id-1", "qemu").unwrap();
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+        // Another VM's drive differs (its own UUID).
+        write(&b, &spec(&secret), "id-2", "qemu").unwrap();
+        assert!(std::fs::read(&a).unwrap() != std::fs::read(&b).unwrap());
+    }
+
+    #[test]
+    fn a_fifo_and_too_many_bytes_in_all_are_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = check_secrets(&spec(&fifo)).unwrap_err();
+        assert!(matches!(err, Error::SecretUnreadable { .. }), "{err:?}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_LEN as usize]).unwrap();
+        let mut builder = VmSpec::builder("many");
+        for i in 0..=(MAX_SECRETS_TOTAL / MAX_SECRET_LEN) {
+            builder = builder.secret(format!("s{i}"), &big);
+        }
+        let err = check_secrets(&builder.build().unwrap()).unwrap_err();
+        assert!(
+            matches!(err, Error::SecretTooLarge { max, .. } if max == MAX_SECRETS_TOTAL),
+            "{err:?}"
+        );
+        // Up to the limit, the drive holds them all.
+        let mut builder = VmSpec::builder("full");
+        for i in 0..(MAX_SECRETS_TOTAL / MAX_SECRET_LEN) {
+            builder = builder.secret(format!("s{i}"), &big);
+        }
+        write(
+            &dir.path().join("full.img"),
+            &builder.build().unwrap(),
+            "id",
+            "qemu",
+        )
+        .unwrap();
     }
 
     #[test]

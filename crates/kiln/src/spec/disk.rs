@@ -23,10 +23,13 @@ pub const ROOT_DISK_LABEL: &str = "kiln-root";
 pub const MAX_LABEL_LEN: usize = 20;
 
 /// Whether `label` can name a disk: 1 to 20 of `a-z 0-9 - _`, and not the root disk's.
+/// Serials kiln gives disks of its own: the root disk, the config drive, the cloud-init seed.
+const RESERVED_LABELS: [&str; 3] = [ROOT_DISK_LABEL, "kiln-config", "cidata"];
+
 pub fn valid_label(label: &str) -> bool {
     !label.is_empty()
         && label.len() <= MAX_LABEL_LEN
-        && label != ROOT_DISK_LABEL
+        && !RESERVED_LABELS.contains(&label)
         && label
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')

@@ -16,6 +16,8 @@ pub const MAX_VALUE_LEN: usize = 4096;
 pub const MAX_ENTRIES: usize = 64;
 /// The largest secret file, in bytes.
 pub const MAX_SECRET_LEN: u64 = 64 * 1024;
+/// The most bytes all of a VM's secrets may hold together.
+pub const MAX_SECRETS_TOTAL: u64 = 1024 * 1024;
 
 /// Metadata or a secret that is not accepted. Each variant names the offending key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,16 +74,41 @@ fn check_value(key: &str, value: &str) -> Result<(), MetadataError> {
             len: value.len(),
         });
     }
-    // Tabs and newlines are text; other control characters are not.
-    if value
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n'))
-    {
+    // Tabs and newlines are text; other control characters are not, nor are the two
+    // noncharacters XML cannot carry (a libvirt domain's tag holds the value).
+    if value.chars().any(|c| {
+        (c.is_control() && !matches!(c, '\t' | '\n')) || matches!(c, '\u{fffe}' | '\u{ffff}')
+    }) {
         return Err(MetadataError::ControlCharacter {
             key: key.to_owned(),
         });
     }
     Ok(())
+}
+
+/// A change to a VM's metadata key/values, applied to what the VM has when the change is
+/// made (under the VM's lock on the daemonless backend), so two changes do not undo each
+/// other: keys to set, then keys to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataChange {
+    pub set: BTreeMap<String, String>,
+    pub unset: Vec<String>,
+}
+
+impl MetadataChange {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.unset.is_empty()
+    }
+
+    /// `values` with the change applied.
+    pub fn apply(&self, values: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut values = values.clone();
+        for key in &self.unset {
+            values.remove(key);
+        }
+        values.extend(self.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        values
+    }
 }
 
 /// The user's metadata of one VM.
@@ -202,6 +229,12 @@ mod tests {
         ));
         let mut m = Metadata::default();
         m.set("bell", "a\u{7}b");
+        assert!(matches!(
+            m.validate(),
+            Err(MetadataError::ControlCharacter { .. })
+        ));
+        let mut m = Metadata::default();
+        m.set("nonchar", "a\u{fffe}");
         assert!(matches!(
             m.validate(),
             Err(MetadataError::ControlCharacter { .. })

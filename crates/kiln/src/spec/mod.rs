@@ -13,8 +13,8 @@ pub use cloud_init::{CloudInit, CloudInitError, MAX_USER_DATA};
 pub use disk::{DiskSpec, MAX_LABEL_LEN, ROOT_DISK_LABEL};
 pub use mac::MacAddr;
 pub use metadata::{
-    MAX_ENTRIES as MAX_METADATA_ENTRIES, MAX_SECRET_LEN, Metadata, MetadataError, parse_assignment,
-    valid_key as valid_metadata_key,
+    MAX_ENTRIES as MAX_METADATA_ENTRIES, MAX_SECRET_LEN, MAX_SECRETS_TOTAL, Metadata,
+    MetadataChange, MetadataError, parse_assignment, valid_key as valid_metadata_key,
 };
 pub use network::{
     DhcpRange, NetPolicy, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,

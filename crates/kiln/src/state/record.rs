@@ -19,8 +19,8 @@ pub enum BackendKind {
 pub struct VmRecord {
     pub version: u32,
     /// The VM's id (a UUID), made when the VM is; a clone gets its own. Records written
-    /// before ids existed get one when next read.
-    #[serde(default = "new_vm_id")]
+    /// before ids existed have none here: [`VmRecord::settle_id`] gives them a fixed one.
+    #[serde(default)]
     pub id: String,
     pub spec: VmSpec,
     pub backend: BackendKind,
@@ -56,6 +56,20 @@ pub fn new_vm_id() -> String {
 }
 
 impl VmRecord {
+    /// Gives a record from before ids existed one that stays the same at every read: made
+    /// from its name and creation time.
+    pub fn settle_id(&mut self) {
+        if self.id.is_empty() {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(format!("{}:{}", self.spec.name(), self.created_at));
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            self.id = uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .to_string();
+        }
+    }
+
     /// The file each disk of the VM writes to.
     pub fn disk_files(&self, paths: &super::VmPaths) -> Vec<std::path::PathBuf> {
         (0..self.spec.machine_disk_count())

@@ -17,6 +17,9 @@ use crate::spec::PortForward;
 use crate::vm::SnapshotInfo;
 use crate::{AgentClient, Result, VmInfo, VmSpec};
 
+/// How long `stop` lets a guest power itself off before the machine is killed.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// A piece of a VM's console log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogChunk {
@@ -38,8 +41,16 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn up(&self, spec: &VmSpec, reporter: &dyn Reporter) -> Result<()>;
     /// Boots a stopped VM and waits for its agent; a running one is left alone.
     async fn start(&self, name: &str, reporter: &dyn Reporter) -> Result<()>;
-    /// Asks the guest to power off; pulls the plug after the grace period.
-    async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()>;
+    /// Asks the guest to power off; pulls the plug after the default grace period
+    /// ([`DEFAULT_STOP_GRACE`], 15 s).
+    async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        self.stop_within(name, DEFAULT_STOP_GRACE, reporter).await
+    }
+    /// Asks the guest to power off and pulls the plug if it has not after `grace`; a zero
+    /// `grace` pulls it at once, without asking (`kiln stop --force`). A stopped VM is left
+    /// alone.
+    async fn stop_within(&self, name: &str, grace: Duration, reporter: &dyn Reporter)
+    -> Result<()>;
     /// Suspends or resumes the VM's vCPUs.
     async fn set_paused(&self, name: &str, paused: bool) -> Result<()>;
     /// Removes a VM and everything it owns; a running one needs `force`.
@@ -86,11 +97,12 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn add_forward(&self, name: &str, forward: PortForward) -> Result<()>;
     async fn remove_forward(&self, name: &str, forward: PortForward) -> Result<()>;
 
-    /// Replaces the VM's metadata key/values (its secrets stay). The guest reads them on its
-    /// config drive from its next start on; a running VM keeps what it booted with.
+    /// Changes the VM's metadata key/values (its secrets stay) and returns them as they are
+    /// now. The guest reads them on its config drive from its next start on; a running VM
+    /// keeps what it booted with.
     async fn set_metadata(
         &self,
         name: &str,
-        values: std::collections::BTreeMap<String, String>,
-    ) -> Result<()>;
+        change: &crate::spec::MetadataChange,
+    ) -> Result<std::collections::BTreeMap<String, String>>;
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use super::{Host, LogChunk};
 use crate::progress::Reporter;
 use crate::score::{ObservedVm, Topology, VmHost};
-use crate::spec::PortForward;
+use crate::spec::{MetadataChange, PortForward};
 use crate::vm::SnapshotInfo;
 use crate::{AgentClient, Error, IoError, Kiln, Result, VmInfo, VmSpec, VmState};
 
@@ -104,8 +104,13 @@ impl Host for LocalHost {
         self.kiln.start(name, reporter).await.map(drop)
     }
 
-    async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
-        self.kiln.stop(name, reporter).await
+    async fn stop_within(
+        &self,
+        name: &str,
+        grace: Duration,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        self.kiln.stop_within(name, grace, reporter).await
     }
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
@@ -224,7 +229,11 @@ impl Host for LocalHost {
         self.kiln.unforward(name, forward).await
     }
 
-    async fn set_metadata(&self, name: &str, values: BTreeMap<String, String>) -> Result<()> {
-        self.kiln.set_metadata(name, values).await
+    async fn set_metadata(
+        &self,
+        name: &str,
+        change: &MetadataChange,
+    ) -> Result<BTreeMap<String, String>> {
+        self.kiln.set_metadata(name, change).await
     }
 }

@@ -11,7 +11,7 @@ mod multi;
 
 pub use capability::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
 pub use fleet::{Fleet, Listing, Located};
-pub use host::{Host, LogChunk};
+pub use host::{DEFAULT_STOP_GRACE, Host, LogChunk};
 pub use libvirt::{CLI_OWNER, LibvirtHost};
 pub use local::LocalHost;
 pub use multi::{MultiHost, Placement};

@@ -15,7 +15,7 @@ use crate::state::{self, BackendKind, Lock, MachineRecord, RECORD_VERSION, VmPat
 use crate::{Error, IoError, Result, VmSpec};
 
 /// How long a guest gets to power off by itself before its machine is killed.
-pub(crate) const GRACEFUL_STOP: Duration = Duration::from_secs(15);
+pub(crate) const GRACEFUL_STOP: Duration = crate::topology::DEFAULT_STOP_GRACE;
 
 pub(super) async fn lock(paths: &VmPaths) -> Result<Lock> {
     let path = paths.lock().to_owned();
@@ -159,20 +159,24 @@ impl Kiln {
             .await
     }
 
-    /// Replaces VM `name`'s metadata key/values; its secrets stay. The config drive is made
-    /// at each start, so the guest sees them from its next start on.
+    /// Changes VM `name`'s metadata key/values under its lock, and returns them as they are
+    /// now; its secrets stay. The config drive is made at each start, so the guest sees them
+    /// from its next start on.
     pub async fn set_metadata(
         &self,
         name: &str,
-        values: std::collections::BTreeMap<String, String>,
-    ) -> Result<()> {
+        change: &crate::spec::MetadataChange,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
         let vm = self.get(name).await?;
         let _lock = lock(&vm.paths).await?;
         let mut record = read_record(&vm.paths)?.ok_or_else(|| Error::VmNotFound {
             name: name.to_owned(),
         })?;
-        record.spec = record.spec.with_metadata_values(values)?;
-        state::write_json_atomic(&vm.paths.record(), &record)
+        record.spec = record
+            .spec
+            .with_metadata_values(change.apply(record.spec.metadata().values()))?;
+        state::write_json_atomic(&vm.paths.record(), &record)?;
+        Ok(record.spec.metadata().values().clone())
     }
 
     /// Starts a stopped VM and waits for its agent. A running VM is left alone.
@@ -330,13 +334,25 @@ impl Kiln {
     /// Powers a VM off: the agent asks the guest to shut down, and the machine is killed if
     /// it has not exited after a grace period. A stopped VM is left alone.
     pub async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        self.stop_within(name, GRACEFUL_STOP, reporter).await
+    }
+
+    /// [`stop`](Self::stop) with a grace period of `grace`; zero kills the machine at once,
+    /// without asking the guest.
+    pub async fn stop_within(
+        &self,
+        name: &str,
+        grace: Duration,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         let vm = self.get(name).await?;
         let _lock = lock(&vm.paths).await?;
         let mut record = read_record(&vm.paths)?.ok_or_else(|| Error::VmNotFound {
             name: name.to_owned(),
         })?;
         progress::stage(reporter, Stage::Stop, async {
-            if self.backend.running_pid(&vm.paths).await.is_some() {
+            let running = self.backend.running_pid(&vm.paths).await.is_some();
+            if running && !grace.is_zero() {
                 let graceful = async {
                     let agent = vm.agent_within(Duration::from_secs(5)).await?;
                     agent.shutdown().await?;
@@ -345,12 +361,14 @@ impl Kiln {
                 if let Err(err) = graceful.await {
                     warn!("{name}: graceful shutdown failed ({err}); killing the machine");
                 }
-                let deadline = Instant::now() + GRACEFUL_STOP;
+                let deadline = Instant::now() + grace;
                 while Instant::now() < deadline
                     && self.backend.running_pid(&vm.paths).await.is_some()
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+            if running {
                 self.backend.kill(&vm.paths).await?;
             }
             record.should_run = false;

@@ -239,7 +239,11 @@ impl Kiln {
 }
 
 fn read_record(paths: &VmPaths) -> Result<Option<VmRecord>> {
-    state::read_json(&paths.record())
+    let mut record: Option<VmRecord> = state::read_json(&paths.record())?;
+    if let Some(record) = &mut record {
+        record.settle_id();
+    }
+    Ok(record)
 }
 
 /// Whether a VM runs.
@@ -325,6 +329,10 @@ pub struct VmInfo {
     pub accel: Option<Accel>,
     pub pid: Option<u32>,
     pub created_at: u64,
+    /// The whole spec, for `kiln inspect` (not in `kiln ls --json`); `None` where a libvirt
+    /// domain's tag no longer parses.
+    #[serde(skip)]
+    pub spec: Option<crate::VmSpec>,
 }
 
 /// A handle on one VM.
@@ -385,6 +393,7 @@ impl Vm {
             accel: self.record.machine.as_ref().map(|m| m.accel),
             pid,
             created_at: self.record.created_at,
+            spec: Some(spec.clone()),
         }
     }
 

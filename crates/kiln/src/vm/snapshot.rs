@@ -359,14 +359,19 @@ impl Kiln {
         let vm = Vm { record, ..vm };
         let secret_path = vm.paths().secret();
         let secret = std::fs::read(&secret_path).map_err(IoError::at("read", &secret_path))?;
-        drop(
-            progress::stage(
-                reporter,
-                Stage::WaitAgent,
-                wait_restored_agent(&vm, &secret),
-            )
-            .await?,
-        );
+        let agent = progress::stage(
+            reporter,
+            Stage::WaitAgent,
+            wait_restored_agent(&vm, &secret),
+        )
+        .await?;
+        // The guest is where it was when the snapshot was taken: its random state too, which
+        // every restore of this snapshot would share, and its view of the config drive, made
+        // anew at this start. Re-key it with the same name and secret and a fresh seed: the
+        // agent reseeds its CRNG and remounts the drive.
+        let mut seed = [0u8; 64];
+        state::random_bytes(&mut seed, &secret_path)?;
+        agent.set_identity(vm.name(), &secret, &seed).await?;
         Ok(vm)
     }
 

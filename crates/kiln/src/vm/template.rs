@@ -112,6 +112,8 @@ impl Kiln {
             spec.net_policy().to_string(),
             // So is the set of agent ports.
             format!("agent-ports={}", kiln_proto::AGENT_PORTS),
+            // And the config drive's size, which the guest's driver reads once.
+            format!("config-drive={}", crate::image::config_drive::SIZE),
             // Labels too: the guest reads a disk's serial once, at boot.
             format!(
                 "{:?}",

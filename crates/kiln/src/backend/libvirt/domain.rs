@@ -69,25 +69,31 @@ impl LibvirtConn {
         .await
     }
 
-    /// Replaces a domain's kiln tag in place: in its definition, and in the running
-    /// domain's live XML too when it runs.
+    /// Replaces a domain's kiln tag in place: in its definition, then in the running
+    /// domain's live XML (which `domains()` reads) if it runs. A domain that stops in
+    /// between has its definition changed, which is what its next start reads.
     pub async fn set_domain_tag(&self, name: &str, tag: &xml::KilnTag) -> Result<(), LibvirtError> {
         let fragment = tag.fragment()?;
         let name = name.to_owned();
         self.call(move |inner| {
             let dom = inner.require_domain(&name)?;
-            let mut flags = virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
-            if dom.is_active().map_err(inner.err("read", &name))? {
-                flags |= virt::sys::VIR_DOMAIN_AFFECT_LIVE;
+            let set = |flags: u32| {
+                dom.set_metadata(
+                    virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                    Some(&fragment),
+                    Some("kiln"),
+                    Some(xml::KILN_NS),
+                    flags,
+                )
+            };
+            set(virt::sys::VIR_DOMAIN_AFFECT_CONFIG)
+                .map_err(inner.err("set the metadata of", &name))?;
+            if dom.is_active().unwrap_or(false)
+                && let Err(err) = set(virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                && dom.is_active().unwrap_or(false)
+            {
+                return Err(inner.err("set the live metadata of", &name)(err));
             }
-            dom.set_metadata(
-                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-                Some(&fragment),
-                Some("kiln"),
-                Some(xml::KILN_NS),
-                flags,
-            )
-            .map_err(inner.err("set the metadata of", &name))?;
             Ok(())
         })
         .await

@@ -79,16 +79,12 @@ impl LibvirtHost {
         }
     }
 
-    pub(super) async fn agent_within(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
-        let state = self.running_domain(name).await?;
-        let no_channel = || LibvirtError::NoAgentChannel {
-            uri: self.uri().to_owned(),
-            name: name.to_owned(),
-        };
+    /// The guest's secret, from its `0600` volume.
+    async fn agent_secret(&self, name: &str) -> Result<Vec<u8>> {
         // The guest reads the hex text from fw_cfg, so the text (not the bytes it encodes) is
         // the shared secret. It lives in a 0600 volume, read through libvirt (so on remote
         // hosts too), never in the domain's XML.
-        let secret = self
+        Ok(self
             .conn
             .read_volume(
                 &secret_volume(name),
@@ -97,7 +93,30 @@ impl LibvirtHost {
             )
             .await?
             .filter(|s| !s.is_empty())
-            .ok_or_else(no_channel)?;
+            .ok_or_else(|| LibvirtError::NoAgentChannel {
+                uri: self.uri().to_owned(),
+                name: name.to_owned(),
+            })?)
+    }
+
+    /// Re-keys a guest restored from a memory snapshot with its own name and secret and a
+    /// fresh random seed: its agent reseeds the CRNG (every revert of the snapshot would
+    /// share it) and remounts the config drive (made at the VM's last start).
+    pub(super) async fn rekey_restored(&self, name: &str) -> Result<()> {
+        let secret = self.agent_secret(name).await?;
+        let mut seed = [0u8; 64];
+        crate::state::random_bytes(&mut seed, std::path::Path::new(&secret_volume(name)))?;
+        let agent = self.agent_within(name, Duration::from_secs(10)).await?;
+        Ok(agent.set_identity(name, &secret, &seed).await?)
+    }
+
+    pub(super) async fn agent_within(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
+        let state = self.running_domain(name).await?;
+        let no_channel = || LibvirtError::NoAgentChannel {
+            uri: self.uri().to_owned(),
+            name: name.to_owned(),
+        };
+        let secret = self.agent_secret(name).await?;
         if state.observed.agent_ports == 0 {
             return Err(no_channel().into());
         }

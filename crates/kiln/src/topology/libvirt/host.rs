@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::LibvirtHost;
 use crate::progress::Reporter;
 use crate::score::VmHost;
-use crate::spec::PortForward;
+use crate::spec::{MetadataChange, PortForward};
 use crate::topology::{Host, LogChunk};
 use crate::vm::SnapshotInfo;
 use crate::{AgentClient, Error, Result, VmInfo, VmSpec};
@@ -38,8 +38,13 @@ impl Host for LibvirtHost {
         LibvirtHost::start(self, name, reporter).await
     }
 
-    async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
-        LibvirtHost::stop(self, name, reporter).await
+    async fn stop_within(
+        &self,
+        name: &str,
+        grace: Duration,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        LibvirtHost::stop_within(self, name, grace, reporter).await
     }
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
@@ -135,8 +140,12 @@ impl Host for LibvirtHost {
         Err(self.forwards_unsupported())
     }
 
-    async fn set_metadata(&self, name: &str, values: BTreeMap<String, String>) -> Result<()> {
-        LibvirtHost::set_metadata(self, name, values).await
+    async fn set_metadata(
+        &self,
+        name: &str,
+        change: &MetadataChange,
+    ) -> Result<BTreeMap<String, String>> {
+        LibvirtHost::set_metadata(self, name, change).await
     }
 }
 

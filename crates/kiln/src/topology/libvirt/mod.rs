@@ -26,6 +26,9 @@ use crate::{Error, Paths, Result, VmSpec};
 #[derive(Debug, Clone)]
 pub struct LibvirtHost {
     conn: LibvirtConn,
+    /// The secret references this machine declared, per domain UUID (see
+    /// [`resources::LibvirtHost::upload_config`]).
+    declared_secrets: std::path::PathBuf,
     images: ImageStore,
     image_inputs: Option<ImageInputs>,
     boot_timeout: Duration,
@@ -86,6 +89,7 @@ impl LibvirtHost {
     pub async fn connect_with(uri: &str, options: LibvirtOptions, paths: &Paths) -> Result<Self> {
         Ok(Self {
             conn: LibvirtConn::open_with(uri, options).await?,
+            declared_secrets: paths.data_dir().join("libvirt-secrets"),
             images: ImageStore::new(paths.clone()),
             image_inputs: None,
             boot_timeout: Duration::from_secs(120),
@@ -241,6 +245,7 @@ impl VmHost for LibvirtHost {
         // kiln picks the UUID, so the config drive can carry it before the domain exists.
         let id = crate::state::new_vm_id();
         def.uuid = Some(id.clone());
+        self.declare_secrets(spec, &id)?;
         progress::stage(reporter, Stage::CreateVm, async {
             self.upload_seed(spec).await?;
             self.upload_config(spec, &id).await?;
@@ -275,6 +280,8 @@ impl VmHost for LibvirtHost {
         let (mut def, _) = self.domain_def(spec, owner, secret_file, reporter).await?;
         self.upload_seed(spec).await?;
         if let Some(id) = &observed.uuid {
+            // The spec comes from this machine's program: its secrets are declared here.
+            self.declare_secrets(spec, id)?;
             self.upload_config(spec, id).await?;
         }
         def.uuid = observed.uuid;
@@ -287,6 +294,11 @@ impl VmHost for LibvirtHost {
 
     async fn delete_vm(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
         progress::stage(reporter, Stage::Remove, async {
+            if let Ok(Some(domain)) = self.conn.domain(name).await
+                && let Some(id) = &domain.observed.uuid
+            {
+                self.forget_secrets(id);
+            }
             self.conn.undefine_domain(name).await?;
             self.remove_leftovers(name).await?;
             self.collect_garbage().await

@@ -189,20 +189,61 @@ impl LibvirtHost {
         Ok(())
     }
 
+    /// Records on this machine that it declared `spec`'s secret references for domain `id`.
+    pub(super) fn declare_secrets(&self, spec: &VmSpec, id: &str) -> Result<()> {
+        let file = self.declared_secrets.join(format!("{id}.json"));
+        if spec.metadata().secrets().is_empty() {
+            return match std::fs::remove_file(&file) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    Err(crate::IoError::new("remove", &file, err).into())
+                }
+                _ => Ok(()),
+            };
+        }
+        crate::state::create_private_dir(&self.declared_secrets)?;
+        crate::state::write_json_atomic(&file, spec.metadata().secrets())
+    }
+
+    /// Forgets the secret references of domain `id`.
+    pub(super) fn forget_secrets(&self, id: &str) {
+        let _ = std::fs::remove_file(self.declared_secrets.join(format!("{id}.json")));
+    }
+
     /// Puts `spec`'s config drive in the pool (a `0600` volume: it may hold secrets),
     /// replacing the one of its last start. `id` is the domain's UUID. Nothing on the test
     /// driver, which runs no guest to read it.
+    ///
+    /// The secrets are host files of the machine running kiln, named in the domain's tag.
+    /// Anyone who may edit the domain could name other files there, and have this machine
+    /// upload them: so only the references this machine declared itself (when it created
+    /// or updated the VM) are read.
     pub(super) async fn upload_config(&self, spec: &VmSpec, id: &str) -> Result<()> {
         if !self.runs_guests() {
             return Ok(());
         }
+        if !spec.metadata().secrets().is_empty() {
+            let file = self.declared_secrets.join(format!("{id}.json"));
+            let declared: Option<std::collections::BTreeMap<String, std::path::PathBuf>> =
+                crate::state::read_json(&file).ok().flatten();
+            if declared.as_ref() != Some(spec.metadata().secrets()) {
+                return Err(crate::Error::SecretsNotDeclaredHere {
+                    vm: spec.name().to_owned(),
+                });
+            }
+        }
         let volume = super::mapping::config_volume(spec.name());
-        let work = tempfile::tempdir()
-            .map_err(crate::IoError::at("make a work directory for", &volume))?;
-        let drive = work.path().join("config.img");
+        // Made in this machine's own private directory (what a killed kiln leaves there is
+        // swept at the next build), read into memory (8 MiB at most), and removed.
+        let work = self
+            .declared_secrets
+            .with_file_name("libvirt-drives")
+            .join(id);
+        crate::state::create_private_dir(&work)?;
+        let drive = work.join("config.img");
         crate::image::config_drive::write(&drive, spec, id, "libvirt")?;
-        let bytes = std::fs::read(&drive).map_err(crate::IoError::at("read", &drive))?;
-        self.conn.upload_bytes(&volume, bytes, true).await?;
+        let bytes = std::fs::read(&drive).map_err(crate::IoError::at("read", &drive));
+        let _ = std::fs::remove_dir_all(&work);
+        self.conn.upload_bytes(&volume, bytes?, true).await?;
         Ok(())
     }
 

@@ -132,7 +132,12 @@ impl LibvirtHost {
         } else {
             Duration::from_millis(300)
         };
-        self.agent_ready(name, attempt, reporter).await
+        self.agent_ready(name, attempt, reporter).await?;
+        if note.disk_only {
+            // It booted: nothing restored to re-key.
+            return Ok(());
+        }
+        self.rekey_restored(name).await
     }
 
     /// Removes a snapshot; the VM goes on as it is.

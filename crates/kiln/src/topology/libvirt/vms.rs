@@ -77,11 +77,24 @@ impl LibvirtHost {
 
     /// Asks the guest to power off, and pulls the plug if it has not after a grace period.
     pub async fn stop(&self, name: &str, reporter: &dyn Reporter) -> Result<()> {
+        self.stop_within(name, GRACEFUL_STOP, reporter).await
+    }
+
+    /// [`stop`](Self::stop) with a grace period of `grace`; zero pulls the plug at once.
+    pub async fn stop_within(
+        &self,
+        name: &str,
+        grace: Duration,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         let domain = self.kiln_domain(name).await?;
         if !domain.active {
             return Ok(());
         }
         progress::stage(reporter, Stage::Stop, async {
+            if grace.is_zero() {
+                return Ok(self.conn.destroy_domain(name).await?);
+            }
             let graceful = async {
                 self.vm_agent(name, Duration::from_secs(5))
                     .await?
@@ -92,7 +105,7 @@ impl LibvirtHost {
             if let Err(err) = graceful.await {
                 warn!("{name}: graceful shutdown failed ({err}); powering it off");
             }
-            let deadline = Instant::now() + GRACEFUL_STOP;
+            let deadline = Instant::now() + grace;
             while Instant::now() < deadline && self.kiln_domain(name).await?.active {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -133,24 +146,6 @@ impl LibvirtHost {
     }
 
     /// A domain kiln created; any other is not kiln's to change.
-    /// Replaces the VM's metadata key/values; the guest sees them from its next start.
-    pub async fn set_metadata(
-        &self,
-        name: &str,
-        values: std::collections::BTreeMap<String, String>,
-    ) -> Result<()> {
-        let domain = self.kiln_domain(name).await?;
-        let (owner, spec) = KilnTag::decode::<VmSpec>(domain.observed.tag.as_ref());
-        let (Some(owner), Some(spec)) = (owner, spec) else {
-            return Err(foreign(name));
-        };
-        let spec = spec.with_metadata_values(values)?;
-        self.conn
-            .set_domain_tag(name, &KilnTag::new(&owner, &spec)?)
-            .await?;
-        Ok(())
-    }
-
     pub(super) async fn kiln_domain(&self, name: &str) -> Result<DomainState> {
         match self.conn.domain(name).await? {
             Some(d) if d.observed.tag.is_some() => Ok(d),
@@ -159,6 +154,26 @@ impl LibvirtHost {
                 name: name.to_owned(),
             }),
         }
+    }
+
+    /// Changes the VM's metadata key/values; the guest sees them from its next start.
+    /// libvirt has no lock a client can hold: two clients changing one VM's metadata at the
+    /// same moment can lose one change.
+    pub async fn set_metadata(
+        &self,
+        name: &str,
+        change: &crate::spec::MetadataChange,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let domain = self.kiln_domain(name).await?;
+        let (owner, spec) = KilnTag::decode::<VmSpec>(domain.observed.tag.as_ref());
+        let (Some(owner), Some(spec)) = (owner, spec) else {
+            return Err(foreign(name));
+        };
+        let spec = spec.with_metadata_values(change.apply(spec.metadata().values()))?;
+        self.conn
+            .set_domain_tag(name, &KilnTag::new(&owner, &spec)?)
+            .await?;
+        Ok(spec.metadata().values().clone())
     }
 
     fn vm_info(&self, domain: DomainState) -> VmInfo {
@@ -190,6 +205,7 @@ impl LibvirtHost {
             accel,
             pid: None,
             created_at: 0,
+            spec,
         }
     }
 }
