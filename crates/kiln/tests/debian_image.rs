@@ -215,11 +215,24 @@ async fn full_mode_runs_systemd_as_pid_one() {
     host.remove("deb-full", true, p).await.unwrap();
 }
 
+/// A named network for cloud-init's network-config: its name, and the gateway's address on
+/// its /24.
+struct Lan {
+    network: String,
+    gateway: [u8; 4],
+}
+
 /// The cloud body both hosts run: the `cloud` image runs the typed user-data at first boot
 /// (hostname, a user with a key, a written file, a runcmd marker). Where the host forwards
-/// ports, a real `ssh` client logs in with the key.
-async fn cloud_init_reaches_the_guest(host: &dyn Host, name: &str, ssh_port: Option<u16>) {
-    use kiln::spec::{CloudInit, PortForward};
+/// ports, a real `ssh` client logs in with the key. With a named network, cloud-init's
+/// network-config gives the NIC on it a static address, and the guest reaches its gateway.
+async fn cloud_init_reaches_the_guest(
+    host: &dyn Host,
+    name: &str,
+    ssh_port: Option<u16>,
+    lan: Option<&Lan>,
+) {
+    use kiln::spec::{CloudInit, CloudNic, PortForward};
     let p = &NoProgress;
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("id");
@@ -234,17 +247,22 @@ async fn cloud_init_reaches_the_guest(host: &dyn Host, name: &str, ssh_port: Opt
     if let Some(port) = ssh_port {
         spec = spec.port(format!("{port}:22").parse::<PortForward>().unwrap());
     }
-    let spec = spec
-        .cloud_init(
-            CloudInit::new()
-                .hostname("seeded")
-                .user("ops")
-                .ssh_authorized_key(public.trim())
-                .write_file("/etc/kiln-written", "from user-data\n")
-                .runcmd("echo ran > /var/tmp/runcmd-marker"),
-        )
-        .build()
-        .unwrap();
+    let mut cloud = CloudInit::new()
+        .hostname("seeded")
+        .user("ops")
+        .ssh_authorized_key(public.trim())
+        .write_file("/etc/kiln-written", "from user-data\n")
+        .runcmd("echo ran > /var/tmp/runcmd-marker");
+    let [a, b, c, _] = lan.map_or([0; 4], |l| l.gateway);
+    let address = format!("{a}.{b}.{c}.50");
+    if let Some(lan) = lan {
+        let mac: kiln::spec::MacAddr = "52:54:00:c1:0d:50".parse().unwrap();
+        spec = spec
+            .network(kiln::NetworkRef::User)
+            .network(kiln::NetworkRef::named_with_mac(&lan.network, mac));
+        cloud = cloud.nic(CloudNic::new("lan0", mac).address(format!("{address}/24")));
+    }
+    let spec = spec.cloud_init(cloud).build().unwrap();
     host.up(&spec, p).await.unwrap();
     let status = sh(
         host,
@@ -260,6 +278,19 @@ async fn cloud_init_reaches_the_guest(host: &dyn Host, name: &str, ssh_port: Opt
         "from user-data\n"
     );
     assert_eq!(sh(host, name, "cat /var/tmp/runcmd-marker").await, "ran\n");
+    if let Some(lan) = lan {
+        // network-config: the NIC found by its MAC, renamed, addressed, and on the network.
+        let addr = sh(host, name, "ip -4 -o addr show dev lan0").await;
+        assert!(addr.contains(&format!("inet {address}/24")), "{addr}");
+        let [a, b, c, d] = lan.gateway;
+        let ping = sh(
+            host,
+            name,
+            &format!("ping -c 1 -W 10 {a}.{b}.{c}.{d} >/dev/null && echo reached"),
+        )
+        .await;
+        assert_eq!(ping, "reached\n");
+    }
     // The seed is read-only to the guest.
     let write = sh(
         host,
@@ -315,7 +346,7 @@ async fn cloud_init_reaches_the_guest(host: &dyn Host, name: &str, ssh_port: Opt
 async fn cloud_init_on_the_daemonless_backend_and_ssh_logs_in() {
     let env = TestEnv::new();
     let host = LocalHost::new(env.kiln());
-    cloud_init_reaches_the_guest(&host, "cloud-1", Some(kiln_testkit::free_port())).await;
+    cloud_init_reaches_the_guest(&host, "cloud-1", Some(kiln_testkit::free_port()), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,8 +355,29 @@ async fn cloud_init_on_libvirt() {
     let env = TestEnv::new();
     let name = unique_name("kt-cloud");
     let host = env.libvirt_host("qemu:///system", &name).await;
-    env.on_libvirt(host, name, |host, name| async move {
-        cloud_init_reaches_the_guest(&host, &name, None).await;
+    // A named network of its own, for cloud-init's network-config.
+    use kiln::topology::NetworkHost;
+    let lan = Lan {
+        network: format!("{name}-lan"),
+        gateway: [10, 219, 61, 1],
+    };
+    let network = kiln::NetworkSpec::isolated(&lan.network, "10.219.61.0/24")
+        .build()
+        .unwrap();
+    host.create_network(&network, "kiln-test").await.unwrap();
+    let outcome = tokio::spawn({
+        let host = host.clone();
+        async move {
+            env.on_libvirt(host, name, move |host, name| async move {
+                cloud_init_reaches_the_guest(&host, &name, None, Some(&lan)).await;
+            })
+            .await;
+        }
     })
     .await;
+    // Whatever happened, the network goes (the VM on it went first).
+    host.delete_network(network.name()).await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
 }

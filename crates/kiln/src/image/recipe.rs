@@ -17,10 +17,10 @@ pub const BASE_PACKAGES: &[&str] = &["kmod", "e2fsprogs", "iproute2", "ca-certif
 const FULL_MODE_PACKAGES: &[&str] = &["systemd-sysv", "udev"];
 const MIN_SIZE: ByteSize = ByteSize::from_mib(512);
 /// The `cloud` image's cloud-init settings: only the NoCloud seed kiln attaches (no probing
-/// of cloud metadata services, which would stall the boot), and the network left to kiln's
-/// init, which configures it the same way in every image.
-const CLOUD_CFG: &str =
-    "datasource_list: [ NoCloud, None ]\nnetwork: {config: disabled}\nlocale: C.UTF-8\n";
+/// of cloud metadata services, which would stall the boot). The seed's `network-config` says
+/// what cloud-init configures: the NICs a spec gives it, rendered by ifupdown, or nothing
+/// (`config: disabled`), leaving the network to kiln's init as in every image.
+const CLOUD_CFG: &str = "datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n";
 
 /// How a Debian image starts once kiln's initramfs has switched into it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -348,7 +348,7 @@ pub fn shipped() -> Vec<ImageSpec> {
             .init(InitMode::Full),
         ImageSpec::builder("cloud")
             .description("Debian 12 with systemd, cloud-init (NoCloud) and openssh-server")
-            .packages(["cloud-init", "openssh-server", "sudo"])
+            .packages(["cloud-init", "openssh-server", "sudo", "ifupdown"])
             .file("/etc/cloud/cloud.cfg.d/90-kiln.cfg", CLOUD_CFG)
             .init(InitMode::Full)
             .size_gib(3),

@@ -1,5 +1,5 @@
-//! The cloud-init NoCloud seed: a small FAT filesystem labelled `cidata` holding `user-data`
-//! and `meta-data`, attached to the VM as a read-only disk. Written with the `fatfs` crate:
+//! The cloud-init NoCloud seed: a small FAT filesystem labelled `cidata` holding `user-data`,
+//! `meta-data` and `network-config`, attached to the VM as a read-only disk. Written with the `fatfs` crate:
 //! nothing is mounted, no tool runs.
 
 use std::io::Write;
@@ -35,6 +35,7 @@ pub fn image(cloud_init: &CloudInit, vm: &str) -> std::io::Result<Vec<u8>> {
         for (name, contents) in [
             ("user-data", cloud_init.user_data(vm)),
             ("meta-data", cloud_init.meta_data(vm)),
+            ("network-config", cloud_init.network_config()),
         ] {
             let mut file = fs.root_dir().create_file(name).map_err(io)?;
             file.truncate().map_err(io)?;
@@ -69,5 +70,12 @@ mod tests {
             .unwrap();
         assert_eq!(user_data, ci.user_data("vm-1"));
         assert!(fs.root_dir().open_file("meta-data").is_ok());
+        let mut network = String::new();
+        fs.root_dir()
+            .open_file("network-config")
+            .unwrap()
+            .read_to_string(&mut network)
+            .unwrap();
+        assert_eq!(network, ci.network_config());
     }
 }

@@ -1,9 +1,11 @@
 //! cloud-init's NoCloud data, from types: a [`CloudInit`] renders to `user-data` (a
-//! `#cloud-config` document) and `meta-data`, which kiln puts on a read-only `cidata` seed disk.
-//! JSON is valid YAML, so both are written as JSON behind their headers.
+//! `#cloud-config` document), `meta-data` and `network-config`, which kiln puts on a read-only
+//! `cidata` seed disk. JSON is valid YAML, so all are written as JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+
+use super::MacAddr;
 
 /// The most user-data kiln passes on: cloud-init reads the whole seed into memory.
 pub const MAX_USER_DATA: usize = 64 * 1024;
@@ -26,6 +28,98 @@ pub enum CloudInitError {
     /// An SSH key that is not one line of `TYPE BASE64 [COMMENT]`.
     #[error("ssh key {key:?} is not an OpenSSH public key line")]
     InvalidKey { key: String },
+    /// An interface address that is not `A.B.C.D/PREFIX`.
+    #[error("NIC {nic}: {address:?} is not an IPv4 address with its prefix, like 10.0.0.5/24")]
+    InvalidAddress { nic: String, address: String },
+    /// Network config for a NIC the VM does not have.
+    #[error("NIC {nic}: the VM has no NIC with MAC {mac} (give a named network that MAC)")]
+    UnknownNic { nic: String, mac: MacAddr },
+    /// Two NICs of one name.
+    #[error("two NICs are named {nic}")]
+    DuplicateNic { nic: String },
+}
+
+/// A NIC cloud-init configures (network-config version 2), found by its MAC and renamed to
+/// `name`: a static address, or DHCP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudNic {
+    name: String,
+    mac: MacAddr,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dhcp: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl CloudNic {
+    /// The VM's NIC with this MAC (a named network's, [`NetworkRef::named_with_mac`]), named
+    /// `name` in the guest (1 to 15 of a-z and 0-9, starting with a letter).
+    ///
+    /// [`NetworkRef::named_with_mac`]: crate::NetworkRef::named_with_mac
+    pub fn new(name: impl Into<String>, mac: MacAddr) -> Self {
+        Self {
+            name: name.into(),
+            mac,
+            dhcp: false,
+            addresses: Vec::new(),
+            gateway: None,
+            nameservers: Vec::new(),
+        }
+    }
+    /// A static address with its prefix, e.g. `10.77.0.50/24` (repeatable).
+    #[must_use]
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.addresses.push(address.into());
+        self
+    }
+    /// Asks the network's DHCP server instead.
+    #[must_use]
+    pub fn dhcp(mut self) -> Self {
+        self.dhcp = true;
+        self
+    }
+    #[must_use]
+    pub fn gateway(mut self, gateway: std::net::Ipv4Addr) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+    #[must_use]
+    pub fn nameserver(mut self, server: std::net::Ipv4Addr) -> Self {
+        self.nameservers.push(server);
+        self
+    }
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn render(&self) -> Value {
+        let mut nic = Map::new();
+        nic.insert(
+            "match".to_owned(),
+            json!({"macaddress": self.mac.to_string()}),
+        );
+        nic.insert("set-name".to_owned(), json!(self.name));
+        nic.insert("dhcp4".to_owned(), json!(self.dhcp));
+        if !self.addresses.is_empty() {
+            nic.insert("addresses".to_owned(), json!(self.addresses));
+        }
+        if let Some(gateway) = self.gateway {
+            nic.insert("gateway4".to_owned(), json!(gateway.to_string()));
+        }
+        if !self.nameservers.is_empty() {
+            let servers: Vec<String> = self.nameservers.iter().map(ToString::to_string).collect();
+            nic.insert("nameservers".to_owned(), json!({"addresses": servers}));
+        }
+        Value::Object(nic)
+    }
 }
 
 /// A user cloud-init creates, with passwordless sudo and these SSH keys.
@@ -64,6 +158,9 @@ pub struct CloudInit {
     /// A user's own document, used as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     raw: Option<String>,
+    /// NICs cloud-init configures; without any, the network is left to kiln's init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nics: Vec<CloudNic>,
 }
 
 impl CloudInit {
@@ -125,6 +222,17 @@ impl CloudInit {
         self.runcmd.push(command.into());
         self
     }
+    /// Has cloud-init configure a NIC (network-config version 2), with raw user-data too.
+    /// The image's own init leaves the other NICs as it always does.
+    #[must_use]
+    pub fn nic(mut self, nic: CloudNic) -> Self {
+        self.nics.push(nic);
+        self
+    }
+    /// The NICs cloud-init configures.
+    pub fn nics(&self) -> &[CloudNic] {
+        &self.nics
+    }
     /// Adds a file (mode 0644).
     #[must_use]
     pub fn write_file(mut self, path: impl Into<String>, content: impl Into<String>) -> Self {
@@ -138,6 +246,33 @@ impl CloudInit {
 
     /// Checks names, paths, keys and size.
     pub fn validate(&self) -> Result<(), CloudInitError> {
+        for (index, nic) in self.nics.iter().enumerate() {
+            let mut chars = nic.name.chars();
+            let plain = nic.name.len() <= 15
+                && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+                && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            if !plain {
+                return Err(CloudInitError::InvalidName {
+                    what: "NIC name",
+                    value: nic.name.clone(),
+                });
+            }
+            if self.nics[..index].iter().any(|n| n.name == nic.name) {
+                return Err(CloudInitError::DuplicateNic {
+                    nic: nic.name.clone(),
+                });
+            }
+            if let Some(bad) = nic
+                .addresses
+                .iter()
+                .find(|a| !a.contains('/') || a.parse::<ipnet::Ipv4Net>().is_err())
+            {
+                return Err(CloudInitError::InvalidAddress {
+                    nic: nic.name.clone(),
+                    address: bad.clone(),
+                });
+            }
+        }
         if let Some(raw) = &self.raw {
             if !raw.starts_with("#cloud-config") {
                 return Err(CloudInitError::NotCloudConfig);
@@ -265,6 +400,21 @@ impl CloudInit {
         format!("#cloud-config\n{}\n", Value::Object(doc))
     }
 
+    /// The `network-config` file: version 2 for the NICs cloud-init configures, or, with
+    /// none, `config: disabled` (cloud-init would otherwise ask DHCP on the first NIC, which
+    /// kiln's init already configures).
+    pub fn network_config(&self) -> String {
+        if self.nics.is_empty() {
+            return format!("{}\n", json!({"config": "disabled"}));
+        }
+        let ethernets: Map<String, Value> = self
+            .nics
+            .iter()
+            .map(|nic| (nic.name.clone(), nic.render()))
+            .collect();
+        format!("{}\n", json!({"version": 2, "ethernets": ethernets}))
+    }
+
     /// The `meta-data` file for VM `vm`: its instance id and name.
     pub fn meta_data(&self, vm: &str) -> String {
         format!(
@@ -330,5 +480,47 @@ mod tests {
             Err(CloudInitError::InvalidPath { .. })
         ));
         assert!(CloudInit::raw("#cloud-config\nruncmd: [true]\n").is_ok());
+        let mac: MacAddr = "52:54:00:aa:bb:01".parse().unwrap();
+        for (nic, expected) in [
+            (CloudNic::new("Lan0", mac), "NIC name"),
+            (CloudNic::new("lan0", mac).address("10.0.0.5"), "address"),
+            (
+                CloudNic::new("lan0", mac).address("10.0.0.300/24"),
+                "address",
+            ),
+        ] {
+            let err = CloudInit::new().nic(nic).validate().unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        let twice = CloudInit::new()
+            .nic(CloudNic::new("lan0", mac))
+            .nic(CloudNic::new("lan0", mac));
+        assert!(matches!(
+            twice.validate(),
+            Err(CloudInitError::DuplicateNic { .. })
+        ));
+    }
+
+    #[test]
+    fn network_config_is_version_2_by_mac_or_disabled() {
+        let none: Value = serde_json::from_str(&CloudInit::new().network_config()).unwrap();
+        assert_eq!(none, json!({"config": "disabled"}));
+        let mac: MacAddr = "52:54:00:aa:bb:01".parse().unwrap();
+        let ci = CloudInit::new().nic(
+            CloudNic::new("lan0", mac)
+                .address("10.77.0.50/24")
+                .gateway([10, 77, 0, 1].into())
+                .nameserver([10, 77, 0, 1].into()),
+        );
+        ci.validate().unwrap();
+        let doc: Value = serde_json::from_str(&ci.network_config()).unwrap();
+        assert_eq!(doc["version"], 2);
+        let lan = &doc["ethernets"]["lan0"];
+        assert_eq!(lan["match"]["macaddress"], "52:54:00:aa:bb:01");
+        assert_eq!(lan["set-name"], "lan0");
+        assert_eq!(lan["addresses"][0], "10.77.0.50/24");
+        assert_eq!(lan["gateway4"], "10.77.0.1");
+        assert_eq!(lan["nameservers"]["addresses"][0], "10.77.0.1");
+        assert_eq!(lan["dhcp4"], false);
     }
 }

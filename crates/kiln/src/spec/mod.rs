@@ -9,7 +9,7 @@ mod port;
 mod share;
 mod size;
 
-pub use cloud_init::{CloudInit, CloudInitError, MAX_USER_DATA};
+pub use cloud_init::{CloudInit, CloudInitError, CloudNic, MAX_USER_DATA};
 pub use disk::{DiskSpec, MAX_LABEL_LEN, ROOT_DISK_LABEL};
 pub use mac::MacAddr;
 pub use metadata::{
@@ -332,6 +332,15 @@ fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Result<(), Spe
             return Err(SpecError::CloudInitWithoutImage);
         }
         cloud_init.validate()?;
+        for nic in cloud_init.nics() {
+            if !spec.networks.iter().any(|n| n.mac() == Some(nic.mac())) {
+                return Err(CloudInitError::UnknownNic {
+                    nic: nic.name().to_owned(),
+                    mac: nic.mac(),
+                }
+                .into());
+            }
+        }
     }
     spec.metadata.validate()?;
     if !spec.boot_order.is_empty() && spec.image != DEFAULT_IMAGE {
