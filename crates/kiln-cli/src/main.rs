@@ -2,6 +2,7 @@
 //! renders the result. It alone owns the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod audit;
 mod commands;
 mod ui;
 
@@ -90,6 +91,9 @@ enum Command {
     Run(commands::run::Args),
     /// Check this host: QEMU, acceleration, image inputs
     Doctor(commands::doctor::Args),
+    /// What keeps guests from the host and VMs from other users, item by item
+    #[command(subcommand)]
+    Security(commands::doctor::SecurityCommand),
     /// Build and list guest images
     #[command(subcommand)]
     Image(commands::image::Command),
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Exec(_) | Command::Run(_) => 125,
         _ => 1,
     };
+    let audit = audit::entry(&cli.command);
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => commands::up::run(args).await,
@@ -154,6 +159,7 @@ fn main() -> ExitCode {
             Command::Rm(args) => commands::rm::run(args).await,
             Command::Run(args) => commands::run::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
+            Command::Security(command) => commands::doctor::security(command).await,
             Command::Image(command) => commands::image::run(command).await,
             Command::Net(command) => commands::net::run(command).await,
             Command::Cache(command) => commands::cache::run(command).await,
@@ -172,6 +178,22 @@ fn main() -> ExitCode {
             }
         }
     });
+    if let Some(entry) = audit {
+        // A session's exit code is its command's; any other command's non-zero code is a
+        // part of the work that failed (one VM of several).
+        let outcome = match &result {
+            Ok(code) if *code != 0 && entry.verb != "run" => {
+                Err(format!("exit code {code}: some of it failed"))
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        };
+        let logged = kiln::Paths::from_env()
+            .and_then(|paths| kiln::state::audit::append(&paths, &entry.ended(outcome)));
+        if let Err(err) = logged {
+            eprintln!("warning: the audit log was not written: {err}");
+        }
+    }
     let code = match result {
         Ok(code) => code,
         Err(err) => {

@@ -176,6 +176,15 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A size for people: GiB with one decimal, else MiB.
+pub fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
 pub fn print_json<T: serde::Serialize>(value: &T) -> kiln::Result<()> {
     match serde_json::to_string_pretty(value) {
         Ok(json) => {

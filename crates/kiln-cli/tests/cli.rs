@@ -267,6 +267,46 @@ fn color_is_asked_for_or_left_out() {
 }
 
 #[test]
+fn security_status_names_every_item_and_flags_an_unauthenticated_transport() {
+    let env = TestEnv::new();
+    let out = run(&env, &["security", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let items: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "acceleration",
+        "agent authentication",
+        "state and sockets",
+        "guest network",
+        "libvirt transport",
+        "qemu sandbox",
+        "console",
+    ] {
+        assert!(names.contains(&name), "{name} missing: {names:?}");
+    }
+    let out = run(
+        &env,
+        &[
+            "security",
+            "status",
+            "--connect",
+            "qemu+tcp://127.0.0.1/system",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAIL  libvirt transport    qemu+tcp://127.0.0.1/system: plain TCP"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn completions_and_the_man_page_come_from_the_same_definitions() {
     let env = TestEnv::new();
     for (shell, marker) in [
@@ -295,10 +335,15 @@ fn completions_and_the_man_page_come_from_the_same_definitions() {
 #[test]
 fn several_vms_at_once_restart_force_and_tail() {
     let env = TestEnv::new();
-    for name in ["many-1", "many-2"] {
-        let out = run(&env, &["up", name]);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    let out = run(&env, &["up", "many-1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["name"], "many-1");
+    assert_eq!(made["state"], "running");
+    let out = run(&env, &["up", "many-2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&env, &["forward", "many-1", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "{}", stderr(&out));
     let state = |name: &str| {
         let out = run(&env, &["ls", "--json"]);
         let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -350,6 +395,10 @@ fn several_vms_at_once_restart_force_and_tail() {
     let out = run(&env, &["start", "many-1", "many-2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(state("many-2").as_deref(), Some("running"));
+    let out = run(&env, &["snapshot", "save", "many-2", "s1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(saved["name"], "s1", "{saved}");
 
     // One name that does not exist: the others are still stopped, and the exit code says so.
     let out = run(&env, &["stop", "--timeout", "5", "ghost", "many-1"]);
@@ -366,6 +415,56 @@ fn several_vms_at_once_restart_force_and_tail() {
     let out = run(&env, &["rm", "--all", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&run(&env, &["ls", "--json"])).trim(), "[]");
+
+    // Every state-changing command is one line of the audit log, failures too; nothing
+    // else (ls, logs, inspect, exec) is.
+    let log = std::fs::read_to_string(env.home().join("data/state/audit.log")).unwrap();
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let verbs: Vec<&str> = entries
+        .iter()
+        .map(|e| e["verb"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            "up",
+            "up",
+            "restart",
+            "restart",
+            "stop",
+            "start",
+            "snapshot save",
+            "stop",
+            "rm"
+        ],
+        "{log}"
+    );
+    assert_eq!(
+        entries[4]["targets"],
+        serde_json::json!(["many-1", "many-2"])
+    );
+    assert_eq!(entries[7]["result"], "error", "{log}");
+    assert_eq!(
+        entries[7]["targets"],
+        serde_json::json!(["ghost", "many-1"])
+    );
+    assert_eq!(entries[8]["targets"], serde_json::json!(["--all"]));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["uid"].is_u64() && e["time"].is_u64())
+    );
+
+    let out = run(&env, &["cache", "info", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(usage["images"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage["total"].as_u64().unwrap() >= usage["images"].as_u64().unwrap());
+    let out = run(&env, &["cache", "info"]);
+    assert!(stdout(&out).contains("templates"), "{}", stdout(&out));
 }
 
 /// Removes a libvirt VM whatever happens in the test.
@@ -694,6 +793,9 @@ fn console_runs_a_shell_and_detaches_on_ctrl_bracket() {
             .open(path.to_str().unwrap())
             .unwrap()
     };
+    // Held open for the whole test: with no terminal side open, reading the controller
+    // fails, and the reader below would stop between the two consoles.
+    let _held = terminal();
     let before = rustix::termios::tcgetattr(terminal()).unwrap();
     let mut child = env
         .cli(KILN)
@@ -733,8 +835,28 @@ fn console_runs_a_shell_and_detaches_on_ctrl_bracket() {
         .unwrap();
     let seen = read_until("c-42-con");
     assert!(!seen.contains("error"), "{seen:?}");
+    // One console per VM at a time: a second is refused at once, with a hint.
+    let out = run(&env, &["console", "con"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("VM con already has a console open"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
     controller.write_all(&[0x1d]).unwrap();
     read_until("[detached]");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // Detached, it is free again; left idle, it detaches by itself.
+    let mut child = env
+        .cli(KILN)
+        .args(["console", "con", "--idle-timeout", "3"])
+        .stdin(terminal())
+        .stdout(terminal())
+        .stderr(terminal())
+        .spawn()
+        .unwrap();
+    read_until("[detached: idle for 3s]");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     // The terminal is back in the mode it had.
     let after = rustix::termios::tcgetattr(terminal()).unwrap();

@@ -113,6 +113,8 @@ pub enum Error {
          host files, and kiln reads those only for the machine that declared them"
     )]
     SecretsNotDeclaredHere { vm: String },
+    #[error("VM {name} already has a console open")]
+    ConsoleBusy { name: String },
     #[error("image {name} is not built")]
     ImageNotBuilt { name: String },
     #[error("image {name} is in use by {}", vms.join(", "))]
@@ -211,6 +213,10 @@ impl Error {
             Self::SecretsNotDeclaredHere { vm } => format!(
                 "start {vm} from the machine that created it, or re-apply its spec here (that \
                  declares its secrets on this machine)"
+            ),
+            Self::ConsoleBusy { name } => format!(
+                "detach the other console (Ctrl-]) or wait for its idle timeout; `kiln exec -t \
+                 {name} -- sh` opens a terminal beside it"
             ),
             Self::ImageLacksCloudInit { .. } => {
                 "use --image cloud, or a recipe that installs cloud-init".to_owned()

@@ -19,20 +19,65 @@ pub const DETACH_KEY: u8 = 0x1d;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The VM
     #[arg(value_parser = crate::ui::parse_name)]
     pub name: String,
     #[command(flatten)]
     pub target: super::Target,
+    /// Detach after this many seconds without a key typed or a byte shown; 0 never does
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "KILN_CONSOLE_IDLE",
+        default_value_t = 900
+    )]
+    pub idle_timeout: u64,
+}
+
+/// A VM has one interactive console at a time: the holder keeps an exclusive lock, which
+/// goes when its kiln exits however it exits. (`kiln exec -t` takes none.)
+struct ConsoleLease {
+    _file: std::fs::File,
+}
+
+impl ConsoleLease {
+    fn take(uri: Option<&str>, name: &str) -> kiln::Result<Self> {
+        use std::hash::{Hash, Hasher};
+        let paths = kiln::Paths::from_env()?;
+        let dir = paths.runtime_dir().join("consoles");
+        kiln::state::create_private_dir(&dir)?;
+        // One file per VM and host: the name alone could be on several hosts.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        uri.unwrap_or("local").hash(&mut hasher);
+        let path = dir.join(format!("{name}-{:016x}.lock", hasher.finish()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(kiln::IoError::at("open", &path))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(kiln::Error::ConsoleBusy {
+                name: name.to_owned(),
+            }),
+            Err(err) => Err(kiln::IoError::new("lock", &path, err.into()).into()),
+        }
+    }
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let agent = super::fleet()?
-        .agent(&args.name, args.target.connect.as_deref())
+    let fleet = super::fleet()?;
+    let host = args.target.locate(&fleet, &args.name).await?;
+    let _lease = ConsoleLease::take(host.uri(), &args.name)?;
+    let agent = host
+        .agent(&args.name, std::time::Duration::from_secs(30))
         .await?;
     let mut request = ExecRequest::new(["sh", "-l"]);
     request.cwd = Some("/root".to_owned());
     eprintln!("Connected to {}. Detach with Ctrl-].\r", args.name);
-    let code = interactive(&agent, request).await?;
+    let idle = (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout));
+    let code = interactive(&agent, request, idle).await?;
     eprintln!("\r");
     Ok(code)
 }
@@ -72,8 +117,13 @@ fn local_size() -> TtySize {
         })
 }
 
-/// Runs `request` on a guest pseudo-terminal wired to this one; returns its exit code.
-pub async fn interactive(agent: &AgentClient, mut request: ExecRequest) -> Outcome {
+/// Runs `request` on a guest pseudo-terminal wired to this one; returns its exit code. With
+/// `idle`, detaches once that long passes without a key typed or a byte shown.
+pub async fn interactive(
+    agent: &AgentClient,
+    mut request: ExecRequest,
+    idle: Option<std::time::Duration>,
+) -> Outcome {
     request.tty = Some(local_size());
     request.stdin = true;
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".to_owned());
@@ -96,10 +146,20 @@ pub async fn interactive(agent: &AgentClient, mut request: ExecRequest) -> Outco
     let mut resized = signal(SignalKind::window_change())
         .map_err(|e| kiln::IoError::new("listen for SIGWINCH on", "", e))?;
     let mut out = std::io::stdout();
+    // Without a timeout the deadline is never polled; a year keeps it far and valid.
+    let idle_for = idle.unwrap_or(std::time::Duration::from_secs(365 * 86_400));
+    let idle_deadline = tokio::time::sleep(idle_for);
+    tokio::pin!(idle_deadline);
     loop {
         tokio::select! {
+            () = &mut idle_deadline, if idle.is_some() => {
+                session.signal(1).await?;
+                eprint!("\r\n[detached: idle for {}s]\r\n", idle_for.as_secs());
+                return Ok(0);
+            }
             event = session.next_event() => match event? {
                 Some(ExecEvent::Stdout(data) | ExecEvent::Stderr(data)) => {
+                    idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle_for);
                     let _ = out.write_all(&data);
                     let _ = out.flush();
                 }
@@ -108,6 +168,7 @@ pub async fn interactive(agent: &AgentClient, mut request: ExecRequest) -> Outco
             },
             typed = keys.recv(), if stdin.is_some() => match typed {
                 Some(data) => {
+                    idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle_for);
                     if let Some(at) = data.iter().position(|b| *b == DETACH_KEY) {
                         if let Some(writer) = stdin.as_mut() {
                             writer.write(&data[..at]).await?;

@@ -20,17 +20,46 @@ pub async fn run(args: Args) -> Outcome {
     if args.json {
         ui::print_json(&diagnosis)?;
     } else {
-        for check in &diagnosis.checks {
-            let mark = match check.status {
-                Status::Ok => "ok  ",
-                Status::Warn => "warn",
-                Status::Fail => "FAIL",
-            };
-            println!("{mark}  {:<17} {}", check.name, check.detail);
-            if let Some(fix) = &check.fix {
-                println!("      {:<17} fix: {}", "", fix.join(" "));
-            }
-        }
+        print_checks(&diagnosis.checks);
     }
     Ok(if diagnosis.ok() { 0 } else { 1 })
+}
+
+/// One line per check (with its fix under it), as `doctor` and `security status` show them.
+pub fn print_checks(checks: &[doctor::Check]) {
+    for check in checks {
+        let mark = match check.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        println!("{mark}  {:<20} {}", check.name, check.detail);
+        if let Some(fix) = &check.fix {
+            println!("      {:<20} fix: {}", "", fix.join(" "));
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SecurityCommand {
+    /// The security posture: acceleration, agent authentication, state and socket modes, the
+    /// guest network policy, libvirt transports, QEMU sandboxing, the console policy
+    Status(Args),
+}
+
+/// `kiln security status`: exits 1 when an item fails.
+pub async fn security(command: SecurityCommand) -> Outcome {
+    let SecurityCommand::Status(args) = command;
+    let uri = args.connect.unwrap_or_else(doctor::default_libvirt_uri);
+    let checks = doctor::security::posture(&Paths::from_env()?, &uri).await;
+    if args.json {
+        ui::print_json(&checks)?;
+    } else {
+        print_checks(&checks);
+    }
+    Ok(if checks.iter().any(|c| c.status == Status::Fail) {
+        1
+    } else {
+        0
+    })
 }

@@ -44,7 +44,7 @@ pub async fn run(args: Args) -> Outcome {
     request.cwd = args.workdir;
     request.stdin = !args.no_stdin;
     if args.tty {
-        return super::console::interactive(&agent, request).await;
+        return super::console::interactive(&agent, request, None).await;
     }
     let mut session = match agent.exec(request).await {
         Ok(session) => session,

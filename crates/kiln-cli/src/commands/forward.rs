@@ -11,6 +11,9 @@ pub struct Args {
     /// Remove the forward instead of adding it
     #[arg(long)]
     pub rm: bool,
+    /// List the forwards as JSON: [{"protocol", "host_addr", "host_port", "guest_port"}]
+    #[arg(long, conflicts_with = "forward")]
+    pub json: bool,
     #[command(flatten)]
     pub target: super::Target,
 }
@@ -18,6 +21,7 @@ pub struct Args {
 pub async fn run(args: Args) -> Outcome {
     let host = args.target.locate(&super::fleet()?, &args.name).await?;
     match args.forward {
+        None if args.json => crate::ui::print_json(&host.forwards(&args.name).await?)?,
         None => {
             for forward in host.forwards(&args.name).await? {
                 println!("{forward}");

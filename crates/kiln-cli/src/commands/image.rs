@@ -19,6 +19,10 @@ pub enum Command {
         /// Use this kernel .deb instead of downloading linux-image-amd64's
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
+        /// Print what was built as JSON: {"name", "kernel_release", "dir", "debian"} (debian:
+        /// {"suite", "packages", "init", "size_bytes", "base"} or null)
+        #[arg(long)]
+        json: bool,
     },
     /// List the images kiln knows, built or not
     Ls {
@@ -46,6 +50,7 @@ pub async fn run(command: Command) -> Outcome {
             name,
             force,
             kernel_deb,
+            json,
         } => {
             let mut inputs = ImageInputs::discover()?;
             if kernel_deb.is_some() {
@@ -55,6 +60,24 @@ pub async fn run(command: Command) -> Outcome {
                 .images()
                 .ensure(&name, Some(&inputs), force, &Progress::new())
                 .await?;
+            if json {
+                let debian = image.root().map(|root| {
+                    serde_json::json!({
+                        "suite": root.recipe.suite(),
+                        "packages": root.packages.len(),
+                        "init": root.init().to_string(),
+                        "size_bytes": root.base.size,
+                        "base": root.base.path,
+                    })
+                });
+                ui::print_json(&serde_json::json!({
+                    "name": image.name(),
+                    "kernel_release": image.manifest.kernel_release,
+                    "dir": image.dir,
+                    "debian": debian,
+                }))?;
+                return Ok(0);
+            }
             match image.root() {
                 None => println!(
                     "image {} ready: kernel {}, {} modules, {}",
@@ -69,7 +92,7 @@ pub async fn run(command: Command) -> Outcome {
                     root.recipe.suite(),
                     root.packages.len(),
                     root.init(),
-                    human_bytes(root.base.size),
+                    crate::ui::human_bytes(root.base.size),
                     root.base.path.display()
                 ),
             }
@@ -112,7 +135,7 @@ pub async fn run(command: Command) -> Outcome {
                         println!(
                             "size:      {} filesystem, {} on disk",
                             root.size,
-                            human_bytes(root.base.size)
+                            crate::ui::human_bytes(root.base.size)
                         );
                         println!("base:      {}", root.base.path.display());
                         println!("sha256:    {}", root.base.sha256);
@@ -142,7 +165,7 @@ fn row(entry: &CatalogEntry) -> Vec<String> {
     let (built, size) = match &entry.built {
         Some(built) => (
             format!("{} ago", age(built.built_at)),
-            human_bytes(built.bytes),
+            crate::ui::human_bytes(built.bytes),
         ),
         None => ("-".to_owned(), "-".to_owned()),
     };
@@ -154,14 +177,6 @@ fn row(entry: &CatalogEntry) -> Vec<String> {
         size,
         format!("{}{origin}", entry.description),
     ]
-}
-
-fn human_bytes(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
-    } else {
-        format!("{} MiB", bytes >> 20)
-    }
 }
 
 fn age(epoch_secs: u64) -> String {

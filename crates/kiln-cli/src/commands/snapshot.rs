@@ -12,6 +12,9 @@ pub enum Command {
         /// Only the disks, of a stopped VM (a restore boots from them)
         #[arg(long)]
         disk_only: bool,
+        /// Print the snapshot as JSON (the fields of `kiln snapshot ls --json`)
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: super::Target,
     },
@@ -53,12 +56,21 @@ pub struct CloneArgs {
     pub snapshot: String,
     #[arg(value_parser = crate::ui::parse_name)]
     pub new: String,
+    /// Print the new VM as JSON (the fields of `kiln ls --json`)
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn clone(args: CloneArgs) -> Outcome {
     let host = super::fleet()?.locate(&args.name, None).await?;
     host.clone_vm(&args.name, &args.snapshot, &args.new, &Progress::new())
         .await?;
+    if args.json {
+        if let Some(info) = host.find(&args.new).await? {
+            ui::print_json(&info)?;
+        }
+        return Ok(0);
+    }
     println!(
         "{} is running, cloned from {} at {}. Try: kiln exec {} -- hostname",
         args.new, args.name, args.snapshot, args.new
@@ -97,12 +109,17 @@ pub async fn run(command: Command) -> Outcome {
             name,
             snapshot,
             disk_only,
+            json,
             target,
         } => {
             let host = target.locate(&fleet, &name).await?;
             let info = host
                 .save_snapshot(&name, &snapshot, disk_only, &Progress::new())
                 .await?;
+            if json {
+                ui::print_json(&info)?;
+                return Ok(0);
+            }
             println!(
                 "saved {name} as {} ({} of memory, {} disk(s))",
                 info.name,

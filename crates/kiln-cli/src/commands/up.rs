@@ -76,6 +76,9 @@ pub struct Args {
     /// qemu:///system), e.g. qemu+ssh://root@host/system
     #[arg(long, value_name = "URI")]
     pub connect: Option<String>,
+    /// Print the new VM as JSON (the fields of `kiln ls --json`) instead of a sentence
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -208,9 +211,17 @@ pub async fn run(args: Args) -> Outcome {
         args.memory,
         spec.image()
     );
+    let fleet = Fleet::new(kiln);
     match &uri {
-        Some(uri) => Fleet::new(kiln).up_on(uri, &spec, &Progress::new()).await?,
-        None => drop(kiln.up(spec.clone(), &Progress::new()).await?),
+        Some(uri) => fleet.up_on(uri, &spec, &Progress::new()).await?,
+        None => drop(fleet.kiln().up(spec.clone(), &Progress::new()).await?),
+    }
+    if args.json {
+        let host = fleet.locate(spec.name(), uri.as_deref()).await?;
+        if let Some(info) = host.find(spec.name()).await? {
+            crate::ui::print_json(&info)?;
+        }
+        return Ok(0);
     }
     println!(
         "{} is running{on}. Try: kiln exec {} -- uname -a",

@@ -9,6 +9,8 @@ use crate::backend::qemu::QemuBackend;
 use crate::image::{ImageInputs, ImageStore};
 use crate::{AccelProbe, Paths};
 
+pub mod security;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {

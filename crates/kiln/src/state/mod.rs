@@ -3,11 +3,13 @@
 //! Everything a VM owns lives in one directory (`0700`); files are written atomically
 //! (temp file + rename) so a kiln killed at any point leaves either the old or the new file.
 
+pub mod audit;
 mod fsutil;
 mod hosts;
 mod lock;
 mod paths;
 mod record;
+pub mod usage;
 
 pub use fsutil::{
     create_private_dir, list_names, random_bytes, read_json, write_atomic, write_json_atomic,

@@ -16,11 +16,14 @@ pub struct Paths {
     data: PathBuf,
     cache: PathBuf,
     runtime: PathBuf,
+    /// The audit log's directory: `$XDG_STATE_HOME/kiln`, or the data directory's `state`.
+    state: PathBuf,
 }
 
 impl Paths {
     pub fn new(data: PathBuf, cache: PathBuf, runtime: PathBuf) -> Self {
         Self {
+            state: data.join("state"),
             data,
             cache,
             runtime,
@@ -51,7 +54,13 @@ impl Paths {
             let runtime = var("XDG_RUNTIME_DIR")
                 .map(|d| d.join("kiln"))
                 .unwrap_or_else(|| data.join("run"));
-            Self::new(data, cache, runtime)
+            let state = var("XDG_STATE_HOME")
+                .unwrap_or_else(|| home.join(".local/state"))
+                .join("kiln");
+            Self {
+                state,
+                ..Self::new(data, cache, runtime)
+            }
         };
         if let Some(cache) = var("KILN_CACHE_DIR") {
             paths.cache = cache;
@@ -64,6 +73,14 @@ impl Paths {
     }
     pub fn cache_dir(&self) -> &Path {
         &self.cache
+    }
+    /// Where sockets live (`$XDG_RUNTIME_DIR/kiln`).
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime
+    }
+    /// The audit log: one JSON line per state-changing command ([`super::audit`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.state.join("audit.log")
     }
     pub fn vms_dir(&self) -> PathBuf {
         self.data.join("vms")

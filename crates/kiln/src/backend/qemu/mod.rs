@@ -12,7 +12,8 @@ mod qmp;
 pub use argv::{
     FORWARDS_NETDEV, FirmwareBoot, Machine, QemuLaunch, Share9p, TapNic, UserNet, render,
 };
-pub use passt::{binary as passt_binary, installed as passt_installed};
+pub(crate) use passt::user_uid as passt_user_uid;
+pub use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
 pub use qmp::{QmpClient, QmpReply};
 
 use std::path::PathBuf;

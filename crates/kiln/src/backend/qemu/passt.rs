@@ -48,7 +48,7 @@ pub fn args() -> Vec<String> {
 pub const USER: &str = "kiln-net";
 
 /// The uid of [`USER`], from `/etc/passwd`.
-fn user_uid() -> Option<u32> {
+pub(crate) fn user_uid() -> Option<u32> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
