@@ -244,6 +244,9 @@ impl Error {
                 format!("check the permissions of {}", err.path.display())
             }
             Self::Unsupported { hint, .. } => (*hint).to_owned(),
+            Self::Io(err) if err.source.kind() == std::io::ErrorKind::NotFound => {
+                format!("check the path: {} does not exist", err.path.display())
+            }
             Self::Io(_) | Self::BenchInvalid { .. } => return None,
             Self::Image(err) => return err.hint(),
             Self::Agent(err) => return err.hint(),
