@@ -5,6 +5,7 @@ pub mod clients;
 pub mod faults;
 pub mod hostile;
 pub mod net;
+pub mod session_host;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -187,9 +188,16 @@ impl TestEnv {
     /// /var/lib/libvirt/images), so parallel tests and real kiln pools are never touched;
     /// images come from this test's inputs.
     pub async fn libvirt_host(&self, uri: &str, id: &str) -> LibvirtHost {
+        self.libvirt_host_at(uri, id, &format!("/var/lib/libvirt/images/{id}"))
+            .await
+    }
+
+    /// [`libvirt_host`](Self::libvirt_host) with the pool in `pool_path` (a session daemon's
+    /// user's home).
+    pub async fn libvirt_host_at(&self, uri: &str, id: &str, pool_path: &str) -> LibvirtHost {
         let options = LibvirtOptions {
             pool_name: id.to_owned(),
-            pool_path: format!("/var/lib/libvirt/images/{id}"),
+            pool_path: pool_path.to_owned(),
             log_serial: true,
         };
         LibvirtHost::connect_with(uri, options, &self.paths())

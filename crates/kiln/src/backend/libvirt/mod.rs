@@ -97,9 +97,19 @@ pub struct LibvirtOptions {
     pub log_serial: bool,
 }
 
+/// The user a remote URI logs in as: `alice` in `qemu+ssh://alice@host/session`.
+fn remote_user(uri: &str) -> Option<&str> {
+    let authority = uri.split_once("://")?.1.split('/').next()?;
+    let (user, _) = authority.split_once('@')?;
+    (!user.is_empty()).then_some(user)
+}
+
 impl LibvirtOptions {
     /// The defaults for a URI: a pool named `kiln` (or `$KILN_LIBVIRT_POOL`) under libvirt's
     /// image directory; serial logs beside libvirt's own for system connections.
+    /// kiln's pool on the host of `uri`: `KILN_LIBVIRT_POOL` names it (default `kiln`);
+    /// its directory is under /var/lib/libvirt/images for a system daemon, the user's
+    /// `~/.local/share/libvirt/images` for a session daemon, or `KILN_LIBVIRT_POOL_PATH`.
     pub fn for_uri(uri: &str) -> Self {
         let system = uri.contains("/system");
         let pool = std::env::var("KILN_LIBVIRT_POOL")
@@ -111,8 +121,18 @@ impl LibvirtOptions {
                 "/kiln-test-pool".to_owned()
             } else if system {
                 format!("/var/lib/libvirt/images/{pool}")
+            } else if let Ok(path) = std::env::var("KILN_LIBVIRT_POOL_PATH")
+                && path.starts_with('/')
+            {
+                path
             } else {
-                let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".to_owned());
+                // A session daemon's pool is its user's: on another machine (`user@host`),
+                // that user's home there, not ours.
+                let home = match remote_user(uri) {
+                    Some("root") => "/root".to_owned(),
+                    Some(user) => format!("/home/{user}"),
+                    None => std::env::var("HOME").unwrap_or_else(|_| "/tmp".to_owned()),
+                };
                 format!("{home}/.local/share/libvirt/images/{pool}")
             },
             pool_name: pool,

@@ -29,6 +29,9 @@ pub struct LibvirtHost {
     /// The secret references this machine declared, per domain UUID (see
     /// [`resources::LibvirtHost::upload_config`]).
     declared_secrets: std::path::PathBuf,
+    /// The hosts `kiln ls` and the verbs look on: this one is remembered once kiln has made
+    /// a VM on it, however it was made (`kiln up --connect`, a score).
+    known_hosts: crate::state::KnownHosts,
     images: ImageStore,
     image_inputs: Option<ImageInputs>,
     boot_timeout: Duration,
@@ -90,6 +93,7 @@ impl LibvirtHost {
         Ok(Self {
             conn: LibvirtConn::open_with(uri, options).await?,
             declared_secrets: paths.data_dir().join("libvirt-secrets"),
+            known_hosts: crate::state::KnownHosts::new(paths),
             images: ImageStore::new(paths.clone()),
             image_inputs: None,
             boot_timeout: Duration::from_secs(120),
@@ -260,6 +264,9 @@ impl VmHost for LibvirtHost {
                     .await?;
             }
             self.conn.define_domain(&def).await?;
+            if self.runs_guests() {
+                self.known_hosts.remember(self.uri()).await?;
+            }
             self.conn.start_domain(spec.name()).await?;
             Ok::<_, Error>(())
         })
@@ -301,7 +308,11 @@ impl VmHost for LibvirtHost {
             }
             self.conn.undefine_domain(name).await?;
             self.remove_leftovers(name).await?;
-            self.collect_garbage().await
+            self.collect_garbage().await?;
+            if self.runs_guests() && self.conn.kiln_domains().await?.is_empty() {
+                self.known_hosts.forget(self.uri()).await?;
+            }
+            Ok(())
         })
         .await
     }

@@ -1,0 +1,119 @@
+//! One topology over two real libvirt daemons, each reached over SSH: the system daemon as
+//! root (`scripts/libvirtd.sh`'s loopback sshd), and an unprivileged user's session daemon
+//! through an sshd this test starts for it ([`SessionHost`]). A score spreads VMs over both
+//! with one pinned; each VM's agent answers through its host's SSH connection; `kiln ls`
+//! shows both hosts; a re-apply is unchanged; destroy leaves nothing on either.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use kiln::progress::NoProgress;
+use kiln::score::{Score, VmScore};
+use kiln::topology::{LibvirtHost, MultiHost, VmHost};
+use kiln::{ExecRequest, NetPolicy, VmSpec};
+use kiln_testkit::session_host::SessionHost;
+use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
+
+fn vm(name: &str) -> VmSpec {
+    // No NIC: a session daemon cannot make kiln's NAT bridge; the agent needs none.
+    VmSpec::builder(name)
+        .memory_mib(256)
+        .net_policy(NetPolicy::None)
+        .build()
+        .unwrap()
+}
+
+async fn names_on(host: &LibvirtHost) -> Vec<String> {
+    let mut names: Vec<String> = host
+        .conn()
+        .kiln_domains()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
+    require_libvirtd_remote();
+    let env = TestEnv::new();
+    let second = SessionHost::start();
+    let id = unique_name("kt-mh");
+    let system = env
+        .libvirt_host(&remote_libvirt_uri(), &id)
+        .await
+        .with_boot_timeout(Duration::from_secs(90));
+    let session = env
+        .libvirt_host_at(&second.uri(), &id, &second.pool_path(&id))
+        .await
+        .with_boot_timeout(Duration::from_secs(90));
+    let topology = MultiHost::new()
+        .with_host("system", system.clone())
+        .with_host("session", session.clone())
+        .place("db-1", "session");
+    let score = VmScore::new("fleet", ["app-1", "app-2", "app-3", "db-1"].map(vm)).unwrap();
+    let interpret = Score::<MultiHost>::create_interpret(&score);
+    let p = &NoProgress;
+
+    let fleet = kiln::topology::Fleet::new(env.kiln());
+    let outcome = tokio::spawn({
+        let topology = topology.clone();
+        let interpret = Score::<MultiHost>::create_interpret(&score);
+        let (system_uri, session_uri) = (system.uri().to_owned(), session.uri().to_owned());
+        async move {
+            interpret.execute(&topology, p).await.unwrap();
+            let (on_system, on_session) = (names_on(&system).await, names_on(&session).await);
+            assert!(
+                on_session.contains(&"db-1".to_owned()),
+                "pinned: {on_session:?}"
+            );
+            assert_eq!(on_system.len() + on_session.len(), 4);
+            assert!(
+                !on_system.is_empty(),
+                "spread: {on_system:?} / {on_session:?}"
+            );
+            // Each VM's agent answers, through its own host's SSH connection.
+            for name in ["app-1", "app-2", "app-3", "db-1"] {
+                let agent = topology
+                    .vm_agent(name, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                let out = agent
+                    .exec(ExecRequest::new(["hostname"]))
+                    .await
+                    .unwrap()
+                    .output()
+                    .await
+                    .unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name}\n"));
+            }
+            // What `kiln ls` lists has both hosts' VMs: the score's hosts were remembered.
+            let listing = fleet.list().await.unwrap();
+            assert!(listing.unreachable.is_empty(), "{:?}", listing.unreachable);
+            let on = |uri: &str| {
+                listing
+                    .vms
+                    .iter()
+                    .filter(|vm| vm.host.as_deref() == Some(uri))
+                    .count()
+            };
+            assert_eq!(on(&system_uri) + on(&session_uri), 4, "{:?}", listing.vms);
+            assert!(on(&session_uri) >= 1 && on(&system_uri) >= 1);
+            let plan = interpret.plan(&topology).await.unwrap();
+            assert!(plan.is_unchanged(), "{plan}");
+        }
+    })
+    .await;
+    // Whatever happened, nothing stays on either host.
+    let destroyed = interpret.destroy(&topology, p).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+    destroyed.unwrap();
+    for (name, host) in topology.hosts() {
+        assert!(names_on(host).await.is_empty(), "{name}");
+    }
+}
