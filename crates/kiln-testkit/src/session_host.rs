@@ -4,6 +4,7 @@
 //! gives two independent hosts, each with its own daemon, pool and VMs. Everything is made
 //! when the host starts and removed when it is dropped, whatever happened: the sshd, the
 //! user's session daemon and QEMUs, the user and its home.
+#![allow(clippy::unwrap_used)] // test support: a failure here is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
