@@ -137,8 +137,11 @@ impl SessionHost {
         format!("/home/{SESSION_USER}/.local/share/libvirt/images/{pool}")
     }
 
-    /// (Re)starts the sshd, and waits until it answers.
+    /// (Re)starts the sshd, and waits until it answers; nothing when it already does.
     pub fn restore(&self) {
+        if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            return;
+        }
         std::fs::create_dir_all("/run/sshd").unwrap();
         let started = run(
             "/usr/sbin/sshd",

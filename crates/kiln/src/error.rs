@@ -75,6 +75,21 @@ pub enum Error {
     AmbiguousVm { name: String, hosts: Vec<String> },
     #[error("VM {vm} is placed on host {host}, which the topology does not have")]
     UnknownHost { host: String, vm: String },
+    #[error("host {host} does not answer, so VM {vm} cannot be changed there: {reason}")]
+    HostUnreachable {
+        host: String,
+        vm: String,
+        reason: String,
+    },
+    #[error(
+        "score {score} is applied in part: {} change(s) failed: {}",
+        failures.len(),
+        failures.join("; ")
+    )]
+    ApplyIncomplete {
+        score: String,
+        failures: Vec<String>,
+    },
     #[error("{kind} {name} exists but {}", match owner { Some(o) => format!("belongs to {o}"), None => "kiln did not create it".to_owned() })]
     NotOwned {
         kind: crate::score::ResourceKind,
@@ -218,6 +233,13 @@ impl Error {
                 "detach the other console (Ctrl-]) or wait for its idle timeout; `kiln exec -t \
                  {name} -- sh` opens a terminal beside it"
             ),
+            Self::HostUnreachable { host, .. } => format!(
+                "bring host {host} back (its SSH and libvirt daemon), then apply again: what \
+                 was done on the other hosts stays done, and nothing is made twice"
+            ),
+            Self::ApplyIncomplete { .. } => "apply again once the hosts named answer: what \
+                 was done stays done"
+                .to_owned(),
             Self::ImageLacksCloudInit { .. } => {
                 "use --image cloud, or a recipe that installs cloud-init".to_owned()
             }

@@ -2,7 +2,10 @@
 //! root (`scripts/libvirtd.sh`'s loopback sshd), and an unprivileged user's session daemon
 //! through an sshd this test starts for it ([`SessionHost`]). A score spreads VMs over both
 //! with one pinned; each VM's agent answers through its host's SSH connection; `kiln ls`
-//! shows both hosts; a re-apply is unchanged; destroy leaves nothing on either.
+//! shows both hosts; a re-apply is unchanged. Then the second host is lost (its sshd and
+//! daemon stop) after the next apply connected: that apply reports which changes failed on
+//! which host, and the first host's still converge; once the host is back, a re-apply
+//! converges with no VM twice and none left over. Destroy leaves nothing on either.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
@@ -10,7 +13,7 @@ use std::time::Duration;
 use kiln::progress::NoProgress;
 use kiln::score::{Score, VmScore};
 use kiln::topology::{LibvirtHost, MultiHost, VmHost};
-use kiln::{ExecRequest, NetPolicy, VmSpec};
+use kiln::{Error, ExecRequest, NetPolicy, VmSpec};
 use kiln_testkit::session_host::SessionHost;
 use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
 
@@ -39,8 +42,8 @@ async fn names_on(host: &LibvirtHost) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
     require_libvirtd_remote();
-    let env = TestEnv::new();
-    let second = SessionHost::start();
+    let env = std::sync::Arc::new(TestEnv::new());
+    let second = std::sync::Arc::new(SessionHost::start());
     let id = unique_name("kt-mh");
     let system = env
         .libvirt_host(&remote_libvirt_uri(), &id)
@@ -63,6 +66,7 @@ async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
         let topology = topology.clone();
         let interpret = Score::<MultiHost>::create_interpret(&score);
         let (system_uri, session_uri) = (system.uri().to_owned(), session.uri().to_owned());
+        let (env, second, id, system) = (env.clone(), second.clone(), id.clone(), system.clone());
         async move {
             interpret.execute(&topology, p).await.unwrap();
             let (on_system, on_session) = (names_on(&system).await, names_on(&session).await);
@@ -104,10 +108,65 @@ async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
             assert!(on(&session_uri) >= 1 && on(&system_uri) >= 1);
             let plan = interpret.plan(&topology).await.unwrap();
             assert!(plan.is_unchanged(), "{plan}");
+
+            // The session host is lost once this apply's connections are open.
+            let all = ["app-1", "app-2", "app-3", "db-1", "app-4", "db-2"];
+            let grown = VmScore::new("fleet", all.map(vm)).unwrap();
+            let grown_on =
+                |topology: MultiHost| topology.place("app-4", "system").place("db-2", "session");
+            second.lose();
+            let err = Score::<MultiHost>::create_interpret(&grown)
+                .execute(&grown_on(topology.clone()), p)
+                .await
+                .unwrap_err();
+            match &err {
+                Error::ApplyIncomplete { failures, .. } => {
+                    assert!(
+                        failures.iter().all(|f| f.contains("host session")),
+                        "{failures:?}"
+                    );
+                    assert!(failures.iter().any(|f| f.contains("db-2")), "{failures:?}");
+                }
+                other => panic!("expected a per-host report: {other:?}"),
+            }
+            assert!(err.hint().is_some());
+            // The other host converged all the same.
+            assert!(names_on(&system).await.contains(&"app-4".to_owned()));
+
+            // The host is back; the next run (new connections) converges, nothing twice.
+            second.restore();
+            let session = env
+                .libvirt_host_at(&second.uri(), &id, &second.pool_path(&id))
+                .await
+                .with_boot_timeout(Duration::from_secs(90));
+            let topology = grown_on(
+                MultiHost::new()
+                    .with_host("system", system.clone())
+                    .with_host("session", session.clone())
+                    .place("db-1", "session"),
+            );
+            let interpret = Score::<MultiHost>::create_interpret(&grown);
+            interpret.execute(&topology, p).await.unwrap();
+            assert!(interpret.plan(&topology).await.unwrap().is_unchanged());
+            let mut everywhere = names_on(&system).await;
+            everywhere.extend(names_on(&session).await);
+            everywhere.sort();
+            let mut expected = all.map(str::to_owned).to_vec();
+            expected.sort();
+            assert_eq!(everywhere, expected, "each VM once, on one host");
+            assert!(names_on(&session).await.contains(&"db-2".to_owned()));
         }
     })
     .await;
-    // Whatever happened, nothing stays on either host.
+    // Whatever happened, nothing stays on either host (new connections: the old ones to the
+    // session host died with it).
+    second.restore();
+    let session = env
+        .libvirt_host_at(&second.uri(), &id, &second.pool_path(&id))
+        .await;
+    let topology = MultiHost::new()
+        .with_host("system", system)
+        .with_host("session", session);
     let destroyed = interpret.destroy(&topology, p).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic.into_panic());

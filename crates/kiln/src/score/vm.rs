@@ -149,6 +149,9 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
     async fn execute(&self, topology: &T, reporter: &dyn Reporter) -> Result<Outcome> {
         let plan = Interpret::<T>::plan(self, topology).await?;
         let owner = self.score.name.as_str();
+        // One VM that cannot be changed (its host lost) does not stop the others: each
+        // failure is collected and reported at the end.
+        let mut failures = Vec::new();
         for resource in &plan.resources {
             if resource.change != Change::Unchanged {
                 reporter.report(Event::Note {
@@ -156,23 +159,36 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
                 });
             }
             let spec = self.spec(&resource.name);
-            match (resource.change, spec) {
-                (Change::Create, Some(spec)) => topology.create_vm(spec, owner, reporter).await?,
-                (Change::Update, Some(spec)) => topology.update_vm(spec, owner, reporter).await?,
+            let done = match (resource.change, spec) {
+                (Change::Create, Some(spec)) => topology.create_vm(spec, owner, reporter).await,
+                (Change::Update, Some(spec)) => topology.update_vm(spec, owner, reporter).await,
                 (Change::Replace, Some(spec)) => {
-                    topology.delete_vm(spec.name(), reporter).await?;
-                    topology.create_vm(spec, owner, reporter).await?;
+                    match topology.delete_vm(spec.name(), reporter).await {
+                        Ok(()) => topology.create_vm(spec, owner, reporter).await,
+                        Err(err) => Err(err),
+                    }
                 }
-                (Change::Delete, _) => topology.delete_vm(&resource.name, reporter).await?,
-                _ => {}
+                (Change::Delete, _) => topology.delete_vm(&resource.name, reporter).await,
+                _ => Ok(()),
+            };
+            if let Err(err) = done {
+                failures.push(format!("{resource}: {err}"));
             }
         }
-        Ok(plan)
+        if failures.is_empty() {
+            Ok(plan)
+        } else {
+            Err(crate::Error::ApplyIncomplete {
+                score: owner.to_owned(),
+                failures,
+            })
+        }
     }
 
     async fn destroy(&self, topology: &T, reporter: &dyn Reporter) -> Result<Outcome> {
         let owner = self.score.name.as_str();
         let mut outcome = Plan::new(owner);
+        let mut failures = Vec::new();
         for vm in topology.observe_vms().await? {
             if vm.owner.as_deref() != Some(owner) {
                 continue;
@@ -182,8 +198,16 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
             reporter.report(Event::Note {
                 message: format!("{resource}"),
             });
-            topology.delete_vm(&vm.name, reporter).await?;
-            outcome.resources.push(resource);
+            match topology.delete_vm(&vm.name, reporter).await {
+                Ok(()) => outcome.resources.push(resource),
+                Err(err) => failures.push(format!("{resource}: {err}")),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(crate::Error::ApplyIncomplete {
+                score: owner.to_owned(),
+                failures,
+            });
         }
         Ok(outcome)
     }

@@ -75,35 +75,65 @@ impl<H: VmHost> MultiHost<H> {
             })
     }
 
-    /// The host each new VM goes to, given the kiln VMs each host already has.
-    async fn assign<'a>(&self, specs: &[&'a VmSpec]) -> Result<Vec<(&'a VmSpec, String)>> {
-        let mut load: Vec<(String, usize)> = Vec::new();
+    /// Each host's VMs, and the hosts that did not answer (with why).
+    async fn observe_each(&self) -> (Vec<(&str, Vec<ObservedVm>)>, Vec<(String, String)>) {
+        let mut seen = Vec::new();
+        let mut lost = Vec::new();
         for (name, host) in &self.hosts {
-            let count = host
-                .observe_vms()
-                .await?
-                .iter()
-                .filter(|vm| vm.owner.is_some())
-                .count();
-            load.push((name.clone(), count));
+            match host.observe_vms().await {
+                Ok(vms) => seen.push((name.as_str(), vms)),
+                Err(err) => {
+                    log::warn!("host {name} does not answer: {err}");
+                    lost.push((name.clone(), err.to_string()));
+                }
+            }
         }
+        (seen, lost)
+    }
+
+    /// The host each new VM goes to, given the kiln VMs each host already has. A VM pinned
+    /// to a host that does not answer has none; nor has a spread one while any host does
+    /// not answer: it may be there already, and a second would be made.
+    async fn assign<'a>(&self, specs: &[&'a VmSpec]) -> Result<Vec<(&'a VmSpec, Result<String>)>> {
+        let (seen, lost) = self.observe_each().await;
+        let mut load: Vec<(String, usize)> = seen
+            .iter()
+            .map(|(name, vms)| {
+                let count = vms.iter().filter(|vm| vm.owner.is_some()).count();
+                ((*name).to_owned(), count)
+            })
+            .collect();
+        let unreachable = |host: &str, vm: &str, reason: String| Error::HostUnreachable {
+            host: host.to_owned(),
+            vm: vm.to_owned(),
+            reason,
+        };
         let mut out = Vec::new();
         for spec in specs {
             let target = match self.placement(spec.name()) {
-                Placement::Host(host) => {
-                    self.host(&host, spec.name())?;
-                    host
-                }
-                Placement::Spread => load
-                    .iter()
-                    .min_by_key(|(_, count)| *count)
-                    .map(|(name, _)| name.clone())
-                    .ok_or_else(|| Error::UnknownHost {
-                        host: "(none: the topology has no hosts)".to_owned(),
-                        vm: spec.name().to_owned(),
-                    })?,
+                Placement::Host(host) => match lost.iter().find(|(h, _)| *h == host) {
+                    Some((_, why)) => Err(unreachable(&host, spec.name(), why.clone())),
+                    None => self.host(&host, spec.name()).map(|_| host),
+                },
+                Placement::Spread => match lost.first() {
+                    Some((host, why)) => Err(unreachable(
+                        host,
+                        spec.name(),
+                        format!("{why}; the VM may be there already, so it is not made elsewhere"),
+                    )),
+                    None => load
+                        .iter()
+                        .min_by_key(|(_, count)| *count)
+                        .map(|(name, _)| name.clone())
+                        .ok_or_else(|| Error::UnknownHost {
+                            host: "(none: the topology has no hosts)".to_owned(),
+                            vm: spec.name().to_owned(),
+                        }),
+                },
             };
-            if let Some(entry) = load.iter_mut().find(|(name, _)| *name == target) {
+            if let Ok(target) = &target
+                && let Some(entry) = load.iter_mut().find(|(name, _)| name == target)
+            {
                 entry.1 += 1;
             }
             out.push((*spec, target));
@@ -111,15 +141,26 @@ impl<H: VmHost> MultiHost<H> {
         Ok(out)
     }
 
-    /// The host a VM is on.
+    /// The host a VM is on. While a host does not answer, a VM found on none of the others
+    /// may be on it: that is [`Error::HostUnreachable`], not "not found".
     async fn find(&self, vm: &str) -> Result<&H> {
-        for (_, host) in &self.hosts {
-            if host.observe_vms().await?.iter().any(|o| o.name == vm) {
-                return Ok(host);
+        let mut lost = None;
+        for (name, host) in &self.hosts {
+            match host.observe_vms().await {
+                Ok(vms) if vms.iter().any(|o| o.name == vm) => return Ok(host),
+                Ok(_) => {}
+                Err(err) => lost = lost.or(Some((name.clone(), err.to_string()))),
             }
         }
-        Err(Error::VmNotFound {
-            name: vm.to_owned(),
+        Err(match lost {
+            Some((host, reason)) => Error::HostUnreachable {
+                host,
+                vm: vm.to_owned(),
+                reason,
+            },
+            None => Error::VmNotFound {
+                name: vm.to_owned(),
+            },
         })
     }
 }
@@ -141,37 +182,61 @@ impl<H: VmHost> Topology for MultiHost<H> {
 
 #[async_trait]
 impl<H: VmHost> VmHost for MultiHost<H> {
+    /// The VMs of the hosts that answer; a host that does not is left out (and logged), so
+    /// the others' VMs still converge: its VMs are then refused by `create_vm` rather than
+    /// made twice. When no host answers, that is the error.
     async fn observe_vms(&self) -> Result<Vec<ObservedVm>> {
+        let (seen, lost) = self.observe_each().await;
+        if seen.is_empty()
+            && let Some((host, reason)) = lost.into_iter().next()
+        {
+            return Err(Error::HostUnreachable {
+                host,
+                vm: "(every VM)".to_owned(),
+                reason,
+            });
+        }
         let mut all = Vec::new();
-        for (name, host) in &self.hosts {
-            for mut vm in host.observe_vms().await? {
-                vm.host = Some(name.clone());
+        for (name, vms) in seen {
+            for mut vm in vms {
+                vm.host = Some(name.to_owned());
                 all.push(vm);
             }
         }
         Ok(all)
     }
 
+    /// Checks each answering host for the VMs it would get; VMs with no host now are left
+    /// for `create_vm` to refuse one by one.
     async fn check_vms(&self, creating: &[&VmSpec]) -> Result<()> {
-        let assigned = self.assign(creating).await?;
+        let mut placed = Vec::new();
+        for (spec, target) in self.assign(creating).await? {
+            match target {
+                Ok(host) => placed.push((spec, host)),
+                Err(Error::HostUnreachable { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
         for (name, host) in &self.hosts {
-            let mine: Vec<&VmSpec> = assigned
+            let mine: Vec<&VmSpec> = placed
                 .iter()
                 .filter(|(_, h)| h == name)
                 .map(|(spec, _)| *spec)
                 .collect();
-            host.check_vms(&mine).await?;
+            if !mine.is_empty() {
+                host.check_vms(&mine).await?;
+            }
         }
         Ok(())
     }
 
     async fn create_vm(&self, spec: &VmSpec, owner: &str, reporter: &dyn Reporter) -> Result<()> {
-        let assigned = self.assign(&[spec]).await?;
-        let target = assigned
-            .first()
-            .map(|(_, h)| h.as_str())
-            .unwrap_or_default();
-        self.host(target, spec.name())?
+        let mut assigned = self.assign(&[spec]).await?;
+        let target = match assigned.pop() {
+            Some((_, target)) => target?,
+            None => String::new(),
+        };
+        self.host(&target, spec.name())?
             .create_vm(spec, owner, reporter)
             .await
     }
