@@ -53,6 +53,9 @@ enum Command {
     Up(commands::up::Args),
     /// List VMs
     Ls(commands::ls::Args),
+    /// This machine and the libvirt hosts kiln has VMs on: reachability, VMs, free memory,
+    /// transport
+    Hosts(commands::hosts::Args),
     /// Show one VM: state, host, id, metadata and its whole spec
     Inspect(commands::inspect::Args),
     /// Run a command in a VM, streaming its output; exits with the command's exit code
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(args).await,
             Command::Ls(args) => commands::ls::run(args).await,
             Command::Inspect(args) => commands::inspect::run(args).await,
+            Command::Hosts(args) => commands::hosts::run(args).await,
             Command::Exec(args) => commands::exec::run(args).await,
             Command::Console(args) => commands::console::run(args).await,
             Command::Cp(args) => commands::cp::run(args).await,

@@ -259,6 +259,12 @@ fn color_is_asked_for_or_left_out() {
             stderr(&out)
         );
     }
+    // No libvirt host used yet: `kiln hosts` shows this machine alone.
+    let out = run(&env, &["hosts", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hosts[0]["host"], "local", "{hosts}");
+    assert_eq!(hosts.as_array().unwrap().len(), 1, "{hosts}");
     // The environment kiln reads is in its help.
     let out = run(&env, &["--help"]);
     for var in ["KILN_HOME", "KILN_LIBVIRT_URI", "NO_COLOR"] {

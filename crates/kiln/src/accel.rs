@@ -59,6 +59,14 @@ pub struct AccelProbe {
 /// The host's TSC frequency in kHz, where it can be read without guessing: cpufreq's base
 /// frequency, or, on a host without cpufreq (a VM, whose `cpu MHz` is its fixed TSC rate),
 /// `/proc/cpuinfo`. Under TCG the guest's TSC ticks at the host's rate.
+/// This machine's available memory (`MemAvailable` in /proc/meminfo), in bytes.
+pub fn host_free_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub fn host_tsc_khz() -> Option<u64> {
     host_tsc_khz_at(Path::new("/"))
 }

@@ -106,6 +106,14 @@ async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
             };
             assert_eq!(on(&system_uri) + on(&session_uri), 4, "{:?}", listing.vms);
             assert!(on(&session_uri) >= 1 && on(&system_uri) >= 1);
+            // What `kiln hosts` shows: both answer, over an authenticated transport.
+            let hosts = fleet.hosts().await.unwrap();
+            for uri in [&system_uri, &session_uri] {
+                let host = hosts.iter().find(|h| &h.host == uri).unwrap();
+                assert!(host.reachable && host.authenticated, "{host:?}");
+                assert!(host.free_memory_bytes.is_some_and(|b| b > 0), "{host:?}");
+                assert_eq!(host.vms, on(uri), "{host:?}");
+            }
             let plan = interpret.plan(&topology).await.unwrap();
             assert!(plan.is_unchanged(), "{plan}");
 
@@ -130,6 +138,9 @@ async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
                 other => panic!("expected a per-host report: {other:?}"),
             }
             assert!(err.hint().is_some());
+            let hosts = fleet.hosts().await.unwrap();
+            let lost = hosts.iter().find(|h| h.host == session_uri).unwrap();
+            assert!(!lost.reachable && lost.error.is_some(), "{lost:?}");
             // The other host converged all the same.
             assert!(names_on(&system).await.contains(&"app-4".to_owned()));
 

@@ -5,6 +5,7 @@ pub mod cp;
 pub mod doctor;
 pub mod exec;
 pub mod forward;
+pub mod hosts;
 pub mod image;
 pub mod inspect;
 pub mod logs;

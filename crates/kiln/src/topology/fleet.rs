@@ -58,6 +58,24 @@ pub struct Listing {
     pub unreachable: Vec<(String, Error)>,
 }
 
+/// One host, as `kiln hosts` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostInfo {
+    /// `local`, or the libvirt URI.
+    pub host: String,
+    pub reachable: bool,
+    /// kiln's VMs on it.
+    pub vms: usize,
+    pub free_memory_bytes: Option<u64>,
+    pub cpus: Option<u32>,
+    /// How the connection authenticates the client.
+    pub transport: String,
+    /// Whether it does (plain `qemu+tcp` does not).
+    pub authenticated: bool,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
 /// The local VMs and the remembered libvirt hosts.
 #[derive(Debug, Clone)]
 pub struct Fleet {
@@ -97,6 +115,55 @@ impl Fleet {
         let host = self.connect(uri).await?;
         self.hosts.remember(uri).await?;
         host.up(spec, reporter).await
+    }
+
+    /// Every host kiln knows: this machine, then each remembered libvirt host, with whether
+    /// it answers, its kiln VMs, its free memory and how its transport authenticates.
+    pub async fn hosts(&self) -> Result<Vec<HostInfo>> {
+        let local = self.kiln.list().await?;
+        let mut hosts = vec![HostInfo {
+            host: "local".to_owned(),
+            reachable: true,
+            vms: local.len(),
+            free_memory_bytes: crate::accel::host_free_memory_bytes(),
+            cpus: std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok()),
+            transport: "this machine (daemonless QEMU)".to_owned(),
+            authenticated: true,
+            error: None,
+        }];
+        for uri in self.hosts.libvirt_uris()? {
+            let (status, transport) = crate::doctor::security::transport(&uri);
+            let mut info = HostInfo {
+                host: uri.clone(),
+                reachable: false,
+                vms: 0,
+                free_memory_bytes: None,
+                cpus: None,
+                transport: transport.to_owned(),
+                authenticated: status == crate::doctor::Status::Ok,
+                error: None,
+            };
+            let answered = async {
+                let host = self.connect(&uri).await?;
+                let vms = host.list().await?.len();
+                let (free, cpus) = host.conn().node_resources().await?;
+                Ok::<_, Error>((vms, free, cpus))
+            }
+            .await;
+            match answered {
+                Ok((vms, free, cpus)) => {
+                    info.reachable = true;
+                    info.vms = vms;
+                    info.free_memory_bytes = Some(free);
+                    info.cpus = Some(cpus);
+                }
+                Err(err) => info.error = Some(err.to_string()),
+            }
+            hosts.push(info);
+        }
+        Ok(hosts)
     }
 
     /// Every VM: local ones first, then each remembered host's.

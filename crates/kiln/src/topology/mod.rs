@@ -10,7 +10,7 @@ mod local;
 mod multi;
 
 pub use capability::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
-pub use fleet::{Fleet, Listing, Located};
+pub use fleet::{Fleet, HostInfo, Listing, Located};
 pub use host::{DEFAULT_STOP_GRACE, Host, LogChunk};
 pub use libvirt::{CLI_OWNER, LibvirtHost};
 pub use local::LocalHost;

@@ -132,6 +132,22 @@ impl LibvirtConn {
         .await
     }
 
+    /// The host's free memory and its CPUs (`virNodeGetFreeMemory`, `virNodeGetInfo`).
+    pub async fn node_resources(&self) -> Result<(u64, u32), LibvirtError> {
+        self.call(|inner| {
+            let free = inner
+                .conn
+                .free_memory()
+                .map_err(inner.err("read", "the host's free memory"))?;
+            let info = inner
+                .conn
+                .node_info()
+                .map_err(inner.err("read", "the host's CPUs"))?;
+            Ok((free, info.cpus))
+        })
+        .await
+    }
+
     /// The version of the hypervisor (QEMU) libvirt drives, e.g. `10.0.2`.
     pub async fn hypervisor_version(&self) -> Result<String, LibvirtError> {
         self.call(|inner| {
