@@ -84,6 +84,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A score applied on one libvirt host, then spread over several, and no-op re-applies
+    /// over all of them: `--connect A --connect B`
+    Multihost {
+        /// The hosts' libvirt URIs (the first is the one-host baseline)
+        #[arg(long = "connect", value_name = "URI", required = true, num_args = 1)]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        vms: usize,
+        /// No-op re-applies
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// `up` until the agent answers on a real libvirtd, against the daemonless backend
     Libvirt {
         /// The libvirt URI (default: $KILN_LIBVIRT_URI or qemu:///system)
@@ -122,7 +136,38 @@ pub async fn run(command: Command) -> Outcome {
             runs,
             json,
         } => libvirt(connect, runs, json).await,
+        Command::Multihost {
+            hosts,
+            vms,
+            runs,
+            json,
+        } => multihost(hosts, vms, runs, json).await,
     }
+}
+
+async fn multihost(hosts: Vec<String>, vms: usize, runs: u32, json: bool) -> Outcome {
+    let report = bench::multihost(&Kiln::from_env()?, &hosts, vms, runs, &Progress::new()).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!(
+        "apply of {} VMs, one host        {:>10.0} ms",
+        report.vms, report.one_host_apply_ms
+    );
+    println!(
+        "apply of {} VMs, {} hosts         {:>10.0} ms   ratio {:.2}",
+        report.vms,
+        report.hosts.len(),
+        report.all_hosts_apply_ms,
+        report.ratio
+    );
+    println!(
+        "no-op re-apply, {} hosts   {}",
+        report.hosts.len(),
+        ms(&report.noop_apply)
+    );
+    Ok(0)
 }
 
 async fn provision(runs: u32, json: bool) -> Outcome {

@@ -133,3 +133,107 @@ pub async fn libvirt_boot(
         kiln_up,
     })
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MultihostReport {
+    pub hosts: Vec<String>,
+    pub vms: usize,
+    /// Applying the score with every VM on the first host.
+    pub one_host_apply_ms: f64,
+    /// Applying it spread over all hosts.
+    pub all_hosts_apply_ms: f64,
+    /// all_hosts_apply_ms / one_host_apply_ms.
+    pub ratio: f64,
+    /// Re-applies over all hosts that found nothing to change.
+    pub noop_apply: Stats,
+}
+
+/// Applies a score of `vms` VMs on the first of `uris` alone, then spread over all of them
+/// (same run, same score), and re-applies the spread one `runs` times. Each apply is
+/// destroyed after it. VMs boot one after another: on one machine, hosts share its CPUs.
+pub async fn multihost(
+    kiln: &Kiln,
+    uris: &[String],
+    vms: usize,
+    runs: u32,
+    reporter: &dyn Reporter,
+) -> Result<MultihostReport> {
+    use crate::topology::MultiHost;
+    let mut hosts = Vec::new();
+    for uri in uris {
+        let mut host = LibvirtHost::connect(uri, kiln.paths()).await?;
+        if let Some(inputs) = kiln.image_inputs() {
+            host = host.with_image_inputs(inputs.clone());
+        }
+        hosts.push(host);
+    }
+    let specs = (0..vms)
+        .map(|i| {
+            // No NIC: a session daemon cannot make kiln's NAT bridge.
+            Ok(VmSpec::builder(format!("bench-mh-{i:02}"))
+                .memory_mib(256)
+                .net_policy(crate::NetPolicy::None)
+                .build()?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let score = VmScore::new("bench-multihost", specs)?;
+    let interpret = Score::<MultiHost>::create_interpret(&score);
+    let timed_apply = |topology: MultiHost| {
+        let interpret = &interpret;
+        async move {
+            let started = Instant::now();
+            let applied = interpret.execute(&topology, &NoProgress).await;
+            let elapsed = started.elapsed();
+            let destroyed = if applied.is_ok() {
+                Ok(())
+            } else {
+                interpret.destroy(&topology, &NoProgress).await.map(drop)
+            };
+            applied?;
+            destroyed?;
+            Ok::<_, Error>((topology, elapsed.as_secs_f64() * 1e3))
+        }
+    };
+    let mut one = MultiHost::new();
+    if let Some(first) = hosts.first() {
+        one = one.with_host("h0", first.clone());
+    }
+    let (one, one_host_apply_ms) = timed_apply(one).await?;
+    interpret.destroy(&one, &NoProgress).await?;
+    reporter.report(Event::Note {
+        message: format!("{vms} VMs on one host: {one_host_apply_ms:.0} ms"),
+    });
+    let mut all = MultiHost::new();
+    for (i, host) in hosts.iter().enumerate() {
+        all = all.with_host(format!("h{i}"), host.clone());
+    }
+    let (all, all_hosts_apply_ms) = timed_apply(all).await?;
+    let mut noop = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let outcome = interpret.execute(&all, &NoProgress).await;
+        noop.push(started.elapsed());
+        match outcome {
+            Ok(plan) if plan.is_unchanged() => {}
+            Ok(plan) => {
+                let _ = interpret.destroy(&all, &NoProgress).await;
+                return Err(Error::BenchInvalid {
+                    reason: format!("a re-apply changed something:\n{plan}"),
+                });
+            }
+            Err(err) => {
+                let _ = interpret.destroy(&all, &NoProgress).await;
+                return Err(err);
+            }
+        }
+    }
+    interpret.destroy(&all, &NoProgress).await?;
+    Ok(MultihostReport {
+        hosts: uris.to_vec(),
+        vms,
+        ratio: all_hosts_apply_ms / one_host_apply_ms.max(f64::EPSILON),
+        one_host_apply_ms,
+        all_hosts_apply_ms,
+        noop_apply: Stats::of(&noop),
+    })
+}

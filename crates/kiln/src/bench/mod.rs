@@ -10,7 +10,9 @@ mod snapshot;
 
 pub use clients::{ClientsReport, clients};
 pub use images::{ImagesReport, images};
-pub use libvirt::{LibvirtBootReport, ScoreReport, libvirt_boot, score};
+pub use libvirt::{
+    LibvirtBootReport, MultihostReport, ScoreReport, libvirt_boot, multihost, score,
+};
 pub use provision::{ProvisionReport, provision};
 pub use session::{SessionReport, session};
 pub use snapshot::{SnapshotReport, snapshot};
