@@ -3,9 +3,10 @@
 //! through an sshd this test starts for it ([`SessionHost`]). A score spreads VMs over both
 //! with one pinned; each VM's agent answers through its host's SSH connection; `kiln ls`
 //! shows both hosts; a re-apply is unchanged. Then the second host is lost (its sshd and
-//! daemon stop) after the next apply connected: that apply reports which changes failed on
-//! which host, and the first host's still converge; once the host is back, a re-apply
-//! converges with no VM twice and none left over. Destroy leaves nothing on either.
+//! daemon stop) halfway through the next apply, right after its first new VM answered: that
+//! apply reports the change that failed and its host, and the first host's changes still
+//! converge; once the host is back, a re-apply converges with no VM twice and none left over.
+//! Destroy leaves nothing on either.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
@@ -16,6 +17,26 @@ use kiln::topology::{LibvirtHost, MultiHost, VmHost};
 use kiln::{Error, ExecRequest, NetPolicy, VmSpec};
 use kiln_testkit::session_host::SessionHost;
 use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
+
+/// Loses the session host as soon as the first VM of an apply has answered.
+struct LoseAfterFirstBoot {
+    host: std::sync::Arc<SessionHost>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl kiln::progress::Reporter for LoseAfterFirstBoot {
+    fn report(&self, event: kiln::progress::Event) {
+        use std::sync::atomic::Ordering;
+        if let kiln::progress::Event::StageDone {
+            stage: kiln::progress::Stage::WaitAgent,
+            ..
+        } = event
+            && !self.lost.swap(true, Ordering::SeqCst)
+        {
+            self.host.lose();
+        }
+    }
+}
 
 fn vm(name: &str) -> VmSpec {
     // No NIC: a session daemon cannot make kiln's NAT bridge; the agent needs none.
@@ -117,16 +138,24 @@ async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
             let plan = interpret.plan(&topology).await.unwrap();
             assert!(plan.is_unchanged(), "{plan}");
 
-            // The session host is lost once this apply's connections are open.
+            // Two new VMs, one per host, made in this order; the session host is lost once
+            // the first (on the system host) has answered, before the second is made.
             let all = ["app-1", "app-2", "app-3", "db-1", "app-4", "db-2"];
             let grown = VmScore::new("fleet", all.map(vm)).unwrap();
             let grown_on =
                 |topology: MultiHost| topology.place("app-4", "system").place("db-2", "session");
-            second.lose();
+            let losing = LoseAfterFirstBoot {
+                host: second.clone(),
+                lost: false.into(),
+            };
             let err = Score::<MultiHost>::create_interpret(&grown)
-                .execute(&grown_on(topology.clone()), p)
+                .execute(&grown_on(topology.clone()), &losing)
                 .await
                 .unwrap_err();
+            assert!(
+                losing.lost.into_inner(),
+                "the host was lost during the apply"
+            );
             match &err {
                 Error::ApplyIncomplete { failures, .. } => {
                     assert!(
