@@ -16,6 +16,9 @@ Environment:
   KILN_HOME            one directory for all of kiln's state (default: the XDG directories)
   KILN_CACHE_DIR       where images and warm-start templates are cached
   KILN_AGENT           the guest agent binary to put in images
+  KILN_CONFIG          the config file (default $XDG_CONFIG_HOME/kiln/config.toml)
+  KILN_BACKEND, KILN_CPUS, KILN_MEMORY, KILN_IMAGE, KILN_NET
+                       defaults of `kiln up`, over the config file (`kiln config show`)
   KILN_LIBVIRT_URI     the libvirt URI of --backend libvirt (default qemu:///system)
   KILN_LIBVIRT_POOL    the storage pool kiln uses on libvirt hosts (default kiln)
   KILN_QEMU            the QEMU binary (default qemu-system-x86_64)
@@ -92,6 +95,8 @@ enum Command {
     /// Run a command in a throwaway VM with a workspace, bring back changed files, remove
     /// the VM (also on failure or Ctrl-C)
     Run(commands::run::Args),
+    /// First run: check this host, write a config file, build the default image
+    Init(commands::init::Args),
     /// Check this host: QEMU, acceleration, image inputs
     Doctor(commands::doctor::Args),
     /// What keeps guests from the host and VMs from other users, item by item
@@ -103,6 +108,9 @@ enum Command {
     /// Named networks of the daemonless backend: VMs on one reach each other
     #[command(subcommand)]
     Net(commands::net::Command),
+    /// The defaults of `kiln up` and where each comes from (config file, environment)
+    #[command(subcommand)]
+    Config(commands::config::Command),
     /// Manage kiln's caches (warm-start templates)
     #[command(subcommand)]
     Cache(commands::cache::Command),
@@ -162,11 +170,13 @@ fn main() -> ExitCode {
             Command::Snapshot(command) => commands::snapshot::run(command).await,
             Command::Rm(args) => commands::rm::run(args).await,
             Command::Run(args) => commands::run::run(args).await,
+            Command::Init(args) => commands::init::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Security(command) => commands::doctor::security(command).await,
             Command::Image(command) => commands::image::run(command).await,
             Command::Net(command) => commands::net::run(command).await,
             Command::Cache(command) => commands::cache::run(command).await,
+            Command::Config(command) => commands::config::run(command).await,
             Command::Bench(command) => commands::bench::run(command).await,
             Command::Completion { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();

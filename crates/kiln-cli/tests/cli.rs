@@ -259,6 +259,29 @@ fn color_is_asked_for_or_left_out() {
             stderr(&out)
         );
     }
+    // A first run writes a config file (once) and has the default image ready.
+    let config = env.home().join("cfg/kiln/config.toml");
+    let init = || {
+        env.cli(KILN)
+            .env("KILN_CONFIG", &config)
+            .arg("init")
+            .output()
+            .unwrap()
+    };
+    let out = init();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("(written)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("image: default ready"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("# cpus = 1")
+    );
+    assert!(stdout(&init()).contains("(kept)"));
     // No libvirt host used yet: `kiln hosts` shows this machine alone.
     let out = run(&env, &["hosts", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -346,8 +369,56 @@ fn several_vms_at_once_restart_force_and_tail() {
     let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(made["name"], "many-1");
     assert_eq!(made["state"], "running");
-    let out = run(&env, &["up", "many-2"]);
+    // The config file's defaults, over kiln's; the environment over the file.
+    let config = env.home().join("config.toml");
+    std::fs::write(&config, "cpus = 2\nmemory = \"384M\"\n").unwrap();
+    let with_config = |args: &[&str]| {
+        env.cli(KILN)
+            .env("KILN_CONFIG", &config)
+            .env("KILN_CPUS", "")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = with_config(&["up", "many-2"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let shown: serde_json::Value =
+        serde_json::from_slice(&with_config(&["inspect", "many-2", "--json"]).stdout).unwrap();
+    assert_eq!(shown["cpus"], 2, "{shown}");
+    assert_eq!(shown["memory_mib"], 384, "{shown}");
+    let out = env
+        .cli(KILN)
+        .env("KILN_CONFIG", &config)
+        .env("KILN_CPUS", "3")
+        .args(["config", "show", "--json"])
+        .output()
+        .unwrap();
+    let effective: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(effective["cpus"]["value"], 3, "{effective}");
+    assert_eq!(
+        effective["cpus"]["source"]["name"], "KILN_CPUS",
+        "{effective}"
+    );
+    assert_eq!(effective["memory"]["source"]["kind"], "file", "{effective}");
+    assert_eq!(
+        effective["image"]["source"]["kind"], "default",
+        "{effective}"
+    );
+    // A config kiln cannot read refuses, naming it, before anything is made.
+    std::fs::write(&config, "cpus = \"many\"\n").unwrap();
+    let out = with_config(&["up", "many-3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("config.toml is not valid"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("kiln config show"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&config).unwrap();
     let out = run(&env, &["forward", "many-1", "--json"]);
     assert_eq!(stdout(&out).trim(), "[]", "{}", stderr(&out));
     let state = |name: &str| {
@@ -438,6 +509,7 @@ fn several_vms_at_once_restart_force_and_tail() {
         [
             "up",
             "up",
+            "up",
             "restart",
             "restart",
             "stop",
@@ -448,16 +520,17 @@ fn several_vms_at_once_restart_force_and_tail() {
         ],
         "{log}"
     );
+    assert_eq!(entries[2]["result"], "error", "{log}");
     assert_eq!(
-        entries[4]["targets"],
+        entries[5]["targets"],
         serde_json::json!(["many-1", "many-2"])
     );
-    assert_eq!(entries[7]["result"], "error", "{log}");
+    assert_eq!(entries[8]["result"], "error", "{log}");
     assert_eq!(
-        entries[7]["targets"],
+        entries[8]["targets"],
         serde_json::json!(["ghost", "many-1"])
     );
-    assert_eq!(entries[8]["targets"], serde_json::json!(["--all"]));
+    assert_eq!(entries[9]["targets"], serde_json::json!(["--all"]));
     assert!(
         entries
             .iter()

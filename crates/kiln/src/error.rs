@@ -160,6 +160,8 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] IoError),
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -240,6 +242,11 @@ impl Error {
             Self::ApplyIncomplete { .. } => "apply again once the hosts named answer: what \
                  was done stays done"
                 .to_owned(),
+            Self::Config(_) => format!(
+                "fix it, or unset the variable; `kiln config show` says where each value comes \
+                 from (the file: {})",
+                crate::config::path().display()
+            ),
             Self::ImageLacksCloudInit { .. } => {
                 "use --image cloud, or a recipe that installs cloud-init".to_owned()
             }

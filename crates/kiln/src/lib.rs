@@ -21,6 +21,7 @@ pub mod backend;
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod config;
 pub mod copy;
 pub mod doctor;
 mod error;

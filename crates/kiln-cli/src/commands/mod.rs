@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod cache;
+pub mod config;
 pub mod console;
 pub mod cp;
 pub mod doctor;
@@ -7,6 +8,7 @@ pub mod exec;
 pub mod forward;
 pub mod hosts;
 pub mod image;
+pub mod init;
 pub mod inspect;
 pub mod logs;
 pub mod ls;

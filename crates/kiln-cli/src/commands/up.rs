@@ -12,16 +12,17 @@ pub struct Args {
     /// VM name: 1-63 characters of a-z, 0-9 and '-'
     #[arg(value_parser = crate::ui::parse_name)]
     pub name: String,
-    /// Number of vCPUs
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u32,
-    /// Memory, e.g. 512M or 2G
-    #[arg(long, default_value = "512M", allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
-    pub memory: ByteSize,
+    /// Number of vCPUs [default: 1, or the config's `cpus`]
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory, e.g. 512M or 2G [default: 512M, or the config's `memory`]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
+    pub memory: Option<ByteSize>,
     /// The image: default (busybox in RAM) or a Debian userland (debian, rust, python, ...;
-    /// `kiln image ls` lists them), built on first use
-    #[arg(long, default_value = kiln::spec::DEFAULT_IMAGE, value_parser = crate::ui::parse_name)]
-    pub image: String,
+    /// `kiln image ls` lists them), built on first use [default: the config's `image`, else
+    /// default]
+    #[arg(long, value_parser = crate::ui::parse_name)]
+    pub image: Option<String>,
     /// Grow a Debian image's root disk and filesystem to this size, e.g. 20G
     #[arg(long, allow_hyphen_values = true, value_parser = crate::ui::parse_size)]
     pub root_size: Option<ByteSize>,
@@ -67,13 +68,15 @@ pub struct Args {
     pub networks: Vec<String>,
     /// What the NAT NIC reaches: nat (out, but not the host's loopback), none (nothing; port
     /// forwards still come in) or host (also every service on the host's 127.0.0.1)
-    #[arg(long = "net", value_name = "POLICY", default_value_t = NetPolicy::Nat, value_parser = crate::ui::parse_net_policy)]
-    pub net: NetPolicy,
-    /// Where the VM runs: qemu (daemonless, this machine) or libvirt
-    #[arg(long, value_enum, default_value_t = BackendArg::Qemu)]
-    pub backend: BackendArg,
-    /// The libvirt URI (implies --backend libvirt; default: $KILN_LIBVIRT_URI or
-    /// qemu:///system), e.g. qemu+ssh://root@host/system
+    /// [default: nat, or the config's `net`]
+    #[arg(long = "net", value_name = "POLICY", value_parser = crate::ui::parse_net_policy)]
+    pub net: Option<NetPolicy>,
+    /// Where the VM runs: qemu (daemonless, this machine) or libvirt [default: the config's
+    /// `backend`, else qemu]
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// The libvirt URI (implies --backend libvirt; default: the config's `libvirt_uri`,
+    /// $KILN_LIBVIRT_URI, or qemu:///system), e.g. qemu+ssh://root@host/system
     #[arg(long, value_name = "URI")]
     pub connect: Option<String>,
     /// Print the new VM as JSON (the fields of `kiln ls --json`) instead of a sentence
@@ -146,12 +149,19 @@ pub fn kiln_with_timeout(boot_timeout: u64) -> kiln::Result<Kiln> {
 }
 
 pub async fn run(args: Args) -> Outcome {
+    // Flags, then the environment, then the config file, then kiln's defaults.
+    let config = kiln::config::Config::load()?;
+    let memory = args.memory.unwrap_or(config.memory.value);
+    let backend = args.backend.unwrap_or(match config.backend.value {
+        kiln::config::Backend::Qemu => BackendArg::Qemu,
+        kiln::config::Backend::Libvirt => BackendArg::Libvirt,
+    });
     let mut builder = VmSpec::builder(&args.name)
-        .cpus(args.cpus)
-        .memory(args.memory)
+        .cpus(args.cpus.unwrap_or(config.cpus.value))
+        .memory(memory)
         .accel(args.accel.into())
-        .image(&args.image)
-        .net_policy(args.net);
+        .image(args.image.as_deref().unwrap_or(&config.image.value))
+        .net_policy(args.net.unwrap_or(config.net.value));
     if let Some(size) = args.root_size {
         builder = builder.root_size(size);
     }
@@ -186,7 +196,7 @@ pub async fn run(args: Args) -> Outcome {
     for forward in args.ports {
         builder = builder.port(forward);
     }
-    let on_libvirt = args.connect.is_some() || args.backend == BackendArg::Libvirt;
+    let on_libvirt = args.connect.is_some() || backend == BackendArg::Libvirt;
     if !args.networks.is_empty() && !on_libvirt {
         builder = builder.network(NetworkRef::User);
     }
@@ -195,9 +205,9 @@ pub async fn run(args: Args) -> Outcome {
     }
     let spec = builder.build()?;
     let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);
-    let uri = match (args.backend, args.connect) {
+    let uri = match (backend, args.connect) {
         (_, Some(uri)) => Some(uri),
-        (BackendArg::Libvirt, None) => Some(kiln::doctor::default_libvirt_uri()),
+        (BackendArg::Libvirt, None) => Some(config.libvirt_uri.value.clone()),
         (BackendArg::Qemu, None) => None,
     };
     let on = uri
@@ -208,7 +218,7 @@ pub async fn run(args: Args) -> Outcome {
         "Creating {} ({} vCPU, {}, image {}){on}",
         spec.name(),
         spec.cpus(),
-        args.memory,
+        memory,
         spec.image()
     );
     let fleet = Fleet::new(kiln);

@@ -60,7 +60,10 @@ impl Diagnosis {
 /// The libvirt URI `doctor` checks when none is given: `KILN_LIBVIRT_URI`, else the system
 /// daemon.
 pub fn default_libvirt_uri() -> String {
-    std::env::var("KILN_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".to_owned())
+    crate::config::Config::load().map_or_else(
+        |_| std::env::var("KILN_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".to_owned()),
+        |config| config.libvirt_uri.value,
+    )
 }
 
 /// Whether libvirt answers at `uri`. Only a warning when it does not: the daemonless
