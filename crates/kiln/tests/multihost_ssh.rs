@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use kiln::progress::NoProgress;
 use kiln::score::{Score, VmScore};
-use kiln::topology::{LibvirtHost, MultiHost, VmHost};
+use kiln::topology::{Host, LibvirtHost, MultiHost, VmHost};
 use kiln::{Error, ExecRequest, NetPolicy, VmSpec};
 use kiln_testkit::session_host::SessionHost;
 use kiln_testkit::{TestEnv, remote_libvirt_uri, require_libvirtd_remote, unique_name};
@@ -124,6 +124,31 @@ async fn a_score_spreads_over_two_daemons_reached_by_ssh() {
                     .unwrap();
                 assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name}\n"));
             }
+            // The topology is a host like any other: the verbs go where each VM is.
+            let as_host: &dyn Host = &topology;
+            let listed = as_host.list().await.unwrap();
+            let ours = listed
+                .iter()
+                .filter(|vm| vm.name.starts_with(&n("")))
+                .count();
+            assert_eq!(ours, 4, "{listed:?}");
+            for name in [n("app-1"), n("db-1")] {
+                let log = as_host.read_log(&name, 0).await.unwrap();
+                assert!(!log.data.is_empty(), "{name} has a console log");
+            }
+            as_host.stop(&n("db-1"), p).await.unwrap();
+            let state = |info: Option<kiln::VmInfo>| info.map(|i| i.state);
+            assert_eq!(
+                state(as_host.find(&n("db-1")).await.unwrap()),
+                Some(kiln::VmState::Stopped)
+            );
+            as_host.start(&n("db-1"), p).await.unwrap();
+            assert_eq!(
+                state(as_host.find(&n("db-1")).await.unwrap()),
+                Some(kiln::VmState::Running)
+            );
+            assert!(as_host.find(&n("nowhere")).await.unwrap().is_none());
+
             // What `kiln ls` lists has both hosts' VMs: the score's hosts were remembered.
             let listing = fleet.list().await.unwrap();
             assert!(listing.unreachable.is_empty(), "{:?}", listing.unreachable);

@@ -13,13 +13,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let host = args.target.locate(&super::fleet()?, &args.name).await?;
-    let info = host
-        .find(&args.name)
-        .await?
-        .ok_or_else(|| kiln::Error::VmNotFound {
-            name: args.name.clone(),
-        })?;
+    let (_, info) = args.target.find(&args.name).await?;
     let mut document = serde_json::to_value(&info)
         .map_err(|err| kiln::IoError::new("render", "stdout", err.into()))?;
     document["spec"] = serde_json::to_value(&info.spec)

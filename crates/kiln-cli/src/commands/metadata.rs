@@ -21,13 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Outcome {
-    let host = args.target.locate(&super::fleet()?, &args.name).await?;
-    let info = host
-        .find(&args.name)
-        .await?
-        .ok_or_else(|| kiln::Error::VmNotFound {
-            name: args.name.clone(),
-        })?;
+    let (host, info) = args.target.find(&args.name).await?;
     let change = kiln::spec::MetadataChange {
         set: args.set.iter().cloned().collect(),
         unset: args.unset.clone(),

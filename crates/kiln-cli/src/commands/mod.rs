@@ -41,6 +41,18 @@ impl Target {
     ) -> kiln::Result<kiln::topology::Located> {
         fleet.locate(name, self.connect.as_deref()).await
     }
+
+    /// The host VM `name` is on, and the VM as `kiln ls` shows it.
+    pub async fn find(&self, name: &str) -> kiln::Result<(kiln::topology::Located, kiln::VmInfo)> {
+        let host = self.locate(&fleet()?, name).await?;
+        let info = host
+            .find(name)
+            .await?
+            .ok_or_else(|| kiln::Error::VmNotFound {
+                name: name.to_owned(),
+            })?;
+        Ok((host, info))
+    }
 }
 
 /// The VMs a verb on several VMs acts on: the names given, or every VM with `--all`.

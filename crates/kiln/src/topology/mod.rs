@@ -8,6 +8,7 @@ mod host;
 mod libvirt;
 mod local;
 mod multi;
+mod multi_verbs;
 
 pub use capability::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
 pub use fleet::{Fleet, HostInfo, Listing, Located};

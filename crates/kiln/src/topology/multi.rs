@@ -64,7 +64,7 @@ impl<H: VmHost> MultiHost<H> {
         self.hosts.iter().map(|(name, host)| (name.as_str(), host))
     }
 
-    fn host(&self, name: &str, vm: &str) -> Result<&H> {
+    pub(super) fn host(&self, name: &str, vm: &str) -> Result<&H> {
         self.hosts
             .iter()
             .find(|(n, _)| n == name)
@@ -94,7 +94,10 @@ impl<H: VmHost> MultiHost<H> {
     /// The host each new VM goes to, given the kiln VMs each host already has. A VM pinned
     /// to a host that does not answer has none; nor has a spread one while any host does
     /// not answer: it may be there already, and a second would be made.
-    async fn assign<'a>(&self, specs: &[&'a VmSpec]) -> Result<Vec<(&'a VmSpec, Result<String>)>> {
+    pub(super) async fn assign<'a>(
+        &self,
+        specs: &[&'a VmSpec],
+    ) -> Result<Vec<(&'a VmSpec, Result<String>)>> {
         let (seen, lost) = self.observe_each().await;
         let mut load: Vec<(String, usize)> = seen
             .iter()
@@ -143,7 +146,7 @@ impl<H: VmHost> MultiHost<H> {
 
     /// The host a VM is on. While a host does not answer, a VM found on none of the others
     /// may be on it: that is [`Error::HostUnreachable`], not "not found".
-    async fn find(&self, vm: &str) -> Result<&H> {
+    pub(super) async fn find(&self, vm: &str) -> Result<&H> {
         let mut lost = None;
         for (name, host) in &self.hosts {
             match host.observe_vms().await {
