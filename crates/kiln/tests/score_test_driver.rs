@@ -297,3 +297,28 @@ async fn multi_host_places_pinned_vms_and_spreads_the_rest() {
         .unwrap_err();
     assert!(matches!(err, Error::UnknownHost { .. }), "{err}");
 }
+
+/// A VM a plan took for absent (its host did not answer then) may be there by the time it
+/// is made: a multi-host topology never makes a second one, on any host.
+#[tokio::test]
+async fn multi_host_never_makes_a_vm_twice() {
+    use kiln::topology::VmHost;
+    let env = TestEnv::new();
+    let (a, b) = (host(&env, "a").await, host(&env, "b").await);
+    let spec = VmSpec::builder("solo")
+        .memory_mib(256)
+        .no_network()
+        .build()
+        .unwrap();
+    b.create_vm(&spec, "lab", &NoProgress).await.unwrap();
+    let topology = MultiHost::new().with_host("a", a.clone()).with_host("b", b);
+    let err = topology
+        .create_vm(&spec, "lab", &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::VmAlreadyExists { .. }), "{err}");
+    assert!(a.conn().kiln_domains().await.unwrap().is_empty());
+    // Nothing is lost either: the topology as a `Host` finds it where it is.
+    let found = kiln::topology::Host::find(&topology, "solo").await.unwrap();
+    assert!(found.is_some());
+}

@@ -42,14 +42,19 @@ struct ConsoleLease {
 
 impl ConsoleLease {
     fn take(uri: Option<&str>, name: &str) -> kiln::Result<Self> {
-        use std::hash::{Hash, Hasher};
         let paths = kiln::Paths::from_env()?;
         let dir = paths.runtime_dir().join("consoles");
         kiln::state::create_private_dir(&dir)?;
-        // One file per VM and host: the name alone could be on several hosts.
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        uri.unwrap_or("local").hash(&mut hasher);
-        let path = dir.join(format!("{name}-{:016x}.lock", hasher.finish()));
+        // One file per VM and host (the name alone could be on several hosts), named the
+        // same by every kiln build: the host's URI, with anything but letters and digits
+        // made `_`, and cut to stay a valid file name.
+        let host: String = uri
+            .unwrap_or("local")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(160)
+            .collect();
+        let path = dir.join(format!("{name}@{host}.lock"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -76,7 +81,9 @@ pub async fn run(args: Args) -> Outcome {
     let mut request = ExecRequest::new(["sh", "-l"]);
     request.cwd = Some("/root".to_owned());
     eprintln!("Connected to {}. Detach with Ctrl-].\r", args.name);
-    let idle = (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout));
+    // More than a year is as good as never (and keeps the deadline valid).
+    let idle = (args.idle_timeout > 0)
+        .then(|| std::time::Duration::from_secs(args.idle_timeout.min(365 * 86_400)));
     let code = interactive(&agent, request, idle).await?;
     eprintln!("\r");
     Ok(code)

@@ -75,8 +75,8 @@ pub struct Args {
     /// `backend`, else qemu]
     #[arg(long, value_enum)]
     pub backend: Option<BackendArg>,
-    /// The libvirt URI (implies --backend libvirt; default: the config's `libvirt_uri`,
-    /// $KILN_LIBVIRT_URI, or qemu:///system), e.g. qemu+ssh://root@host/system
+    /// The libvirt URI (implies --backend libvirt; default: $KILN_LIBVIRT_URI, the config's
+    /// `libvirt_uri`, or qemu:///system), e.g. qemu+ssh://root@host/system
     #[arg(long, value_name = "URI")]
     pub connect: Option<String>,
     /// Print the new VM as JSON (the fields of `kiln ls --json`) instead of a sentence

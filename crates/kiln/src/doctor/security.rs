@@ -192,8 +192,22 @@ fn libvirt_transports(paths: &Paths, default_uri: &str) -> Vec<Check> {
 
 /// How a libvirt URI's transport authenticates its client.
 pub fn transport(uri: &str) -> (Status, &'static str) {
-    let scheme = uri.split("://").next().unwrap_or("");
+    let (scheme, rest) = uri.split_once("://").unwrap_or((uri, ""));
+    if scheme == "test" {
+        return (Status::Ok, "libvirt's test driver (no daemon)");
+    }
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|p| p == "no_verify=1") {
+        return (
+            Status::Warn,
+            "no_verify=1: the server's identity is not checked, so a machine in the middle \
+             could pose as the host",
+        );
+    }
+    let remote = !rest.starts_with('/');
     match scheme.split_once('+').map_or("", |(_, t)| t) {
+        // `qemu://host/system` (a host named, no transport) is TLS.
+        "" if remote => (Status::Ok, "TLS with client certificates"),
         "" | "unix" => (
             Status::Ok,
             "a local Unix socket: libvirt checks the client's uid",
@@ -207,7 +221,6 @@ pub fn transport(uri: &str) -> (Status, &'static str) {
             Status::Fail,
             "plain TCP: no encryption, and no authentication unless the daemon asks for SASL",
         ),
-        _ if scheme == "test" => (Status::Ok, "libvirt's test driver (no daemon)"),
         _ => (Status::Warn, "a transport kiln does not know"),
     }
 }
@@ -224,6 +237,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_named_host_without_a_transport_is_tls() {
+        assert_eq!(
+            transport("qemu://host/system").1,
+            "TLS with client certificates"
+        );
+        assert!(transport("qemu:///system").1.contains("Unix socket"));
+    }
+
+    #[test]
     fn transports_are_judged_by_how_they_authenticate() {
         for (uri, status) in [
             ("qemu:///system", Status::Ok),
@@ -233,6 +255,12 @@ mod tests {
             ("qemu+tcp://127.0.0.1/system", Status::Fail),
             ("test:///default", Status::Ok),
             ("qemu+weird://x/", Status::Warn),
+            ("qemu://host/system", Status::Ok),
+            ("qemu+ssh://root@h/system?no_verify=1", Status::Warn),
+            (
+                "qemu+ssh://root@h/system?keyfile=/k&no_verify=1",
+                Status::Warn,
+            ),
         ] {
             assert_eq!(transport(uri).0, status, "{uri}");
         }

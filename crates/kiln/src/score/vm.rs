@@ -162,6 +162,16 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
             let done = match (resource.change, spec) {
                 (Change::Create, Some(spec)) => topology.create_vm(spec, owner, reporter).await,
                 (Change::Update, Some(spec)) => topology.update_vm(spec, owner, reporter).await,
+                // Replaced only while every host answers: it may go to another host, and
+                // must not be removed and then refused.
+                (Change::Replace, Some(_)) if !topology.unreachable_hosts().await.is_empty() => {
+                    Err(crate::Error::HostUnreachable {
+                        host: resource.host.clone().unwrap_or_default(),
+                        vm: resource.name.clone(),
+                        reason: "a host of the topology does not answer; replaced once all do"
+                            .to_owned(),
+                    })
+                }
                 (Change::Replace, Some(spec)) => {
                     match topology.delete_vm(spec.name(), reporter).await {
                         Ok(()) => topology.create_vm(spec, owner, reporter).await,
@@ -174,6 +184,12 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
             if let Err(err) = done {
                 failures.push(format!("{resource}: {err}"));
             }
+        }
+        // A host left out of the plan: what the score wants there is not known to be done.
+        for (host, why) in topology.unreachable_hosts().await {
+            failures.push(format!(
+                "host {host} does not answer ({why}): its VMs were left as they are"
+            ));
         }
         if failures.is_empty() {
             Ok(plan)
@@ -202,6 +218,11 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
                 Ok(()) => outcome.resources.push(resource),
                 Err(err) => failures.push(format!("{resource}: {err}")),
             }
+        }
+        for (host, why) in topology.unreachable_hosts().await {
+            failures.push(format!(
+                "host {host} does not answer ({why}): its VMs were not removed"
+            ));
         }
         if !failures.is_empty() {
             return Err(crate::Error::ApplyIncomplete {

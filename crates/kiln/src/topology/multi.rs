@@ -99,6 +99,7 @@ impl<H: VmHost> MultiHost<H> {
         specs: &[&'a VmSpec],
     ) -> Result<Vec<(&'a VmSpec, Result<String>)>> {
         let (seen, lost) = self.observe_each().await;
+        let exists = |vm: &str| seen.iter().any(|(_, vms)| vms.iter().any(|o| o.name == vm));
         let mut load: Vec<(String, usize)> = seen
             .iter()
             .map(|(name, vms)| {
@@ -113,6 +114,16 @@ impl<H: VmHost> MultiHost<H> {
         };
         let mut out = Vec::new();
         for spec in specs {
+            // A host that was lost while the plan was made may be back: never a second one.
+            if exists(spec.name()) {
+                out.push((
+                    *spec,
+                    Err(Error::VmAlreadyExists {
+                        name: spec.name().to_owned(),
+                    }),
+                ));
+                continue;
+            }
             let target = match self.placement(spec.name()) {
                 Placement::Host(host) => match lost.iter().find(|(h, _)| *h == host) {
                     Some((_, why)) => Err(unreachable(&host, spec.name(), why.clone())),
@@ -257,6 +268,10 @@ impl<H: VmHost> VmHost for MultiHost<H> {
 
     async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
         self.find(name).await?.vm_agent(name, timeout).await
+    }
+
+    async fn unreachable_hosts(&self) -> Vec<(String, String)> {
+        self.observe_each().await.1
     }
 }
 

@@ -309,8 +309,17 @@ impl VmHost for LibvirtHost {
             self.conn.undefine_domain(name).await?;
             self.remove_leftovers(name).await?;
             self.collect_garbage().await?;
-            if self.runs_guests() && self.conn.kiln_domains().await?.is_empty() {
-                self.known_hosts.forget(self.uri()).await?;
+            // The VM is gone: forgetting the host is housekeeping, never a failed removal.
+            if self.runs_guests() {
+                match self.conn.kiln_domains().await {
+                    Ok(left) if left.is_empty() => {
+                        if let Err(err) = self.known_hosts.forget(self.uri()).await {
+                            log::warn!("cannot forget host {}: {err}", self.uri());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => log::warn!("cannot list {}'s VMs: {err}", self.uri()),
+                }
             }
             Ok(())
         })
