@@ -17,6 +17,35 @@ use crate::{Error, IoError, Result, VmSpec};
 /// How long a guest gets to power off by itself before its machine is killed.
 pub(crate) const GRACEFUL_STOP: Duration = crate::topology::DEFAULT_STOP_GRACE;
 
+/// The graceful half of a stop, the same on every host: asks the guest to power itself off
+/// through `agent`, then waits (polling `running` every `poll`) until it has or `grace`
+/// passed. The caller pulls the plug after, whatever happened here.
+pub(crate) async fn ask_to_power_off<A, R, F>(
+    name: &str,
+    grace: Duration,
+    poll: Duration,
+    agent: A,
+    mut running: R,
+) -> Result<()>
+where
+    A: std::future::Future<Output = Result<AgentClient>>,
+    R: FnMut() -> F,
+    F: std::future::Future<Output = Result<bool>>,
+{
+    let asked = async {
+        agent.await?.shutdown().await?;
+        Ok::<_, Error>(())
+    };
+    if let Err(err) = asked.await {
+        warn!("{name}: graceful shutdown failed ({err}); pulling the plug");
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && running().await? {
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
+}
+
 pub(super) async fn lock(paths: &VmPaths) -> Result<Lock> {
     let path = paths.lock().to_owned();
     tokio::task::spawn_blocking(move || Lock::acquire(&path))
@@ -353,20 +382,14 @@ impl Kiln {
         progress::stage(reporter, Stage::Stop, async {
             let running = self.backend.running_pid(&vm.paths).await.is_some();
             if running && !grace.is_zero() {
-                let graceful = async {
-                    let agent = vm.agent_within(Duration::from_secs(5)).await?;
-                    agent.shutdown().await?;
-                    Ok::<_, Error>(())
-                };
-                if let Err(err) = graceful.await {
-                    warn!("{name}: graceful shutdown failed ({err}); killing the machine");
-                }
-                let deadline = Instant::now() + grace;
-                while Instant::now() < deadline
-                    && self.backend.running_pid(&vm.paths).await.is_some()
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                ask_to_power_off(
+                    name,
+                    grace,
+                    Duration::from_millis(100),
+                    vm.agent_within(Duration::from_secs(5)),
+                    || async { Ok(self.backend.running_pid(&vm.paths).await.is_some()) },
+                )
+                .await?;
             }
             if running {
                 self.backend.kill(&vm.paths).await?;

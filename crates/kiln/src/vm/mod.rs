@@ -7,7 +7,7 @@ mod lifecycle;
 mod snapshot;
 mod template;
 
-pub(crate) use lifecycle::{GRACEFUL_STOP, log_tail, serial_tail};
+pub(crate) use lifecycle::{GRACEFUL_STOP, ask_to_power_off, log_tail, serial_tail};
 pub use snapshot::SnapshotInfo;
 
 use std::fmt;

@@ -2,7 +2,7 @@
 //! and `rm` do there. Scores go through [`VmHost`]; these verbs use the same calls and tag
 //! what they create as [`CLI_OWNER`]'s.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::warn;
 
@@ -95,20 +95,14 @@ impl LibvirtHost {
             if grace.is_zero() {
                 return Ok(self.conn.destroy_domain(name).await?);
             }
-            let graceful = async {
-                self.vm_agent(name, Duration::from_secs(5))
-                    .await?
-                    .shutdown()
-                    .await?;
-                Ok::<_, Error>(())
-            };
-            if let Err(err) = graceful.await {
-                warn!("{name}: graceful shutdown failed ({err}); powering it off");
-            }
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline && self.kiln_domain(name).await?.active {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            crate::vm::ask_to_power_off(
+                name,
+                grace,
+                Duration::from_millis(200),
+                self.vm_agent(name, Duration::from_secs(5)),
+                || async { Ok(self.kiln_domain(name).await?.active) },
+            )
+            .await?;
             Ok(self.conn.destroy_domain(name).await?)
         })
         .await
