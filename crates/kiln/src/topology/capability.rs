@@ -67,9 +67,9 @@ pub trait VmHost: Topology {
     /// Connects to a running VM's guest agent.
     async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient>;
 
-    /// The hosts of this topology that do not answer now, with why: their VMs are left out
-    /// of what [`observe_vms`](Self::observe_vms) returns. A single host has none (it fails
-    /// instead).
+    /// The hosts of this topology that did not answer when its VMs were last observed, with
+    /// why: their VMs were left out of what [`observe_vms`](Self::observe_vms) returned. A
+    /// single host has none (it fails instead).
     async fn unreachable_hosts(&self) -> Vec<(String, String)> {
         Vec::new()
     }

@@ -24,6 +24,9 @@ pub enum Placement {
 pub struct MultiHost<H = LibvirtHost> {
     hosts: Vec<(String, H)>,
     placements: BTreeMap<String, String>,
+    /// The hosts the last observation left out, with why ([`VmHost::unreachable_hosts`]):
+    /// kept, so reporting them costs no second round of listings.
+    lost: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl<H> Default for MultiHost<H> {
@@ -31,6 +34,7 @@ impl<H> Default for MultiHost<H> {
         Self {
             hosts: Vec::new(),
             placements: BTreeMap::new(),
+            lost: std::sync::Arc::default(),
         }
     }
 }
@@ -87,6 +91,9 @@ impl<H: VmHost> MultiHost<H> {
                     lost.push((name.clone(), err.to_string()));
                 }
             }
+        }
+        if let Ok(mut last) = self.lost.lock() {
+            last.clone_from(&lost);
         }
         (seen, lost)
     }
@@ -270,8 +277,12 @@ impl<H: VmHost> VmHost for MultiHost<H> {
         self.find(name).await?.vm_agent(name, timeout).await
     }
 
+    /// The hosts the last observation (the plan's, or a later placement's) left out.
     async fn unreachable_hosts(&self) -> Vec<(String, String)> {
-        self.observe_each().await.1
+        self.lost
+            .lock()
+            .map(|lost| lost.clone())
+            .unwrap_or_default()
     }
 }
 
