@@ -61,10 +61,17 @@ pub struct AccelProbe {
 /// `/proc/cpuinfo`. Under TCG the guest's TSC ticks at the host's rate.
 /// This machine's available memory (`MemAvailable` in /proc/meminfo), in bytes.
 pub fn host_free_memory_bytes() -> Option<u64> {
+    meminfo_kib("MemAvailable").map(|kib| kib * 1024)
+}
+
+/// A field of /proc/meminfo, in KiB; `None` where it cannot be read.
+pub(crate) fn meminfo_kib(field: &str) -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let line = meminfo.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn host_tsc_khz() -> Option<u64> {
