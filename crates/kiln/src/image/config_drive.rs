@@ -209,13 +209,7 @@ fn sweep(dir: &Path) {
 
 /// The filesystem's UUID (and hash seed), fixed by the VM's id.
 fn fs_uuid(id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("kiln-config-drive:{id}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    state::uuid_of(&format!("kiln-config-drive:{id}"))
 }
 
 /// Runs a debugfs script on `image`. debugfs exits 0 whatever its commands did; a failed

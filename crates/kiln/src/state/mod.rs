@@ -18,4 +18,4 @@ pub use fsutil::{
 pub use hosts::KnownHosts;
 pub use lock::Lock;
 pub use paths::{Paths, VmPaths};
-pub use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord, new_vm_id};
+pub use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord, new_vm_id, uuid_of};

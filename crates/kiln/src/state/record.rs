@@ -55,18 +55,23 @@ pub fn new_vm_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A UUID fixed by `text`: the same text, the same UUID (the first bytes of its SHA-256).
+pub fn uuid_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 impl VmRecord {
     /// Gives a record from before ids existed one that stays the same at every read: made
     /// from its name and creation time.
     pub fn settle_id(&mut self) {
         if self.id.is_empty() {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::digest(format!("{}:{}", self.spec.name(), self.created_at));
-            let mut bytes = [0u8; 16];
-            bytes.copy_from_slice(&digest[..16]);
-            self.id = uuid::Builder::from_random_bytes(bytes)
-                .into_uuid()
-                .to_string();
+            self.id = uuid_of(&format!("{}:{}", self.spec.name(), self.created_at));
         }
     }
 
