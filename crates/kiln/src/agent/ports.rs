@@ -102,6 +102,8 @@ impl Patience {
 
 /// How long a client with every port taken waits before it looks again.
 const BUSY_POLL: Duration = Duration::from_millis(20);
+/// The least time one port's opening gets, even when the overall deadline is closer.
+const MIN_OPEN: Duration = Duration::from_secs(2);
 
 /// Leases a free port of `ports` and authenticates with `secret`: the one place kiln connects
 /// to an agent, on every host.
@@ -121,7 +123,22 @@ pub async fn connect(
             .filter(|i| Some(*i) != unanswered)
             .chain(unanswered);
         for index in order {
-            match ports.open(index).await? {
+            // Opening a port is a call into the host (on libvirt an RPC the daemon may sit
+            // on, as it did once right after a snapshot revert): it gets the same deadline.
+            let opening = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_OPEN);
+            let opened = match tokio::time::timeout(opening, ports.open(index)).await {
+                Ok(opened) => opened?,
+                Err(_) => {
+                    debug!("agent of {peer}: opening port {index} took over {opening:?}");
+                    PortOpen::NotReady(AgentError::Timeout {
+                        what: "opening an agent port",
+                        after: patience.total,
+                    })
+                }
+            };
+            match opened {
                 PortOpen::Open(stream) => {
                     let try_deadline = deadline.min(Instant::now() + patience.per_try);
                     match AgentClient::handshake(stream, secret, try_deadline, &peer).await {
@@ -297,5 +314,44 @@ mod tests {
         assert!(take_lease(&path).expect("lease").is_none(), "taken twice");
         drop(first);
         assert!(take_lease(&path).expect("lease").is_some(), "not released");
+    }
+
+    /// Ports whose opening never finishes, as a daemon that sits on the call.
+    struct Stuck;
+
+    #[async_trait]
+    impl AgentPorts for Stuck {
+        fn count(&self) -> u8 {
+            2
+        }
+        fn describe(&self) -> String {
+            "stuck".to_owned()
+        }
+        async fn open(&self, _index: u8) -> Result<PortOpen, AgentError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_that_never_opens_ends_in_a_timeout() {
+        let started = Instant::now();
+        let err = connect(&Stuck, b"secret", Patience::new(Duration::from_millis(100)))
+            .await
+            .expect_err("connected to nothing");
+        assert!(
+            matches!(
+                err,
+                AgentError::Timeout {
+                    what: "opening an agent port",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < MIN_OPEN * 3,
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }
