@@ -402,13 +402,13 @@ fn up_on_libvirt_killed_at_random_points_converges() {
         command
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let options = kiln::backend::libvirt::LibvirtOptions {
+    let options = kiln::libvirt::LibvirtOptions {
         pool_name: pool.clone(),
         pool_path: format!("/var/lib/libvirt/images/{pool}"),
         log_serial: true,
     };
     let conn = runtime
-        .block_on(kiln::backend::libvirt::LibvirtConn::open_with(uri, options))
+        .block_on(kiln::libvirt::LibvirtConn::open_with(uri, options))
         .unwrap();
     let check_gone = |name: &str, context: &str| {
         let domain = runtime.block_on(conn.domain(name)).unwrap();

@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::backend::libvirt::LibvirtOptions;
-use kiln::backend::qemu::QemuBackend;
 use kiln::image::ImageInputs;
+use kiln::libvirt::LibvirtOptions;
+use kiln::qemu::QemuBackend;
 use kiln::topology::LibvirtHost;
 use kiln::{Kiln, Paths};
 

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use crate::VmState;
 use crate::agent::AgentError;
-use crate::backend::qemu::QemuError;
 use crate::image::ImageError;
+use crate::qemu::QemuError;
 use crate::spec::SpecError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -168,7 +168,7 @@ pub enum Error {
     #[error(transparent)]
     Qemu(#[from] QemuError),
     #[error(transparent)]
-    Libvirt(#[from] crate::backend::libvirt::LibvirtError),
+    Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error(transparent)]
     Copy(#[from] crate::copy::CopyError),
     #[error(transparent)]

@@ -16,11 +16,11 @@ pub fn parse_file_list(text: &[u8], limits: &CopyLimits) -> Result<usize, CopyEr
 }
 
 /// Parses one line from QEMU's monitor and says what it is.
-pub fn qmp_line(line: &str) -> Result<crate::backend::qemu::QmpReply, String> {
-    crate::backend::qemu::QmpReply::parse(line)
+pub fn qmp_line(line: &str) -> Result<crate::qemu::QmpReply, String> {
+    crate::qemu::QmpReply::parse(line)
 }
 
 /// Reads back what kiln needs from a domain document a libvirt daemon sent.
 pub fn parse_domain(xml: &str) -> bool {
-    crate::backend::libvirt::xml::parse_domain(xml).is_ok()
+    crate::libvirt::xml::parse_domain(xml).is_ok()
 }

@@ -28,8 +28,10 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
+pub mod libvirt;
 pub mod net;
 pub mod progress;
+pub mod qemu;
 pub mod score;
 pub mod session;
 pub mod spec;

@@ -310,7 +310,7 @@ async fn a_guest_flooding_its_console_is_capped() {
     const CAP: u64 = 64 << 10;
     let env = TestEnv::new();
     kiln_testkit::require_vm_prerequisites();
-    let backend = kiln::backend::qemu::QemuBackend::new().with_console_log_max(CAP);
+    let backend = kiln::qemu::QemuBackend::new().with_console_log_max(CAP);
     let kiln = kiln::Kiln::new(env.paths(), std::sync::Arc::new(backend))
         .with_image_inputs(kiln_testkit::image_inputs());
     let spec = VmSpec::builder("flood").memory_mib(256).build().unwrap();

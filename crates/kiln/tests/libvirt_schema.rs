@@ -7,7 +7,7 @@ use std::process::Command;
 
 #[test]
 fn every_golden_passes_libvirts_schema() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/backend/libvirt/golden");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/libvirt/golden");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -120,7 +120,7 @@ async fn network_boot_without_the_user_mode_nic_is_refused() {
     assert!(
         matches!(
             err,
-            Error::Qemu(kiln::backend::qemu::QemuError::NetworkBootNeedsUserNic)
+            Error::Qemu(kiln::qemu::QemuError::NetworkBootNeedsUserNic)
         ),
         "{err:?}"
     );

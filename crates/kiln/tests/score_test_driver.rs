@@ -2,7 +2,7 @@
 //! changes, destroy, bad input, and placement over two independent hosts.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use kiln::backend::libvirt::LibvirtConn;
+use kiln::libvirt::LibvirtConn;
 use kiln::progress::NoProgress;
 use kiln::score::{Change, NetworkScore, Score, VmScore};
 use kiln::spec::NetworkSpec;
@@ -192,7 +192,7 @@ async fn bad_input_is_refused_before_anything_changes() {
     assert!(
         matches!(
             err,
-            Error::Libvirt(kiln::backend::libvirt::LibvirtError::PoolTooSmall { .. })
+            Error::Libvirt(kiln::libvirt::LibvirtError::PoolTooSmall { .. })
         ),
         "{err}"
     );

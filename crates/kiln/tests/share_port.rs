@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use kiln::backend::qemu::QemuError;
 use kiln::progress::NoProgress;
+use kiln::qemu::QemuError;
 use kiln::spec::{PortForward, ShareSpec};
 use kiln::{Error, ExecRequest, ExitStatus, VmSpec};
 use kiln_testkit::TestEnv;

@@ -4,7 +4,7 @@
 //! what libvirt's internal snapshots cannot hold is refused before anything is written.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use kiln::backend::libvirt::LibvirtError;
+use kiln::libvirt::LibvirtError;
 use kiln::progress::NoProgress;
 use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, Error, VmSpec};

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::backend::qemu::QemuBackend;
 use crate::image::{ImageInputs, ImageStore};
+use crate::qemu::QemuBackend;
 use crate::{AccelProbe, Paths};
 
 pub mod security;
@@ -69,7 +69,7 @@ pub fn default_libvirt_uri() -> String {
 /// Whether libvirt answers at `uri`. Only a warning when it does not: the daemonless
 /// backend needs no daemon.
 async fn check_libvirt(uri: &str) -> Check {
-    match crate::backend::libvirt::LibvirtConn::open(uri).await {
+    match crate::libvirt::LibvirtConn::open(uri).await {
         Ok(conn) => match conn.describe().await {
             Ok((version, host)) => {
                 Check::new("libvirt", Status::Ok, format!("{uri}: {version} on {host}"))
@@ -137,8 +137,8 @@ pub async fn diagnose(paths: &Paths, libvirt_uri: &str) -> Diagnosis {
             "busybox-static",
         ])
     });
-    let passt = crate::backend::qemu::passt_binary();
-    checks.push(if crate::backend::qemu::passt_installed(&passt) {
+    let passt = crate::qemu::passt_binary();
+    checks.push(if crate::qemu::passt_installed(&passt) {
         Check::new(
             "passt",
             Status::Ok,

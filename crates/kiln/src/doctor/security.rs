@@ -126,8 +126,8 @@ fn state_modes(paths: &Paths) -> Check {
 
 /// What a guest's default NIC reaches.
 fn guest_network() -> Check {
-    let passt = crate::backend::qemu::passt_binary();
-    if !crate::backend::qemu::passt_installed(&passt) {
+    let passt = crate::qemu::passt_binary();
+    if !crate::qemu::passt_installed(&passt) {
         return Check::new(
             "guest network",
             Status::Fail,
@@ -136,7 +136,7 @@ fn guest_network() -> Check {
         .fix(&["apt-get", "install", "passt"]);
     }
     let root = rustix::process::geteuid().is_root();
-    match (root, crate::backend::qemu::passt_user_uid()) {
+    match (root, crate::qemu::passt_user_uid()) {
         (true, Some(uid)) => Check::new(
             "guest network",
             Status::Ok,
@@ -144,7 +144,7 @@ fn guest_network() -> Check {
                 "default policy nat: outbound through passt, run as {} (uid {uid}), whose \
                  connections to the host's loopback the firewall refuses; guests on kiln-nat \
                  (libvirt) cannot reach each other",
-                crate::backend::qemu::PASST_USER
+                crate::qemu::PASST_USER
             ),
         ),
         (true, None) => Check::new(
@@ -153,7 +153,7 @@ fn guest_network() -> Check {
             format!(
                 "no user {}: passt runs as root, and a root guest that routes 127.0.0.0/8 to \
                  its NIC reaches the host's loopback",
-                crate::backend::qemu::PASST_USER
+                crate::qemu::PASST_USER
             ),
         )
         .fix(&["scripts/setup.sh"]),

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::agent::{AgentClient, ExecOutput};
 use crate::backend::Backend;
-use crate::backend::qemu::QemuBackend;
 use crate::image::{ImageInputs, ImageStore};
+use crate::qemu::QemuBackend;
 use crate::state::{self, Paths, VmPaths, VmRecord};
 use crate::{Accel, AccelProbe, Error, ExecRequest, IoError, Result};
 

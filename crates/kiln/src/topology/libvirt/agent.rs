@@ -7,7 +7,7 @@ use log::{debug, info};
 
 use super::{LibvirtHost, secret_volume, serial_log_volume};
 use crate::agent::AgentClient;
-use crate::backend::libvirt::{DomainState, LibvirtError};
+use crate::libvirt::{DomainState, LibvirtError};
 use crate::progress::{self, Reporter, Stage};
 use crate::{Error, Result, VmSpec};
 
@@ -122,11 +122,8 @@ impl LibvirtHost {
         }
         // Through libvirt even when the host is this one: libvirt is what leases a channel
         // to one client at a time, remote or local.
-        let ports = crate::backend::libvirt::ChannelPorts::new(
-            self.conn.clone(),
-            name,
-            state.observed.agent_ports,
-        );
+        let ports =
+            crate::libvirt::ChannelPorts::new(self.conn.clone(), name, state.observed.agent_ports);
         let patience = crate::agent::Patience::new(timeout);
         Ok(crate::agent::connect(&ports, &secret, patience).await?)
     }

@@ -11,8 +11,8 @@ use log::info;
 use sha2::{Digest, Sha256};
 
 use super::LibvirtHost;
-use crate::backend::libvirt::KilnTag;
-use crate::backend::libvirt::xml::NetworkBoot;
+use crate::libvirt::KilnTag;
+use crate::libvirt::xml::NetworkBoot;
 use crate::progress::Reporter;
 use crate::spec::{BootDevice, MacAddr, NetworkSpec};
 use crate::{Error, IoError, NetPolicy, NetworkRef, Result, VmSpec};
@@ -119,7 +119,7 @@ impl LibvirtHost {
                 tftp_root: TFTP_ROOT,
                 bootfile: BOOTFILE,
             };
-            let doc = crate::backend::libvirt::xml::network_xml(&spec, &tag, true, Some(boot))?;
+            let doc = crate::libvirt::xml::network_xml(&spec, &tag, true, Some(boot))?;
             info!("{}: defining {BOOT_NETWORK}", self.uri());
             // Two kilns may race here: the loser finds it made.
             if let Err(err) = self.conn.define_network(BOOT_NETWORK, doc).await

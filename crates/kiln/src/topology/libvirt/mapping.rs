@@ -4,7 +4,7 @@
 
 use super::NAT_NETWORK;
 use super::boot::{BOOT_NETWORK, boot_mac, boots_from_network};
-use crate::backend::libvirt::{DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag};
+use crate::libvirt::{DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag};
 use crate::spec::BootDevice;
 use crate::{Accel, NetPolicy, NetworkRef, Result, VmSpec};
 
@@ -142,7 +142,7 @@ pub(super) fn domain_def(spec: &VmSpec, inputs: DomainInputs<'_>) -> Result<Doma
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::libvirt::xml::golden::assert_golden;
+    use crate::libvirt::xml::golden::assert_golden;
     use crate::spec::{DiskSpec, ShareSpec};
 
     fn inputs(kernel: bool) -> DomainInputs<'static> {

@@ -13,10 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::agent::AgentClient;
-use crate::backend::libvirt::{
+use crate::image::{Image, ImageInputs, ImageStore};
+use crate::libvirt::{
     DomainDef, DomainState, KilnTag, LibvirtConn, LibvirtError, LibvirtOptions, VolumeFormat,
 };
-use crate::image::{Image, ImageInputs, ImageStore};
 use crate::progress::{self, Event, Reporter, Stage};
 use crate::score::{NetworkHost, ObservedNetwork, ObservedVm, Topology, VmHost};
 use crate::spec::NetworkSpec;
@@ -355,7 +355,7 @@ impl NetworkHost for LibvirtHost {
 
     async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
         let tag = KilnTag::new(owner, spec)?;
-        let doc = crate::backend::libvirt::xml::network_xml(spec, &tag, false, None)?;
+        let doc = crate::libvirt::xml::network_xml(spec, &tag, false, None)?;
         self.conn.define_network(spec.name(), doc).await?;
         self.conn.ensure_network_active(spec.name()).await?;
         Ok(())

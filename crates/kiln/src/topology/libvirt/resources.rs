@@ -7,7 +7,7 @@ use super::{
     LibvirtHost, NAT_NETWORK, NAT_OWNER, NAT_SUBNET, image_volumes, root_volumes, secret_volume,
     serial_log_volume,
 };
-use crate::backend::libvirt::{KilnTag, VolumeFormat};
+use crate::libvirt::{KilnTag, VolumeFormat};
 use crate::progress::{self, Reporter, Stage};
 use crate::spec::NetworkSpec;
 use crate::{Accel, AccelChoice, AccelProbe, Error, Result, VmSpec};
@@ -319,9 +319,7 @@ fn nat_network_xml() -> Result<String> {
         .dhcp([10, 213, 37, 100], [10, 213, 37, 254])
         .build()?;
     let tag = KilnTag::new(NAT_OWNER, &nat)?;
-    Ok(crate::backend::libvirt::xml::network_xml(
-        &nat, &tag, true, None,
-    )?)
+    Ok(crate::libvirt::xml::network_xml(&nat, &tag, true, None)?)
 }
 
 /// Whether `text` is a number (one or more ASCII digits).
@@ -353,8 +351,8 @@ mod tests {
     #[test]
     fn kilns_nat_network_isolates_its_guests() {
         let xml = nat_network_xml().unwrap();
-        crate::backend::libvirt::xml::golden::assert_golden("network-kiln-nat", &xml);
-        let observed = crate::backend::libvirt::xml::parse_network(&xml).unwrap();
+        crate::libvirt::xml::golden::assert_golden("network-kiln-nat", &xml);
+        let observed = crate::libvirt::xml::parse_network(&xml).unwrap();
         assert!(observed.guests_isolated);
     }
 

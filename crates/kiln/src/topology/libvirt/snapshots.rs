@@ -1,6 +1,6 @@
 //! Snapshots of VMs on a libvirt host: `kiln snapshot save/ls/restore/rm` there.
 //!
-//! They are libvirt's internal snapshots (see [`crate::backend::libvirt::LibvirtConn::create_snapshot`]):
+//! They are libvirt's internal snapshots (see [`crate::libvirt::LibvirtConn::create_snapshot`]):
 //! libvirt keeps the domain definition with each one and the disks keep the state, so a
 //! snapshot goes with its VM and a restore is one revert. kiln adds the versions it was taken
 //! with, and refuses a restore on another QEMU before anything changes.
@@ -11,7 +11,7 @@ use log::debug;
 use serde::{Deserialize, Serialize};
 
 use super::LibvirtHost;
-use crate::backend::libvirt::{KilnTag, LibvirtError, SnapshotObserved};
+use crate::libvirt::{KilnTag, LibvirtError, SnapshotObserved};
 use crate::progress::{self, Reporter, Stage};
 use crate::score::VmHost;
 use crate::{Error, Result, SnapshotInfo, VmSpec, VmState};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use log::warn;
 
 use super::LibvirtHost;
-use crate::backend::libvirt::{DomainState, KilnTag};
+use crate::libvirt::{DomainState, KilnTag};
 use crate::progress::{self, Reporter, Stage};
 use crate::score::{ResourceKind, VmHost};
 use crate::vm::GRACEFUL_STOP;

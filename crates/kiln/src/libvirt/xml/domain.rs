@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Empty, KilnTag, MetadataIn, MetadataOut, SECRET_FW_CFG, Text, TypeOut, parse, render, tag_of,
 };
-use crate::backend::libvirt::LibvirtError;
+use crate::libvirt::LibvirtError;
 
 /// Everything a domain document says, in kiln's terms.
 #[derive(Debug, Clone)]
@@ -564,7 +564,7 @@ pub fn parse_domain(xml: &str) -> Result<DomainObserved, LibvirtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::libvirt::xml::golden::{assert_golden, tag};
+    use crate::libvirt::xml::golden::{assert_golden, tag};
 
     fn web(kernel: bool) -> DomainDef {
         DomainDef {

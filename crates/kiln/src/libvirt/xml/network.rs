@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{KilnTag, MetadataIn, MetadataOut, parse, render, tag_of};
-use crate::backend::libvirt::LibvirtError;
+use crate::libvirt::LibvirtError;
 use crate::spec::{NetworkMode, NetworkSpec};
 
 #[derive(Debug, Serialize)]
@@ -206,7 +206,7 @@ pub fn parse_network(xml: &str) -> Result<NetworkObserved, LibvirtError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::libvirt::xml::golden::{assert_golden, tag};
+    use crate::libvirt::xml::golden::{assert_golden, tag};
 
     #[test]
     fn nat_network_with_reservations() {

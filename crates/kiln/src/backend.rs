@@ -2,9 +2,6 @@
 //! whether it runs, kill it. Everything a guest does goes through the agent, which is the same
 //! on every backend.
 
-pub mod libvirt;
-pub mod qemu;
-
 use async_trait::async_trait;
 
 use crate::image::Image;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use log::{debug, info};
 
-use super::{Backend, Launch};
+use crate::backend::{Backend, Launch};
 use crate::state::{BackendKind, MachineRecord, VmPaths};
 use crate::{IoError, Result, VmSpec};
 

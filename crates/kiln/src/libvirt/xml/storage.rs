@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{Text, TypeOut, render};
-use crate::backend::libvirt::LibvirtError;
+use crate::libvirt::LibvirtError;
 
 #[derive(Debug, Serialize)]
 struct PoolOut<'a> {
@@ -119,7 +119,7 @@ fn volume_doc(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::libvirt::xml::golden::assert_golden;
+    use crate::libvirt::xml::golden::assert_golden;
 
     #[test]
     fn overlay_volume_and_pool() {

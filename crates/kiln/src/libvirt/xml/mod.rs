@@ -166,7 +166,7 @@ pub(crate) mod golden {
 
     pub(crate) fn assert_golden(name: &str, xml: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/backend/libvirt/golden")
+            .join("src/libvirt/golden")
             .join(format!("{name}.xml"));
         if std::env::var_os("KILN_BLESS").is_some() {
             std::fs::write(&path, xml).unwrap();
