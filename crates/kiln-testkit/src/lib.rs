@@ -9,7 +9,6 @@ pub mod session_host;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln::image::ImageInputs;
@@ -172,7 +171,7 @@ impl TestEnv {
     /// The library, on the QEMU backend, with this test's state and the built agent.
     pub fn kiln(&self) -> Kiln {
         require_vm_prerequisites();
-        Kiln::new(self.paths(), Arc::new(QemuBackend::new())).with_image_inputs(image_inputs())
+        Kiln::new(self.paths(), QemuBackend::new()).with_image_inputs(image_inputs())
     }
 
     /// A `test:///…` URI of libvirt's test driver with its own, empty state: each URI is an

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::image::Image;
 use crate::spec::PortForward;
-use crate::state::{BackendKind, MachineRecord, VmPaths};
+use crate::state::{MachineRecord, VmPaths};
 use crate::{Accel, Result, VmSpec};
 
 /// Everything a backend needs to start a VM's machine.
@@ -29,8 +29,6 @@ pub struct Launch<'a> {
 
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    fn kind(&self) -> BackendKind;
-
     /// Refuses a spec this backend cannot run, before anything is created.
     fn check(&self, spec: &VmSpec) -> Result<()>;
 

@@ -16,7 +16,7 @@
 
 pub mod accel;
 pub mod agent;
-pub mod backend;
+mod backend;
 #[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(feature = "cli")]

@@ -311,8 +311,8 @@ async fn a_guest_flooding_its_console_is_capped() {
     let env = TestEnv::new();
     kiln_testkit::require_vm_prerequisites();
     let backend = kiln::qemu::QemuBackend::new().with_console_log_max(CAP);
-    let kiln = kiln::Kiln::new(env.paths(), std::sync::Arc::new(backend))
-        .with_image_inputs(kiln_testkit::image_inputs());
+    let kiln =
+        kiln::Kiln::new(env.paths(), backend).with_image_inputs(kiln_testkit::image_inputs());
     let spec = VmSpec::builder("flood").memory_mib(256).build().unwrap();
     let vm = kiln.up(spec, &NoProgress).await.unwrap();
     let agent = vm.agent().await.unwrap();

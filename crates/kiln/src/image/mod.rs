@@ -6,7 +6,9 @@
 
 mod boot;
 mod bootkit;
-pub mod config_drive;
+pub(crate) mod config_drive;
+/// Where a guest finds its config drive (metadata.json, secrets/), mounted read-only by kiln's init.
+pub use config_drive::GUEST_PATH as CONFIG_DRIVE_PATH;
 mod cpio;
 mod debian;
 mod error;
@@ -18,11 +20,11 @@ mod rootfs;
 pub(crate) mod seed;
 
 pub(crate) use boot::ipxe_script;
-pub use boot::{boot_root, machine_disks};
+pub(crate) use boot::{boot_root, machine_disks};
 pub use bootkit::ImageInputs;
 pub use error::ImageError;
-pub use initramfs::{Addressing, BootRoot, guest_cmdline, user_net};
-pub use manifest::{FileStamp, Manifest};
+pub(crate) use initramfs::{Addressing, BootRoot, guest_cmdline, user_net};
+pub(crate) use manifest::Manifest;
 pub use recipe::{
     BASE_PACKAGES, DEFAULT_SUITE, ImageFile, ImageSpec, ImageSpecBuilder, InitMode, RecipeError,
     shipped,

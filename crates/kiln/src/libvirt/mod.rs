@@ -9,9 +9,9 @@ mod domain;
 mod network;
 mod snapshot;
 mod storage;
-pub mod xml;
+pub(crate) mod xml;
 
-pub use channel::ChannelPorts;
+pub(crate) use channel::ChannelPorts;
 pub use domain::DomainState;
 pub use network::NetworkState;
 
@@ -23,7 +23,9 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
 pub use snapshot::SnapshotObserved;
-pub use xml::{DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag, VolumeFormat};
+pub(crate) use xml::{
+    DomainDef, DomainDisk, DomainNic, DomainShare, KernelBoot, KilnTag, VolumeFormat,
+};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);

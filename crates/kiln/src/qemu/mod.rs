@@ -9,12 +9,12 @@ mod plan;
 mod process;
 mod qmp;
 
-pub use argv::{
+pub(crate) use argv::{
     FORWARDS_NETDEV, FirmwareBoot, Machine, QemuLaunch, Share9p, TapNic, UserNet, render,
 };
 pub(crate) use passt::user_uid as passt_user_uid;
-pub use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
-pub use qmp::{QmpClient, QmpReply};
+pub(crate) use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
+pub(crate) use qmp::{QmpClient, QmpReply};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use log::{debug, info};
 
 use crate::backend::{Backend, Launch};
-use crate::state::{BackendKind, MachineRecord, VmPaths};
+use crate::state::{MachineRecord, VmPaths};
 use crate::{IoError, Result, VmSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -197,10 +197,6 @@ fn check_port_free(forward: &crate::spec::PortForward) -> Result<()> {
 
 #[async_trait]
 impl Backend for QemuBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Qemu
-    }
-
     fn check(&self, spec: &VmSpec) -> Result<()> {
         // Network boot is served by the user-mode NIC's own BOOTP and TFTP.
         if spec

@@ -11,11 +11,9 @@ mod paths;
 mod record;
 pub mod usage;
 
-pub use fsutil::{
-    create_private_dir, list_names, random_bytes, read_json, write_atomic, write_json_atomic,
-    write_new_secret,
-};
-pub use hosts::KnownHosts;
-pub use lock::Lock;
+pub use fsutil::{create_private_dir, write_atomic};
+pub(crate) use fsutil::{list_names, random_bytes, read_json, write_json_atomic, write_new_secret};
+pub(crate) use hosts::KnownHosts;
+pub(crate) use lock::Lock;
 pub use paths::{Paths, VmPaths};
-pub use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord, new_vm_id, uuid_of};
+pub(crate) use record::{BackendKind, MachineRecord, RECORD_VERSION, VmRecord, new_vm_id, uuid_of};

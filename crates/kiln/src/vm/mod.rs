@@ -76,14 +76,15 @@ pub struct Kiln {
 impl Kiln {
     /// State from the environment (`KILN_HOME` or XDG), the daemonless QEMU backend.
     pub fn from_env() -> Result<Self> {
-        Ok(Self::new(Paths::from_env()?, Arc::new(QemuBackend::new())))
+        Ok(Self::new(Paths::from_env()?, QemuBackend::new()))
     }
 
-    pub fn new(paths: Paths, backend: Arc<dyn Backend>) -> Self {
+    /// A kiln keeping its state under `paths` and running machines with `backend`.
+    pub fn new(paths: Paths, backend: QemuBackend) -> Self {
         Self {
             images: ImageStore::new(paths.clone()),
             paths,
-            backend,
+            backend: Arc::new(backend),
             image_inputs: None,
             boot: BootPolicy::default(),
             warm: false,
@@ -129,7 +130,7 @@ impl Kiln {
         self.image_inputs.as_ref()
     }
 
-    pub fn backend(&self) -> &dyn Backend {
+    pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
