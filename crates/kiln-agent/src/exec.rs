@@ -110,20 +110,20 @@ pub async fn start(
     sender: Sender,
     done: mpsc::UnboundedSender<(u64, StreamId)>,
 ) -> Option<ExecControl> {
-    let Some((program, args)) = request.argv.split_first() else {
+    let Some((program, args)) = request.get_argv().split_first() else {
         sender
             .send_error(stream, RemoteErrorKind::BadRequest, "empty command")
             .await;
         return None;
     };
-    if let Some(size) = request.tty {
+    if let Some(size) = request.get_tty() {
         return start_tty(stream, &request, size, sender, done).await;
     }
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
-        .envs(request.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if request.stdin {
+        .envs(request.get_envs().iter().map(|(k, v)| (k, v)))
+        .stdin(if request.get_stdin() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -131,7 +131,7 @@ pub async fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(cwd) = &request.cwd {
+    if let Some(cwd) = request.get_cwd() {
         command.current_dir(cwd);
     }
     let (mut child, pid, epoch) = announce(command.spawn(), &sender, stream, program).await?;
@@ -259,7 +259,7 @@ async fn start_tty(
     sender: Sender,
     done: mpsc::UnboundedSender<(u64, StreamId)>,
 ) -> Option<ExecControl> {
-    let program = request.argv.first().map_or("", String::as_str);
+    let program = request.get_argv().first().map_or("", String::as_str);
     let opened = open_pty(size).and_then(|(controller, path)| {
         let open = || {
             std::fs::OpenOptions::new()
@@ -279,12 +279,12 @@ async fn start_tty(
     let mut command = tokio::process::Command::new("setsid");
     command
         .arg("-c")
-        .args(&request.argv)
-        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .args(request.get_argv())
+        .envs(request.get_envs().iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::from(tty_in))
         .stdout(Stdio::from(tty_out))
         .stderr(Stdio::from(tty_err));
-    if let Some(cwd) = &request.cwd {
+    if let Some(cwd) = request.get_cwd() {
         command.current_dir(cwd);
     }
     let spawned = command.spawn();

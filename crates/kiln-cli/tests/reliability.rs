@@ -402,11 +402,8 @@ fn up_on_libvirt_killed_at_random_points_converges() {
         command
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let options = kiln::libvirt::LibvirtOptions {
-        pool_name: pool.clone(),
-        pool_path: format!("/var/lib/libvirt/images/{pool}"),
-        log_serial: true,
-    };
+    let options =
+        kiln::libvirt::LibvirtOptions::new(&pool, format!("/var/lib/libvirt/images/{pool}"));
     let conn = runtime
         .block_on(kiln::libvirt::LibvirtConn::open_with(uri, options))
         .unwrap();

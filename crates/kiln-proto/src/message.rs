@@ -96,21 +96,19 @@ pub struct AgentInfo {
     pub hostname: String,
 }
 
-/// A command to run in the guest.
+/// A command to run in the guest, built like [`std::process::Command`]:
+/// `ExecRequest::new(["make", "-j2"]).env("CC", "clang").cwd("/src").stdin(true)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
-    /// When false the process gets `/dev/null` as stdin.
-    pub stdin: bool,
-    /// Run on a pseudo-terminal of this size (a session leader with it as its controlling
-    /// terminal): stdout carries everything it writes, stderr stays empty, and stdin is the
-    /// keyboard (Ctrl-C is the byte 0x03, turned into SIGINT by the guest's line discipline).
-    pub tty: Option<TtySize>,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    stdin: bool,
+    tty: Option<TtySize>,
 }
 
 impl ExecRequest {
+    /// Runs `argv[0]` (looked up in the guest's `PATH`) with the rest as its arguments.
     pub fn new<I, S>(argv: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -123,6 +121,70 @@ impl ExecRequest {
             stdin: false,
             tty: None,
         }
+    }
+
+    /// Sets `key` to `value` in the command's environment (added to the agent's own).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets every pair of `vars` in the command's environment.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Runs the command in the guest directory `dir` instead of the agent's.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Whether the command reads what the client sends; when false its stdin is `/dev/null`.
+    pub fn stdin(mut self, stdin: bool) -> Self {
+        self.stdin = stdin;
+        self
+    }
+
+    /// Runs the command on a pseudo-terminal of this size (a session leader with it as its
+    /// controlling terminal): stdout carries everything it writes, stderr stays empty, and
+    /// stdin is the keyboard (Ctrl-C is the byte 0x03, turned into SIGINT by the guest's line
+    /// discipline).
+    pub fn tty(mut self, size: TtySize) -> Self {
+        self.tty = Some(size);
+        self
+    }
+
+    /// The program and its arguments.
+    pub fn get_argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// The environment variables set for the command, in order.
+    pub fn get_envs(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The directory the command runs in, when not the agent's.
+    pub fn get_cwd(&self) -> Option<&str> {
+        self.cwd.as_deref()
+    }
+
+    /// Whether the command reads stdin from the client.
+    pub fn get_stdin(&self) -> bool {
+        self.stdin
+    }
+
+    /// The pseudo-terminal's size, when the command runs on one.
+    pub fn get_tty(&self) -> Option<TtySize> {
+        self.tty
     }
 }
 

@@ -34,8 +34,7 @@ pub async fn many_clients_at_once(vm: impl Connect) {
     // The first client starts a command that waits on its stdin: it holds its connection
     // until this test says otherwise.
     let first = vm.connect(PATIENT).await.expect("first client");
-    let mut cat = ExecRequest::new(["cat"]);
-    cat.stdin = true;
+    let cat = ExecRequest::new(["cat"]).stdin(true);
     let mut held = first.exec(cat).await.expect("cat starts");
     let mut held_stdin = held.take_stdin().expect("cat's stdin");
 

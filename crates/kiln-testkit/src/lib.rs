@@ -59,11 +59,7 @@ pub fn require_vm_prerequisites() {
 
 /// What the default image is built from, in tests.
 pub fn image_inputs() -> ImageInputs {
-    ImageInputs {
-        kernel_deb: None,
-        busybox: PathBuf::from("/bin/busybox"),
-        agent: agent_binary(),
-    }
+    ImageInputs::new("/bin/busybox", agent_binary())
 }
 
 /// The socket of a system libvirtd on this machine.
@@ -194,11 +190,7 @@ impl TestEnv {
     /// [`libvirt_host`](Self::libvirt_host) with the pool in `pool_path` (a session daemon's
     /// user's home).
     pub async fn libvirt_host_at(&self, uri: &str, id: &str, pool_path: &str) -> LibvirtHost {
-        let options = LibvirtOptions {
-            pool_name: id.to_owned(),
-            pool_path: pool_path.to_owned(),
-            log_serial: true,
-        };
+        let options = LibvirtOptions::new(id, pool_path);
         LibvirtHost::connect_with(uri, options, &self.paths())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {uri}: {e}"))

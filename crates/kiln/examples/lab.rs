@@ -13,7 +13,11 @@ use kiln::topology::LibvirtHost;
 use kiln::{DiskSpec, NetworkRef, Paths, VmSpec};
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, kiln::Error> {
+async fn main() -> ExitCode {
+    kiln::cli::run_with(lab).await
+}
+
+async fn lab() -> kiln::Result<(LibvirtHost, Vec<Box<dyn Score<LibvirtHost>>>)> {
     let uri = std::env::var("KILN_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".to_owned());
     let web1_mac = "52:54:00:10:00:01".parse()?;
     let lab = NetworkSpec::nat("lab", "10.77.0.0/24")
@@ -35,5 +39,5 @@ async fn main() -> Result<ExitCode, kiln::Error> {
         Box::new(NetworkScore::new("lab-net", [lab])?),
         Box::new(VmScore::new("lab", [web1, web2])?),
     ];
-    Ok(kiln::cli::run(host, scores).await)
+    Ok((host, scores))
 }

@@ -11,11 +11,15 @@ use kiln::topology::LocalHost;
 use kiln::{DiskSpec, Kiln, VmSpec};
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, kiln::Error> {
+async fn main() -> ExitCode {
+    kiln::cli::run_with(setup).await
+}
+
+async fn setup() -> kiln::Result<(LocalHost, Vec<Box<dyn Score<LocalHost>>>)> {
     let web1 = VmSpec::builder("web-1")
         .memory_mib(256)
         .disk(DiskSpec::new_gib(1))
         .build()?;
     let scores: Vec<Box<dyn Score<LocalHost>>> = vec![Box::new(VmScore::new("local", [web1])?)];
-    Ok(kiln::cli::run(LocalHost::new(Kiln::from_env()?), scores).await)
+    Ok((LocalHost::new(Kiln::from_env()?), scores))
 }

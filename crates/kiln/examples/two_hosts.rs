@@ -12,7 +12,11 @@ use kiln::topology::{LibvirtHost, MultiHost};
 use kiln::{NetworkRef, Paths, VmSpec};
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, kiln::Error> {
+async fn main() -> ExitCode {
+    kiln::cli::run_with(setup).await
+}
+
+async fn setup() -> kiln::Result<(MultiHost, Vec<Box<dyn Score<MultiHost>>>)> {
     let env = |key: &str, default: &str| std::env::var(key).unwrap_or_else(|_| default.to_owned());
     let paths = Paths::from_env()?;
     let topology = MultiHost::new()
@@ -41,5 +45,5 @@ async fn main() -> Result<ExitCode, kiln::Error> {
             [vm("db")?, vm("web-1")?, vm("web-2")?],
         )?),
     ];
-    Ok(kiln::cli::run(topology, scores).await)
+    Ok((topology, scores))
 }

@@ -11,12 +11,16 @@ use kiln::topology::LocalHost;
 use kiln::{Kiln, VmSpec};
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, kiln::Error> {
+async fn main() -> ExitCode {
+    kiln::cli::run_with(setup).await
+}
+
+async fn setup() -> kiln::Result<(LocalHost, Vec<Box<dyn Score<LocalHost>>>)> {
     let vms = ["pair-a", "pair-b"]
         .into_iter()
         .map(|name| VmSpec::builder(name).memory_mib(256).build())
         .collect::<Result<Vec<_>, _>>()?;
     let scores: Vec<Box<dyn Score<LocalHost>>> = vec![Box::new(VmScore::new("pair", vms)?)];
     let kiln = Kiln::from_env()?.with_warm_starts(true);
-    Ok(kiln::cli::run(LocalHost::new(kiln), scores).await)
+    Ok((LocalHost::new(kiln), scores))
 }

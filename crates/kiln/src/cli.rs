@@ -107,7 +107,23 @@ fn fail(err: &crate::Error) -> ExitCode {
 /// Parses the program's arguments and plans, applies or destroys `scores` on `topology`.
 /// Scores are applied in order and destroyed in reverse (networks before the VMs on them).
 pub async fn run<T: Topology>(topology: T, scores: Vec<Box<dyn Score<T>>>) -> ExitCode {
+    run_with(|| async { Ok((topology, scores)) }).await
+}
+
+/// [`run`] for a program whose topology or scores can fail to come up (a host to connect
+/// to, a spec to check): the arguments are read first, so `--help` needs no host, and a
+/// failure of `setup` prints as `error:` / `caused by:` / `hint:` like any other.
+pub async fn run_with<T, F, Fut>(setup: F) -> ExitCode
+where
+    T: Topology,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<(T, Vec<Box<dyn Score<T>>>)>>,
+{
     let args = Args::parse();
+    let (topology, scores) = match setup().await {
+        Ok(setup) => setup,
+        Err(err) => return fail(&err),
+    };
     match run_args(&args, &topology, &scores).await {
         Ok(code) => code,
         Err(err) => fail(&err),

@@ -49,11 +49,3 @@ pub use spec::{
 };
 pub use state::Paths;
 pub use vm::{BootPolicy, Kiln, SnapshotInfo, Vm, VmInfo, VmState};
-
-/// The default boot policy with another timeout.
-pub fn vm_boot_policy(timeout: std::time::Duration) -> BootPolicy {
-    BootPolicy {
-        timeout,
-        ..BootPolicy::default()
-    }
-}

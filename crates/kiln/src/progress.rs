@@ -5,19 +5,45 @@ use std::time::Duration;
 
 use crate::Accel;
 
-#[derive(Debug, Clone)]
+/// One thing that happened during a long operation. As JSON: an object whose `event` names
+/// the variant in snake case (`stage_done`), with durations in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The accelerator was chosen, with the probe's reason.
-    AccelChosen { accel: Accel, reason: String },
+    AccelChosen {
+        /// The accelerator the VM runs with.
+        accel: Accel,
+        /// Why the probe chose it.
+        reason: String,
+    },
     /// A stage began: show a spinner.
-    StageStarted { stage: Stage },
+    StageStarted {
+        /// The stage that began.
+        stage: Stage,
+    },
     /// A stage finished.
-    StageDone { stage: Stage, elapsed: Duration },
+    StageDone {
+        /// The stage that finished.
+        stage: Stage,
+        /// How long it took.
+        #[serde(rename = "elapsed_ms", serialize_with = "millis")]
+        elapsed: Duration,
+    },
     /// Something worth telling, that is not an error (a retry, a cache miss).
-    Note { message: String },
+    Note {
+        /// The note, one sentence.
+        message: String,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+fn millis<S: serde::Serializer>(elapsed: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(elapsed.as_secs_f64() * 1000.0)
+}
+
+/// The stages of long operations, each reported as it starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stage {
     DownloadKernel,
     BuildImage,
@@ -78,4 +104,29 @@ where
         elapsed: started.elapsed(),
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_a_tag_and_milliseconds() {
+        let done = Event::StageDone {
+            stage: Stage::WaitAgent,
+            elapsed: Duration::from_micros(1500),
+        };
+        assert_eq!(
+            serde_json::to_value(&done).unwrap(),
+            serde_json::json!({"event": "stage_done", "stage": "wait_agent", "elapsed_ms": 1.5})
+        );
+        let output = crate::ExecOutput {
+            status: crate::ExitStatus::Code(0),
+            stdout: b"hi\xff".to_vec(),
+            stderr: Vec::new(),
+        };
+        let json = serde_json::to_value(&output).unwrap();
+        assert_eq!(json["stdout"], "hi\u{fffd}");
+        assert_eq!(json["stderr"], "");
+    }
 }

@@ -87,8 +87,7 @@ async fn a_signal_ends_the_command_and_is_reported() {
 async fn stdin_reaches_the_command_and_eof_ends_it() {
     let agent = spawn_agent();
     let client = connect(&agent).await;
-    let mut request = ExecRequest::new(["wc", "-c"]);
-    request.stdin = true;
+    let request = ExecRequest::new(["wc", "-c"]).stdin(true);
     let mut session = client.exec(request).await.unwrap();
     let mut stdin = session.take_stdin().unwrap();
     stdin.write(&vec![b'x'; 200_000]).await.unwrap();

@@ -84,9 +84,9 @@ async fn network_then_disk(host: &dyn Host, impatient: &dyn Host, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_then_disk_on_the_daemonless_backend() {
     let env = TestEnv::new();
-    let patient = kiln::vm_boot_policy(Duration::from_secs(90));
+    let patient = kiln::BootPolicy::default().timeout(Duration::from_secs(90));
     let host = LocalHost::new(env.kiln().with_boot_policy(patient));
-    let impatient = kiln::vm_boot_policy(Duration::from_secs(25));
+    let impatient = kiln::BootPolicy::default().timeout(Duration::from_secs(25));
     let impatient = LocalHost::new(env.kiln().with_boot_policy(impatient));
     network_then_disk(&host, &impatient, "pxe-1").await;
 }

@@ -113,7 +113,7 @@ async fn apply_exec_destroy(uri: &str, second_octet: u8) {
     let env = TestEnv::new();
     let id = unique_name("kt");
     let host = env.libvirt_host(uri, &id).await;
-    let pool_path = host.conn().options().pool_path.clone();
+    let pool_path = host.conn().options().pool_path().to_owned();
 
     // A subnet unlikely to clash: 10.<second_octet>.<pid>.0/24.
     let third = u8::try_from(std::process::id() % 250).unwrap();

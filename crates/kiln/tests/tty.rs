@@ -38,9 +38,9 @@ async fn a_shell_on_a_tty_sees_its_size_resizes_and_ctrl_c() {
     let vm = kiln.up(spec, &NoProgress).await.unwrap();
     let agent = vm.agent().await.unwrap();
 
-    let mut request = ExecRequest::new(["sh"]);
-    request.tty = Some(TtySize { rows: 31, cols: 97 });
-    request.stdin = true;
+    let request = ExecRequest::new(["sh"])
+        .tty(TtySize { rows: 31, cols: 97 })
+        .stdin(true);
     let mut session = agent.exec(request).await.unwrap();
     let mut keys = session.take_stdin().unwrap();
 

@@ -78,8 +78,7 @@ pub async fn run(args: Args) -> Outcome {
     let agent = host
         .agent(&args.name, std::time::Duration::from_secs(30))
         .await?;
-    let mut request = ExecRequest::new(["sh", "-l"]);
-    request.cwd = Some("/root".to_owned());
+    let request = ExecRequest::new(["sh", "-l"]).cwd("/root");
     eprintln!("Connected to {}. Detach with Ctrl-].\r", args.name);
     // More than a year is as good as never (and keeps the deadline valid).
     let idle = (args.idle_timeout > 0)
@@ -128,13 +127,11 @@ fn local_size() -> TtySize {
 /// `idle`, detaches once that long passes without a key typed or a byte shown.
 pub async fn interactive(
     agent: &AgentClient,
-    mut request: ExecRequest,
+    request: ExecRequest,
     idle: Option<std::time::Duration>,
 ) -> Outcome {
-    request.tty = Some(local_size());
-    request.stdin = true;
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".to_owned());
-    request.env.push(("TERM".to_owned(), term));
+    let request = request.tty(local_size()).stdin(true).env("TERM", term);
     let mut session = agent.exec(request).await?;
     let mut stdin = session.take_stdin();
     let _raw = RawMode::enter();

@@ -39,10 +39,12 @@ pub async fn run(args: Args) -> Outcome {
     let agent = super::fleet()?
         .agent(&args.name, args.target.connect.as_deref())
         .await?;
-    let mut request = ExecRequest::new(args.command);
-    request.env = args.env;
-    request.cwd = args.workdir;
-    request.stdin = !args.no_stdin;
+    let mut request = ExecRequest::new(args.command)
+        .envs(args.env)
+        .stdin(!args.no_stdin);
+    if let Some(dir) = args.workdir {
+        request = request.cwd(dir);
+    }
     if args.tty {
         return super::console::interactive(&agent, request, None).await;
     }

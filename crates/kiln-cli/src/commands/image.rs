@@ -53,8 +53,8 @@ pub async fn run(command: Command) -> Outcome {
             json,
         } => {
             let mut inputs = ImageInputs::discover()?;
-            if kernel_deb.is_some() {
-                inputs.kernel_deb = kernel_deb;
+            if let Some(deb) = kernel_deb {
+                inputs = inputs.kernel_deb(deb);
             }
             let image = kiln
                 .images()

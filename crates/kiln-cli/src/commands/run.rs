@@ -62,8 +62,7 @@ pub async fn run(args: Args) -> Outcome {
     let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);
     let mut session = Session::new(kiln, spec, workspace);
     let progress = Progress::new();
-    let mut request = ExecRequest::new(args.command);
-    request.env = args.env;
+    let request = ExecRequest::new(args.command).envs(args.env);
 
     let mut interrupts = Interrupts::new()?;
     let result = drive(&mut session, request, &progress, &mut interrupts).await;

@@ -144,7 +144,7 @@ fn parse_boot_device(text: &str) -> Result<kiln::spec::BootDevice, String> {
 }
 
 pub fn kiln_with_timeout(boot_timeout: u64) -> kiln::Result<Kiln> {
-    let policy = kiln::vm_boot_policy(Duration::from_secs(boot_timeout));
+    let policy = kiln::BootPolicy::default().timeout(Duration::from_secs(boot_timeout));
     Ok(Kiln::from_env()?.with_boot_policy(policy))
 }
 

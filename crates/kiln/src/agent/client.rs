@@ -288,7 +288,7 @@ impl AgentClient {
 
     /// Starts a command; its output arrives as events on the returned session.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecSession, AgentError> {
-        let wants_stdin = request.stdin;
+        let wants_stdin = request.get_stdin();
         let (stream, mut rx) = self.open_stream();
         self.send(stream, Message::Exec(request)).await?;
         let reply = self.reply("starting a command", &mut rx).await;

@@ -14,12 +14,22 @@ pub enum ExecEvent {
     Exited(ExitStatus),
 }
 
-/// Everything a finished command printed, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything a finished command printed, and how it ended. As JSON the output streams are
+/// text (bytes that are not UTF-8 become U+FFFD).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ExecOutput {
+    /// How the command ended.
     pub status: ExitStatus,
+    /// What it wrote to stdout.
+    #[serde(serialize_with = "lossy_text")]
     pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    #[serde(serialize_with = "lossy_text")]
     pub stderr: Vec<u8>,
+}
+
+fn lossy_text<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(bytes))
 }
 
 /// The most output [`ExecSession::output`] collects per stream; stream a larger output with

@@ -148,8 +148,7 @@ async fn send_tar(
     guest_dir: &str,
     pack: impl FnOnce(mpsc::Sender<Vec<u8>>) -> Result<CopyStats> + Send + 'static,
 ) -> Result<CopyStats> {
-    let mut request = helper(["tar", "-x", "-f", "-", "-C", guest_dir]);
-    request.stdin = true;
+    let request = helper(["tar", "-x", "-f", "-", "-C", guest_dir]).stdin(true);
     let mut session = agent.exec(request).await?;
     let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
@@ -251,11 +250,7 @@ where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let mut request = ExecRequest::new(argv);
-    request
-        .env
-        .push(("PATH".to_owned(), GUEST_TOOLS_PATH.to_owned()));
-    request
+    ExecRequest::new(argv).env("PATH", GUEST_TOOLS_PATH)
 }
 
 /// Copies the files `paths` (relative to `guest_dir`) into `host_dir`, keeping their
@@ -276,8 +271,7 @@ pub(crate) async fn pull_paths(
         ..unpack::Target::below(host_dir)
     };
     let script = r#"cd "$1" || exit 3; xargs -0 tar -c -f - --no-recursion"#;
-    let mut request = helper(["sh", "-c", script, "kiln-cp", guest_dir]);
-    request.stdin = true;
+    let request = helper(["sh", "-c", script, "kiln-cp", guest_dir]).stdin(true);
     let mut session = agent.exec(request).await?;
     let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);

@@ -15,12 +15,35 @@ use crate::{Error, IoError};
 #[derive(Debug, Clone)]
 pub struct ImageInputs {
     /// A kernel .deb to use; `None` downloads the current one with apt.
-    pub kernel_deb: Option<PathBuf>,
-    pub busybox: PathBuf,
-    pub agent: PathBuf,
+    pub(crate) kernel_deb: Option<PathBuf>,
+    /// A static busybox, the guest's shell and tools.
+    pub(crate) busybox: PathBuf,
+    /// The static `kiln-agent` binary.
+    pub(crate) agent: PathBuf,
 }
 
 impl ImageInputs {
+    /// Builds images with the static busybox at `busybox` and the agent at `agent`; the
+    /// kernel is downloaded with apt unless [`Self::kernel_deb`] names one.
+    pub fn new(busybox: impl Into<PathBuf>, agent: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel_deb: None,
+            busybox: busybox.into(),
+            agent: agent.into(),
+        }
+    }
+
+    /// Takes the kernel from this Debian package instead of downloading it.
+    pub fn kernel_deb(mut self, deb: impl Into<PathBuf>) -> Self {
+        self.kernel_deb = Some(deb.into());
+        self
+    }
+
+    /// The agent binary the images carry.
+    pub fn agent(&self) -> &std::path::Path {
+        &self.agent
+    }
+
     /// The usual places: `/bin/busybox` (busybox-static), and the agent from `KILN_AGENT`,
     /// beside the running executable, or in the workspace's agent build directory.
     pub fn discover() -> Result<Self, ImageError> {

@@ -91,12 +91,12 @@ impl LibvirtError {
 #[derive(Debug, Clone)]
 pub struct LibvirtOptions {
     /// The name of kiln's directory storage pool.
-    pub pool_name: String,
+    pub(crate) pool_name: String,
     /// Its directory on the libvirt host.
-    pub pool_path: String,
+    pub(crate) pool_path: String,
     /// Whether serial consoles are logged, as `<vm>-serial.log` in the pool's directory: the
     /// storage API then removes a log on any host, remote ones included.
-    pub log_serial: bool,
+    pub(crate) log_serial: bool,
 }
 
 /// The user a remote URI logs in as: `alice` in `qemu+ssh://alice@host/session`.
@@ -107,8 +107,33 @@ fn remote_user(uri: &str) -> Option<&str> {
 }
 
 impl LibvirtOptions {
-    /// The defaults for a URI: a pool named `kiln` (or `$KILN_LIBVIRT_POOL`) under libvirt's
-    /// image directory; serial logs beside libvirt's own for system connections.
+    /// Volumes in the directory pool `pool_name`, kept in `pool_path` on the libvirt host,
+    /// with serial consoles logged there.
+    pub fn new(pool_name: impl Into<String>, pool_path: impl Into<String>) -> Self {
+        Self {
+            pool_name: pool_name.into(),
+            pool_path: pool_path.into(),
+            log_serial: true,
+        }
+    }
+
+    /// Whether serial consoles are logged, as `<vm>-serial.log` in the pool's directory.
+    pub fn log_serial(mut self, log: bool) -> Self {
+        self.log_serial = log;
+        self
+    }
+
+    /// The name of kiln's storage pool.
+    pub fn pool_name(&self) -> &str {
+        &self.pool_name
+    }
+
+    /// The pool's directory on the libvirt host.
+    pub fn pool_path(&self) -> &str {
+        &self.pool_path
+    }
+
+    /// The defaults for a URI:
     /// kiln's pool on the host of `uri`: `KILN_LIBVIRT_POOL` names it (default `kiln`);
     /// its directory is under /var/lib/libvirt/images for a system daemon, the user's
     /// `~/.local/share/libvirt/images` for a session daemon, or `KILN_LIBVIRT_POOL_PATH`.

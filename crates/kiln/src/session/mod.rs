@@ -161,9 +161,9 @@ impl Session {
     /// Starts a command in the workspace; its output streams through the returned session.
     pub async fn run(&self, mut request: ExecRequest) -> Result<ExecSession> {
         let agent = self.agent()?;
-        request
-            .cwd
-            .get_or_insert_with(|| GUEST_WORKSPACE.to_owned());
+        if request.get_cwd().is_none() {
+            request = request.cwd(GUEST_WORKSPACE);
+        }
         Ok(agent.exec(request).await?)
     }
 
@@ -317,14 +317,14 @@ fn move_into_place(
 
 /// Deletes files (relative to the guest's workspace).
 async fn remove_in_guest(agent: &AgentClient, paths: &[String]) -> Result<()> {
-    let mut request = copy::helper([
+    let request = copy::helper([
         "sh",
         "-c",
         r#"cd "$1" && xargs -0 rm -f"#,
         "kiln-run",
         GUEST_WORKSPACE,
-    ]);
-    request.stdin = true;
+    ])
+    .stdin(true);
     let mut exec = agent.exec(request).await?;
     let mut stdin = exec
         .take_stdin()

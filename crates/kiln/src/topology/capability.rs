@@ -23,8 +23,9 @@ pub trait Topology: Send + Sync + fmt::Debug + 'static {
 }
 
 /// A VM as a topology sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ObservedVm {
+    /// The VM's name.
     pub name: String,
     /// The host it is on, for topologies with several.
     pub host: Option<String>,
@@ -32,16 +33,22 @@ pub struct ObservedVm {
     pub owner: Option<String>,
     /// The spec it was created from, when kiln created it.
     pub spec: Option<VmSpec>,
+    /// Whether its machine runs.
     pub running: bool,
 }
 
 /// A network as a topology sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ObservedNetwork {
+    /// The network's name.
     pub name: String,
+    /// The score that owns it; `None` for a network kiln did not create.
     pub owner: Option<String>,
+    /// The spec it was created from, when kiln created it.
     pub spec: Option<NetworkSpec>,
+    /// The subnets it routes, as the host reports them.
     pub subnets: Vec<Ipv4Net>,
+    /// Whether it is up.
     pub active: bool,
 }
 

@@ -51,11 +51,30 @@ impl std::ops::Deref for Located {
     }
 }
 
-/// What `kiln ls` shows: the VMs, and the hosts that could not be asked.
-#[derive(Debug, Default)]
+/// What `kiln ls` shows: the VMs, and the hosts that could not be asked. As JSON the
+/// unreachable hosts are `{"host": URI, "error": MESSAGE}` objects.
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Listing {
+    /// Every VM found, on every host that answered.
     pub vms: Vec<VmInfo>,
+    /// The hosts that did not answer, each with why.
+    #[serde(serialize_with = "unreachable_hosts")]
     pub unreachable: Vec<(String, Error)>,
+}
+
+fn unreachable_hosts<S: serde::Serializer>(
+    hosts: &[(String, Error)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = serializer.serialize_seq(Some(hosts.len()))?;
+    for (host, error) in hosts {
+        seq.serialize_element(&serde_json::json!({
+            "host": host,
+            "error": error.to_string(),
+        }))?;
+    }
+    seq.end()
 }
 
 /// One host, as `kiln hosts` shows it.

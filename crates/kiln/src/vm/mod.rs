@@ -34,15 +34,42 @@ pub(crate) fn now_secs() -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub struct BootPolicy {
     /// Until the agent answers.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// CPU time the machine may burn before the guest prints anything on its console. Under
     /// TCG, microvm guests sometimes wedge in early boot: the TSC cannot be calibrated against
     /// the PIT, microvm has no HPET or PM timer to fall back on, and the kernel spins waiting
     /// for a timer tick. Such a guest never prints and uses a whole core; a healthy one
     /// prints after about 2.5 s of CPU here. Counting CPU time rather than wall time keeps a
     /// busy host (many guests on few cores) from passing for a stall.
-    pub first_output_timeout: Duration,
-    pub attempts: u32,
+    pub(crate) first_output_timeout: Duration,
+    /// Boots tried before giving up (a wedged boot is retried).
+    pub(crate) attempts: u32,
+}
+
+impl BootPolicy {
+    /// How long a boot may take until the agent answers (a minute by default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How much CPU time the machine may burn before its console shows anything before the
+    /// boot counts as wedged and is tried again (15 s by default).
+    pub fn first_output_timeout(mut self, cpu_time: Duration) -> Self {
+        self.first_output_timeout = cpu_time;
+        self
+    }
+
+    /// How many boots are tried before `up` fails (3 by default; at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// How long a boot may take until the agent answers.
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 impl Default for BootPolicy {
