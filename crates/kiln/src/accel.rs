@@ -16,7 +16,9 @@ pub enum AccelChoice {
     /// KVM where it runs stock guests, TCG otherwise.
     #[default]
     Auto,
+    /// KVM, or an error saying why it cannot be used here.
     Kvm,
+    /// TCG (QEMU's software emulation), even where KVM would work.
     Tcg,
 }
 
@@ -24,7 +26,9 @@ pub enum AccelChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
     Kvm,
+    /// QEMU's software emulation: slower, but runs anywhere.
     Tcg,
 }
 
@@ -56,9 +60,6 @@ pub struct AccelProbe {
     pub reason: String,
 }
 
-/// The host's TSC frequency in kHz, where it can be read without guessing: cpufreq's base
-/// frequency, or, on a host without cpufreq (a VM, whose `cpu MHz` is its fixed TSC rate),
-/// `/proc/cpuinfo`. Under TCG the guest's TSC ticks at the host's rate.
 /// This machine's available memory (`MemAvailable` in /proc/meminfo), in bytes.
 pub fn host_free_memory_bytes() -> Option<u64> {
     meminfo_kib("MemAvailable").map(|kib| kib * 1024)
@@ -74,6 +75,10 @@ pub(crate) fn meminfo_kib(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The host's TSC frequency in kHz, where it can be read without guessing: cpufreq's base
+/// frequency, or on a host without cpufreq (a VM, whose `cpu MHz` is its fixed TSC rate) the
+/// `cpu MHz` of `/proc/cpuinfo` when its TSC is constant; `None` where neither can be read.
+/// Under TCG the guest's TSC ticks at the host's rate.
 pub fn host_tsc_khz() -> Option<u64> {
     host_tsc_khz_at(Path::new("/"))
 }

@@ -21,12 +21,22 @@ use crate::{IoError, Result};
 /// A config file that is not what kiln reads.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file does not parse, or has a key kiln does not know.
     #[error("config file {} is not valid: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        reason: String,
+    },
+    /// A value (from the file or the environment) that is not what its setting takes.
     #[error("{source_name} = {value:?} is not a valid {what}")]
     BadValue {
+        /// Where it came from: `$VAR`, or `key in FILE`.
         source_name: String,
+        /// The value as given.
         value: String,
+        /// What it should have been, with examples.
         what: &'static str,
     },
 }
@@ -35,7 +45,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// The daemonless QEMU backend on this machine (the default).
     Qemu,
+    /// A libvirt daemon, at [`Config::libvirt_uri`].
     Libvirt,
 }
 
@@ -55,8 +67,11 @@ struct File {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "name")]
 pub enum Source {
+    /// kiln's built-in default.
     Default,
+    /// The config file at this path.
     File(PathBuf),
+    /// This environment variable.
     Env(&'static str),
 }
 
@@ -73,18 +88,26 @@ impl std::fmt::Display for Source {
 /// One effective value and its source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Setting<T> {
+    /// The value in effect.
     pub value: T,
+    /// Where it came from.
     pub source: Source,
 }
 
 /// The effective defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
+    /// The backend VMs go to (`KILN_BACKEND`; `qemu` by default).
     pub backend: Setting<Backend>,
+    /// The libvirt URI (`KILN_LIBVIRT_URI`; `qemu:///system` by default).
     pub libvirt_uri: Setting<String>,
+    /// A new VM's vCPUs (`KILN_CPUS`; 1 by default).
     pub cpus: Setting<u32>,
+    /// A new VM's memory (`KILN_MEMORY`; 512 MiB by default).
     pub memory: Setting<ByteSize>,
+    /// The image a new VM is created from (`KILN_IMAGE`; `default` by default).
     pub image: Setting<String>,
+    /// A new VM's network policy (`KILN_NET`; `nat` by default).
     pub net: Setting<NetPolicy>,
     /// The file read, whether or not it exists.
     pub file: PathBuf,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! kiln: code-first virtual machines.
 //!
 //! Describe a VM in Rust, and kiln boots it on the daemonless QEMU backend, talks to its guest

@@ -45,21 +45,34 @@ fn millis<S: serde::Serializer>(elapsed: &Duration, serializer: S) -> Result<S::
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// Downloading Debian's kernel package, for an image build.
     DownloadKernel,
+    /// Building an image.
     BuildImage,
+    /// Making a VM's files (or libvirt volumes), before it first boots.
     CreateVm,
+    /// Copying an image's boot files into kiln's libvirt storage pool.
     UploadImage,
+    /// Starting a VM's QEMU process, for a boot, a restore or a clone.
     StartQemu,
+    /// Waiting for a started VM's guest agent to answer.
     WaitAgent,
+    /// Stopping a VM: asking the guest to power off, then pulling the plug.
     Stop,
+    /// Removing a VM and everything it owns.
     Remove,
+    /// Sending a session's workspace (or what changed in it) to the guest.
     PushWorkspace,
+    /// Bringing back the files a session's commands created or changed.
     PullChanges,
+    /// Saving a VM's snapshot.
     SaveSnapshot,
+    /// Bringing a VM back to a snapshot.
     RestoreSnapshot,
 }
 
 impl Stage {
+    /// What a front end shows for the stage, in lower case (`wait for guest agent`).
     pub fn label(self) -> &'static str {
         match self {
             Self::DownloadKernel => "download kernel package",
@@ -80,6 +93,7 @@ impl Stage {
 
 /// Receives progress events. Must be cheap: it is called on the caller's task.
 pub trait Reporter: Send + Sync {
+    /// Takes one event.
     fn report(&self, event: Event);
 }
 

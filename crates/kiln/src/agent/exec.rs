@@ -8,7 +8,9 @@ use super::{AgentClient, AgentError};
 /// Output of a running command, in the order the agent sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
+    /// A chunk the command wrote to stdout.
     Stdout(Vec<u8>),
+    /// A chunk the command wrote to stderr.
     Stderr(Vec<u8>),
     /// The last event of a session.
     Exited(ExitStatus),
@@ -208,6 +210,7 @@ impl StdinWriter {
         }
     }
 
+    /// Sends `data` to the command's stdin, in chunks the protocol allows.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), AgentError> {
         for chunk in data.chunks(MAX_CHUNK_LEN) {
             self.client
@@ -217,6 +220,7 @@ impl StdinWriter {
         Ok(())
     }
 
+    /// Sends end-of-file now and reports whether it reached the agent.
     pub async fn close(mut self) -> Result<(), AgentError> {
         self.closed = true;
         self.client.send(self.stream, Message::StdinClose).await

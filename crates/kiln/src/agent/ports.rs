@@ -51,6 +51,7 @@ impl PortStream {
 /// What trying one port found.
 #[derive(Debug)]
 pub enum PortOpen {
+    /// Leased and connected: ready for the handshake.
     Open(PortStream),
     /// Another client holds it.
     Busy,
@@ -95,6 +96,7 @@ impl Patience {
         self
     }
 
+    /// How long to keep trying in all.
     pub fn total(&self) -> Duration {
         self.total
     }

@@ -9,6 +9,8 @@ use super::{Stats, spec};
 use crate::progress::{Event, NoProgress, Reporter};
 use crate::{ExecRequest, Kiln, Result, Vm};
 
+/// What [`clients`] measured: a connection and `exec true` per client, alone and many
+/// at once.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientsReport {
     /// Clients at once in each concurrent round.

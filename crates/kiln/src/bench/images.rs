@@ -10,6 +10,8 @@ use super::Stats;
 use crate::progress::{Event, NoProgress, Reporter};
 use crate::{ExecRequest, Kiln, Result, VmSpec};
 
+/// What [`images`] measured: the Debian images' build, boots and sessions, against the
+/// busybox image.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImagesReport {
     /// Building `debian` from nothing (`--force`), in seconds; `None` when not asked for.
@@ -42,6 +44,8 @@ async fn cold_up(kiln: &Kiln, name: &str, image: &str) -> Result<std::time::Dura
     Ok(took)
 }
 
+/// Builds `debian` (from nothing when `fresh`), then times its no-op check, `runs` cold
+/// boots of each image, warm sessions (at least 5 of each) and a `cargo build` in `rust`.
 pub async fn images(
     kiln: &Kiln,
     runs: u32,

@@ -15,18 +15,23 @@ use crate::score::{Score, VmScore};
 use crate::topology::LibvirtHost;
 use crate::{DiskSpec, Error, Kiln, Result, VmSpec, state};
 
+/// What [`score`] measured on libvirt's test driver.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreReport {
+    /// VMs in the score.
     pub vms: usize,
     /// The first apply: every VM created.
     pub apply_ms: f64,
     /// Re-applies that found nothing to change (goal p50 ≤ 100 ms for 20 VMs).
     pub noop_apply: Stats,
+    /// Destroying the score, in milliseconds.
     pub destroy_ms: f64,
 }
 
+/// What [`libvirt_boot`] measured: boots through libvirt against daemonless ones.
 #[derive(Debug, Clone, Serialize)]
 pub struct LibvirtBootReport {
+    /// The libvirt URI booted on.
     pub uri: String,
     /// `LibvirtHost::up` (define, start) until the agent answered.
     pub libvirt_up: Stats,
@@ -134,9 +139,12 @@ pub async fn libvirt_boot(
     })
 }
 
+/// What [`multihost`] measured: a score applied on one host against spread over several.
 #[derive(Debug, Clone, Serialize)]
 pub struct MultihostReport {
+    /// The libvirt URIs; the first is the one-host baseline.
     pub hosts: Vec<String>,
+    /// VMs in the score.
     pub vms: usize,
     /// Applying the score with every VM on the first host.
     pub one_host_apply_ms: f64,

@@ -31,12 +31,16 @@ pub const INIT_MARKER: &str = "kiln-init: starting agent";
 /// Median and tail of a set of samples, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
+    /// How many samples there were.
     pub samples: usize,
+    /// The median, in milliseconds (0 with no samples).
     pub p50_ms: f64,
+    /// The 95th percentile, in milliseconds (0 with no samples).
     pub p95_ms: f64,
 }
 
 impl Stats {
+    /// The median and 95th percentile of `samples` (in any order).
     pub fn of(samples: &[Duration]) -> Self {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
@@ -55,9 +59,12 @@ impl Stats {
     }
 }
 
+/// What [`boot`] measured: `Kiln::up` against bare QEMU with kiln's argv.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootReport {
+    /// The accelerator both ran with.
     pub accel: crate::Accel,
+    /// Why the probe chose it.
     pub accel_reason: String,
     /// Bare QEMU, same argv, until init's marker.
     pub bare_qemu: Stats,
@@ -69,6 +76,8 @@ pub struct BootReport {
     pub bare_stalls: u32,
 }
 
+/// What [`latency`] measured: agent round trips and `exec`, against the guest's own spawn
+/// time.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyReport {
     /// A protocol round trip, no guest process (goal p50 ≤ 0.5 ms under TCG).

@@ -11,6 +11,7 @@ use crate::progress::{Event, NoProgress, Reporter};
 use crate::spec::{BootDevice, CloudInit};
 use crate::{ExecRequest, Kiln, Result, VmSpec};
 
+/// What [`provision`] measured: network boot against direct kernel boot, and cloud-init.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProvisionReport {
     /// Cold `up` with direct kernel boot until the agent answered: the baseline.
@@ -34,6 +35,8 @@ async fn timed_up(kiln: &Kiln, spec: VmSpec) -> Result<std::time::Duration> {
     Ok(took)
 }
 
+/// Boots `runs` times each way (direct, network), alternating, with warm starts off; then
+/// times one `cloud` VM until cloud-init is done.
 pub async fn provision(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<ProvisionReport> {
     let kiln = kiln.clone().with_warm_starts(false);
     let (mut direct, mut network) = (Vec::new(), Vec::new());

@@ -10,6 +10,7 @@ use crate::progress::{Event, NoProgress, Reporter};
 use crate::session::Session;
 use crate::{ExecRequest, Kiln, Result, state};
 
+/// What [`session`] measured: whole sessions against plain boots, and workspace pushes.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionReport {
     /// A whole session: boot, run `true`, pull (nothing), remove.
@@ -18,6 +19,7 @@ pub struct SessionReport {
     pub up: Stats,
     /// run_true.p50 / up.p50.
     pub ratio: f64,
+    /// Small files in the pushed workspace.
     pub files: usize,
     /// Pushing the whole workspace into a fresh session.
     pub push_first_ms: f64,

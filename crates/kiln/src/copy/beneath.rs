@@ -92,6 +92,7 @@ impl GuestPath {
         &self.parts[..self.parts.len() - 1]
     }
 
+    /// The path as a relative host path.
     pub fn to_path_buf(&self) -> PathBuf {
         self.parts.iter().collect()
     }

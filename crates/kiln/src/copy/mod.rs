@@ -47,35 +47,98 @@ pub(crate) const CONTROL_OUTPUT: usize = 1 << 20;
 /// What went wrong copying files.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
+    /// A guest path the copy needs does not exist: the source of a pull, or the directory a
+    /// push copies into.
     #[error("{path} does not exist in the guest")]
-    GuestPathMissing { path: String },
+    GuestPathMissing {
+        /// The guest path that was not found.
+        path: String,
+    },
+    /// A push would put a host directory where the guest has a file.
     #[error("cannot copy directory {src} over the file {dest}")]
-    DirectoryOverFile { src: String, dest: String },
+    DirectoryOverFile {
+        /// The host directory being copied.
+        src: String,
+        /// The guest file in the way.
+        dest: String,
+    },
+    /// The guest's `tar` (or the shell running it) exited with anything but 0.
     #[error("tar in the guest failed ({status}): {stderr}")]
-    GuestFailed { status: String, stderr: String },
+    GuestFailed {
+        /// How it ended, in words (an exit code or a signal).
+        status: String,
+        /// What it wrote to stderr, trimmed, at most 16 KiB.
+        stderr: String,
+    },
+    /// The guest sent a name that could lead outside the destination: absolute, with `..` or
+    /// a NUL, through a symlink on the host, or not below the name asked for.
     #[error("the guest sent a name that leaves the destination: {path:?}")]
-    UnsafePath { path: String },
+    UnsafePath {
+        /// The name as the guest sent it, or the path that met a symlink.
+        path: String,
+    },
+    /// The guest sent a symlink whose target would lead outside the destination.
     #[error("the guest sent a symlink {path:?} to {target:?}, outside the destination")]
-    SymlinkEscapes { path: String, target: String },
+    SymlinkEscapes {
+        /// Where the symlink was to be placed, relative to the destination.
+        path: String,
+        /// The target the guest gave it.
+        target: String,
+    },
+    /// The guest sent a name outside the list of files that was asked for.
     #[error("the guest sent {path:?}, which it did not list")]
-    UnlistedEntry { path: String },
+    UnlistedEntry {
+        /// The name the guest sent.
+        path: String,
+    },
+    /// A directory would replace a non-directory, or the other way round, or a path on the
+    /// way to an entry is not a directory.
     #[error("{path:?} is a directory on one side and not on the other")]
-    TypeConflict { path: String },
+    TypeConflict {
+        /// The path in conflict, relative to the destination.
+        path: String,
+    },
+    /// The archive ended before a file's contents did.
     #[error("the guest's data for {path:?} ended early")]
-    Truncated { path: String },
+    Truncated {
+        /// The file whose contents were cut short, relative to the destination.
+        path: String,
+    },
+    /// The archive holds an extension header kiln refuses or cannot parse.
     #[error("the guest sent a malformed archive header: {reason}")]
-    BadHeader { reason: String },
+    BadHeader {
+        /// What is wrong with the header.
+        reason: String,
+    },
+    /// The copy went past one of its [`CopyLimits`]; nothing past the limit was written.
     #[error("the guest went past the copy's {limit} limit ({max})")]
-    LimitExceeded { limit: CopyLimit, max: u64 },
+    LimitExceeded {
+        /// Which bound was exceeded.
+        limit: CopyLimit,
+        /// The bound's value, in its own unit (bytes or entries).
+        max: u64,
+    },
+    /// The guest sent an entry that is not a file, directory or symlink (a device, a FIFO, a
+    /// hard link).
     #[error(
         "the guest sent {path:?} of type {kind}; only files, directories and symlinks are copied"
     )]
-    UnsupportedEntry { path: String, kind: String },
+    UnsupportedEntry {
+        /// The entry's name as the guest sent it.
+        path: String,
+        /// The entry's tar type, as the `tar` crate's `EntryType` names it.
+        kind: String,
+    },
+    /// A source or destination path ends in `..` or is `/`, so the copy would have no name.
     #[error("{path}: not a path kiln can copy (it has no file name)")]
-    NoFileName { path: String },
+    NoFileName {
+        /// The path without a file name.
+        path: String,
+    },
 }
 
 impl CopyError {
+    /// What the user can do about this error, where there is something to say.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             Self::GuestPathMissing { .. } => {
@@ -104,7 +167,9 @@ impl CopyError {
 /// What was copied.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct CopyStats {
+    /// Regular files copied (directories and symlinks are not counted).
     pub files: u64,
+    /// Bytes of file contents copied.
     pub bytes: u64,
 }
 
@@ -184,7 +249,6 @@ async fn send_tar(
     Ok(stats)
 }
 
-/// Copies `src` in the guest to the host path `dest`, within `limits`.
 /// Unpacks a tar stream below `dir`, any name (what `kiln cp` from a guest does once the
 /// stream is here). Blocking.
 pub(crate) fn unpack_below(
@@ -195,6 +259,7 @@ pub(crate) fn unpack_below(
     unpack::unpack(archive, &unpack::Target::below(dir), limits).map(drop)
 }
 
+/// Copies the guest file or directory `src` to the host path `dest`, within `limits`.
 pub async fn pull(
     agent: &AgentClient,
     src: &str,

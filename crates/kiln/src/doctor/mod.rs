@@ -11,19 +11,26 @@ use crate::{AccelProbe, Paths};
 
 pub mod security;
 
+/// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Works as it should.
     Ok,
     /// Works, but not as well as it could (TCG instead of KVM).
     Warn,
+    /// Does not work: something kiln needs is missing or broken.
     Fail,
 }
 
+/// One thing `kiln doctor` looked at, and what it found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
+    /// What was looked at (`qemu`, `passt`, `default image`).
     pub name: &'static str,
+    /// How it came out.
     pub status: Status,
+    /// What was found: a version, a path, or what is wrong.
     pub detail: String,
     /// A command that fixes the problem, when there is one.
     pub fix: Option<Vec<String>>,
@@ -48,10 +55,12 @@ impl Check {
 /// Everything `kiln doctor` looks at.
 #[derive(Debug, Clone, Serialize)]
 pub struct Diagnosis {
+    /// Each check, in the order they ran.
     pub checks: Vec<Check>,
 }
 
 impl Diagnosis {
+    /// Whether no check failed (warnings are fine).
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.status != Status::Fail)
     }
@@ -91,6 +100,8 @@ async fn check_libvirt(uri: &str) -> Check {
     }
 }
 
+/// Runs every check: acceleration, QEMU and its microvm firmware, busybox, passt, the guest
+/// agent, the default image, kiln's directories, and libvirt at `libvirt_uri`.
 pub async fn diagnose(paths: &Paths, libvirt_uri: &str) -> Diagnosis {
     let mut checks = Vec::new();
     let probe = AccelProbe::probe();

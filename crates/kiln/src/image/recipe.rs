@@ -71,31 +71,74 @@ impl ImageFile {
 pub enum RecipeError {
     /// The image name breaks kiln's name rules.
     #[error("invalid image name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
+    InvalidName {
+        /// The name the recipe gives.
+        name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
     /// A package name apt would not accept.
     #[error("invalid package name {package:?} in image {image}")]
-    InvalidPackage { image: String, package: String },
+    InvalidPackage {
+        /// The recipe's name.
+        image: String,
+        /// The package name refused.
+        package: String,
+    },
     /// A suite name that is not a Debian codename.
     #[error("invalid Debian suite {suite:?} in image {image}")]
-    InvalidSuite { image: String, suite: String },
+    InvalidSuite {
+        /// The recipe's name.
+        image: String,
+        /// The suite name refused.
+        suite: String,
+    },
     /// An extra file's path is not absolute and plain.
     #[error(
         "image {image}: file path {path:?} must be absolute, without `..`, outside /proc, /sys and /dev"
     )]
-    InvalidFilePath { image: String, path: String },
+    InvalidFilePath {
+        /// The recipe's name.
+        image: String,
+        /// The guest path refused.
+        path: String,
+    },
     /// The root filesystem cannot be that small.
     #[error("image {image}: size {size} is below the minimum of {min}")]
     TooSmall {
+        /// The recipe's name.
         image: String,
+        /// The size the recipe asks for.
         size: ByteSize,
+        /// The smallest size kiln builds.
         min: ByteSize,
     },
     /// The name of a shipped recipe or of the busybox image.
     #[error("image name {name} is taken by a recipe kiln ships")]
-    Reserved { name: String },
+    Reserved {
+        /// The name the recipe asks for.
+        name: String,
+    },
 }
 
 /// A Debian userland, declared in code. Build one with [`ImageSpec::builder`].
+///
+/// ```
+/// use kiln::image::{ImageSpec, InitMode};
+///
+/// let tools = ImageSpec::builder("tools")
+///     .packages(["curl", "jq", "git"])
+///     .file("/etc/motd", "built by kiln\n")
+///     .run("useradd -m builder")
+///     .size_gib(3)
+///     .init(InitMode::Full) // systemd as PID 1
+///     .build()?;
+/// assert_eq!(tools.name(), "tools");
+///
+/// // Package names are checked as Debian's are.
+/// assert!(ImageSpec::builder("bad").packages(["no spaces"]).build().is_err());
+/// # Ok::<(), kiln::image::RecipeError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageSpec {
     name: String,

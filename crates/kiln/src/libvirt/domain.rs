@@ -11,16 +11,20 @@ use super::{DomainDef, Inner, LibvirtConn, LibvirtError, is_code, xml};
 /// A domain as kiln sees it.
 #[derive(Debug, Clone)]
 pub struct DomainState {
+    /// The domain's name.
     pub name: String,
+    /// Running or paused (not shut off).
     pub active: bool,
     /// Active with its vCPUs suspended.
     pub paused: bool,
+    /// What kiln reads from the domain's XML: its tag, agent ports, secret file and disks.
     pub observed: xml::DomainObserved,
 }
 
 impl LibvirtConn {
     // --- domains -------------------------------------------------------------------------
 
+    /// The domain called `name`, kiln's or not, with its state; `None` when there is none.
     pub async fn domain(&self, name: &str) -> Result<Option<DomainState>, LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| match inner.lookup_domain(&name)? {
@@ -99,6 +103,7 @@ impl LibvirtConn {
         .await
     }
 
+    /// Starts the domain `name`; one already running is left as it is.
     pub async fn start_domain(&self, name: &str) -> Result<(), LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| {

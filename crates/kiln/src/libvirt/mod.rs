@@ -33,39 +33,74 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// What can go wrong talking to libvirt. Each variant names the URI and the object.
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
+    /// The connection could not be opened, or did not open within 20 s.
     #[error("cannot connect to libvirt at {uri}: {message}")]
-    Connect { uri: String, message: String },
-    #[error("libvirt ({uri}): cannot {op} {object}: {message}")]
-    Call {
+    Connect {
+        /// The URI that was opened.
         uri: String,
-        op: &'static str,
-        object: String,
+        /// libvirt's error, or the timeout.
         message: String,
     },
+    /// A libvirt call on an open connection failed.
+    #[error("libvirt ({uri}): cannot {op} {object}: {message}")]
+    Call {
+        /// The connection's URI.
+        uri: String,
+        /// What kiln tried to do, as a verb phrase (`read`, `start domain`).
+        op: &'static str,
+        /// What it tried to do it to, in words.
+        object: String,
+        /// libvirt's error message.
+        message: String,
+    },
+    /// An XML document (or the JSON kiln keeps in its metadata) could not be written or
+    /// parsed.
     #[error("invalid libvirt XML: {0}")]
     Xml(String),
+    /// The new VMs' disks need more space than kiln's storage pool has free.
     #[error("storage pool {pool} on {uri} has {available} bytes free; the new disks need {needed}")]
     PoolTooSmall {
+        /// The connection's URI.
         uri: String,
+        /// The name of kiln's storage pool.
         pool: String,
+        /// The disks' total size, in bytes.
         needed: u64,
+        /// The pool's free space, in bytes.
         available: u64,
     },
+    /// The domain has no agent port, or kiln's metadata holds no agent secret for it.
     #[error("domain {name} on {uri} has no kiln agent channel (or no secret)")]
-    NoAgentChannel { uri: String, name: String },
+    NoAgentChannel {
+        /// The connection's URI.
+        uri: String,
+        /// The domain's name.
+        name: String,
+    },
+    /// A VM spec asks for port forwards, which only the daemonless backend provides.
     #[error("VM {name}: port forwards need the daemonless backend's user-mode NIC")]
-    PortForwardUnsupported { name: String },
+    PortForwardUnsupported {
+        /// The VM that asks for them.
+        name: String,
+    },
+    /// Something libvirt cannot do for this VM, refused before anything is changed.
     #[error("VM {name} on {uri}: {what} is not possible: {reason}")]
     Unsupported {
+        /// The connection's URI.
         uri: String,
+        /// The VM's name.
         name: String,
+        /// What was asked for, in words.
         what: &'static str,
+        /// Why libvirt cannot do it.
         reason: &'static str,
+        /// What to do instead; [`hint`](LibvirtError::hint) returns it.
         hint: &'static str,
     },
 }
 
 impl LibvirtError {
+    /// What the user can do about this error, where there is something to say.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             Self::Connect { uri, .. } if uri.starts_with("qemu:///system") || uri.is_empty() => {
@@ -199,6 +234,7 @@ impl LibvirtConn {
         Self::open_with(uri, LibvirtOptions::for_uri(uri)).await
     }
 
+    /// Opens `uri` read-write, keeping volumes and logs where `options` say.
     pub async fn open_with(uri: &str, options: LibvirtOptions) -> Result<Self, LibvirtError> {
         static QUIET: Once = Once::new();
         // libvirt prints every error to stderr by default; kiln reports them itself.
@@ -232,10 +268,12 @@ impl LibvirtConn {
         })
     }
 
+    /// The URI this connection was opened with.
     pub fn uri(&self) -> &str {
         &self.inner.uri
     }
 
+    /// Where kiln keeps volumes and logs on this connection's host.
     pub fn options(&self) -> &LibvirtOptions {
         &self.inner.options
     }

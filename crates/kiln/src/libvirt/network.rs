@@ -9,14 +9,18 @@ use super::{Inner, LibvirtConn, LibvirtError, is_code, xml};
 /// A network as kiln sees it.
 #[derive(Debug)]
 pub struct NetworkState {
+    /// The network's name.
     pub name: String,
+    /// Whether the network is started.
     pub active: bool,
+    /// What kiln reads from the network's XML: its tag, subnets and isolation.
     pub observed: xml::NetworkObserved,
 }
 
 impl LibvirtConn {
     // --- networks ------------------------------------------------------------------------
 
+    /// The network called `name`, kiln's or not, with its state; `None` when there is none.
     pub async fn network(&self, name: &str) -> Result<Option<NetworkState>, LibvirtError> {
         let name = name.to_owned();
         self.call(move |inner| match inner.lookup_network(&name)? {

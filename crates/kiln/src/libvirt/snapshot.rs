@@ -15,6 +15,7 @@ use super::{LibvirtConn, LibvirtError, is_code};
 /// One snapshot of a domain, as libvirt describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotObserved {
+    /// The snapshot's name, unique within its domain.
     pub name: String,
     /// What kiln wrote in the description (JSON), if anything.
     pub description: Option<String>,

@@ -27,27 +27,60 @@ use crate::{IoError, Result};
 /// What can go wrong with named networks.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// A netlink request was refused with `EPERM`: kiln lacks CAP_NET_ADMIN.
     #[error("creating and changing network links needs root (CAP_NET_ADMIN): cannot {op}")]
-    NeedsRoot { op: &'static str },
+    NeedsRoot {
+        /// What kiln tried to do, as a verb phrase.
+        op: &'static str,
+    },
+    /// A netlink request failed for any other reason.
     #[error("cannot {op} {link}: {message}")]
     Netlink {
+        /// What kiln tried to do, as a verb phrase.
         op: &'static str,
+        /// The link it tried to do it to (empty when there is none).
         link: String,
+        /// The netlink error.
         message: String,
     },
+    /// A link kiln needs (a bridge or a tap) is not there.
     #[error("network link {link} does not exist")]
-    NoSuchLink { link: String },
+    NoSuchLink {
+        /// The missing link's name.
+        link: String,
+    },
+    /// No named network of that name is recorded on this host.
     #[error("network {name} does not exist")]
-    NotFound { name: String },
+    NotFound {
+        /// The network asked for.
+        name: String,
+    },
+    /// A network of that name is already recorded.
     #[error("network {name} already exists")]
-    Exists { name: String },
+    Exists {
+        /// The name already taken.
+        name: String,
+    },
+    /// Every host address of the subnet but the gateway is leased.
     #[error("network {name} ({subnet}) has no free address left")]
-    Full { name: String, subnet: Ipv4Net },
+    Full {
+        /// The full network.
+        name: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+    },
+    /// The network still has leases and was not removed by force.
     #[error("network {name} is used by {}", vms.join(", "))]
-    InUse { name: String, vms: Vec<String> },
+    InUse {
+        /// The network being removed.
+        name: String,
+        /// The VMs that hold a lease on it.
+        vms: Vec<String>,
+    },
 }
 
 impl NetError {
+    /// What the user can do about this error, where there is something to say.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             Self::NeedsRoot { .. } => {
@@ -69,7 +102,9 @@ impl NetError {
 pub struct NicAttachment {
     /// The tap QEMU creates; kiln puts it into `bridge`.
     pub tap: String,
+    /// The bridge of the network the NIC is on.
     pub bridge: String,
+    /// The NIC's MAC: the spec's, or one derived from the VM and network names.
     pub mac: MacAddr,
     /// The guest's address and prefix.
     pub address: Ipv4Net,
@@ -79,7 +114,9 @@ pub struct NicAttachment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalNetwork {
+    /// The spec the network was created from.
     pub spec: NetworkSpec,
+    /// The name of its Linux bridge.
     pub bridge: String,
     /// The address of each VM on the network.
     #[serde(default)]
@@ -87,9 +124,11 @@ pub struct LocalNetwork {
 }
 
 impl LocalNetwork {
+    /// The network's name.
     pub fn name(&self) -> &str {
         self.spec.name()
     }
+    /// The network's subnet; the gateway and each VM get an address in it.
     pub fn subnet(&self) -> Ipv4Net {
         self.spec.subnet()
     }
@@ -132,6 +171,7 @@ pub struct Networks {
 }
 
 impl Networks {
+    /// The networks recorded under `paths`.
     pub fn new(paths: &Paths) -> Self {
         Self {
             paths: paths.clone(),
@@ -156,6 +196,7 @@ impl Networks {
         Ok(networks)
     }
 
+    /// The network called `name`, or [`NetError::NotFound`].
     pub fn get(&self, name: &str) -> Result<LocalNetwork> {
         crate::spec::validate_name(name)?;
         state::read_json(&self.file(name))?.ok_or_else(|| {

@@ -54,6 +54,8 @@ fn failed(op: &'static str, link: &str) -> impl FnOnce(rtnetlink::Error) -> NetE
 }
 
 impl Netlink {
+    /// Opens a netlink socket in kiln's network namespace; its connection runs as a task on
+    /// the current tokio runtime until this value is dropped.
     pub fn open() -> Result<Self, NetError> {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|e| NetError::Netlink {

@@ -26,46 +26,90 @@ use crate::backend::{Backend, Launch};
 use crate::state::{MachineRecord, VmPaths};
 use crate::{IoError, Result, VmSpec};
 
+/// What can go wrong running VMs with QEMU directly. `hint()` says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
+    /// A program kiln runs (QEMU, `qemu-img`, the console logger) could not be started.
     #[error("cannot run {}", program.display())]
     NotInstalled {
+        /// The program that could not be run.
         program: PathBuf,
+        /// The underlying IO error.
         #[source]
         source: std::io::Error,
     },
+    /// QEMU could not set the machine up: its `-daemonize` parent exited with a failure.
     #[error("qemu exited with status {status} while starting: {stderr}")]
-    StartFailed { status: i32, stderr: String },
+    StartFailed {
+        /// Its exit code (-1 when a signal ended it).
+        status: i32,
+        /// What it wrote to stderr, trimmed.
+        stderr: String,
+    },
+    /// QEMU started but its pidfile is missing or holds no pid.
     #[error("qemu wrote no usable pid to {}", path.display())]
-    NoPid { path: PathBuf },
+    NoPid {
+        /// The pidfile.
+        path: PathBuf,
+    },
+    /// A QMP connection or command failed.
     #[error("QMP on {}: {reason}", path.display())]
-    Qmp { path: PathBuf, reason: String },
+    Qmp {
+        /// The VM's QMP socket.
+        path: PathBuf,
+        /// What failed, with QEMU's answer where there was one.
+        reason: String,
+    },
+    /// `qemu-img` exited with a failure, or printed output kiln cannot read.
     #[error("qemu-img failed: {stderr}")]
-    ImgFailed { stderr: String },
+    ImgFailed {
+        /// What it wrote to stderr, trimmed, or why its output was unreadable.
+        stderr: String,
+    },
+    /// The spec boots from the network but has no user-mode NIC to serve the boot.
     #[error("a network boot needs the user-mode NIC: it serves BOOTP and TFTP")]
     NetworkBootNeedsUserNic,
+    /// A shared directory's host path is not a directory.
     #[error("cannot share {}: it is not a directory on this host", path.display())]
-    ShareNotADirectory { path: PathBuf },
+    ShareNotADirectory {
+        /// The host path given for the share.
+        path: PathBuf,
+    },
+    /// The user-mode network's helper (passt, or the firewall tool that confines it) is
+    /// missing or failed.
     #[error("cannot run {}, which gives the guest its way out (network policy nat)", program.display())]
     NetworkHelper {
+        /// The helper that could not be run or failed.
         program: PathBuf,
+        /// The underlying IO error, or the helper's stderr.
         #[source]
         source: std::io::Error,
     },
+    /// A port forward's host port cannot be bound: something else holds it.
     #[error("cannot forward {forward}: the host port is in use")]
     PortInUse {
+        /// The forward whose host port is taken.
         forward: crate::spec::PortForward,
+        /// The error binding the port.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl QemuError {
+    /// What the user can do about this error, where there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {
-            Self::NotInstalled { .. } => Some(
-                "install QEMU 10 with scripts/setup.sh (qemu-system-x86 from bookworm-backports)"
-                    .to_owned(),
+            Self::NotInstalled { program, .. } => Some(
+                match program.file_name().and_then(|name| name.to_str()) {
+                    Some("stdbuf") => "install coreutils (the console log's size cap uses stdbuf)",
+                    Some("qemu-img") => "install qemu-utils with scripts/setup.sh",
+                    _ => {
+                        "install QEMU 10 with scripts/setup.sh (qemu-system-x86 from \
+                         bookworm-backports)"
+                    }
+                }
+                .to_owned(),
             ),
             Self::StartFailed { .. } => Some("run `kiln doctor` to check this host".to_owned()),
             Self::NetworkHelper { .. } => Some(
@@ -134,10 +178,12 @@ impl QemuBackend {
         self
     }
 
+    /// The `qemu-system-x86_64` this backend runs.
     pub fn binary(&self) -> &std::path::Path {
         &self.binary
     }
 
+    /// The qboot image used for microvm, when one was found.
     pub fn firmware(&self) -> Option<&std::path::Path> {
         self.firmware.as_deref()
     }

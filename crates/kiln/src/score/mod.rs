@@ -41,6 +41,7 @@ pub trait Score<T: Topology>: Send + Sync + fmt::Debug {
     /// The desired state, serialized (what `--json` shows and what plans compare).
     fn desired_state(&self) -> serde_json::Value;
 
+    /// The interpret that applies this score to a topology `T`.
     fn create_interpret(&self) -> Box<dyn Interpret<T>>;
 }
 

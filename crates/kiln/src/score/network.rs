@@ -33,6 +33,7 @@ impl NetworkScore {
         Ok(Self { name, networks })
     }
 
+    /// The networks the score wants.
     pub fn networks(&self) -> &[NetworkSpec] {
         &self.networks
     }

@@ -8,7 +8,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceKind {
+    /// A named network.
     Network,
+    /// A VM.
     Vm,
 }
 
@@ -25,12 +27,15 @@ impl fmt::Display for ResourceKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
+    /// Created: it does not exist yet.
     Create,
     /// Changed in place (redefined, or started).
     Update,
     /// Removed and created again: the change cannot be made in place.
     Replace,
+    /// Removed: the score owns it but no longer wants it, or is being destroyed.
     Delete,
+    /// Left alone: it is already as wanted.
     Unchanged,
 }
 
@@ -49,25 +54,33 @@ impl fmt::Display for Change {
 /// One field that differs between what exists and what the score wants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldDiff {
+    /// The top-level spec field (`cpus`), or `state` when a stopped VM is to be started.
     pub field: String,
+    /// What exists now, as text (`(none)` when unset).
     pub from: String,
+    /// What the score wants, as text (`(none)` when unset).
     pub to: String,
 }
 
 /// The plan for one resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResourcePlan {
+    /// What kind of resource it is.
     pub kind: ResourceKind,
+    /// The resource's name.
     pub name: String,
     /// The host it is (or will be) on, for topologies with several.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// What happens to it.
     pub change: Change,
+    /// The fields that differ, for an update or a replace.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub diffs: Vec<FieldDiff>,
 }
 
 impl ResourcePlan {
+    /// The plan for resource `name` of `kind`: on no particular host, with no field diffs.
     pub fn new(kind: ResourceKind, name: impl Into<String>, change: Change) -> Self {
         Self {
             kind,
@@ -78,12 +91,14 @@ impl ResourcePlan {
         }
     }
 
+    /// Sets the host the resource is (or will be) on.
     #[must_use]
     pub fn on(mut self, host: Option<String>) -> Self {
         self.host = host;
         self
     }
 
+    /// Sets the fields that differ.
     #[must_use]
     pub fn with_diffs(mut self, diffs: Vec<FieldDiff>) -> Self {
         self.diffs = diffs;
@@ -107,7 +122,9 @@ impl fmt::Display for ResourcePlan {
 /// What a score would change (from `plan`) or changed (from `execute` and `destroy`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// The score's name.
     pub score: String,
+    /// Each resource the score wants or owns, with what happens to it.
     pub resources: Vec<ResourcePlan>,
 }
 
@@ -115,6 +132,7 @@ pub struct Plan {
 pub type Outcome = Plan;
 
 impl Plan {
+    /// An empty plan for score `score`.
     pub fn new(score: impl Into<String>) -> Self {
         Self {
             score: score.into(),

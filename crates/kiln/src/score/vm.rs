@@ -48,6 +48,7 @@ impl VmScore {
         Ok(Self { name, vms })
     }
 
+    /// The VMs the score wants.
     pub fn vms(&self) -> &[VmSpec] {
         &self.vms
     }

@@ -49,16 +49,20 @@ struct Stamp {
 /// What a session brought back.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
+    /// Files created (in the guest for a pull, on the host for a push) and copied over.
     pub created: Vec<String>,
+    /// Files changed (size or modification time) and copied over the other side's copy.
     pub changed: Vec<String>,
     /// Changed in the guest and on the host: the guest's version is in `NAME.kiln-guest`.
     pub conflicts: Vec<String>,
     /// Deleted in the guest; left alone on the host.
     pub deleted: Vec<String>,
+    /// Bytes of file contents sent.
     pub bytes: u64,
 }
 
 impl SyncReport {
+    /// Whether no file was created, changed, deleted or in conflict.
     pub fn is_empty(&self) -> bool {
         self.created.is_empty()
             && self.changed.is_empty()
@@ -105,6 +109,7 @@ impl Session {
         format!("run-{}", hex::encode(bytes))
     }
 
+    /// The session VM's name.
     pub fn name(&self) -> &str {
         self.spec.name()
     }

@@ -18,25 +18,54 @@ pub enum CloudInitError {
     NotCloudConfig,
     /// More user-data than kiln passes on.
     #[error("user-data is {size} bytes, over the {max} kiln accepts")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The user-data's size, in bytes.
+        size: usize,
+        /// The most kiln accepts, [`MAX_USER_DATA`].
+        max: usize,
+    },
     /// A user or host name cloud-init would reject.
     #[error("invalid {what} {value:?}")]
-    InvalidName { what: &'static str, value: String },
+    InvalidName {
+        /// What the name is for: `hostname`, `user name` or `NIC name`.
+        what: &'static str,
+        /// The name that was refused.
+        value: String,
+    },
     /// A file path that is not absolute and plain.
     #[error("write_files path {path:?} must be absolute and plain")]
-    InvalidPath { path: String },
+    InvalidPath {
+        /// The path as given.
+        path: String,
+    },
     /// An SSH key that is not one line of `TYPE BASE64 [COMMENT]`.
     #[error("ssh key {key:?} is not an OpenSSH public key line")]
-    InvalidKey { key: String },
+    InvalidKey {
+        /// The key as given.
+        key: String,
+    },
     /// An interface address that is not `A.B.C.D/PREFIX`.
     #[error("NIC {nic}: {address:?} is not an IPv4 address with its prefix, like 10.0.0.5/24")]
-    InvalidAddress { nic: String, address: String },
+    InvalidAddress {
+        /// The NIC's name in the guest.
+        nic: String,
+        /// The address as given.
+        address: String,
+    },
     /// Network config for a NIC the VM does not have.
     #[error("NIC {nic}: the VM has no NIC with MAC {mac} (give a named network that MAC)")]
-    UnknownNic { nic: String, mac: MacAddr },
+    UnknownNic {
+        /// The NIC's name in the guest.
+        nic: String,
+        /// The MAC address no NIC of the VM has.
+        mac: MacAddr,
+    },
     /// Two NICs of one name.
     #[error("two NICs are named {nic}")]
-    DuplicateNic { nic: String },
+    DuplicateNic {
+        /// The name given twice.
+        nic: String,
+    },
 }
 
 /// A NIC cloud-init configures (network-config version 2), found by its MAC and renamed to
@@ -83,19 +112,23 @@ impl CloudNic {
         self.dhcp = true;
         self
     }
+    /// Sets the default IPv4 gateway (`gateway4`).
     #[must_use]
     pub fn gateway(mut self, gateway: std::net::Ipv4Addr) -> Self {
         self.gateway = Some(gateway);
         self
     }
+    /// Adds a DNS server (repeatable).
     #[must_use]
     pub fn nameserver(mut self, server: std::net::Ipv4Addr) -> Self {
         self.nameservers.push(server);
         self
     }
+    /// The MAC address the NIC is found by.
     pub fn mac(&self) -> MacAddr {
         self.mac
     }
+    /// The NIC's name in the guest.
     pub fn name(&self) -> &str {
         &self.name
     }

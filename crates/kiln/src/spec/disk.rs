@@ -36,6 +36,7 @@ pub fn valid_label(label: &str) -> bool {
 }
 
 impl DiskSpec {
+    /// A blank disk of this size, with no base and no label.
     pub fn new(size: ByteSize) -> Self {
         Self {
             size,
@@ -43,6 +44,7 @@ impl DiskSpec {
             label: None,
         }
     }
+    /// A blank disk of `gib` GiB, with no base and no label.
     pub fn new_gib(gib: u64) -> Self {
         Self::new(ByteSize::from_gib(gib))
     }
@@ -71,9 +73,11 @@ impl DiskSpec {
     pub fn label(&self) -> Option<&str> {
         self.label.as_deref()
     }
+    /// The disk's size as the guest sees it.
     pub fn size(&self) -> ByteSize {
         self.size
     }
+    /// The base image this disk is an overlay on, if it has one.
     pub fn base(&self) -> Option<&Path> {
         self.base.as_deref()
     }

@@ -33,6 +33,7 @@ impl MacAddr {
         Self([0x52, 0x54, 0x00, tail[0], tail[1], tail[2]])
     }
 
+    /// The address's six octets, in order.
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
@@ -49,7 +50,8 @@ impl FromStr for MacAddr {
         let mut parts = text.split(':');
         for octet in &mut octets {
             let part = parts.next().ok_or_else(|| invalid("it needs six octets"))?;
-            if part.len() != 2 {
+            // `from_str_radix` alone would take "+1".
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid("each octet is two hex digits"));
             }
             *octet = u8::from_str_radix(part, 16).map_err(|_| invalid("octets are hex digits"))?;
@@ -100,6 +102,7 @@ mod tests {
             "52-54-00-ab-cd-01",
             "52:54:00:ab:cd:1",
             "52:54:00:ab:cd:zz",
+            "52:54:00:ab:cd:+1",
             "01:00:5e:00:00:01",
             "00:00:00:00:00:00",
         ] {

@@ -22,18 +22,46 @@ pub const MAX_SECRETS_TOTAL: u64 = 1024 * 1024;
 /// Metadata or a secret that is not accepted. Each variant names the offending key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
+    /// A metadata key or secret name is not a plain identifier (see [`valid_key`]).
     #[error("metadata key {key:?} is not a plain identifier")]
-    BadKey { key: String },
+    BadKey {
+        /// The key or name that was refused.
+        key: String,
+    },
+    /// A value is longer than [`MAX_VALUE_LEN`] bytes.
     #[error("the value of metadata key {key} is {len} bytes; at most {MAX_VALUE_LEN} are allowed")]
-    ValueTooLong { key: String, len: usize },
+    ValueTooLong {
+        /// The key whose value is too long.
+        key: String,
+        /// The value's length, in bytes.
+        len: usize,
+    },
+    /// A value holds a control character other than tab and newline, or U+FFFE or U+FFFF.
     #[error("the value of metadata key {key} holds a control character")]
-    ControlCharacter { key: String },
+    ControlCharacter {
+        /// The key whose value holds it.
+        key: String,
+    },
+    /// There are more than [`MAX_ENTRIES`] key/values, or more than that many secrets.
     #[error("{count} metadata entries or secrets; at most {MAX_ENTRIES} of each are allowed")]
-    TooMany { count: usize },
+    TooMany {
+        /// How many key/values, or secrets, there are.
+        count: usize,
+    },
+    /// A secret's host file is not given by an absolute path.
     #[error("secret {name}: {path:?} is not an absolute path")]
-    RelativeSecretPath { name: String, path: PathBuf },
+    RelativeSecretPath {
+        /// The secret's name.
+        name: String,
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// An argument meant as `KEY=VALUE` has no `=`.
     #[error("{entry:?} is not KEY=VALUE")]
-    NotAnAssignment { entry: String },
+    NotAnAssignment {
+        /// The argument as given.
+        entry: String,
+    },
 }
 
 /// Whether `key` is a plain identifier: an ASCII letter, then letters, digits, `_`, `-` or
@@ -88,14 +116,17 @@ fn check_value(key: &str, value: &str) -> Result<(), MetadataError> {
 
 /// A change to a VM's metadata key/values, applied to what the VM has when the change is
 /// made (under the VM's lock on the daemonless backend), so two changes do not undo each
-/// other: keys to set, then keys to remove.
+/// other: keys to remove, then keys to set (so a key in both ends up set).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataChange {
+    /// Keys to set, with their new values.
     pub set: BTreeMap<String, String>,
+    /// Keys to remove; a key also in `set` keeps its new value.
     pub unset: Vec<String>,
 }
 
 impl MetadataChange {
+    /// Whether the change neither sets nor removes a key.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.unset.is_empty()
     }
@@ -124,6 +155,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Whether there are neither key/values nor secrets.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty() && self.secrets.is_empty()
     }
@@ -146,6 +178,8 @@ impl Metadata {
         self.secrets.insert(name.into(), path.as_ref().to_owned());
     }
 
+    /// Checks the number of key/values and of secrets, every key, value and secret name,
+    /// and that every secret's path is absolute. Secret files are not read.
     pub fn validate(&self) -> Result<(), MetadataError> {
         for count in [self.values.len(), self.secrets.len()] {
             if count > MAX_ENTRIES {

@@ -1,4 +1,4 @@
-//! What a VM should be: [`VmSpec`] and its parts, built and loaded through one [`validate`].
+//! What a VM should be: [`VmSpec`] and its parts, built and loaded through one check (`validate.rs`).
 
 mod cloud_init;
 mod disk;
@@ -14,8 +14,9 @@ pub use cloud_init::{CloudInit, CloudInitError, CloudNic, MAX_USER_DATA};
 pub use disk::{DiskSpec, MAX_LABEL_LEN, ROOT_DISK_LABEL};
 pub use mac::MacAddr;
 pub use metadata::{
-    MAX_ENTRIES as MAX_METADATA_ENTRIES, MAX_SECRET_LEN, MAX_SECRETS_TOTAL, Metadata,
-    MetadataChange, MetadataError, parse_assignment, valid_key as valid_metadata_key,
+    MAX_ENTRIES as MAX_METADATA_ENTRIES, MAX_KEY_LEN as MAX_METADATA_KEY_LEN, MAX_SECRET_LEN,
+    MAX_SECRETS_TOTAL, MAX_VALUE_LEN as MAX_METADATA_VALUE_LEN, Metadata, MetadataChange,
+    MetadataError, parse_assignment, valid_key as valid_metadata_key,
 };
 pub use network::{
     DhcpRange, NetPolicy, NetworkMode, NetworkRef, NetworkSpec, NetworkSpecBuilder, Reservation,
@@ -43,105 +44,260 @@ pub const DEFAULT_IMAGE: &str = "default";
 /// A spec that failed validation. Each variant names the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// A VM or network name, or a reservation's hostname, breaks the rules of
+    /// [`validate_name`].
     #[error("invalid VM name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName {
+        /// The name that was refused.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The spec asks for 0 vCPUs.
     #[error("a VM needs at least 1 vCPU")]
     ZeroCpus,
+    /// The spec asks for more vCPUs than [`MAX_CPUS`].
     #[error("{cpus} vCPUs is more than the {max} kiln allows")]
-    TooManyCpus { cpus: u32, max: u32 },
+    TooManyCpus {
+        /// The vCPUs asked for.
+        cpus: u32,
+        /// The most kiln allows, [`MAX_CPUS`].
+        max: u32,
+    },
+    /// The spec asks for less memory than [`MIN_MEMORY_MIB`].
     #[error("{memory_mib} MiB of memory is below the {min} MiB a guest needs")]
-    MemoryTooSmall { memory_mib: u64, min: u64 },
+    MemoryTooSmall {
+        /// The memory asked for, in MiB.
+        memory_mib: u64,
+        /// The least a guest boots with, in MiB.
+        min: u64,
+    },
+    /// The spec asks for more memory than the host has in all (checked only where
+    /// `/proc/meminfo` can be read).
     #[error("{memory_mib} MiB of memory is more than this host has ({host_mib} MiB)")]
-    MemoryTooLarge { memory_mib: u64, host_mib: u64 },
+    MemoryTooLarge {
+        /// The memory asked for, in MiB.
+        memory_mib: u64,
+        /// The host's total memory, in MiB.
+        host_mib: u64,
+    },
+    /// The image name breaks the rules of [`validate_name`].
     #[error("invalid image name {name:?}")]
-    InvalidImage { name: String },
+    InvalidImage {
+        /// The image name that was refused.
+        name: String,
+    },
+    /// A disk is smaller than 1 MiB.
     #[error("disk {index} is empty: a disk needs a size of at least 1 MiB")]
-    EmptyDisk { index: usize },
+    EmptyDisk {
+        /// The disk's position among the spec's disks, from 0.
+        index: usize,
+    },
+    /// A disk's label is not 1 to 20 of `a-z 0-9 - _`, or is one kiln keeps for its own
+    /// disks (`kiln-root`, `kiln-config`, `cidata`).
     #[error("disk {index}: invalid label {label:?}")]
-    InvalidDiskLabel { index: usize, label: String },
+    InvalidDiskLabel {
+        /// The disk's position among the spec's disks, from 0.
+        index: usize,
+        /// The label that was refused.
+        label: String,
+    },
+    /// Two of the spec's disks have the same label.
     #[error("two disks are labelled {label:?}")]
-    DuplicateDiskLabel { label: String },
+    DuplicateDiskLabel {
+        /// The label given twice.
+        label: String,
+    },
+    /// A root size is given with the default image, which has no root disk.
     #[error("a root size needs a Debian image: the default image has no root disk")]
     RootSizeWithoutRoot,
+    /// A boot order (a firmware boot) is given with a Debian image, which boots through
+    /// kiln's kernel.
     #[error("image {image} boots through kiln's kernel, but a boot order boots firmware")]
-    FirmwareBootWithImage { image: String },
+    FirmwareBootWithImage {
+        /// The image the spec names.
+        image: String,
+    },
+    /// Cloud-init data is given with the default image, which has no cloud-init.
     #[error("cloud-init needs an image that has it; the default image has not")]
     CloudInitWithoutImage,
+    /// The cloud-init data is refused, or configures a NIC the VM does not have.
     #[error(transparent)]
     CloudInit(#[from] CloudInitError),
+    /// A metadata key/value or secret is refused.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// A NIC's or network's network name breaks the rules of [`validate_name`].
     #[error("network name {name:?} is invalid")]
-    InvalidNetwork { name: String },
+    InvalidNetwork {
+        /// The network name that was refused.
+        name: String,
+    },
+    /// A MAC address is malformed, multicast or all zeros.
     #[error("invalid MAC address {mac:?}: {reason}")]
-    InvalidMac { mac: String, reason: &'static str },
+    InvalidMac {
+        /// The address as given.
+        mac: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A MAC address is used twice: by two NICs of a VM or of a score, or by two
+    /// reservations of a network.
     #[error("MAC address {mac} appears twice in {context}")]
-    DuplicateMac { mac: MacAddr, context: String },
+    DuplicateMac {
+        /// The address used twice.
+        mac: MacAddr,
+        /// Where it is used twice, e.g. `the NICs of VM web-1`.
+        context: String,
+    },
+    /// A network's subnet is not IPv4 CIDR text such as `10.10.0.0/24`.
     #[error("network {network}: {text:?} is not a subnet like 10.10.0.0/24")]
-    InvalidSubnetText { network: String, text: String },
+    InvalidSubnetText {
+        /// The network's name.
+        network: String,
+        /// The text given as the subnet.
+        text: String,
+    },
+    /// A network's subnet has a prefix outside /8 to /30, or host bits set.
     #[error("network {network}: subnet {subnet} is invalid: {reason}")]
     InvalidSubnet {
+        /// The network's name.
         network: String,
+        /// The subnet that was refused.
         subnet: Ipv4Net,
+        /// What is wrong with it.
         reason: &'static str,
     },
+    /// A network's DHCP range is empty, reaches past the subnet's host addresses, or holds
+    /// the host's address.
     #[error("network {network}: DHCP range {start}-{end} is invalid: {reason}")]
     InvalidDhcpRange {
+        /// The network's name.
         network: String,
+        /// The range's first address.
         start: Ipv4Addr,
+        /// The range's last address.
         end: Ipv4Addr,
+        /// What is wrong with it.
         reason: &'static str,
     },
+    /// A reserved address is not one of the subnet's host addresses, or is the host's own
+    /// (the first).
     #[error("network {network}: reserved address {ip} is outside the guests' part of {subnet}")]
     ReservationOutsideSubnet {
+        /// The network's name.
         network: String,
+        /// The reserved address.
         ip: Ipv4Addr,
+        /// The network's subnet.
         subnet: Ipv4Net,
     },
+    /// Two reservations of a network hand out the same address.
     #[error("network {network}: address {ip} is reserved twice")]
-    DuplicateReservedIp { network: String, ip: Ipv4Addr },
+    DuplicateReservedIp {
+        /// The network's name.
+        network: String,
+        /// The address reserved twice.
+        ip: Ipv4Addr,
+    },
+    /// Two networks' subnets share addresses.
     #[error("networks {first} ({first_subnet}) and {second} ({second_subnet}) overlap")]
     OverlappingSubnets {
+        /// The name of the network found first.
         first: String,
+        /// Its subnet.
         first_subnet: Ipv4Net,
+        /// The name of the network that overlaps it.
         second: String,
+        /// Its subnet.
         second_subnet: Ipv4Net,
     },
+    /// Two resources of one kind in a score have the same name.
     #[error("{kind} {name:?} appears twice")]
-    DuplicateName { kind: &'static str, name: String },
+    DuplicateName {
+        /// The kind of resource, e.g. `VM`.
+        kind: &'static str,
+        /// The name given twice.
+        name: String,
+    },
+    /// A device appears twice in the boot order.
     #[error("boot device {device} is listed twice")]
-    DuplicateBootDevice { device: BootDevice },
+    DuplicateBootDevice {
+        /// The device listed twice.
+        device: BootDevice,
+    },
+    /// The boot order names a device the VM does not have: a disk without disks, or the
+    /// network without a NIC.
     #[error("boot device {device} is listed but the VM has no {needs}")]
     BootDeviceMissing {
+        /// The device in the boot order.
         device: BootDevice,
+        /// What the VM lacks: `disk` or `NIC`.
         needs: &'static str,
     },
+    /// A disk's base image is not given by an absolute path.
     #[error("disk {index}: base image {} must be an absolute path", path.display())]
     RelativeDiskBase {
+        /// The disk's position among the spec's disks, from 0.
         index: usize,
+        /// The base image's path as given.
         path: std::path::PathBuf,
     },
+    /// A share's host path is not absolute, or its guest path is not a plain absolute path
+    /// other than `/`.
     #[error("share {index} ({share}): {reason}")]
     InvalidShare {
+        /// The share's position among the spec's shares, from 0.
         index: usize,
+        /// The share, written `HOST:GUEST`.
         share: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
+    /// The spec has more shares than [`MAX_SHARES`].
     #[error("{count} shares is more than the {max} kiln allows")]
-    TooManyShares { count: usize, max: usize },
+    TooManyShares {
+        /// How many shares the spec has.
+        count: usize,
+        /// The most kiln allows, [`MAX_SHARES`].
+        max: usize,
+    },
+    /// Two shares are mounted at the same guest path.
     #[error("two shares are mounted at {guest}")]
-    DuplicateShareTarget { guest: String },
+    DuplicateShareTarget {
+        /// The guest path used twice.
+        guest: String,
+    },
+    /// Two port forwards take the same protocol and host port on the same host address
+    /// (`0.0.0.0` clashes with every address).
     #[error("port forward {forward} conflicts with another on the same host port")]
-    DuplicatePort { forward: PortForward },
+    DuplicatePort {
+        /// The later of the two forwards.
+        forward: PortForward,
+    },
+    /// A port forward names port 0 on the host or in the guest.
+    #[error("port forward {forward} uses port 0: ports are 1 to 65535")]
+    PortZero {
+        /// The forward that was refused.
+        forward: PortForward,
+    },
+    /// The spec forwards ports but has no user-mode NIC to forward them through.
     #[error("port forwards need the VM's user-mode (NAT) NIC, and this VM has none")]
     PortsNeedUserNetwork,
+    /// A network policy's text is not `none`, `nat` or `host`.
     #[error("unknown network policy {text:?}")]
-    InvalidNetPolicy { text: String },
+    InvalidNetPolicy {
+        /// The text as given.
+        text: String,
+    },
+    /// A size is not a number with a unit, or is too large.
     #[error(transparent)]
     Size(#[from] SizeError),
 }
 
 impl SpecError {
+    /// A suggestion for fixing the error, shown by the CLI under the message; `None` when
+    /// there is none to give.
     pub fn hint(&self) -> Option<String> {
         let hint = match self {
             Self::InvalidName { .. } => {
@@ -180,6 +336,7 @@ impl SpecError {
                 "a share is -v /abs/host/dir:/guest/dir[:ro], one per guest directory"
             }
             Self::DuplicatePort { .. } => "forward each host port once per protocol",
+            Self::PortZero { .. } => "name a port from 1 to 65535 on both sides",
             Self::PortsNeedUserNetwork => {
                 "keep the default NIC, or publish the service on your named network instead"
             }
@@ -221,6 +378,23 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 }
 
 /// What a VM should be. Build one with [`VmSpec::builder`]; fields are read through getters.
+///
+/// ```
+/// use kiln::{DiskSpec, SpecError, VmSpec};
+///
+/// let spec = VmSpec::builder("web-1")
+///     .cpus(2)
+///     .memory_gib(1)
+///     .disk(DiskSpec::new_gib(4).labeled("data"))
+///     .metadata("role", "web")
+///     .build()?;
+/// assert_eq!((spec.name(), spec.cpus(), spec.memory_mib()), ("web-1", 2, 1024));
+///
+/// // Every builder checks what it is given, before anything is created.
+/// let err = VmSpec::builder("Web_1").build().unwrap_err();
+/// assert!(matches!(err, SpecError::InvalidName { .. }));
+/// # Ok::<(), SpecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "VmSpecFields", into = "VmSpecFields")]
 pub struct VmSpec {
@@ -296,6 +470,8 @@ impl From<VmSpec> for VmSpecFields {
 }
 
 impl VmSpec {
+    /// Starts a spec named `name`: 1 vCPU, 512 MiB, the default image, no disks, and one
+    /// user-mode (NAT) NIC unless NICs are given.
     pub fn builder(name: impl Into<String>) -> VmSpecBuilder {
         VmSpecBuilder {
             fields: VmSpecFields {
@@ -318,21 +494,27 @@ impl VmSpec {
         }
     }
 
+    /// The VM's name: 1 to 63 of a-z, 0-9 and '-', starting with a letter or digit.
     pub fn name(&self) -> &str {
         &self.fields.name
     }
+    /// The number of vCPUs, 1 to [`MAX_CPUS`].
     pub fn cpus(&self) -> u32 {
         self.fields.cpus
     }
+    /// The guest's memory, in MiB.
     pub fn memory_mib(&self) -> u64 {
         self.fields.memory_mib
     }
+    /// The spec's own disks, in order; a Debian image's root disk is not among them.
     pub fn disks(&self) -> &[DiskSpec] {
         &self.fields.disks
     }
+    /// The VM's NICs, in order; empty for a VM with no NIC.
     pub fn networks(&self) -> &[NetworkRef] {
         &self.fields.networks
     }
+    /// The image the VM boots: [`DEFAULT_IMAGE`], or the name of a Debian image.
     pub fn image(&self) -> &str {
         &self.fields.image
     }
@@ -379,6 +561,7 @@ impl VmSpec {
             )
             .collect()
     }
+    /// The accelerator asked for: KVM, TCG, or whichever fits the host.
     pub fn accel(&self) -> AccelChoice {
         self.fields.accel
     }
@@ -386,9 +569,11 @@ impl VmSpec {
     pub fn boot_order(&self) -> &[BootDevice] {
         &self.fields.boot_order
     }
+    /// The host directories shared into the guest.
     pub fn shares(&self) -> &[ShareSpec] {
         &self.fields.shares
     }
+    /// The host ports forwarded to the guest's user-mode NIC.
     pub fn ports(&self) -> &[PortForward] {
         &self.fields.ports
     }
@@ -438,22 +623,27 @@ pub struct VmSpecBuilder {
 }
 
 impl VmSpecBuilder {
+    /// Sets the number of vCPUs, 1 to [`MAX_CPUS`] (default 1).
     pub fn cpus(mut self, cpus: u32) -> Self {
         self.fields.cpus = cpus;
         self
     }
+    /// Sets the guest's memory in MiB, at least [`MIN_MEMORY_MIB`] (default 512).
     pub fn memory_mib(mut self, mib: u64) -> Self {
         self.fields.memory_mib = mib;
         self
     }
+    /// Sets the guest's memory in GiB (default 512 MiB).
     pub fn memory_gib(mut self, gib: u64) -> Self {
         self.fields.memory_mib = gib.saturating_mul(1024);
         self
     }
+    /// Sets the guest's memory from a size, rounded down to whole MiB (default 512 MiB).
     pub fn memory(mut self, size: ByteSize) -> Self {
         self.fields.memory_mib = size.mib();
         self
     }
+    /// Adds a disk after those already added.
     pub fn disk(mut self, disk: DiskSpec) -> Self {
         self.fields.disks.push(disk);
         self
@@ -511,10 +701,12 @@ impl VmSpecBuilder {
         self.networks_set = true;
         self
     }
+    /// Sets the image the VM boots (default [`DEFAULT_IMAGE`]; any other is a Debian image).
     pub fn image(mut self, image: impl Into<String>) -> Self {
         self.fields.image = image.into();
         self
     }
+    /// Sets the accelerator (default [`AccelChoice::Auto`]).
     pub fn accel(mut self, accel: AccelChoice) -> Self {
         self.fields.accel = accel;
         self
@@ -526,6 +718,8 @@ impl VmSpecBuilder {
         self
     }
 
+    /// Gives the VM one user-mode NIC if no NIC was set (nor [`no_network`](Self::no_network)),
+    /// then validates the spec.
     pub fn build(mut self) -> Result<VmSpec, SpecError> {
         if !self.networks_set {
             self.fields.networks.push(NetworkRef::User);
@@ -537,6 +731,23 @@ impl VmSpecBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forward_of_port_zero_is_refused() {
+        for forward in [PortForward::tcp(0, 80), PortForward::udp(8080, 0)] {
+            let err = VmSpec::builder("web").port(forward).build().unwrap_err();
+            assert!(
+                matches!(err, SpecError::PortZero { .. }),
+                "{forward}: {err}"
+            );
+        }
+        assert!(
+            VmSpec::builder("web")
+                .port(PortForward::tcp(8080, 80))
+                .build()
+                .is_ok()
+        );
+    }
 
     #[test]
     fn names_follow_the_documented_pattern() {

@@ -13,13 +13,16 @@ pub enum NetworkRef {
     User,
     /// A named network (a libvirt network), optionally with a fixed MAC address.
     Named {
+        /// The network's name.
         name: String,
+        /// The NIC's fixed MAC address; without one, the backend chooses it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mac: Option<MacAddr>,
     },
 }
 
 impl NetworkRef {
+    /// A NIC on the named network, with a MAC address the backend chooses.
     pub fn named(name: impl Into<String>) -> Self {
         Self::Named {
             name: name.into(),
@@ -43,6 +46,7 @@ impl NetworkRef {
         }
     }
 
+    /// The NIC's fixed MAC address: `None` for user-mode NAT, or when none was given.
     pub fn mac(&self) -> Option<MacAddr> {
         match self {
             Self::User => None,
@@ -77,6 +81,7 @@ pub enum NetPolicy {
 }
 
 impl NetPolicy {
+    /// Whether this is the default policy, [`NetPolicy::Nat`].
     pub fn is_default(&self) -> bool {
         *self == Self::default()
     }
@@ -120,7 +125,9 @@ pub enum NetworkMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DhcpRange {
+    /// The first address handed out.
     pub start: Ipv4Addr,
+    /// The last address handed out (the range includes it).
     pub end: Ipv4Addr,
 }
 
@@ -128,8 +135,12 @@ pub struct DhcpRange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
+    /// The MAC address the reservation is for.
     pub mac: MacAddr,
+    /// The address DHCP always hands to that MAC: a host address of the subnet, not the
+    /// host's own.
     pub ip: Ipv4Addr,
+    /// The hostname DHCP hands out with it, following the VM name rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 }
@@ -137,6 +148,24 @@ pub struct Reservation {
 /// What a network should be: a subnet whose first address is the host's, NAT or isolated,
 /// with an optional DHCP range and static reservations. Built by [`NetworkSpec::nat`] or
 /// [`NetworkSpec::isolated`], loaded through the same validation.
+///
+/// ```
+/// use kiln::spec::NetworkSpec;
+///
+/// let mac = "52:54:00:10:00:01".parse()?;
+/// let lab = NetworkSpec::nat("lab", "10.77.0.0/24")
+///     .dhcp([10, 77, 0, 100], [10, 77, 0, 200])
+///     .reserve_host(mac, [10, 77, 0, 10], "web-1")
+///     .build()?;
+/// assert_eq!(lab.name(), "lab");
+///
+/// // A reservation outside the subnet is refused.
+/// let outside = NetworkSpec::nat("lab", "10.77.0.0/24")
+///     .reserve_host(mac, [10, 78, 0, 10], "web-1")
+///     .build();
+/// assert!(outside.is_err());
+/// # Ok::<(), kiln::SpecError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "NetworkSpecFields", into = "NetworkSpecFields")]
 pub struct NetworkSpec {
@@ -256,12 +285,15 @@ impl NetworkSpec {
         NetworkSpecBuilder::new(name.into(), NetworkMode::Isolated, subnet)
     }
 
+    /// The network's name.
     pub fn name(&self) -> &str {
         &self.fields.name
     }
+    /// Whether guests reach the host's networks through NAT or stay isolated.
     pub fn mode(&self) -> NetworkMode {
         self.fields.mode
     }
+    /// The network's subnet, /8 to /30; its first host address is the host's.
     pub fn subnet(&self) -> Ipv4Net {
         self.fields.subnet
     }
@@ -269,9 +301,11 @@ impl NetworkSpec {
     pub fn gateway(&self) -> Ipv4Addr {
         gateway_of(self.fields.subnet)
     }
+    /// The addresses DHCP hands to any guest; `None` when it hands out only reservations.
     pub fn dhcp(&self) -> Option<DhcpRange> {
         self.fields.dhcp
     }
+    /// The fixed addresses DHCP hands to given MACs.
     pub fn reservations(&self) -> &[Reservation] {
         &self.fields.reservations
     }
@@ -339,6 +373,7 @@ impl NetworkSpecBuilder {
         self
     }
 
+    /// Checks the subnet's text, then validates the network.
     pub fn build(self) -> Result<NetworkSpec, SpecError> {
         NetworkSpec::try_from(NetworkSpecFields {
             name: self.name,

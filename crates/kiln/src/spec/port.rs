@@ -6,10 +6,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The transport protocol a port forward carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP connections; the default when a forward names no protocol.
     Tcp,
+    /// UDP datagrams.
     Udp,
 }
 
@@ -26,14 +29,18 @@ impl fmt::Display for Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
+    /// Whether TCP or UDP is forwarded.
     pub protocol: Protocol,
     /// 127.0.0.1 unless asked: a forwarded port is not opened to the network by default.
     pub host_addr: Ipv4Addr,
+    /// The port listened on at the host, 1 to 65535.
     pub host_port: u16,
+    /// The guest's port that connections reach, 1 to 65535.
     pub guest_port: u16,
 }
 
 impl PortForward {
+    /// Forwards TCP from the host's 127.0.0.1:`host_port` to `guest_port`.
     pub fn tcp(host_port: u16, guest_port: u16) -> Self {
         Self {
             protocol: Protocol::Tcp,
@@ -43,6 +50,7 @@ impl PortForward {
         }
     }
 
+    /// Forwards UDP from the host's 127.0.0.1:`host_port` to `guest_port`.
     pub fn udp(host_port: u16, guest_port: u16) -> Self {
         Self {
             protocol: Protocol::Udp,

@@ -37,12 +37,15 @@ impl ShareSpec {
         self
     }
 
+    /// The shared directory on the host.
     pub fn host(&self) -> &Path {
         &self.host
     }
+    /// Where the guest mounts it.
     pub fn guest(&self) -> &str {
         &self.guest
     }
+    /// Whether the guest is kept from writing to it.
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }

@@ -14,24 +14,39 @@ const TIB: u64 = GIB * 1024;
 /// Sizes above this are refused: no VM or disk kiln makes is that large.
 const MAX_BYTES: u64 = 64 * TIB;
 
+/// Why a size's text is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
+    /// The text is not a non-negative number with an optional unit B, K, M, G or T.
     #[error("invalid size {input:?}: {reason}")]
-    Invalid { input: String, reason: &'static str },
+    Invalid {
+        /// The text as given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The size is over 64 TiB, the most kiln accepts.
     #[error("size {input:?} is larger than the 64T kiln accepts")]
-    TooLarge { input: String },
+    TooLarge {
+        /// The text as given.
+        input: String,
+    },
 }
 
 impl ByteSize {
+    /// A size of `bytes` bytes.
     pub const fn from_bytes(bytes: u64) -> Self {
         Self(bytes)
     }
+    /// A size of `mib` MiB, saturating at `u64::MAX` bytes.
     pub const fn from_mib(mib: u64) -> Self {
         Self(mib.saturating_mul(MIB))
     }
+    /// A size of `gib` GiB, saturating at `u64::MAX` bytes.
     pub const fn from_gib(gib: u64) -> Self {
         Self(gib.saturating_mul(GIB))
     }
+    /// The size in bytes.
     pub const fn bytes(self) -> u64 {
         self.0
     }

@@ -118,6 +118,9 @@ pub(super) fn validate(spec: &VmSpecFields, host_memory_mib: Option<u64>) -> Res
         return Err(SpecError::PortsNeedUserNetwork);
     }
     for (index, forward) in spec.ports.iter().enumerate() {
+        if forward.host_port == 0 || forward.guest_port == 0 {
+            return Err(SpecError::PortZero { forward: *forward });
+        }
         if spec.ports[..index].iter().any(|p| {
             p.protocol == forward.protocol
                 && p.host_port == forward.host_port

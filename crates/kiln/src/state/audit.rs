@@ -19,6 +19,7 @@ pub struct AuditEntry {
     pub time: u64,
     /// The user's name (`$USER`, else `uid N`) and uid.
     pub user: String,
+    /// The user's numeric id.
     pub uid: u32,
     /// The command, e.g. `stop` or `snapshot restore`.
     pub verb: String,

@@ -21,6 +21,8 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Data in `data`, images in `cache`, sockets in `runtime`; the audit log goes in
+    /// `data`'s `state` directory.
     pub fn new(data: PathBuf, cache: PathBuf, runtime: PathBuf) -> Self {
         Self {
             state: data.join("state"),
@@ -35,6 +37,8 @@ impl Paths {
         Self::new(root.join("data"), root.join("cache"), root.join("run"))
     }
 
+    /// The directories the environment names: `KILN_HOME`, else the XDG base directories
+    /// (see [`Paths`]); `KILN_CACHE_DIR` moves the image cache either way.
     pub fn from_env() -> Result<Self> {
         let var = |name| {
             std::env::var_os(name)
@@ -68,9 +72,11 @@ impl Paths {
         Ok(paths)
     }
 
+    /// Where VMs, networks and locks live (`$XDG_DATA_HOME/kiln`).
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
+    /// Where images, templates and downloaded kernel packages live (`$XDG_CACHE_HOME/kiln`).
     pub fn cache_dir(&self) -> &Path {
         &self.cache
     }
@@ -82,10 +88,11 @@ impl Paths {
     pub fn audit_log(&self) -> PathBuf {
         self.state.join("audit.log")
     }
+    /// One directory per VM, named after it.
     pub fn vms_dir(&self) -> PathBuf {
         self.data.join("vms")
     }
-    /// The libvirt URIs VMs were created on ([`super::KnownHosts`]).
+    /// The libvirt URIs VMs were created on (the known-hosts list).
     pub fn hosts_file(&self) -> PathBuf {
         self.data.join("hosts.json")
     }
@@ -93,9 +100,11 @@ impl Paths {
     pub fn networks_dir(&self) -> PathBuf {
         self.data.join("networks")
     }
+    /// Lock files: one per VM, and kiln-wide ones (networks, known hosts).
     pub fn locks_dir(&self) -> PathBuf {
         self.data.join("locks")
     }
+    /// Built images, one directory per image.
     pub fn images_dir(&self) -> PathBuf {
         self.cache.join("images")
     }
@@ -103,10 +112,12 @@ impl Paths {
     pub fn templates_dir(&self) -> PathBuf {
         self.cache.join("templates")
     }
+    /// Downloaded Debian kernel packages that images are built from.
     pub fn debs_dir(&self) -> PathBuf {
         self.cache.join("debs")
     }
 
+    /// The files of VM `name` (nothing is created).
     pub fn vm(&self, name: &str) -> VmPaths {
         VmPaths {
             dir: self.vms_dir().join(name),
@@ -125,22 +136,26 @@ pub struct VmPaths {
 }
 
 impl VmPaths {
+    /// The VM's directory: its record, secret, disks, logs and snapshots.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// Where the VM's sockets and pidfiles live while it runs.
     pub fn run_dir(&self) -> &Path {
         &self.run
     }
+    /// The file whose lock is held while a command changes the VM.
     pub fn lock(&self) -> &Path {
         &self.lock
     }
+    /// The VM's record (`vm.json`).
     pub fn record(&self) -> PathBuf {
         self.dir.join("vm.json")
     }
+    /// The secret that authenticates clients to the VM's guest agent (random, `0600`).
     pub fn secret(&self) -> PathBuf {
         self.dir.join("secret")
     }
-    /// The FIFO QEMU writes the serial console into (see `serial_log`).
     /// What the VM's network boot serves over TFTP: `boot.ipxe` and links to the image.
     pub fn tftp_dir(&self) -> PathBuf {
         self.dir.join("tftp")
@@ -153,21 +168,29 @@ impl VmPaths {
     pub fn seed(&self) -> PathBuf {
         self.dir.join("cidata.img")
     }
+    /// The FIFO QEMU writes the serial console into; a logger copies it to `serial_log`.
     pub fn console_fifo(&self) -> PathBuf {
         self.run.join("console")
     }
+    /// The guest's serial console output, as copied from the console FIFO (appended, up to
+    /// the backend's size cap).
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join("serial.log")
     }
+    /// QEMU's own log (`qemu.log`), apart from the guest's console.
     pub fn qemu_log(&self) -> PathBuf {
         self.dir.join("qemu.log")
     }
+    /// QEMU's pidfile: how a running machine is found.
     pub fn pidfile(&self) -> PathBuf {
         self.run.join("qemu.pid")
     }
+    /// The VM's own qcow2 file for disk `index` (a snapshot may move its writes to an
+    /// overlay; see the record's `disk_files`).
     pub fn disk(&self, index: usize) -> PathBuf {
         self.dir.join(format!("disk{index}.qcow2"))
     }
+    /// QEMU's QMP socket, through which kiln controls the running machine.
     pub fn qmp_socket(&self) -> PathBuf {
         self.run.join("qmp.sock")
     }

@@ -94,5 +94,6 @@ pub trait NetworkHost: Topology {
     /// Makes an existing network active.
     async fn start_network(&self, name: &str) -> Result<()>;
 
+    /// Stops and removes a network; a missing one is fine.
     async fn delete_network(&self, name: &str) -> Result<()>;
 }

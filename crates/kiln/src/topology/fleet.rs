@@ -82,10 +82,13 @@ fn unreachable_hosts<S: serde::Serializer>(
 pub struct HostInfo {
     /// `local`, or the libvirt URI.
     pub host: String,
+    /// Whether it answered.
     pub reachable: bool,
     /// kiln's VMs on it.
     pub vms: usize,
+    /// Its free memory, in bytes; `None` when unknown.
     pub free_memory_bytes: Option<u64>,
+    /// Its CPUs; `None` when unknown.
     pub cpus: Option<u32>,
     /// How the connection authenticates the client.
     pub transport: String,
@@ -104,6 +107,8 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The local VMs of `kiln` and the libvirt hosts its state remembers; hosts are reached
+    /// with `kiln`'s image cache and boot timeout.
     pub fn new(kiln: Kiln) -> Self {
         Self {
             hosts: KnownHosts::new(kiln.paths()),
@@ -112,6 +117,7 @@ impl Fleet {
         }
     }
 
+    /// The kiln of the local VMs.
     pub fn kiln(&self) -> &Kiln {
         &self.kiln
     }

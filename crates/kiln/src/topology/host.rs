@@ -23,6 +23,7 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(15);
 /// A piece of a VM's console log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogChunk {
+    /// The log's bytes from the offset on (possibly only the first part of them).
     pub data: Vec<u8>,
     /// Where the next read starts. Smaller than the offset asked for when the log started
     /// over (a new boot).
@@ -74,6 +75,7 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         disk_only: bool,
         reporter: &dyn Reporter,
     ) -> Result<SnapshotInfo>;
+    /// The VM's snapshots.
     async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotInfo>>;
     /// Puts the VM back where the snapshot was taken.
     async fn restore_snapshot(
@@ -82,6 +84,7 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         snapshot: &str,
         reporter: &dyn Reporter,
     ) -> Result<()>;
+    /// Removes a snapshot of the VM.
     async fn remove_snapshot(&self, name: &str, snapshot: &str) -> Result<()>;
     /// Starts a new VM `new` from a snapshot of `name`, with an identity of its own.
     async fn clone_vm(
@@ -94,7 +97,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
 
     /// The VM's port forwards.
     async fn forwards(&self, name: &str) -> Result<Vec<PortForward>>;
+    /// Opens a port forward on the VM, now if it runs and on every later start.
     async fn add_forward(&self, name: &str, forward: PortForward) -> Result<()>;
+    /// Closes a port forward (matched by protocol, address and host port).
     async fn remove_forward(&self, name: &str, forward: PortForward) -> Result<()>;
 
     /// Changes the VM's metadata key/values (its secrets stay) and returns them as they are

@@ -18,10 +18,12 @@ pub struct LocalHost {
 }
 
 impl LocalHost {
+    /// This machine, running VMs with `kiln`.
     pub fn new(kiln: Kiln) -> Self {
         Self { kiln }
     }
 
+    /// The kiln that runs the VMs.
     pub fn kiln(&self) -> &Kiln {
         &self.kiln
     }

@@ -40,6 +40,7 @@ impl<H> Default for MultiHost<H> {
 }
 
 impl<H: VmHost> MultiHost<H> {
+    /// A topology with no hosts yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -58,12 +59,14 @@ impl<H: VmHost> MultiHost<H> {
         self
     }
 
+    /// Where VM `vm` goes: the host it was placed on, else spread.
     pub fn placement(&self, vm: &str) -> Placement {
         self.placements
             .get(vm)
             .map_or(Placement::Spread, |h| Placement::Host(h.clone()))
     }
 
+    /// The hosts and their names, in the order they were added.
     pub fn hosts(&self) -> impl Iterator<Item = (&str, &H)> {
         self.hosts.iter().map(|(name, host)| (name.as_str(), host))
     }

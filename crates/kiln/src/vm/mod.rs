@@ -135,24 +135,30 @@ impl Kiln {
         Ok(self)
     }
 
+    /// Times out and retries this kiln's boots as `boot` says (see [`BootPolicy`]).
     #[must_use]
     pub fn with_boot_policy(mut self, boot: BootPolicy) -> Self {
         self.boot = boot;
         self
     }
 
+    /// Where this kiln keeps its state.
     pub fn paths(&self) -> &Paths {
         &self.paths
     }
 
+    /// How this kiln's boots are timed out and retried.
     pub fn boot_policy(&self) -> BootPolicy {
         self.boot
     }
 
+    /// The store VMs' images come from (and are built into).
     pub fn images(&self) -> &ImageStore {
         &self.images
     }
 
+    /// The inputs images are built from, when set with
+    /// [`with_image_inputs`](Self::with_image_inputs); `None` means they are discovered.
     pub fn image_inputs(&self) -> Option<&ImageInputs> {
         self.image_inputs.as_ref()
     }
@@ -166,6 +172,7 @@ impl Kiln {
         crate::net::Networks::new(&self.paths)
     }
 
+    /// Probes this host now: whether KVM is usable, and why.
     pub fn accel_probe(&self) -> AccelProbe {
         AccelProbe::probe()
     }
@@ -278,9 +285,11 @@ fn read_record(paths: &VmPaths) -> Result<Option<VmRecord>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
+    /// The machine runs, and so do its vCPUs.
     Running,
     /// The machine exists but its vCPUs are stopped (`kiln pause`).
     Paused,
+    /// No machine runs: never started, stopped, or crashed (see [`VmInfo::detail`]).
     Stopped,
 }
 
@@ -341,6 +350,7 @@ pub(crate) fn check_snapshot_state(name: &str, state: VmState, disk_only: bool) 
 /// A VM as `kiln ls` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmInfo {
+    /// The VM's name.
     pub name: String,
     /// The VM's id, as its config drive tells the guest (libvirt: the domain's UUID).
     pub id: Option<String>,
@@ -348,14 +358,23 @@ pub struct VmInfo {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// The libvirt URI the VM runs on; `None` for the daemonless backend on this machine.
     pub host: Option<String>,
+    /// Whether it runs, as checked when this was made.
     pub state: VmState,
     /// Why a VM is in its state when that is not what was asked for.
     pub detail: Option<String>,
+    /// Its vCPUs (0 where a libvirt domain's tag no longer parses, as for `memory_mib`).
     pub cpus: u32,
+    /// Its memory, in MiB.
     pub memory_mib: u64,
+    /// The image it was created from.
     pub image: String,
+    /// The accelerator of the machine last started (on libvirt, of the running domain);
+    /// `None` when there is none.
     pub accel: Option<Accel>,
+    /// The machine process's pid while it runs on this machine; `None` on libvirt.
     pub pid: Option<u32>,
+    /// When the VM was created, in seconds since the Unix epoch (0 on libvirt, which does
+    /// not say).
     pub created_at: u64,
     /// The whole spec, for `kiln inspect` (not in `kiln ls --json`); `None` where a libvirt
     /// domain's tag no longer parses.
@@ -373,18 +392,22 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// The VM's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Where the VM's files are.
     pub fn paths(&self) -> &VmPaths {
         &self.paths
     }
 
+    /// The VM's record, as read when this handle was made.
     pub fn record(&self) -> &VmRecord {
         &self.record
     }
 
+    /// Whether the VM runs now, as its backend finds it.
     pub async fn state(&self) -> VmState {
         match self.backend.running_pid(&self.paths).await {
             Some(_) if self.backend.is_paused(&self.paths).await => VmState::Paused,
@@ -393,6 +416,7 @@ impl Vm {
         }
     }
 
+    /// What is known of the VM, checked against reality (a row of `kiln ls`).
     pub async fn info(&self) -> VmInfo {
         let pid = self.backend.running_pid(&self.paths).await;
         let state = self.state().await;
@@ -430,6 +454,7 @@ impl Vm {
         self.agent_within(Duration::from_secs(30)).await
     }
 
+    /// Connects to the guest agent, trying for up to `timeout` (the VM must run).
     pub async fn agent_within(&self, timeout: Duration) -> Result<AgentClient> {
         let state = self.state().await;
         if state != VmState::Running {

@@ -44,11 +44,18 @@ pub(super) struct SnapshotMeta {
 /// A snapshot as `kiln snapshot ls` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotInfo {
+    /// The snapshot's name.
     pub name: String,
+    /// When it was taken, in seconds since the Unix epoch.
     pub created_at: u64,
+    /// The saved memory and device state, in bytes (on libvirt, the guest's memory size); 0
+    /// for a disk-only snapshot.
     pub memory_bytes: u64,
+    /// How many disks it froze.
     pub disks: usize,
+    /// The QEMU version that saved it (empty when unknown); a restore on another is refused.
     pub qemu_version: String,
+    /// Whether it holds the disks only (taken of a stopped VM): a restore boots from them.
     pub disk_only: bool,
 }
 

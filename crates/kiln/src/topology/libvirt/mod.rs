@@ -89,6 +89,7 @@ impl LibvirtHost {
         Self::connect_with(uri, LibvirtOptions::for_uri(uri), paths).await
     }
 
+    /// [`connect`](Self::connect) with `options` instead of the defaults for the URI.
     pub async fn connect_with(uri: &str, options: LibvirtOptions, paths: &Paths) -> Result<Self> {
         Ok(Self {
             conn: LibvirtConn::open_with(uri, options).await?,
@@ -121,10 +122,12 @@ impl LibvirtHost {
         self
     }
 
+    /// The libvirt connection underneath.
     pub fn conn(&self) -> &LibvirtConn {
         &self.conn
     }
 
+    /// The URI of the connection.
     pub fn uri(&self) -> &str {
         self.conn.uri()
     }
