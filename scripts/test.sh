@@ -17,6 +17,15 @@ echo "== cargo fmt" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --quiet --workspace --all-targets -- -D warnings
+echo "== docs (rustdoc warnings, doctests)" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p kiln --features kiln/cli,kiln/bench
+cargo test --quiet --doc -p kiln --features cli,bench
+echo "== cargo deny (licences, duplicate versions, sources)" >&2
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-deny" >&2
+  cargo install --locked --quiet cargo-deny
+fi
+cargo deny --log-level error check licenses bans sources
 echo "== tests" >&2
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
