@@ -4,6 +4,8 @@
 
 mod audit;
 mod commands;
+#[cfg(test)]
+mod documented_commands;
 mod ui;
 
 use std::process::ExitCode;
