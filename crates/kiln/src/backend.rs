@@ -25,6 +25,22 @@ pub struct Launch<'a> {
     pub disks: &'a [std::path::PathBuf],
     /// Start from this saved memory state instead of booting.
     pub incoming: Option<&'a std::path::Path>,
+    /// Where the guest's RAM lives.
+    pub memory: Memory<'a>,
+}
+
+/// Where a machine's RAM lives. Warm starts share one template's RAM between its clones:
+/// the template writes its RAM to a file, its saved state leaves RAM out, and each clone maps
+/// the file copy-on-write, so pages no clone wrote are in memory once for all of them
+/// (QEMU's "VM templating").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory<'a> {
+    /// Anonymous memory of its own.
+    Private,
+    /// The file at this path, written through (a template, which never runs again once saved).
+    SharedFile(&'a std::path::Path),
+    /// A private, copy-on-write mapping of this template RAM file, which stays unchanged.
+    CopyOf(&'a std::path::Path),
 }
 
 #[async_trait]

@@ -312,3 +312,78 @@ async fn a_disk_only_snapshot_of_a_stopped_vm_restores_by_booting() {
     assert_eq!(out.stdout, b"disk-before\n");
     kiln.remove("dsk", true, &NoProgress).await.unwrap();
 }
+
+/// The RAM file a warm clone's QEMU maps, from its memory map.
+fn mapped_ram_file(pid: u32) -> std::path::PathBuf {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps
+        .lines()
+        .find(|line| line.ends_with("/memory.ram"))
+        .unwrap_or_else(|| panic!("QEMU {pid} maps no template RAM file:\n{maps}"));
+    std::path::PathBuf::from(line.split_whitespace().last().unwrap())
+}
+
+fn digest(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_clones_share_the_template_ram_and_never_change_it() {
+    let env = TestEnv::new();
+    let warm = env.kiln().with_warm_starts(true);
+    // A shape of its own, so that this test's template is its own.
+    let spec = |name: &str| VmSpec::builder(name).memory_mib(224).build().unwrap();
+    let a = warm.up(spec("share-a"), &NoProgress).await.unwrap();
+    let b = warm.up(spec("share-b"), &NoProgress).await.unwrap();
+    let pid = |vm: &kiln::Vm| {
+        let vm = vm.clone();
+        async move { vm.info().await.pid.expect("a running VM has a pid") }
+    };
+    let ram = mapped_ram_file(pid(&a).await);
+    assert_eq!(
+        ram,
+        mapped_ram_file(pid(&b).await),
+        "two templates for one shape"
+    );
+    // The template's saved state holds its devices, not its RAM.
+    let state = ram.parent().unwrap().join("snapshots/ready/memory");
+    let state_size = std::fs::metadata(&state).unwrap().len();
+    assert!(
+        state_size < 4 << 20,
+        "{} is {state_size} bytes",
+        state.display()
+    );
+
+    let before = digest(&ram);
+    // Each clone fills memory of its own; neither the file nor the other clone sees it.
+    for (vm, word) in [(&a, "from-a"), (&b, "from-b")] {
+        let out = vm
+            .exec_output(sh(&format!(
+                "dd if=/dev/zero bs=1M count=24 2>/dev/null | tr '\\0' x > /fill && echo {word} > /mark"
+            )))
+            .await
+            .unwrap();
+        assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+    }
+    for (vm, word) in [(&a, "from-a"), (&b, "from-b")] {
+        let out = vm
+            .exec_output(sh("cat /mark; wc -c < /fill"))
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{word}\n25165824\n")
+        );
+    }
+    assert_eq!(
+        digest(&ram),
+        before,
+        "a clone wrote to the template's RAM file"
+    );
+    warm.remove("share-a", true, &NoProgress).await.unwrap();
+    warm.remove("share-b", true, &NoProgress).await.unwrap();
+}

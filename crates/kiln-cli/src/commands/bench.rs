@@ -53,6 +53,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Many warm VMs at once: until all answer, each idle VM's memory (PSS) against a cold
+    /// VM's, and the host's available memory before and after
+    Density {
+        /// Warm VMs to start at once
+        #[arg(long, default_value_t = 20)]
+        vms: usize,
+        /// Each VM's memory, in MiB
+        #[arg(long, default_value_t = 256)]
+        memory: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Restoring a snapshot until the agent answers, against a cold boot; saving a 512 MiB
     /// guest
     Snapshot {
@@ -129,6 +141,7 @@ pub async fn run(command: Command) -> Outcome {
         Command::Score { vms, runs, json } => score(vms, runs, json).await,
         Command::Session { runs, files, json } => session(runs, files, json).await,
         Command::Snapshot { runs, json } => snapshot(runs, json).await,
+        Command::Density { vms, memory, json } => density(vms, memory, json).await,
         Command::Images { runs, fresh, json } => images(runs, fresh, json).await,
         Command::Provision { runs, json } => provision(runs, json).await,
         Command::Libvirt {
@@ -143,6 +156,41 @@ pub async fn run(command: Command) -> Outcome {
             json,
         } => multihost(hosts, vms, runs, json).await,
     }
+}
+
+async fn density(vms: usize, memory: u64, json: bool) -> Outcome {
+    let report = bench::density(&Kiln::from_env()?, vms, memory).await?;
+    if json {
+        ui::print_json(&report)?;
+        return Ok(0);
+    }
+    println!("warm VMs started at once          {:>10}", report.vms);
+    println!(
+        "until all answered                {:>10.0} ms",
+        report.all_answering_ms
+    );
+    println!(
+        "one warm up, p50 / p95            {:>10.0} / {:.0} ms",
+        report.warm_up.p50_ms, report.warm_up.p95_ms
+    );
+    println!(
+        "idle VM PSS, p50 / max            {:>10.1} / {:.1} MiB",
+        report.pss_mib_p50, report.pss_mib_max
+    );
+    println!(
+        "all VMs' PSS                      {:>10.1} MiB",
+        report.total_pss_mib
+    );
+    println!(
+        "cold VM PSS (baseline)            {:>10.1} MiB",
+        report.cold_pss_mib
+    );
+    println!("ratio warm / cold                 {:>10.2}", report.ratio);
+    println!(
+        "host available memory             {:>10.0} → {:.0} MiB",
+        report.host_available_before_mib, report.host_available_after_mib
+    );
+    Ok(0)
 }
 
 async fn multihost(hosts: Vec<String>, vms: usize, runs: u32, json: bool) -> Outcome {

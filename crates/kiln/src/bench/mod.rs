@@ -2,6 +2,7 @@
 //! live here, never in timed tests. Nothing here prints: a report comes back to the caller.
 
 mod clients;
+mod density;
 mod images;
 mod libvirt;
 mod provision;
@@ -9,6 +10,7 @@ mod session;
 mod snapshot;
 
 pub use clients::{ClientsReport, clients};
+pub use density::{DensityReport, density, pss_kib};
 pub use images::{ImagesReport, images};
 pub use libvirt::{
     LibvirtBootReport, MultihostReport, ScoreReport, libvirt_boot, multihost, score,
@@ -179,6 +181,7 @@ async fn bare_boot(
         attachments: &[],
         disks: &[],
         incoming: None,
+        memory: crate::backend::Memory::Private,
     };
     let started = Instant::now();
     kiln.backend().start(&launch).await?;

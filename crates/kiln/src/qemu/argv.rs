@@ -48,8 +48,19 @@ pub struct QemuLaunch {
     pub shares: Vec<Share9p>,
     /// NICs on taps that QEMU creates (kiln puts them into their bridges once it runs).
     pub taps: Vec<TapNic>,
-    /// Load this saved state (`migrate` to a file) instead of booting.
+    /// Load this saved state (`migrate` to a file) instead of booting: QEMU waits for it
+    /// (`-incoming defer`) and kiln starts the load over QMP.
     pub incoming: Option<PathBuf>,
+    /// Guest RAM in a file instead of anonymous memory.
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest RAM backed by a file (see [`crate::backend::Memory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    /// Written through (a template), or mapped privately and copy-on-write (a clone).
+    pub shared: bool,
 }
 
 /// The user-mode NIC, in two halves. The guest's way out (`net0`) depends on the policy;
@@ -105,13 +116,31 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         Machine::Q35 => format!("{dev}-pci"),
     };
     argv.push(["-name", &format!("guest={},debug-threads=on", l.name)]);
-    argv.push([
-        "-machine",
-        match l.machine {
-            Machine::Microvm => "microvm",
-            Machine::Q35 => "q35",
-        },
-    ]);
+    let machine = match l.machine {
+        Machine::Microvm => "microvm",
+        Machine::Q35 => "q35",
+    };
+    match &l.memory_file {
+        None => argv.push(["-machine", machine]),
+        Some(file) => {
+            // A clone opens the template's file read-only and maps it privately: its writes
+            // are its own, and the file stays what every clone starts from.
+            let sharing = if file.shared {
+                "share=on"
+            } else {
+                "share=off,readonly=on,rom=off"
+            };
+            argv.push_kv(
+                "-object",
+                &format!(
+                    "memory-backend-file,id=ram,size={}M,{sharing},mem-path=",
+                    l.memory_mib
+                ),
+                &file.path,
+            );
+            argv.push(["-machine", &format!("{machine},memory-backend=ram")]);
+        }
+    }
     match l.accel {
         Accel::Kvm => argv.push(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => argv.push(["-accel", "tcg", "-cpu", "max"]),
@@ -295,8 +324,8 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             ),
         ]);
     }
-    if let Some(state) = &l.incoming {
-        argv.push_kv("-incoming", "file:", state);
+    if l.incoming.is_some() {
+        argv.push(["-incoming", "defer"]);
     }
     argv.push(["-daemonize"]);
     argv.push_path("-pidfile", &l.pidfile);
@@ -365,6 +394,7 @@ mod tests {
             shares: Vec::new(),
             taps: Vec::new(),
             incoming: None,
+            memory_file: None,
         }
     }
 
@@ -449,6 +479,32 @@ mod tests {
         // Only the config drive, which every VM has.
         assert_eq!(argv.matches("-drive").count(), 1, "{argv}");
         assert!(argv.contains("-device virtio-blk-pci,drive=config,serial=kiln-config"));
+    }
+
+    #[test]
+    fn a_template_writes_its_ram_to_a_file_and_a_clone_maps_it_privately() {
+        let mut l = launch(Machine::Microvm, Accel::Tcg);
+        l.memory_file = Some(MemoryFile {
+            path: PathBuf::from("/t/memory.ram"),
+            shared: true,
+        });
+        let argv = joined(&l);
+        assert!(argv.contains(
+            "-object memory-backend-file,id=ram,size=1024M,share=on,mem-path=/t/memory.ram \
+-machine microvm,memory-backend=ram "
+        ));
+        l.memory_file = Some(MemoryFile {
+            path: PathBuf::from("/t/memory.ram"),
+            shared: false,
+        });
+        l.incoming = Some(PathBuf::from("/t/snapshots/ready/memory"));
+        let argv = joined(&l);
+        assert!(argv.contains(
+            "-object memory-backend-file,id=ram,size=1024M,share=off,readonly=on,rom=off,\
+mem-path=/t/memory.ram -machine microvm,memory-backend=ram "
+        ));
+        // The state is loaded over QMP, once the migration capabilities are set.
+        assert!(argv.contains(" -incoming defer "));
     }
 
     #[test]

@@ -10,7 +10,8 @@ mod process;
 mod qmp;
 
 pub(crate) use argv::{
-    FORWARDS_NETDEV, FirmwareBoot, Machine, QemuLaunch, Share9p, TapNic, UserNet, render,
+    FORWARDS_NETDEV, FirmwareBoot, Machine, MemoryFile, QemuLaunch, Share9p, TapNic, UserNet,
+    render,
 };
 pub(crate) use passt::user_uid as passt_user_uid;
 pub(crate) use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
@@ -241,6 +242,36 @@ fn check_port_free(forward: &crate::spec::PortForward) -> Result<()> {
     })
 }
 
+/// The migration capabilities of every save and every load (the stream's format depends on
+/// them, so both sides set the same): `x-ignore-shared` leaves out RAM in a shared file, which
+/// is how a template's saved state holds its devices only, its RAM staying in the file that
+/// clones map (see [`crate::backend::Memory`]). Other machines' RAM is saved as before.
+async fn set_migration_capabilities(client: &mut QmpClient) -> Result<()> {
+    client
+        .execute(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({
+                "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+            })),
+        )
+        .await
+        .map(drop)
+}
+
+/// Starts loading the saved state `state` into a QEMU waiting for it (`-incoming defer`).
+/// Returns once the load began; the machine runs (or stays paused) when it is done.
+async fn load_state(qmp: &std::path::Path, state: &std::path::Path) -> Result<()> {
+    let mut client = QmpClient::connect(qmp).await?;
+    set_migration_capabilities(&mut client).await?;
+    client
+        .execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": format!("file:{}", state.display()) })),
+        )
+        .await
+        .map(drop)
+}
+
 #[async_trait]
 impl Backend for QemuBackend {
     fn check(&self, spec: &VmSpec) -> Result<()> {
@@ -354,6 +385,12 @@ impl Backend for QemuBackend {
                 process::wait_or_kill(pid, &plan.qmp_socket, Duration::ZERO).await;
                 return Err(err.into());
             }
+        }
+        if let Some(state) = &plan.incoming
+            && let Err(err) = load_state(&plan.qmp_socket, state).await
+        {
+            process::wait_or_kill(pid, &plan.qmp_socket, Duration::ZERO).await;
+            return Err(err);
         }
         Ok(MachineRecord {
             pid,
@@ -493,6 +530,7 @@ impl Backend for QemuBackend {
             path: qmp.clone(),
             reason,
         };
+        set_migration_capabilities(&mut client).await?;
         client
             .execute(
                 "migrate",

@@ -1,8 +1,9 @@
 //! A VM's launch, as typed data: `VmSpec` plus what was resolved for it (image, paths,
 //! acceleration, NICs, disks) becomes a [`QemuLaunch`], which `argv` renders (golden-tested).
 
-use super::{FirmwareBoot, Machine, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet};
+use super::{FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet};
 use crate::backend::Launch;
+use crate::backend::Memory;
 use crate::spec::BootDevice;
 
 impl QemuBackend {
@@ -70,6 +71,17 @@ impl QemuBackend {
             config_drive: paths.config_drive(),
             firmware_boot,
             incoming: launch.incoming.map(std::path::Path::to_owned),
+            memory_file: match launch.memory {
+                Memory::Private => None,
+                Memory::SharedFile(path) => Some(MemoryFile {
+                    path: path.to_owned(),
+                    shared: true,
+                }),
+                Memory::CopyOf(path) => Some(MemoryFile {
+                    path: path.to_owned(),
+                    shared: false,
+                }),
+            },
             user_net: launch.spec.user_net().map(|policy| UserNet {
                 policy,
                 passt_socket: paths.net_socket(),

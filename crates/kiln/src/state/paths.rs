@@ -152,6 +152,10 @@ impl VmPaths {
     pub fn record(&self) -> PathBuf {
         self.dir.join("vm.json")
     }
+    /// A warm-start template's RAM, which its clones map copy-on-write.
+    pub fn ram_file(&self) -> PathBuf {
+        self.dir.join("memory.ram")
+    }
     /// The secret that authenticates clients to the VM's guest agent (random, `0600`).
     pub fn secret(&self) -> PathBuf {
         self.dir.join("secret")

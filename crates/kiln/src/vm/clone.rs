@@ -6,7 +6,7 @@
 use super::lifecycle::{lock, shared_lock};
 use super::snapshot::{SnapshotMeta, read_meta, snapshot_dir, wait_restored_agent};
 use super::{Kiln, Vm, now_secs, read_record};
-use crate::backend::Launch;
+use crate::backend::{Launch, Memory};
 use crate::progress::{self, Reporter, Stage};
 use crate::state::{self, VmPaths};
 use crate::{Error, IoError, Result, VmSpec};
@@ -150,6 +150,10 @@ impl Kiln {
             attachments: &[],
             disks: &disks,
             incoming: Some(&memory),
+            memory: meta
+                .shared_memory
+                .as_deref()
+                .map_or(Memory::Private, Memory::CopyOf),
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;

@@ -8,7 +8,7 @@ use log::{info, warn};
 
 use super::{Kiln, Vm, VmState, console_is_silent, now_secs, read_record};
 use crate::agent::AgentClient;
-use crate::backend::Launch;
+use crate::backend::{Launch, Memory};
 use crate::image::join_error;
 use crate::progress::{self, Event, Reporter, Stage};
 use crate::state::{self, BackendKind, Lock, MachineRecord, RECORD_VERSION, VmPaths, VmRecord};
@@ -252,6 +252,7 @@ impl Kiln {
         let attachments = self.networks().attachments(&record.spec).await?;
         let disks = record.disk_files(&paths);
         let mut failure = String::new();
+        let ram = paths.ram_file();
         for attempt in 1..=self.boot.attempts.max(1) {
             let launch = Launch {
                 spec: &record.spec,
@@ -263,6 +264,11 @@ impl Kiln {
                 attachments: &attachments,
                 disks: &disks,
                 incoming: None,
+                memory: if self.template {
+                    Memory::SharedFile(&ram)
+                } else {
+                    Memory::Private
+                },
             };
             rotate_serial_log(&paths)?;
             let machine: MachineRecord =

@@ -98,6 +98,9 @@ pub struct Kiln {
     boot: BootPolicy,
     /// Start eligible VMs from a template snapshot instead of booting them.
     warm: bool,
+    /// This kiln keeps a warm-start template: its VMs' RAM is a file their clones map, and
+    /// once saved a VM never runs again.
+    template: bool,
 }
 
 impl Kiln {
@@ -115,6 +118,7 @@ impl Kiln {
             image_inputs: None,
             boot: BootPolicy::default(),
             warm: false,
+            template: false,
         }
     }
 

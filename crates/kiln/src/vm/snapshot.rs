@@ -15,13 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use super::lifecycle::lock;
 use super::{Kiln, Vm, VmState, now_secs, read_record};
-use crate::backend::Launch;
+use crate::backend::{Launch, Memory};
 use crate::progress::{self, Reporter, Stage};
 use crate::state::{self, VmPaths};
 use crate::{Error, IoError, Result, VmSpec};
 
 /// 2: a VM has [`kiln_proto::AGENT_PORTS`] agent ports, and saved state holds them all.
-const SNAPSHOT_FORMAT: u32 = 2;
+/// 3: saved and loaded with `x-ignore-shared` (templates leave their RAM file out).
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// What a snapshot's `meta.json` says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +40,10 @@ pub(super) struct SnapshotMeta {
     /// Disks only (taken of a stopped VM): a restore boots from them.
     #[serde(default)]
     disk_only: bool,
+    /// The RAM file the saved state leaves out (a warm-start template's): a machine loading
+    /// it maps this file copy-on-write.
+    #[serde(default)]
+    pub(super) shared_memory: Option<PathBuf>,
 }
 
 /// A snapshot as `kiln snapshot ls` shows it.
@@ -177,7 +182,8 @@ impl Kiln {
             .backend
             .save_state(vm.paths(), &tmp.join("memory"), &overlays)
             .await;
-        let resumed = if was_paused {
+        // A template's guest never runs again once saved: its RAM file is the clones'.
+        let resumed = if was_paused || self.template {
             Ok(())
         } else {
             self.backend.set_paused(vm.paths(), false).await
@@ -262,6 +268,7 @@ impl Kiln {
             image_digest: record.image_digest.clone(),
             disks: frozen,
             disk_only,
+            shared_memory: (self.template && !disk_only).then(|| vm.paths().ram_file()),
         };
         state::write_json_atomic(&tmp.join("meta.json"), &meta)?;
         std::fs::rename(tmp, dir).map_err(IoError::at("move into place", dir))?;
@@ -338,6 +345,10 @@ impl Kiln {
             attachments: &attachments,
             disks: &disks,
             incoming: Some(&memory),
+            memory: meta
+                .shared_memory
+                .as_deref()
+                .map_or(Memory::Private, Memory::CopyOf),
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;

@@ -123,6 +123,8 @@ impl Kiln {
                     .collect::<Vec<_>>()
             ),
             format!("root-size={:?}", spec.root_size().map(|s| s.bytes())),
+            // Templates whose RAM is a file the clones map, saved without it.
+            "memory=shared-file".to_owned(),
         ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
@@ -150,8 +152,12 @@ impl Kiln {
             let shape = spec_shape(spec)?;
             template.up_cold(shape, None, &NoProgress).await?;
             template.snapshot(TEMPLATE, READY).await?;
-            // The snapshot is what clones start from; the template itself need not run.
-            template.stop(TEMPLATE, &NoProgress).await?;
+            // The snapshot and the RAM file are what clones start from: the template stays
+            // paused, and is ended without its guest running again (which would change the
+            // file under the saved state).
+            template
+                .stop_within(TEMPLATE, std::time::Duration::ZERO, &NoProgress)
+                .await?;
         }
         Ok((template, key))
     }
@@ -195,6 +201,7 @@ impl Kiln {
                 root.join("run"),
             ),
             warm: false,
+            template: true,
             ..self.clone()
         }
     }
