@@ -138,6 +138,8 @@ impl Reporter for Progress {
                     elapsed.as_secs_f64()
                 );
             }
+            // Parts of a stage: shown by --timings, not as progress.
+            Event::Phase { .. } => {}
             Event::Note { message } => {
                 self.finish_current();
                 eprintln!("  note      {message}");
@@ -233,4 +235,19 @@ pub fn parse_name(name: &str) -> Result<String, String> {
             Some(hint) => format!("{err}\n  hint: {hint}"),
             None => err.to_string(),
         })
+}
+
+/// Prints `--timings`: each stage and phase in order with its time, on stderr (stdout stays
+/// the command's, or the JSON).
+pub fn print_timings(entries: &[(&str, Duration)]) {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|(what, took)| {
+            vec![
+                (*what).to_owned(),
+                format!("{:.1} ms", took.as_secs_f64() * 1e3),
+            ]
+        })
+        .collect();
+    eprint!("{}", table(&["STAGE", "TIME"], &rows));
 }

@@ -31,7 +31,23 @@ fn up(env: &TestEnv, name: &str) -> Duration {
 
 /// `ls` against reality: the pid of each running VM is a live QEMU of this test, and no
 /// QEMU of this test is missing from the list. Returns the VMs listed.
+///
+/// A QEMU that a killed `rm` told to quit may be exiting while `ls` looks (alive for `ls`,
+/// gone a moment later for the scan): the check is made again, for up to 3 s, until `ls`
+/// and the scan see the same moment.
 fn check_ls_tells_the_truth(env: &TestEnv, context: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let attempt = std::panic::catch_unwind(|| ls_matches_processes(env, context));
+        match attempt {
+            Ok(vms) => return vms,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+fn ls_matches_processes(env: &TestEnv, context: &str) -> Vec<serde_json::Value> {
     let out = run(env, &["ls", "--json"]);
     assert!(out.status.success(), "{context}: ls: {}", text(&out.stderr));
     let vms: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();

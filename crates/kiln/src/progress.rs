@@ -30,6 +30,15 @@ pub enum Event {
         #[serde(rename = "elapsed_ms", serialize_with = "millis")]
         elapsed: Duration,
     },
+    /// A part of a stage ended (what a boot's wait for the agent was spent on): for
+    /// timings, not for a progress display.
+    Phase {
+        /// The part that ended.
+        phase: Phase,
+        /// How long it took.
+        #[serde(rename = "elapsed_ms", serialize_with = "millis")]
+        elapsed: Duration,
+    },
     /// Something worth telling, that is not an error (a retry, a cache miss).
     Note {
         /// The note, one sentence.
@@ -69,6 +78,8 @@ pub enum Stage {
     SaveSnapshot,
     /// Bringing a VM back to a snapshot.
     RestoreSnapshot,
+    /// Booting and saving a warm-start template (once per image and shape).
+    MakeTemplate,
 }
 
 impl Stage {
@@ -87,7 +98,85 @@ impl Stage {
             Self::PullChanges => "pull changed files",
             Self::SaveSnapshot => "save snapshot",
             Self::RestoreSnapshot => "restore snapshot",
+            Self::MakeTemplate => "make the warm-start template (once per image and shape)",
         }
+    }
+}
+
+/// The parts of a boot, read from outside the guest: each is reported as it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// From QEMU's start until the guest's first byte on its console (firmware, the
+    /// kernel's decompression and early setup).
+    FirstOutput,
+    /// From the first console byte until kiln's init says it starts the agent (the kernel's
+    /// boot, init's mounts).
+    KernelToInit,
+    /// From init starting the agent until the agent answered kiln's handshake.
+    InitToAgent,
+    /// A warm start: QEMU loading the template's saved state, until the guest runs.
+    LoadState,
+    /// A warm start: giving the clone its own name, secret and random seed.
+    Rekey,
+}
+
+impl Phase {
+    /// The phase in a few words, for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstOutput => "qemu start to first console output",
+            Self::KernelToInit => "kernel to init",
+            Self::InitToAgent => "init to agent ready",
+            Self::LoadState => "load the saved state",
+            Self::Rekey => "re-key the clone",
+        }
+    }
+}
+
+/// A reporter that keeps every stage's and phase's time while passing each event on: what
+/// `--timings` prints and the benches summarise.
+pub struct Timings<'a> {
+    inner: &'a dyn Reporter,
+    entries: std::sync::Mutex<Vec<(&'static str, Duration)>>,
+}
+
+impl<'a> Timings<'a> {
+    /// Records what passes through to `inner`.
+    pub fn new(inner: &'a dyn Reporter) -> Self {
+        Self {
+            inner,
+            entries: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Each stage and phase that ended, in order, with its label and time.
+    pub fn entries(&self) -> Vec<(&'static str, Duration)> {
+        self.entries.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Timings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timings")
+            .field("entries", &self.entries())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reporter for Timings<'_> {
+    fn report(&self, event: Event) {
+        let entry = match &event {
+            Event::StageDone { stage, elapsed } => Some((stage.label(), *elapsed)),
+            Event::Phase { phase, elapsed } => Some((phase.label(), *elapsed)),
+            _ => None,
+        };
+        if let Some(entry) = entry
+            && let Ok(mut entries) = self.entries.lock()
+        {
+            entries.push(entry);
+        }
+        self.inner.report(event);
     }
 }
 
@@ -103,6 +192,20 @@ pub struct NoProgress;
 
 impl Reporter for NoProgress {
     fn report(&self, _event: Event) {}
+}
+
+/// Times a phase of a stage and reports it once it ended.
+pub(crate) async fn phase<T, F>(reporter: &dyn Reporter, phase: Phase, work: F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let started = std::time::Instant::now();
+    let out = work.await;
+    reporter.report(Event::Phase {
+        phase,
+        elapsed: started.elapsed(),
+    });
+    out
 }
 
 /// Times a stage and reports its start and end.

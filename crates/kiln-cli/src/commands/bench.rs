@@ -385,7 +385,20 @@ async fn snapshot(runs: u32, json: bool) -> Outcome {
         report.save_ms,
         report.save_bytes >> 20
     );
+    print_stages("cold up, by stage", &report.cold_stages);
+    print_stages("warm up, by stage", &report.warm_stages);
     Ok(0)
+}
+
+/// A bench's stages and phases, p50 and p95 each.
+fn print_stages(title: &str, stages: &[bench::StageStats]) {
+    println!("{title}:");
+    for stage in stages {
+        println!(
+            "  {:<44} p50 {:>8.1} ms   p95 {:>8.1} ms",
+            stage.stage, stage.stats.p50_ms, stage.stats.p95_ms
+        );
+    }
 }
 
 async fn libvirt(connect: Option<String>, runs: u32, json: bool) -> Outcome {
@@ -434,6 +447,7 @@ async fn boot(runs: u32, count: usize, json: bool) -> Outcome {
         "  ratio                      {:>7.2}   (goal <= 1.10)",
         boot.ratio
     );
+    print_stages("kiln up, by stage", &boot.stages);
     println!("agent, {count} each over one connection:");
     println!("  ping        {}   (goal p50 <= 0.5 ms)", ms(&latency.ping));
     println!("  exec true   {}", ms(&latency.exec_true));

@@ -31,6 +31,9 @@ pub struct Args {
     /// Boot from the kernel even when a warm-start template could be used
     #[arg(long)]
     pub cold: bool,
+    /// Print how long each stage took (boot or warm start, push, the command, pull, removal)
+    #[arg(long)]
+    pub timings: bool,
     /// What the command's network reaches: nat (out, but not the host's loopback), none
     /// (nothing) or host (also every service on the host's 127.0.0.1)
     #[arg(long = "net", value_name = "POLICY", default_value_t = kiln::NetPolicy::Nat, value_parser = crate::ui::parse_net_policy)]
@@ -62,12 +65,28 @@ pub async fn run(args: Args) -> Outcome {
     let kiln = kiln_with_timeout(args.boot_timeout)?.with_warm_starts(!args.cold);
     let mut session = Session::new(kiln, spec, workspace);
     let progress = Progress::new();
+    let timings = kiln::progress::Timings::new(&progress);
     let request = ExecRequest::new(args.command).envs(args.env);
 
     let mut interrupts = Interrupts::new()?;
-    let result = drive(&mut session, request, &progress, &mut interrupts).await;
+    let started = std::time::Instant::now();
+    let mut ran = None;
+    let result = drive(&mut session, request, &timings, &mut interrupts, &mut ran).await;
     // The VM goes whatever happened: a failed command, a failed boot, an interruption.
-    let removed = session.shutdown(&progress).await;
+    let removed = session.shutdown(&timings).await;
+    if args.timings {
+        let mut entries = timings.entries();
+        if let Some(ran) = ran {
+            // The command ran between the push and the pull.
+            let at = entries
+                .iter()
+                .position(|(what, _)| *what == kiln::progress::Stage::PullChanges.label())
+                .unwrap_or(entries.len());
+            entries.insert(at, ("run the command", ran));
+        }
+        entries.push(("total", started.elapsed()));
+        crate::ui::print_timings(&entries);
+    }
     let code = result?;
     removed?;
     Ok(code)
@@ -77,13 +96,15 @@ pub async fn run(args: Args) -> Outcome {
 async fn drive(
     session: &mut Session,
     request: ExecRequest,
-    progress: &Progress,
+    progress: &dyn kiln::progress::Reporter,
     interrupts: &mut Interrupts,
+    ran: &mut Option<std::time::Duration>,
 ) -> Outcome {
     tokio::select! {
         ready = session.ensure_ready(progress) => ready?,
         () = interrupts.next() => return Ok(INTERRUPTED),
     }
+    let running = std::time::Instant::now();
     let mut exec = session.run(request).await?;
     let mut forwarded = false;
     let code = loop {
@@ -107,6 +128,7 @@ async fn drive(
             None => break 0,
         }
     };
+    *ran = Some(running.elapsed());
     let report = tokio::select! {
         report = session.pull_changes(progress) => report?,
         () = interrupts.next() => return Ok(INTERRUPTED),

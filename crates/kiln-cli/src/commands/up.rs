@@ -82,6 +82,10 @@ pub struct Args {
     /// Print the new VM as JSON (the fields of `kiln ls --json`) instead of a sentence
     #[arg(long)]
     pub json: bool,
+    /// Print how long each stage took (host preparation, QEMU start, first console output,
+    /// kernel, init, agent; or the load and re-key of a warm start)
+    #[arg(long)]
+    pub timings: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -222,9 +226,17 @@ pub async fn run(args: Args) -> Outcome {
         spec.image()
     );
     let fleet = Fleet::new(kiln);
+    let progress = Progress::new();
+    let timings = kiln::progress::Timings::new(&progress);
+    let started = std::time::Instant::now();
     match &uri {
-        Some(uri) => fleet.up_on(uri, &spec, &Progress::new()).await?,
-        None => drop(fleet.kiln().up(spec.clone(), &Progress::new()).await?),
+        Some(uri) => fleet.up_on(uri, &spec, &timings).await?,
+        None => drop(fleet.kiln().up(spec.clone(), &timings).await?),
+    }
+    if args.timings {
+        let mut entries = timings.entries();
+        entries.push(("total", started.elapsed()));
+        crate::ui::print_timings(&entries);
     }
     if args.json {
         let host = fleet.locate(spec.name(), uri.as_deref()).await?;

@@ -27,8 +27,7 @@ use crate::backend::Launch;
 use crate::progress::{Event, NoProgress, Reporter};
 use crate::{ExecRequest, Kiln, Result, VmSpec, state};
 
-/// What init prints on the serial console just before it starts the agent.
-pub const INIT_MARKER: &str = "kiln-init: starting agent";
+pub use crate::image::INIT_MARKER;
 
 /// Median and tail of a set of samples, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +60,42 @@ impl Stats {
     }
 }
 
+/// One stage or phase over several runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStats {
+    /// The stage's or phase's label ([`crate::progress::Stage::label`]).
+    pub stage: String,
+    /// Its times.
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// The stages and phases of several runs (each as [`crate::progress::Timings::entries`]),
+/// in the order they first came.
+pub fn stage_stats(runs: &[Vec<(&'static str, Duration)>]) -> Vec<StageStats> {
+    let mut order: Vec<&'static str> = Vec::new();
+    for (label, _) in runs.iter().flatten() {
+        if !order.contains(label) {
+            order.push(label);
+        }
+    }
+    order
+        .into_iter()
+        .map(|label| {
+            let samples: Vec<Duration> = runs
+                .iter()
+                .flatten()
+                .filter(|(l, _)| *l == label)
+                .map(|(_, d)| *d)
+                .collect();
+            StageStats {
+                stage: label.to_owned(),
+                stats: Stats::of(&samples),
+            }
+        })
+        .collect()
+}
+
 /// What [`boot`] measured: `Kiln::up` against bare QEMU with kiln's argv.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootReport {
@@ -76,6 +111,8 @@ pub struct BootReport {
     pub ratio: f64,
     /// Bare boots that wedged in early boot and were retried (kiln retries its own).
     pub bare_stalls: u32,
+    /// `Kiln::up`'s stages and phases (QEMU start, first output, kernel, init, agent).
+    pub stages: Vec<StageStats>,
 }
 
 /// What [`latency`] measured: agent round trips and `exec`, against the guest's own spawn
@@ -110,6 +147,7 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
         )
         .await?;
     let (mut bare, mut up) = (Vec::new(), Vec::new());
+    let mut stages = Vec::new();
     let mut bare_stalls = 0;
     for run in 1..=runs {
         // The same policy as kiln's: a boot silent past the first-output deadline is retried.
@@ -131,12 +169,14 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
             }
         }
         let name = format!("bench-{run}");
+        let timings = crate::progress::Timings::new(&NoProgress);
         let started = Instant::now();
-        let booted = kiln.up(spec(&name)?, &NoProgress).await;
+        let booted = kiln.up(spec(&name)?, &timings).await;
         let elapsed = started.elapsed();
         kiln.remove(&name, true, &NoProgress).await?;
         booted?;
         up.push(elapsed);
+        stages.push(timings.entries());
         reporter.report(Event::Note {
             message: format!(
                 "run {run}/{runs}: bare qemu {:.2}s, kiln up {:.2}s",
@@ -153,6 +193,7 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
         bare_stalls,
         bare_qemu,
         kiln_up,
+        stages: stage_stats(&stages),
     })
 }
 

@@ -22,6 +22,10 @@ pub struct SnapshotReport {
     pub warm_up: Stats,
     /// warm_up.p50 / cold_up.p50 (goal ≤ 0.10 under TCG).
     pub warm_ratio: f64,
+    /// The warm starts' stages and phases (QEMU start, state load, agent, re-key).
+    pub warm_stages: Vec<super::StageStats>,
+    /// The cold boots' stages and phases.
+    pub cold_stages: Vec<super::StageStats>,
     /// A whole warm session (`kiln run -- true`): clone, run, pull, remove (goal ≤ 0.5 s).
     pub warm_run_true: Stats,
     /// Saving the running guest's snapshot, in milliseconds.
@@ -34,12 +38,15 @@ pub struct SnapshotReport {
 /// guest, saved once and restored `runs` times.
 pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<SnapshotReport> {
     let spec = |name: &str| VmSpec::builder(name).memory_mib(512).build();
-    let mut cold = Vec::new();
+    let kiln = &kiln.clone().with_warm_starts(false);
+    let (mut cold, mut cold_stages, mut warm_stages) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
         let name = format!("bench-cold-{run}");
+        let timings = crate::progress::Timings::new(&NoProgress);
         let started = Instant::now();
-        let booted = kiln.up(spec(&name)?, &NoProgress).await;
+        let booted = kiln.up(spec(&name)?, &timings).await;
         cold.push(started.elapsed());
+        cold_stages.push(timings.entries());
         kiln.remove(&name, true, &NoProgress).await?;
         booted?;
     }
@@ -50,8 +57,10 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
     let mut warms = Vec::new();
     for run in 1..=runs {
         let name = format!("bench-warm-{run}");
+        let timings = crate::progress::Timings::new(&NoProgress);
         let started = Instant::now();
-        let booted = warm.up(spec(&name)?, &NoProgress).await;
+        let booted = warm.up(spec(&name)?, &timings).await;
+        warm_stages.push(timings.entries());
         warms.push(started.elapsed());
         warm.remove(&name, true, &NoProgress).await?;
         booted?;
@@ -89,6 +98,8 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
     Ok(SnapshotReport {
         ratio: restore.p50_ms / cold_up.p50_ms.max(f64::EPSILON),
         warm_ratio: warm_up.p50_ms / cold_up.p50_ms.max(f64::EPSILON),
+        warm_stages: super::stage_stats(&warm_stages),
+        cold_stages: super::stage_stats(&cold_stages),
         warm_up,
         warm_run_true: Stats::of(&sessions),
         cold_up,

@@ -159,7 +159,12 @@ impl Kiln {
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
         record.machine = Some(machine);
         state::write_json_atomic(&paths.record(), &record)?;
-        self.run_loaded(record.spec.name(), paths).await?;
+        progress::phase(
+            reporter,
+            progress::Phase::LoadState,
+            self.run_loaded(record.spec.name(), paths),
+        )
+        .await?;
         let vm = Vm {
             name: record.spec.name().to_owned(),
             paths: paths.clone(),
@@ -172,7 +177,12 @@ impl Kiln {
             wait_restored_agent(&vm, &old_secret),
         )
         .await?;
-        agent.set_identity(vm.name(), &secret, &seed).await?;
+        progress::phase(
+            reporter,
+            progress::Phase::Rekey,
+            agent.set_identity(vm.name(), &secret, &seed),
+        )
+        .await?;
         // Only now is the clone itself; killed before this, it is rolled back.
         let mut vm = vm;
         vm.record.creating = false;

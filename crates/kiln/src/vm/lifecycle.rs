@@ -96,6 +96,74 @@ pub(crate) fn log_tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// How often a boot's console is looked at for its phases.
+const CONSOLE_POLL: Duration = Duration::from_millis(5);
+
+/// Times a boot's phases from its console log: the first byte, then init's marker
+/// ([`crate::image::INIT_MARKER`]), then the agent's answer.
+struct ConsoleWatch {
+    log: std::path::PathBuf,
+    last: Instant,
+    first_output: bool,
+    init: bool,
+}
+
+impl ConsoleWatch {
+    fn new(log: std::path::PathBuf, started: Instant) -> Self {
+        Self {
+            log,
+            last: started,
+            first_output: false,
+            init: false,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.init
+    }
+
+    fn end(&mut self, phase: progress::Phase, reporter: &dyn Reporter) {
+        let now = Instant::now();
+        reporter.report(Event::Phase {
+            phase,
+            elapsed: now - self.last,
+        });
+        self.last = now;
+    }
+
+    /// Reports the phases that ended since the last look.
+    fn look(&mut self, reporter: &dyn Reporter) {
+        if self.init {
+            return;
+        }
+        if !self.first_output {
+            if std::fs::metadata(&self.log).map_or(true, |m| m.len() == 0) {
+                return;
+            }
+            self.first_output = true;
+            self.end(progress::Phase::FirstOutput, reporter);
+        }
+        // The marker comes within the first few KiB of a boot's log.
+        let marker = crate::image::INIT_MARKER.as_bytes();
+        let mut head = Vec::new();
+        if let Ok(file) = std::fs::File::open(&self.log) {
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(file, 1 << 20), &mut head);
+        }
+        if head.windows(marker.len()).any(|w| w == marker) {
+            self.init = true;
+            self.end(progress::Phase::KernelToInit, reporter);
+        }
+    }
+
+    /// The agent answered: the last phase ends (if the others were seen).
+    fn agent_ready(&mut self, reporter: &dyn Reporter) {
+        self.look(reporter);
+        if self.init {
+            self.end(progress::Phase::InitToAgent, reporter);
+        }
+    }
+}
+
 impl Kiln {
     /// Creates a VM from `spec` and boots it; returns once its agent answers.
     pub async fn up(&self, spec: VmSpec, reporter: &dyn Reporter) -> Result<Vm> {
@@ -278,8 +346,12 @@ impl Kiln {
             record.last_error = None;
             state::write_json_atomic(&paths.record(), &record)?;
 
-            let waited =
-                progress::stage(reporter, Stage::WaitAgent, self.wait_for_agent(&paths)).await;
+            let waited = progress::stage(
+                reporter,
+                Stage::WaitAgent,
+                self.wait_for_agent(&paths, reporter),
+            )
+            .await;
             match waited {
                 Ok(client) => {
                     info!(
@@ -326,6 +398,7 @@ impl Kiln {
     pub(super) async fn wait_for_agent(
         &self,
         paths: &VmPaths,
+        reporter: &dyn Reporter,
     ) -> std::result::Result<AgentClient, String> {
         let secret_path = paths.secret();
         let secret = std::fs::read(&secret_path)
@@ -335,9 +408,15 @@ impl Kiln {
         let ports = paths.agent_ports();
         let connect = crate::agent::connect(&ports, &secret, crate::agent::Patience::new(timeout));
         tokio::pin!(connect);
+        let mut console = ConsoleWatch::new(paths.serial_log(), started);
+        // Two clocks: the console's phases are looked for often, the machine's health less so.
+        let mut console_poll = tokio::time::interval(CONSOLE_POLL);
+        let mut health = tokio::time::interval(Duration::from_millis(250));
+        health.reset();
         loop {
             tokio::select! {
                 result = &mut connect => {
+                    console.agent_ready(reporter);
                     return result.map_err(|e| match e {
                         crate::agent::AgentError::Timeout { .. } => {
                             format!("the agent did not answer within {}s", timeout.as_secs())
@@ -345,7 +424,10 @@ impl Kiln {
                         other => other.to_string(),
                     });
                 }
-                () = tokio::time::sleep(Duration::from_millis(250)) => {
+                _ = console_poll.tick(), if !console.done() => {
+                    console.look(reporter);
+                }
+                _ = health.tick() => {
                     let Some(pid) = self.backend.running_pid(paths).await else {
                         return Err(format!(
                             "qemu exited {:.1}s into the boot",

@@ -389,7 +389,12 @@ impl Kiln {
         // agent reseeds its CRNG and remounts the drive.
         let mut seed = [0u8; 64];
         state::random_bytes(&mut seed, &secret_path)?;
-        agent.set_identity(vm.name(), &secret, &seed).await?;
+        progress::phase(
+            reporter,
+            progress::Phase::Rekey,
+            agent.set_identity(vm.name(), &secret, &seed),
+        )
+        .await?;
         Ok(vm)
     }
 

@@ -148,16 +148,19 @@ impl Kiln {
             reporter.report(Event::Note {
                 message: format!("making the warm-start template {key} (once per image and shape)"),
             });
-            let _ = template.remove(TEMPLATE, true, &NoProgress).await;
-            let shape = spec_shape(spec)?;
-            template.up_cold(shape, None, &NoProgress).await?;
-            template.snapshot(TEMPLATE, READY).await?;
-            // The snapshot and the RAM file are what clones start from: the template stays
-            // paused, and is ended without its guest running again (which would change the
-            // file under the saved state).
-            template
-                .stop_within(TEMPLATE, std::time::Duration::ZERO, &NoProgress)
-                .await?;
+            let made = async {
+                let _ = template.remove(TEMPLATE, true, &NoProgress).await;
+                let shape = spec_shape(spec)?;
+                template.up_cold(shape, None, &NoProgress).await?;
+                template.snapshot(TEMPLATE, READY).await?;
+                // The snapshot and the RAM file are what clones start from: the template
+                // stays paused, and is ended without its guest running again (which would
+                // change the file under the saved state).
+                template
+                    .stop_within(TEMPLATE, std::time::Duration::ZERO, &NoProgress)
+                    .await
+            };
+            crate::progress::stage(reporter, crate::progress::Stage::MakeTemplate, made).await?;
         }
         Ok((template, key))
     }
