@@ -402,6 +402,84 @@ fn snapshot_save_killed_at_random_points_converges() {
     check_rm_converges_one(&env, vm);
 }
 
+/// `kiln snapshot restore`, killed at random points (while QEMU loads the state, most
+/// often): the next command finds the VM either restored and answering, or stopped on the
+/// disks its record names, never a machine that waits forever for a state; QEMU writes
+/// only files in the record's chain, and a stopped VM starts.
+#[test]
+fn snapshot_restore_killed_at_random_points_converges() {
+    let env = TestEnv::new();
+    let mut rng = Rng::from_env("snapshot_restore_killed_at_random_points_converges");
+    let vm = "back";
+    let out = run(&env, &["up", vm, "--memory", "256M", "--disk", "16M"]);
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+    let out = run(&env, &["exec", vm, "--", "sh", "-c", "echo saved > /mark"]);
+    assert!(out.status.success(), "exec: {}", text(&out.stderr));
+    let out = run(&env, &["snapshot", "save", vm, "base"]);
+    assert!(out.status.success(), "save: {}", text(&out.stderr));
+    let started = Instant::now();
+    let out = run(&env, &["snapshot", "restore", vm, "base"]);
+    assert!(out.status.success(), "restore: {}", text(&out.stderr));
+    let full = started.elapsed();
+
+    let iterations = faults::iterations(20);
+    let (mut killed, mut stopped) = (0, 0);
+    for i in 0..iterations {
+        let delay = rng.duration_up_to(full.mul_f32(1.2));
+        let mut child = env
+            .cli(KILN)
+            .args(["snapshot", "restore", vm, "base"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        killed += usize::from(faults::kill_after(&mut child, delay));
+        let context = format!("iteration {i} (killed after {delay:?})");
+        let vms = check_ls_tells_the_truth(&env, &context);
+        assert_eq!(vms.len(), 1, "{context}: {vms:?}");
+        match vms[0]["state"].as_str() {
+            Some("running") => {
+                let pid = vms[0]["pid"].as_u64().unwrap();
+                let chain = recorded_chain(&env, vm);
+                for file in files_qemu_writes(pid) {
+                    assert!(
+                        chain.contains(&file),
+                        "{context}: QEMU writes {} outside the record's chain {chain:?}",
+                        file.display()
+                    );
+                }
+            }
+            Some("stopped") => {
+                stopped += 1;
+                let out = run(&env, &["start", vm]);
+                assert!(
+                    out.status.success(),
+                    "{context}: start: {}",
+                    text(&out.stderr)
+                );
+            }
+            other => panic!("{context}: left {other:?}"),
+        }
+        let out = run(&env, &["exec", vm, "-n", "--", "true"]);
+        assert!(
+            out.status.success(),
+            "{context}: the VM does not answer: {}",
+            text(&out.stderr)
+        );
+        let marker = env.home().join(format!("data/vms/{vm}/restoring"));
+        assert!(!marker.exists(), "{context}: {} left", marker.display());
+    }
+    let out = run(&env, &["snapshot", "restore", vm, "base"]);
+    assert!(out.status.success(), "restore: {}", text(&out.stderr));
+    let out = run(&env, &["exec", vm, "--", "cat", "/mark"]);
+    assert_eq!(text(&out.stdout), "saved\n", "{}", text(&out.stderr));
+    eprintln!(
+        "figure: snapshot restore: {iterations} iterations, {killed} killed mid-way (up to {:?} in), {stopped} left stopped and started again; never a machine waiting for its state",
+        full.mul_f32(1.2)
+    );
+    check_rm_converges_one(&env, vm);
+}
+
 /// `kiln up --connect` on a real libvirtd, killed at random points: each kill leaves a whole
 /// VM, a defined domain, or volumes without a domain; `rm --force --connect` removes every
 /// one of them, and the host keeps no domain and no volume of the VM.

@@ -62,6 +62,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Ends the machine now: a clean quit if it answers, else a kill. No machine is fine.
     async fn kill(&self, paths: &VmPaths) -> Result<()>;
 
+    /// Ends the machine at once, without a quit: none of its devices runs again, so nothing
+    /// more is written to its RAM (a template's, which clones map, must stay as saved).
+    async fn kill_at_once(&self, paths: &VmPaths) -> Result<()>;
+
     /// The CPU time the machine's process has used: how a boot that makes no progress is
     /// told from one that is merely slow on a busy host.
     fn cpu_time(&self, pid: u32) -> Option<std::time::Duration> {
@@ -79,6 +83,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Stops (or resumes) the machine's vCPUs.
     async fn set_paused(&self, paths: &VmPaths, paused: bool) -> Result<()>;
+
+    /// Waits until a machine started with [`Launch::incoming`] has loaded that state (it is
+    /// paused then, as it was saved); `state` names the file in errors.
+    async fn wait_loaded(
+        &self,
+        paths: &VmPaths,
+        state: &std::path::Path,
+        timeout: std::time::Duration,
+    ) -> Result<()>;
 
     /// Whether a running machine's vCPUs are stopped.
     async fn is_paused(&self, paths: &VmPaths) -> bool;

@@ -384,6 +384,67 @@ async fn warm_clones_share_the_template_ram_and_never_change_it() {
         before,
         "a clone wrote to the template's RAM file"
     );
-    warm.remove("share-a", true, &NoProgress).await.unwrap();
-    warm.remove("share-b", true, &NoProgress).await.unwrap();
+    // Nothing wrote to it after its state was saved either (the template's QEMU ends first).
+    let modified = |path: &std::path::Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    assert!(
+        modified(&ram) <= modified(&state.with_file_name("meta.json")),
+        "the template's RAM file changed after its state was saved"
+    );
+
+    // A warm clone is a VM like any other: its own snapshot (RAM and all, not the
+    // template's file) restores, and clones.
+    warm.snapshot("share-a", "filled").await.unwrap();
+    a.exec_output(sh("echo later > /mark")).await.unwrap();
+    let a = warm
+        .restore("share-a", "filled", &NoProgress)
+        .await
+        .unwrap();
+    let c = warm
+        .clone_from("share-a", "filled", "share-c", &NoProgress)
+        .await
+        .unwrap();
+    for vm in [&a, &c] {
+        let out = vm
+            .exec_output(sh("cat /mark; wc -c < /fill"))
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "from-a\n25165824\n",
+            "{}",
+            vm.name()
+        );
+    }
+    // A damaged state: QEMU says why it does not load it, and the VM is left stopped.
+    warm.snapshot("share-a", "damaged").await.unwrap();
+    let damaged = a.paths().dir().join("snapshots/damaged/memory");
+    let size = std::fs::metadata(&damaged).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    match warm.restore("share-a", "damaged", &NoProgress).await {
+        Err(Error::Qemu(kiln::qemu::QemuError::StateNotLoaded { reason, .. })) => {
+            assert!(!reason.is_empty());
+        }
+        other => panic!(
+            "a damaged state loaded: {:?}",
+            other.map(|vm| vm.name().to_owned())
+        ),
+    }
+    assert_eq!(
+        warm.get("share-a").await.unwrap().state().await,
+        VmState::Stopped
+    );
+    let a = warm
+        .restore("share-a", "filled", &NoProgress)
+        .await
+        .unwrap();
+    let out = a.exec_output(sh("cat /mark")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-a\n");
+    for name in ["share-c", "share-a", "share-b"] {
+        warm.remove(name, true, &NoProgress).await.unwrap();
+    }
 }

@@ -120,8 +120,14 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         Machine::Microvm => "microvm",
         Machine::Q35 => "q35",
     };
+    // RAM is always the object `ram`: its block has that name in every saved state, so a
+    // state saved by a machine with private RAM loads into one whose RAM is a file, and back
+    // (a warm clone's own snapshot restores, and clones again).
     match &l.memory_file {
-        None => argv.push(["-machine", machine]),
+        None => argv.push([
+            "-object",
+            &format!("memory-backend-ram,id=ram,size={}M", l.memory_mib),
+        ]),
         Some(file) => {
             // A clone opens the template's file read-only and maps it privately: its writes
             // are its own, and the file stays what every clone starts from.
@@ -138,9 +144,9 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
                 ),
                 &file.path,
             );
-            argv.push(["-machine", &format!("{machine},memory-backend=ram")]);
         }
     }
+    argv.push(["-machine", &format!("{machine},memory-backend=ram")]);
     match l.accel {
         Accel::Kvm => argv.push(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => argv.push(["-accel", "tcg", "-cpu", "max"]),
@@ -441,7 +447,8 @@ mod tests {
 
     #[test]
     fn microvm_tcg_golden() {
-        let expected = "-name guest=web-1,debug-threads=on -machine microvm -accel tcg -cpu max \
+        let expected = "-name guest=web-1,debug-threads=on -object memory-backend-ram,id=ram,size=1024M \
+-machine microvm,memory-backend=ram -accel tcg -cpu max \
 -smp 2 -m 1024M -nodefaults -no-user-config -display none -sandbox on,obsolete=deny,resourcecontrol=deny \
 -bios /usr/share/qemu/qboot.rom \
 -kernel /k/images/default/vmlinux -initrd /k/images/default/initramfs.cpio \
@@ -472,7 +479,7 @@ mod tests {
         l.user_net = None;
         l.disks.clear();
         let argv = joined(&l);
-        assert!(argv.contains("-machine q35 -accel kvm -cpu host"));
+        assert!(argv.contains("-machine q35,memory-backend=ram -accel kvm -cpu host"));
         assert!(argv.contains("-device virtio-serial-pci"));
         assert!(!argv.contains("-bios"));
         assert!(!argv.contains("-netdev"));

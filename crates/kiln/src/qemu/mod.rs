@@ -86,6 +86,15 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    /// QEMU did not load a saved state: the state does not fit the machine, its file is
+    /// damaged, or QEMU exited or took too long.
+    #[error("QEMU did not load the saved state {}: {reason}", state.display())]
+    StateNotLoaded {
+        /// The saved state's file.
+        state: PathBuf,
+        /// QEMU's reason, where it gave one.
+        reason: String,
+    },
     /// A port forward's host port cannot be bound: something else holds it.
     #[error("cannot forward {forward}: the host port is in use")]
     PortInUse {
@@ -125,6 +134,11 @@ impl QemuError {
                 "pick another host port (`ss -lntup | grep :{}` shows who has it)",
                 forward.host_port
             )),
+            Self::StateNotLoaded { .. } => Some(
+                "the VM was stopped; `kiln snapshot restore` another snapshot, or `kiln start` \
+                 it to boot from its disks"
+                    .to_owned(),
+            ),
             Self::NetworkBootNeedsUserNic => Some(
                 "keep the default user-mode NIC (it serves the network boot), or boot from the \
                  disk"
@@ -266,7 +280,11 @@ async fn load_state(qmp: &std::path::Path, state: &std::path::Path) -> Result<()
     client
         .execute(
             "migrate-incoming",
-            Some(serde_json::json!({ "uri": format!("file:{}", state.display()) })),
+            // A failed load leaves QEMU up to say why (`query-migrate`) instead of exiting.
+            Some(serde_json::json!({
+                "uri": format!("file:{}", state.display()),
+                "exit-on-error": false,
+            })),
         )
         .await
         .map(drop)
@@ -440,6 +458,15 @@ impl Backend for QemuBackend {
         Ok(())
     }
 
+    async fn kill_at_once(&self, paths: &VmPaths) -> Result<()> {
+        let Some(pid) = self.running_pid(paths).await else {
+            return self.kill(paths).await;
+        };
+        process::wait_or_kill(pid, &paths.qmp_socket(), Duration::ZERO).await;
+        passt::wait_gone(&paths.net_pidfile()).await;
+        Ok(())
+    }
+
     async fn version(&self) -> Result<String> {
         QemuBackend::version(self).await
     }
@@ -505,6 +532,44 @@ impl Backend for QemuBackend {
             .execute(if paused { "stop" } else { "cont" }, None)
             .await
             .map(drop)
+    }
+
+    async fn wait_loaded(
+        &self,
+        paths: &VmPaths,
+        state: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<()> {
+        let not_loaded = |reason: String| -> crate::Error {
+            QemuError::StateNotLoaded {
+                state: state.to_owned(),
+                reason,
+            }
+            .into()
+        };
+        let gone = |err: crate::Error| not_loaded(format!("QEMU stopped answering ({err})"));
+        let deadline = std::time::Instant::now() + timeout;
+        let mut client = QmpClient::connect(&paths.qmp_socket())
+            .await
+            .map_err(gone)?;
+        loop {
+            let migration = client.execute("query-migrate", None).await.map_err(gone)?;
+            if migration.get("status").and_then(serde_json::Value::as_str) == Some("failed") {
+                let why = migration
+                    .get("error-desc")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("no reason given");
+                return Err(not_loaded(why.to_owned()));
+            }
+            // `inmigrate` until the state is in; then as it was saved (paused).
+            if client.status().await.map_err(gone)? != "inmigrate" {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(not_loaded(format!("still loading after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn is_paused(&self, paths: &VmPaths) -> bool {

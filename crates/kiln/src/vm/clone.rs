@@ -162,7 +162,7 @@ impl Kiln {
         progress::phase(
             reporter,
             progress::Phase::LoadState,
-            self.run_loaded(record.spec.name(), paths),
+            self.run_loaded(paths, &memory),
         )
         .await?;
         let vm = Vm {

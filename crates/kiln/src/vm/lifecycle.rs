@@ -106,7 +106,15 @@ struct ConsoleWatch {
     last: Instant,
     first_output: bool,
     init: bool,
+    /// How much of the log was searched for the marker.
+    scanned: u64,
+    /// The last bytes searched, in case the marker straddles two looks.
+    carry: Vec<u8>,
 }
+
+/// The marker comes within the first few KiB of a boot's log; past this much (an image
+/// without kiln's init), it is no longer looked for.
+const CONSOLE_SCAN_LIMIT: u64 = 1 << 20;
 
 impl ConsoleWatch {
     fn new(log: std::path::PathBuf, started: Instant) -> Self {
@@ -115,11 +123,14 @@ impl ConsoleWatch {
             last: started,
             first_output: false,
             init: false,
+            scanned: 0,
+            carry: Vec::new(),
         }
     }
 
+    /// Whether there is nothing more to look for.
     fn done(&self) -> bool {
-        self.init
+        self.init || self.scanned >= CONSOLE_SCAN_LIMIT
     }
 
     fn end(&mut self, phase: progress::Phase, reporter: &dyn Reporter) {
@@ -131,28 +142,38 @@ impl ConsoleWatch {
         self.last = now;
     }
 
-    /// Reports the phases that ended since the last look.
+    /// Reports the phases that ended since the last look; reads only what the log gained.
     fn look(&mut self, reporter: &dyn Reporter) {
-        if self.init {
+        use std::io::{Read, Seek};
+        if self.done() {
+            return;
+        }
+        let Ok(mut file) = std::fs::File::open(&self.log) else {
+            return;
+        };
+        if file.seek(std::io::SeekFrom::Start(self.scanned)).is_err() {
+            return;
+        }
+        let mut fresh = Vec::new();
+        let room = CONSOLE_SCAN_LIMIT - self.scanned;
+        if file.take(room).read_to_end(&mut fresh).is_err() || fresh.is_empty() {
             return;
         }
         if !self.first_output {
-            if std::fs::metadata(&self.log).map_or(true, |m| m.len() == 0) {
-                return;
-            }
             self.first_output = true;
             self.end(progress::Phase::FirstOutput, reporter);
         }
-        // The marker comes within the first few KiB of a boot's log.
+        self.scanned += fresh.len() as u64;
         let marker = crate::image::INIT_MARKER.as_bytes();
-        let mut head = Vec::new();
-        if let Ok(file) = std::fs::File::open(&self.log) {
-            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(file, 1 << 20), &mut head);
-        }
-        if head.windows(marker.len()).any(|w| w == marker) {
+        let mut window = std::mem::take(&mut self.carry);
+        window.extend_from_slice(&fresh);
+        if window.windows(marker.len()).any(|w| w == marker) {
             self.init = true;
             self.end(progress::Phase::KernelToInit, reporter);
+            return;
         }
+        let keep = window.len().saturating_sub(marker.len() - 1);
+        self.carry = window.split_off(keep);
     }
 
     /// The agent answered: the last phase ends (if the others were seen).
@@ -338,6 +359,9 @@ impl Kiln {
                     Memory::Private
                 },
             };
+            if self.template {
+                fresh_private_file(&ram)?;
+            }
             rotate_serial_log(&paths)?;
             let machine: MachineRecord =
                 progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
@@ -411,6 +435,7 @@ impl Kiln {
         let mut console = ConsoleWatch::new(paths.serial_log(), started);
         // Two clocks: the console's phases are looked for often, the machine's health less so.
         let mut console_poll = tokio::time::interval(CONSOLE_POLL);
+        console_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut health = tokio::time::interval(Duration::from_millis(250));
         health.reset();
         loop {
@@ -582,6 +607,25 @@ impl Kiln {
     }
 }
 
+/// Makes `path` a new empty file only its owner reads (a template's RAM file: QEMU would
+/// create it world-readable, and an earlier attempt's must not be mapped again).
+fn fresh_private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(IoError::at("remove", path)(err).into());
+        }
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(IoError::at("create", path))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -595,5 +639,74 @@ mod tests {
         std::fs::write(&log, text).unwrap();
         assert_eq!(super::log_tail(&log, 2), "second to last\nlast line");
         assert_eq!(super::log_tail(&dir.path().join("absent"), 2), "");
+    }
+
+    /// The phases a console watch reports.
+    #[derive(Default)]
+    struct Phases(std::sync::Mutex<Vec<crate::progress::Phase>>);
+
+    impl crate::progress::Reporter for Phases {
+        fn report(&self, event: crate::progress::Event) {
+            if let crate::progress::Event::Phase { phase, .. } = event {
+                self.0.lock().unwrap().push(phase);
+            }
+        }
+    }
+
+    fn append(path: &std::path::Path, bytes: &[u8]) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn a_console_watch_finds_the_marker_split_across_looks_and_reads_each_byte_once() {
+        use crate::progress::Phase;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        let phases = Phases::default();
+        let mut watch = super::ConsoleWatch::new(log.clone(), std::time::Instant::now());
+        watch.look(&phases);
+        assert!(phases.0.lock().unwrap().is_empty(), "no log yet");
+        let marker = crate::image::INIT_MARKER.as_bytes();
+        let (head, tail) = marker.split_at(marker.len() / 2);
+        append(&log, b"[    0.000000] Linux version\n");
+        append(&log, head);
+        watch.look(&phases);
+        assert_eq!(*phases.0.lock().unwrap(), [Phase::FirstOutput]);
+        assert_eq!(watch.scanned, std::fs::metadata(&log).unwrap().len());
+        append(&log, tail);
+        watch.look(&phases);
+        assert!(watch.done());
+        watch.agent_ready(&phases);
+        assert_eq!(
+            *phases.0.lock().unwrap(),
+            [Phase::FirstOutput, Phase::KernelToInit, Phase::InitToAgent]
+        );
+    }
+
+    #[test]
+    fn a_console_watch_gives_up_on_a_log_without_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        let phases = Phases::default();
+        let mut watch = super::ConsoleWatch::new(log.clone(), std::time::Instant::now());
+        append(&log, &vec![b'x'; 3 << 20]);
+        watch.look(&phases);
+        assert!(
+            watch.done(),
+            "a full-mode image's chatty console is not searched forever"
+        );
+        assert_eq!(watch.scanned, super::CONSOLE_SCAN_LIMIT);
+        watch.agent_ready(&phases);
+        assert_eq!(
+            *phases.0.lock().unwrap(),
+            [crate::progress::Phase::FirstOutput],
+            "no init phase is made up"
+        );
     }
 }

@@ -193,7 +193,9 @@ impl Kiln {
                 name: name.to_owned(),
             });
         }
-        let record = if self.finish_interrupted_save(name).await? {
+        let record = if self.finish_interrupted_save(name).await?
+            | self.finish_interrupted_restore(name).await?
+        {
             read_record(&paths)?.ok_or_else(|| Error::VmNotFound {
                 name: name.to_owned(),
             })?

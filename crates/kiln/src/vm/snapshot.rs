@@ -22,7 +22,11 @@ use crate::{Error, IoError, Result, VmSpec};
 
 /// 2: a VM has [`kiln_proto::AGENT_PORTS`] agent ports, and saved state holds them all.
 /// 3: saved and loaded with `x-ignore-shared` (templates leave their RAM file out).
-const SNAPSHOT_FORMAT: u32 = 3;
+/// 4: RAM is the memory backend `ram` on every machine (its block's name in the state).
+pub(super) const SNAPSHOT_FORMAT: u32 = 4;
+/// The oldest format whose disk-only snapshots this kiln restores: they hold no machine
+/// state, only frozen disks in the same layout.
+const DISK_ONLY_SINCE: u32 = 2;
 
 /// What a snapshot's `meta.json` says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,9 +186,16 @@ impl Kiln {
             .backend
             .save_state(vm.paths(), &tmp.join("memory"), &overlays)
             .await;
-        // A template's guest never runs again once saved: its RAM file is the clones'.
-        let resumed = if was_paused || self.template {
+        // A template's guest never runs again once saved: its RAM file is the clones'. Nor
+        // does its QEMU, which writes to guest RAM even while paused (closing the agent
+        // session below puts a virtio-serial control message there): it ends now.
+        let resumed = if was_paused {
             Ok(())
+        } else if self.template {
+            match self.backend.kill_at_once(vm.paths()).await {
+                Ok(()) => sync_file(&vm.paths().ram_file()),
+                Err(err) => Err(err),
+            }
         } else {
             self.backend.set_paused(vm.paths(), false).await
         };
@@ -227,20 +238,57 @@ impl Kiln {
             }
             std::fs::remove_dir_all(&dir).map_err(IoError::at("remove", &dir))?;
         }
-        // Overlays made for the save that no disk reads through. The record's disks may read
-        // through overlays of earlier interrupted saves: their whole chains stay.
+        self.forget_unused_overlays(&paths, &record).await?;
+        Ok(true)
+    }
+
+    /// Finishes what a `snapshot restore` killed while QEMU loaded the state left of VM
+    /// `name`, when no kiln works on it: a machine waiting for a state no one will give it,
+    /// or running on disks its record does not name. It is stopped, on the record's disks,
+    /// and the overlays the restore made go. Returns whether it found one.
+    pub(super) async fn finish_interrupted_restore(&self, name: &str) -> Result<bool> {
+        let paths = self.paths.vm(name);
+        let marker = paths.dir().join(RESTORING_MARKER);
+        if !marker.exists() {
+            return Ok(false);
+        }
+        let Some(_lock) = state::Lock::try_acquire(paths.lock())? else {
+            return Ok(false);
+        };
+        let Some(record) = read_record(&paths)? else {
+            return Ok(false);
+        };
+        // The disks the restore gave the machine: when the record names them, it finished.
+        let restored: Option<Vec<PathBuf>> = state::read_json(&marker).unwrap_or_default();
+        if restored.as_ref() != Some(&record.disk_files) {
+            log::info!("{name}: stopping the machine an interrupted restore left");
+            self.backend.kill(&paths).await?;
+            self.forget_unused_overlays(&paths, &record).await?;
+        }
+        std::fs::remove_file(&marker).map_err(IoError::at("remove", &marker))?;
+        Ok(true)
+    }
+
+    /// Removes the overlays in the VM's directory that no disk of `record` reads through
+    /// (made for a save or a restore that did not finish). The record's disks may read
+    /// through overlays of earlier interrupted saves: their whole chains stay.
+    async fn forget_unused_overlays(
+        &self,
+        paths: &VmPaths,
+        record: &state::VmRecord,
+    ) -> Result<()> {
         let made: Vec<PathBuf> = state::list_names(paths.dir())
             .unwrap_or_default()
             .into_iter()
             .map(|n| paths.dir().join(n))
-            .filter(|f| is_overlay(f, &paths))
+            .filter(|f| is_overlay(f, paths))
             .collect();
         let mut keep = Vec::new();
-        for file in record.disk_files(&paths) {
+        for file in record.disk_files(paths) {
             keep.extend(self.backend.backing_chain(&file).await?);
         }
-        self.forget_overlays(&paths, &made, &keep).await;
-        Ok(true)
+        self.forget_overlays(paths, &made, &keep).await;
+        Ok(())
     }
 
     /// Points the VM at its new overlays and moves the finished snapshot into place.
@@ -330,6 +378,10 @@ impl Kiln {
                 .await;
         }
         let memory = snapshot_dir(vm.paths(), snapshot).join("memory");
+        // Says "stop the machine, unless the record names these disks" to whoever finds this
+        // restore interrupted (see `finish_interrupted_restore`).
+        let marker = vm.paths().dir().join(RESTORING_MARKER);
+        state::write_json_atomic(&marker, &disks)?;
         let accel = record
             .machine
             .as_ref()
@@ -352,26 +404,23 @@ impl Kiln {
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
-        // The state was saved paused, so QEMU stays paused once it has loaded it (status
-        // `inmigrate` until then): wait for that, then let it run.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !self.backend.is_paused(vm.paths()).await {
-            if std::time::Instant::now() > deadline
-                || self.backend.running_pid(vm.paths()).await.is_none()
-            {
-                return Err(Error::BootFailed {
-                    name: name.to_owned(),
-                    reason: "QEMU did not load the saved state".to_owned(),
-                    serial_tail: super::serial_tail(vm.paths(), 20),
-                });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if let Err(err) = progress::phase(
+            reporter,
+            progress::Phase::LoadState,
+            self.run_loaded(vm.paths(), &memory),
+        )
+        .await
+        {
+            // Stopped, on the disks it had: the record was not changed.
+            self.forget_overlays(vm.paths(), &disks, &old_disks).await;
+            let _ = std::fs::remove_file(&marker);
+            return Err(err);
         }
-        self.backend.set_paused(vm.paths(), false).await?;
         record.machine = Some(machine);
         record.should_run = true;
         record.last_error = None;
         state::write_json_atomic(&vm.paths().record(), &record)?;
+        std::fs::remove_file(&marker).map_err(IoError::at("remove", &marker))?;
         self.forget_overlays(vm.paths(), &old_disks, &record.disk_files)
             .await;
         let vm = Vm { record, ..vm };
@@ -410,8 +459,14 @@ impl Kiln {
             snapshot: snapshot.to_owned(),
             reason,
         };
-        if meta.format != SNAPSHOT_FORMAT {
-            return Err(incompatible(format!("snapshot format {}", meta.format)));
+        let readable = meta.format == SNAPSHOT_FORMAT
+            || (meta.disk_only && (DISK_ONLY_SINCE..SNAPSHOT_FORMAT).contains(&meta.format));
+        if !readable {
+            return Err(incompatible(format!(
+                "it is in snapshot format {}, and this kiln loads format {SNAPSHOT_FORMAT} \
+                 (and disk-only snapshots since format {DISK_ONLY_SINCE})",
+                meta.format
+            )));
         }
         let qemu = self.backend.version().await?;
         if meta.qemu_version != qemu {
@@ -429,22 +484,20 @@ impl Kiln {
         Ok(image)
     }
 
-    /// Waits until QEMU has loaded a saved state (it stays paused then), and lets it run.
-    pub(super) async fn run_loaded(&self, name: &str, paths: &VmPaths) -> Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !self.backend.is_paused(paths).await {
-            if std::time::Instant::now() > deadline
-                || self.backend.running_pid(paths).await.is_none()
-            {
-                return Err(Error::BootFailed {
-                    name: name.to_owned(),
-                    reason: "QEMU did not load the saved state".to_owned(),
-                    serial_tail: super::serial_tail(paths, 20),
-                });
+    /// Waits until QEMU has loaded the saved state `memory` (it stays paused then, as it was
+    /// saved), and lets it run. A state QEMU does not load stops the machine.
+    pub(super) async fn run_loaded(&self, paths: &VmPaths, memory: &Path) -> Result<()> {
+        let loaded = self
+            .backend
+            .wait_loaded(paths, memory, std::time::Duration::from_secs(120))
+            .await;
+        match loaded {
+            Ok(()) => self.backend.set_paused(paths, false).await,
+            Err(err) => {
+                let _ = self.backend.kill(paths).await;
+                Err(err)
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        self.backend.set_paused(paths, false).await
     }
 
     /// Removes a snapshot; refused while a disk still reads through its frozen files.
@@ -521,6 +574,17 @@ impl Kiln {
         }
     }
 }
+
+/// Flushes `path` to disk (a template's RAM file, before the snapshot that needs it exists).
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(IoError::at("flush", path))?;
+    Ok(())
+}
+
+/// In a VM's directory while a restore loads saved state: the disks it gives the machine.
+const RESTORING_MARKER: &str = "restoring";
 
 /// In an unfinished snapshot's directory: the save paused a running VM.
 const RESUME_MARKER: &str = "resume";

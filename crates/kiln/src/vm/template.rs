@@ -72,6 +72,17 @@ impl Kiln {
         .await;
         match tried {
             Ok(vm) => Ok(vm),
+            // QEMU refused the template's state: made by something that changed since. The
+            // next warm start makes a new one.
+            Err(err @ Error::Qemu(crate::qemu::QemuError::StateNotLoaded { .. })) => {
+                reporter.report(Event::Note {
+                    message: format!("cold boot, and a new template next time: {err}"),
+                });
+                if let Err(err) = self.discard_template(&spec).await {
+                    log::warn!("cannot discard the warm-start template: {err}");
+                }
+                self.up_cold(spec, owner, reporter).await
+            }
             // The name is taken: not something a cold boot would fix.
             Err(err @ Error::VmAlreadyExists { .. }) => Err(err),
             Err(err) => {
@@ -99,6 +110,64 @@ impl Kiln {
             accel,
             reason: probe.reason.clone(),
         });
+        let key = self.template_key(spec, &image, accel).await?;
+        let root = self.paths.templates_dir().join(&key);
+        let template = self.template_at(&root);
+        // One kiln makes a template at a time; the others wait and use it.
+        let _lock = {
+            let path = self.paths.templates_dir().join(format!("{key}.lock"));
+            state::create_private_dir(&self.paths.templates_dir())?;
+            tokio::task::spawn_blocking(move || state::Lock::acquire(&path))
+                .await
+                .map_err(crate::image::join_error)??
+        };
+        // A template machine still running (its save was cut short) may have changed the RAM
+        // file since: that template is made again.
+        let ready = match template.snapshots(TEMPLATE).await {
+            Ok(list) => list.iter().any(|s| s.name == READY),
+            Err(_) => false,
+        } && template
+            .backend
+            .running_pid(&template.paths.vm(TEMPLATE))
+            .await
+            .is_none();
+        if !ready {
+            reporter.report(Event::Note {
+                message: format!("making the warm-start template {key} (once per image and shape)"),
+            });
+            let made = async {
+                let _ = template.remove(TEMPLATE, true, &NoProgress).await;
+                let shape = spec_shape(spec)?;
+                template.up_cold(shape, None, &NoProgress).await?;
+                // The snapshot and the RAM file are what clones start from: the save ends the
+                // template's QEMU before its guest or devices can change the file.
+                template.snapshot(TEMPLATE, READY).await?;
+                template
+                    .stop_within(TEMPLATE, std::time::Duration::ZERO, &NoProgress)
+                    .await
+            };
+            crate::progress::stage(reporter, crate::progress::Stage::MakeTemplate, made).await?;
+        }
+        Ok((template, key))
+    }
+
+    /// Drops the snapshot of `spec`'s template, so the next warm start makes it anew.
+    async fn discard_template(&self, spec: &VmSpec) -> Result<()> {
+        let image = self.images.get(spec.image())?;
+        let accel = self.accel_probe().choose(spec.accel())?;
+        let key = self.template_key(spec, &image, accel).await?;
+        self.template_at(&self.paths.templates_dir().join(key))
+            .remove_snapshot(TEMPLATE, READY)
+            .await
+    }
+
+    /// The key of `spec`'s template: what its saved state depends on.
+    async fn template_key(
+        &self,
+        spec: &VmSpec,
+        image: &crate::image::Image,
+        accel: crate::Accel,
+    ) -> Result<String> {
         let qemu = self.backend.version().await?;
         let mut hasher = Sha256::new();
         for part in [
@@ -125,44 +194,13 @@ impl Kiln {
             format!("root-size={:?}", spec.root_size().map(|s| s.bytes())),
             // Templates whose RAM is a file the clones map, saved without it.
             "memory=shared-file".to_owned(),
+            // And states in this kiln's format, which an older template's is not.
+            format!("snapshot-format={}", super::snapshot::SNAPSHOT_FORMAT),
         ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
         }
-        let key = hex::encode(hasher.finalize())[..12].to_owned();
-        let root = self.paths.templates_dir().join(&key);
-        let template = self.template_at(&root);
-        // One kiln makes a template at a time; the others wait and use it.
-        let _lock = {
-            let path = self.paths.templates_dir().join(format!("{key}.lock"));
-            state::create_private_dir(&self.paths.templates_dir())?;
-            tokio::task::spawn_blocking(move || state::Lock::acquire(&path))
-                .await
-                .map_err(crate::image::join_error)??
-        };
-        let ready = match template.snapshots(TEMPLATE).await {
-            Ok(list) => list.iter().any(|s| s.name == READY),
-            Err(_) => false,
-        };
-        if !ready {
-            reporter.report(Event::Note {
-                message: format!("making the warm-start template {key} (once per image and shape)"),
-            });
-            let made = async {
-                let _ = template.remove(TEMPLATE, true, &NoProgress).await;
-                let shape = spec_shape(spec)?;
-                template.up_cold(shape, None, &NoProgress).await?;
-                template.snapshot(TEMPLATE, READY).await?;
-                // The snapshot and the RAM file are what clones start from: the template
-                // stays paused, and is ended without its guest running again (which would
-                // change the file under the saved state).
-                template
-                    .stop_within(TEMPLATE, std::time::Duration::ZERO, &NoProgress)
-                    .await
-            };
-            crate::progress::stage(reporter, crate::progress::Stage::MakeTemplate, made).await?;
-        }
-        Ok((template, key))
+        Ok(hex::encode(hasher.finalize())[..12].to_owned())
     }
 
     /// Removes every warm-start template (`kiln cache prune`); returns how many.
