@@ -94,11 +94,15 @@ pub async fn run(args: Args) -> Outcome {
         });
     }
 
+    // One listener for the whole command: a Ctrl-C that comes while the first is being
+    // forwarded is kept for the next turn, not lost between two listeners.
+    let mut ctrl_c = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| kiln::IoError::new("listen for signals on", "", e))?;
     let mut interrupted = false;
     loop {
         let event = tokio::select! {
             event = session.next_event() => event?,
-            _ = tokio::signal::ctrl_c() => {
+            _ = ctrl_c.recv() => {
                 if interrupted {
                     // The second Ctrl-C ends kiln, whatever the guest command does with it.
                     return Ok(INTERRUPTED);
