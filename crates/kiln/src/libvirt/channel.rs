@@ -69,7 +69,7 @@ impl LibvirtConn {
                 let stream = Stream::new(&inner.conn, sys::VIR_STREAM_NONBLOCK)
                     .map_err(inner.err("open a stream for", &name))?;
                 match dom.open_channel(Some(&channel), &stream, 0) {
-                    Ok(_) => Ok(Some(stream)),
+                    Ok(_) => Ok(Some(Unclaimed(Some(stream)))),
                     // "Active channel stream exists for this domain".
                     Err(err)
                         if err.code()
@@ -84,7 +84,7 @@ impl LibvirtConn {
                 }
             })
             .await?;
-        let Some(stream) = stream else {
+        let Some(stream) = stream.and_then(|mut unclaimed| unclaimed.0.take()) else {
             return Ok(None);
         };
         let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
@@ -155,6 +155,19 @@ impl AgentPorts for ChannelPorts {
                 vm: self.describe(),
                 reason: err.to_string(),
             }),
+        }
+    }
+}
+
+/// An open channel's stream on its way to the caller, aborted if it never gets there: a
+/// caller that stopped waiting (its open timed out) must not leave the channel busy until
+/// the connection closes (dropping a `Stream` only frees the handle).
+struct Unclaimed(Option<Stream>);
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(stream) = self.0.take() {
+            let _ = stream.abort();
         }
     }
 }
