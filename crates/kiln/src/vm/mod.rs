@@ -2,6 +2,7 @@
 //! machine's pidfile and `/proc`) on every read, never trusted blindly.
 
 mod clone;
+mod console_watch;
 mod forward;
 mod lifecycle;
 mod snapshot;
