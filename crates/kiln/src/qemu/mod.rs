@@ -9,6 +9,7 @@ mod passt;
 mod plan;
 mod process;
 mod qmp;
+mod qmp_commands;
 
 pub use error::QemuError;
 
@@ -19,6 +20,8 @@ pub(crate) use argv::{
 pub(crate) use passt::user_uid as passt_user_uid;
 pub(crate) use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
 pub(crate) use qmp::{QmpClient, QmpReply};
+use qmp_commands as cmd;
+use qmp_commands::{MigrationStatus, RunState};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,12 +146,12 @@ fn check_port_free(forward: &crate::spec::PortForward) -> Result<()> {
 /// clones map (see [`crate::backend::Memory`]). Other machines' RAM is saved as before.
 async fn set_migration_capabilities(client: &mut QmpClient) -> Result<()> {
     client
-        .execute(
-            "migrate-set-capabilities",
-            Some(serde_json::json!({
-                "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
-            })),
-        )
+        .call(&cmd::MigrateSetCapabilities {
+            capabilities: vec![cmd::Capability {
+                capability: "x-ignore-shared",
+                state: true,
+            }],
+        })
         .await
         .map(drop)
 }
@@ -159,14 +162,11 @@ async fn load_state(qmp: &std::path::Path, state: &std::path::Path) -> Result<()
     let mut client = QmpClient::connect(qmp).await?;
     set_migration_capabilities(&mut client).await?;
     client
-        .execute(
-            "migrate-incoming",
+        .call(&cmd::MigrateIncoming {
+            uri: format!("file:{}", state.display()),
             // A failed load leaves QEMU up to say why (`query-migrate`) instead of exiting.
-            Some(serde_json::json!({
-                "uri": format!("file:{}", state.display()),
-                "exit-on-error": false,
-            })),
-        )
+            exit_on_error: false,
+        })
         .await
         .map(drop)
 }
@@ -326,7 +326,7 @@ impl Backend for QemuBackend {
         };
         let quit = async {
             let mut client = QmpClient::connect(&qmp).await?;
-            client.execute("quit", None).await.map(drop)
+            client.call(&cmd::Quit {}).await.map(drop)
         };
         if let Err(err) = tokio::time::timeout(Duration::from_secs(3), quit)
             .await
@@ -393,26 +393,22 @@ impl Backend for QemuBackend {
         if !paused {
             // A save whose kiln was killed may still be writing memory out: end it first,
             // or `cont` would race the migration's last phase.
-            let busy = |status: &serde_json::Value| {
-                matches!(
-                    status.get("status").and_then(serde_json::Value::as_str),
-                    Some("setup" | "active" | "cancelling" | "pre-switchover" | "device")
-                )
-            };
-            if busy(&client.execute("query-migrate", None).await?) {
-                client.execute("migrate_cancel", None).await?;
+            let busy = |info: cmd::MigrationInfo| info.status.is_some_and(MigrationStatus::is_busy);
+            if busy(client.call(&cmd::QueryMigrate {}).await?) {
+                client.call(&cmd::MigrateCancel {}).await?;
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while busy(&client.execute("query-migrate", None).await?)
+                while busy(client.call(&cmd::QueryMigrate {}).await?)
                     && std::time::Instant::now() < deadline
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
-        client
-            .execute(if paused { "stop" } else { "cont" }, None)
-            .await
-            .map(drop)
+        if paused {
+            client.call(&cmd::Stop {}).await.map(drop)
+        } else {
+            client.call(&cmd::Cont {}).await.map(drop)
+        }
     }
 
     async fn wait_loaded(
@@ -434,16 +430,13 @@ impl Backend for QemuBackend {
             .await
             .map_err(gone)?;
         loop {
-            let migration = client.execute("query-migrate", None).await.map_err(gone)?;
-            if migration.get("status").and_then(serde_json::Value::as_str) == Some("failed") {
-                let why = migration
-                    .get("error-desc")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("no reason given");
+            let migration = client.call(&cmd::QueryMigrate {}).await.map_err(gone)?;
+            if migration.status == Some(MigrationStatus::Failed) {
+                let why = migration.error_desc.as_deref().unwrap_or("no reason given");
                 return Err(not_loaded(why.to_owned()));
             }
             // `inmigrate` until the state is in; then as it was saved (paused).
-            if client.status().await.map_err(gone)? != "inmigrate" {
+            if client.status().await.map_err(gone)? != RunState::Inmigrate {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
@@ -459,7 +452,7 @@ impl Backend for QemuBackend {
             Ok(mut client) => client
                 .status()
                 .await
-                .is_ok_and(|s| s == "paused" || s == "postmigrate"),
+                .is_ok_and(|s| matches!(s, RunState::Paused | RunState::Postmigrate)),
             Err(_) => false,
         }
     }
@@ -478,22 +471,18 @@ impl Backend for QemuBackend {
         };
         set_migration_capabilities(&mut client).await?;
         client
-            .execute(
-                "migrate",
-                Some(serde_json::json!({ "uri": format!("file:{}", memory.display()) })),
-            )
+            .call(&cmd::Migrate {
+                uri: format!("file:{}", memory.display()),
+            })
             .await?;
         // A paused guest's memory goes out at disk speed; poll until QEMU says it is done.
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
         loop {
-            let status = client.execute("query-migrate", None).await?;
-            match status.get("status").and_then(serde_json::Value::as_str) {
-                Some("completed") => break,
-                Some("failed" | "cancelled") => {
-                    let why = status
-                        .get("error-desc")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or("no reason given");
+            let info = client.call(&cmd::QueryMigrate {}).await?;
+            match info.status {
+                Some(MigrationStatus::Completed) => break,
+                Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
+                    let why = info.error_desc.as_deref().unwrap_or("no reason given");
                     return Err(failed(format!("saving memory failed: {why}")).into());
                 }
                 _ if std::time::Instant::now() > deadline => {
@@ -504,16 +493,13 @@ impl Backend for QemuBackend {
         }
         for (index, overlay) in overlays.iter().enumerate() {
             client
-                .execute(
-                    "blockdev-snapshot-sync",
-                    Some(serde_json::json!({
-                        "device": format!("disk{index}"),
-                        "snapshot-file": overlay,
-                        "format": "qcow2",
-                        // kiln made it (on the file this disk writes) before the save.
-                        "mode": "existing",
-                    })),
-                )
+                .call(&cmd::BlockdevSnapshotSync {
+                    device: format!("disk{index}"),
+                    snapshot_file: overlay.clone(),
+                    format: "qcow2",
+                    // kiln made it (on the file this disk writes) before the save.
+                    mode: "existing",
+                })
                 .await?;
         }
         Ok(())
@@ -538,12 +524,11 @@ impl Backend for QemuBackend {
         let qmp = paths.qmp_socket();
         let mut client = QmpClient::connect(&qmp).await?;
         let answer = client
-            .execute(
-                "human-monitor-command",
-                Some(serde_json::json!({ "command-line": command })),
-            )
+            .call(&cmd::HumanMonitorCommand {
+                command_line: command.clone(),
+            })
             .await?;
-        let text = answer.as_str().unwrap_or_default().trim().to_owned();
+        let text = answer.trim().to_owned();
         let failed = if add {
             !text.is_empty()
         } else {

@@ -10,6 +10,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::QemuError;
+use super::qmp_commands::{Command, QmpCapabilities, QueryStatus, RunState};
 use crate::Result;
 
 const MAX_LINE: usize = 1 << 20;
@@ -49,12 +50,32 @@ impl QmpClient {
         if greeting.get("QMP").is_none() {
             return Err(err(format!("unexpected greeting {greeting}")).into());
         }
-        client.execute("qmp_capabilities", None).await?;
+        client.call(&QmpCapabilities {}).await?;
         Ok(client)
     }
 
+    /// Runs a command and returns its answer.
+    pub async fn call<C: Command>(&mut self, command: &C) -> Result<C::Answer> {
+        let arguments = serde_json::to_value(command)
+            .map_err(|e| self.error(format!("cannot encode {}: {e}", C::NAME)))?;
+        let arguments = match arguments {
+            Value::Object(map) if map.is_empty() => None,
+            other => Some(other),
+        };
+        let answer = self.execute(C::NAME, arguments).await?;
+        serde_json::from_value(answer).map_err(|e| {
+            self.error(format!("unexpected answer to {}: {e}", C::NAME))
+                .into()
+        })
+    }
+
+    /// The machine's run state.
+    pub async fn status(&mut self) -> Result<RunState> {
+        Ok(self.call(&QueryStatus {}).await?.status)
+    }
+
     /// Runs a command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+    async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
         let mut request = json!({ "execute": command });
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
@@ -80,16 +101,6 @@ impl QmpClient {
                 "no answer to {command} among {MAX_MESSAGES_PER_REPLY} messages"
             ))
             .into())
-    }
-
-    /// `query-status`'s `status` (`running`, `paused`, ...).
-    pub async fn status(&mut self) -> Result<String> {
-        let ret = self.execute("query-status", None).await?;
-        Ok(ret
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_owned())
     }
 
     async fn read_message(&mut self) -> Result<Value> {
