@@ -276,7 +276,8 @@ impl Session {
                 hostname,
                 secret,
                 seed,
-            } => match set_identity(&hostname, &seed) {
+                clock_unix_nanos,
+            } => match set_identity(&hostname, &seed).and_then(|()| set_clock(clock_unix_nanos)) {
                 // Too short a secret would weaken every later session: refuse it.
                 Ok(()) if secret.len() >= 16 => {
                     self.secret.set(secret);
@@ -340,6 +341,18 @@ fn agent_info() -> AgentInfo {
 
 /// `RNDRESEEDCRNG`: make the kernel's CRNG take its next key from the input pool now.
 const RNDRESEEDCRNG: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(b'R', 0x07);
+
+/// Sets the wall clock: a clone's starts where its template's stopped, which may be days
+/// behind (TLS, `make` and logs need the real time).
+fn set_clock(unix_nanos: u64) -> Result<(), String> {
+    let nanos_per_sec = 1_000_000_000;
+    let time = rustix::time::Timespec {
+        tv_sec: i64::try_from(unix_nanos / nanos_per_sec).map_err(|e| e.to_string())?,
+        tv_nsec: i64::try_from(unix_nanos % nanos_per_sec).map_err(|e| e.to_string())?,
+    };
+    rustix::time::clock_settime(rustix::time::ClockId::Realtime, time)
+        .map_err(|e| format!("cannot set the clock: {e}"))
+}
 
 /// A clone's own hostname and randomness. Clones of one snapshot start with the same CRNG
 /// state, and a write to `/dev/urandom` only feeds the input pool (Linux 5.18 and later

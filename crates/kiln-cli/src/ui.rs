@@ -144,6 +144,10 @@ impl Reporter for Progress {
                 self.finish_current();
                 eprintln!("  note      {message}");
             }
+            Event::Start { warm, detail } => {
+                self.finish_current();
+                eprintln!("  note      {}", kiln::progress::start_line(warm, &detail));
+            }
         }
     }
 }

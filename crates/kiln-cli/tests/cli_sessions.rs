@@ -365,7 +365,8 @@ fn two_vms_on_a_named_network_exchange_a_ping() {
     );
 }
 
-/// The session benchmark runs end to end: sessions, boots, a first and an incremental push.
+/// The session benchmark runs end to end: sessions, boots, warm sessions on a workspace, and
+/// an incremental push.
 #[test]
 fn session_bench_reports_its_figures() {
     let env = TestEnv::new();
@@ -377,7 +378,12 @@ fn session_bench_reports_its_figures() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files"], 60);
     assert_eq!(report["run_true"]["samples"], 1);
-    assert!(report["push_first_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["workspace_bytes"], 600_000);
+    assert_eq!(report["workspace_run_true"]["samples"], 1);
+    assert!(
+        report["push_first"]["p50_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     assert!(
         report["push_incremental_ms"].as_f64().unwrap() > 0.0,
         "{report}"

@@ -71,11 +71,14 @@ pub enum Message {
     /// Host → agent: the terminal of this stream's process (started with a `tty`) changed size.
     Resize(TtySize),
     /// Host → agent: this guest is a clone; take its own identity. The hostname is set, the
-    /// seed is mixed into the kernel's random pool, and later sessions must prove `secret`.
+    /// seed is mixed into the kernel's random pool, the clock is set to the host's (a clone's
+    /// starts where its template's stopped), and later sessions must prove `secret`.
     SetIdentity {
         hostname: String,
         secret: Vec<u8>,
         seed: Vec<u8>,
+        /// The host's wall-clock time, in nanoseconds since the Unix epoch.
+        clock_unix_nanos: u64,
     },
     /// Agent → host: the identity is set.
     IdentitySet,

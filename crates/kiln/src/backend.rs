@@ -27,6 +27,9 @@ pub struct Launch<'a> {
     pub incoming: Option<&'a std::path::Path>,
     /// Where the guest's RAM lives.
     pub memory: Memory<'a>,
+    /// A session's workspace image, to be the workspace drive (else the drive is kept, or
+    /// made blank).
+    pub workspace: Option<&'a std::path::Path>,
 }
 
 /// Where a machine's RAM lives. Warm starts share one template's RAM between its clones:

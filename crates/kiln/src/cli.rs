@@ -62,6 +62,9 @@ impl Reporter for Lines {
                 eprintln!("  ✓ {} ({:.1}s)", stage.label(), elapsed.as_secs_f64());
             }
             Event::Note { message } => eprintln!("  {message}"),
+            Event::Start { warm, detail } => {
+                eprintln!("  {}", crate::progress::start_line(warm, &detail))
+            }
         }
     }
 }

@@ -30,6 +30,13 @@ pub enum Event {
         #[serde(rename = "elapsed_ms", serialize_with = "millis")]
         elapsed: Duration,
     },
+    /// How a VM starts: as a clone of its warm-start template, or with a boot.
+    Start {
+        /// Whether it starts from a template.
+        warm: bool,
+        /// The template's key when warm; why it boots when cold.
+        detail: String,
+    },
     /// A part of a stage ended (what a boot's wait for the agent was spent on): for
     /// timings, not for a progress display.
     Phase {
@@ -119,6 +126,8 @@ pub enum Phase {
     LoadState,
     /// A warm start: giving the clone its own name, secret and random seed.
     Rekey,
+    /// A session: the guest mounting its workspace drive.
+    MountWorkspace,
 }
 
 impl Phase {
@@ -130,6 +139,7 @@ impl Phase {
             Self::InitToAgent => "init to agent ready",
             Self::LoadState => "load the saved state",
             Self::Rekey => "re-key the clone",
+            Self::MountWorkspace => "mount the workspace",
         }
     }
 }
@@ -177,6 +187,15 @@ impl Reporter for Timings<'_> {
             entries.push(entry);
         }
         self.inner.report(event);
+    }
+}
+
+/// How a front end says [`Event::Start`] in one line.
+pub fn start_line(warm: bool, detail: &str) -> String {
+    if warm {
+        format!("warm start from template {detail}")
+    } else {
+        format!("cold boot: {detail}")
     }
 }
 

@@ -112,3 +112,87 @@ async fn a_session_returns_created_and_changed_files_and_leaves_no_vm() {
     session.shutdown(&NoProgress).await.unwrap();
     assert!(kiln.list().await.unwrap().is_empty());
 }
+
+/// Runs `script` in the session's workspace; its stdout, once it exited with 0.
+async fn run(session: &Session, script: &str) -> String {
+    let request = ExecRequest::new(["sh", "-c", script]);
+    let out = session.run(request).await.unwrap().output().await.unwrap();
+    assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file of a tree, with its bytes (symlinks as their targets).
+fn tree(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.push((name, target.as_os_str().as_encoded_bytes().to_vec()));
+            } else {
+                out.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Warm sessions get their workspace as a drive made on the host: each clone of one template
+/// mounts its own (never the template's or another session's), with modes and symlinks as on
+/// the host; a guest that overwrites its drive harms nothing on the host, and no image is
+/// left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_sessions_mount_their_own_workspace_drive_and_a_wrecked_drive_harms_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let warm = env.kiln().with_warm_starts(true);
+    let spec = |name: &str| VmSpec::builder(name).memory_mib(256).build().unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::create_dir(a.path().join("bin")).unwrap();
+    std::fs::write(a.path().join("bin/tool"), "#!/bin/sh\necho tool ran\n").unwrap();
+    std::fs::set_permissions(
+        a.path().join("bin/tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", a.path().join("outside")).unwrap();
+    std::fs::write(b.path().join("only-b.txt"), "b\n").unwrap();
+
+    let mut first = Session::new(warm.clone(), spec("ws-a"), Some(a.path().to_owned()));
+    first.ensure_ready(&NoProgress).await.unwrap();
+    assert_eq!(
+        run(&first, "bin/tool; readlink outside; ls").await,
+        "tool ran\n/etc/hostname\nbin\nlost+found\noutside\n"
+    );
+    // The session's first VM made the template: the template's drive stayed blank, and the
+    // second session, a clone of it, mounts its own workspace.
+    let mut second = Session::new(warm.clone(), spec("ws-b"), Some(b.path().to_owned()));
+    second.ensure_ready(&NoProgress).await.unwrap();
+    assert_eq!(
+        run(&second, "ls; cat only-b.txt").await,
+        "lost+found\nonly-b.txt\nb\n"
+    );
+
+    // The guest wrecks its drive under the mounted workspace.
+    let before = tree(b.path());
+    let wreck = "for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = kiln-workspace ] && \
+                 dev=/dev/${d##*/}; done; dd if=/dev/urandom of=$dev bs=1M count=4 \
+                 conv=notrunc 2>/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches; echo done";
+    assert_eq!(run(&second, wreck).await, "done\n");
+    let _ = second.pull_changes(&NoProgress).await;
+    assert_eq!(tree(b.path()), before, "the host's workspace changed");
+
+    for session in [first, second] {
+        session.shutdown(&NoProgress).await.unwrap();
+    }
+    let images = env.home().join("data/workspaces");
+    let left: Vec<_> = std::fs::read_dir(&images).unwrap().collect();
+    assert!(left.is_empty(), "workspace images left: {left:?}");
+}

@@ -48,13 +48,27 @@ async fn save_write_restore_brings_memory_and_disk_back() {
         "before.txt\ndisk-before\n"
     );
 
-    // A second restore of the same snapshot works as well.
+    // A second restore of the same snapshot works as well, and later: its guest's clock is
+    // the host's, not the one it had when it was saved.
     vm.exec_output(sh("echo again > /root/again.txt"))
         .await
         .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     let vm = kiln.restore("snap", "s1", &NoProgress).await.unwrap();
-    let out = vm.exec_output(sh("ls /root")).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "before.txt\n");
+    let out = vm.exec_output(sh("ls /root; date +%s")).await.unwrap();
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (listing, clock) = text.rsplit_once("before.txt\n").unwrap();
+    assert_eq!(listing, "");
+    let guest_now: f64 = clock.trim().parse().unwrap();
+    assert!(
+        (host_now - guest_now).abs() < 2.5,
+        "the restored guest's clock is {:.1} s off",
+        host_now - guest_now
+    );
 
     // The VM's disk reads through the snapshot's frozen file: it cannot go.
     let err = kiln.remove_snapshot("snap", "s1").await.unwrap_err();
@@ -215,6 +229,18 @@ async fn a_clone_runs_beside_the_original_with_its_own_identity() {
     kiln.remove("orig", true, &NoProgress).await.unwrap();
 }
 
+/// The `Start` events a VM's start reported: warm or not, and the detail.
+#[derive(Default)]
+struct Starts(std::sync::Mutex<Vec<(bool, String)>>);
+
+impl kiln::progress::Reporter for Starts {
+    fn report(&self, event: kiln::progress::Event) {
+        if let kiln::progress::Event::Start { warm, detail } = event {
+            self.0.lock().unwrap().push((warm, detail));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_and_cold_ups_of_one_spec_behave_the_same() {
     let env = TestEnv::new();
@@ -229,8 +255,15 @@ async fn warm_and_cold_ups_of_one_spec_behave_the_same() {
     };
     // The first warm up makes the template; the second only clones it.
     let a = warm.up(spec("warm-a"), &NoProgress).await.unwrap();
-    let b = warm.up(spec("warm-b"), &NoProgress).await.unwrap();
+    let starts = Starts::default();
+    let b = warm.up(spec("warm-b"), &starts).await.unwrap();
     let c = cold.up(spec("cold-c"), &NoProgress).await.unwrap();
+    // The clone says it is one (and a bench can tell a warm start that fell back).
+    assert!(
+        matches!(starts.0.lock().unwrap().as_slice(), [(true, key)] if !key.is_empty()),
+        "{:?}",
+        starts.0.lock().unwrap()
+    );
     let probe = "hostname; uname -r; cat /sys/block/vda/size; grep MemTotal /proc/meminfo; \
                  echo written > /root/f && cat /root/f; head -c 8 /dev/urandom | od -An -tx1";
     let mut outputs = Vec::new();

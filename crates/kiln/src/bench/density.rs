@@ -25,6 +25,10 @@ pub struct DensityReport {
     pub all_answering_ms: f64,
     /// Each warm start until its agent answered, started together.
     pub warm_up: Stats,
+    /// Of those, how many fell back to a cold boot (their template failed them): counted
+    /// in the times and memory above, and named here so that a bad run is not taken for a
+    /// warm one.
+    pub cold_fallbacks: usize,
     /// One idle VM's QEMU PSS, in MiB: the median and the largest.
     pub pss_mib_p50: f64,
     /// The largest idle VM's QEMU PSS, in MiB.
@@ -99,27 +103,30 @@ pub async fn density(kiln: &Kiln, vms: usize, memory_mib: u64) -> Result<Density
         let warm = &warm;
         async move {
             let began = Instant::now();
-            let up = warm.up(spec(name)?, &NoProgress).await;
-            up.map(|_| began.elapsed())
+            let watch = super::ColdWatch::new(&NoProgress);
+            let up = warm.up(spec(name)?, &watch).await;
+            up.map(|_| (began.elapsed(), watch.was_cold()))
         }
     });
     let results = futures_util::future::join_all(ups).await;
     let all_answering = started.elapsed();
     let measured = async {
-        let times = results.into_iter().collect::<Result<Vec<_>>>()?;
+        let started = results.into_iter().collect::<Result<Vec<_>>>()?;
+        let cold = started.iter().filter(|(_, cold)| *cold).count();
+        let times: Vec<Duration> = started.into_iter().map(|(time, _)| time).collect();
         tokio::time::sleep(SETTLE).await;
         let after = crate::accel::host_free_memory_bytes().unwrap_or(0);
         let mut pss = Vec::new();
         for name in &names {
             pss.push(vm_pss_kib(&warm, name).await?);
         }
-        Ok::<_, crate::Error>((times, after, pss))
+        Ok::<_, crate::Error>((times, cold, after, pss))
     }
     .await;
     for name in &names {
         let _ = warm.remove(name, true, &NoProgress).await;
     }
-    let (times, after, mut pss) = measured?;
+    let (times, cold_fallbacks, after, mut pss) = measured?;
     pss.sort_unstable();
     let p50 = pss.get(pss.len() / 2).copied().unwrap_or(0);
     Ok(DensityReport {
@@ -127,6 +134,7 @@ pub async fn density(kiln: &Kiln, vms: usize, memory_mib: u64) -> Result<Density
         memory_mib,
         all_answering_ms: all_answering.as_secs_f64() * 1e3,
         warm_up: Stats::of(&times),
+        cold_fallbacks,
         pss_mib_p50: mib(p50),
         pss_mib_max: mib(pss.last().copied().unwrap_or(0)),
         total_pss_mib: mib(pss.iter().sum()),

@@ -29,6 +29,36 @@ use crate::{ExecRequest, Kiln, Result, VmSpec, state};
 
 pub use crate::image::INIT_MARKER;
 
+/// Notes whether a start was cold (a warm start that fell back to a boot says so with
+/// [`crate::progress::Event::Start`]), passing every event on.
+pub(crate) struct ColdWatch<'a> {
+    inner: &'a dyn crate::progress::Reporter,
+    cold: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> ColdWatch<'a> {
+    pub(crate) fn new(inner: &'a dyn crate::progress::Reporter) -> Self {
+        Self {
+            inner,
+            cold: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the start it watched booted instead of cloning its template.
+    pub(crate) fn was_cold(&self) -> bool {
+        self.cold.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl crate::progress::Reporter for ColdWatch<'_> {
+    fn report(&self, event: crate::progress::Event) {
+        if let crate::progress::Event::Start { warm: false, .. } = &event {
+            self.cold.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.report(event);
+    }
+}
+
 /// Median and tail of a set of samples, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {
@@ -223,6 +253,7 @@ async fn bare_boot(
         disks: &[],
         incoming: None,
         memory: crate::backend::Memory::Private,
+        workspace: None,
     };
     let started = Instant::now();
     kiln.backend().start(&launch).await?;

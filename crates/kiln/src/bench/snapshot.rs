@@ -22,6 +22,8 @@ pub struct SnapshotReport {
     pub warm_up: Stats,
     /// warm_up.p50 / cold_up.p50 (goal ≤ 0.10 under TCG).
     pub warm_ratio: f64,
+    /// Warm starts that fell back to a cold boot (counted in `warm_up`).
+    pub warm_fallbacks: usize,
     /// The warm starts' stages and phases (QEMU start, state load, agent, re-key).
     pub warm_stages: Vec<super::StageStats>,
     /// The cold boots' stages and phases.
@@ -54,12 +56,14 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
     let warm = kiln.clone().with_warm_starts(true);
     warm.up(spec("bench-warm-0")?, &NoProgress).await?;
     warm.remove("bench-warm-0", true, &NoProgress).await?;
-    let mut warms = Vec::new();
+    let (mut warms, mut warm_fallbacks) = (Vec::new(), 0);
     for run in 1..=runs {
         let name = format!("bench-warm-{run}");
-        let timings = crate::progress::Timings::new(&NoProgress);
+        let watch = super::ColdWatch::new(&NoProgress);
+        let timings = crate::progress::Timings::new(&watch);
         let started = Instant::now();
         let booted = warm.up(spec(&name)?, &timings).await;
+        warm_fallbacks += usize::from(watch.was_cold());
         warm_stages.push(timings.entries());
         warms.push(started.elapsed());
         warm.remove(&name, true, &NoProgress).await?;
@@ -101,6 +105,7 @@ pub async fn snapshot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result
         warm_stages: super::stage_stats(&warm_stages),
         cold_stages: super::stage_stats(&cold_stages),
         warm_up,
+        warm_fallbacks,
         warm_run_true: Stats::of(&sessions),
         cold_up,
         restore,

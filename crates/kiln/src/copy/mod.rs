@@ -70,6 +70,14 @@ pub enum CopyError {
         /// What it wrote to stderr, trimmed, at most 16 KiB.
         stderr: String,
     },
+    /// The guest did not mount a session's workspace drive.
+    #[error("mounting the workspace in the guest failed ({status}): {stderr}")]
+    WorkspaceNotMounted {
+        /// How it ended, in words (an exit code or a signal).
+        status: String,
+        /// What it wrote to stderr, trimmed.
+        stderr: String,
+    },
     /// The guest sent a name that could lead outside the destination: absolute, with `..` or
     /// a NUL, through a symlink on the host, or not below the name asked for.
     #[error("the guest sent a name that leaves the destination: {path:?}")]
@@ -155,6 +163,9 @@ impl CopyError {
             Self::TypeConflict { path } => {
                 format!("move {path} aside on the host, or copy to another destination")
             }
+            Self::WorkspaceNotMounted { .. } => "the guest needs ext4 and `blockdev`, as kiln's \
+                 images have; `kiln logs NAME` shows its console"
+                .to_owned(),
             Self::LimitExceeded { limit, .. } => format!(
                 "nothing past the limit was written; if the copy really is that large, raise it with {}",
                 limit.setter()

@@ -42,6 +42,8 @@ pub struct QemuLaunch {
     pub seed: Option<PathBuf>,
     /// The config drive (`kiln-config`), attached read-only after the seed.
     pub config_drive: PathBuf,
+    /// The workspace drive (`kiln-workspace`), attached after the config drive.
+    pub workspace_drive: PathBuf,
     /// Boot through firmware (SeaBIOS) instead of the kernel: a spec with a boot order.
     pub firmware_boot: Option<FirmwareBoot>,
     pub user_net: Option<UserNet>,
@@ -307,6 +309,19 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             crate::image::config_drive::LABEL
         ),
     ]);
+    argv.push_kv(
+        "-drive",
+        "id=workspace,if=none,format=raw,file=",
+        &l.workspace_drive,
+    );
+    argv.push([
+        "-device",
+        &format!(
+            "{},drive=workspace,serial={}",
+            virtio("virtio-blk"),
+            crate::image::workspace_drive::LABEL
+        ),
+    ]);
     for share in &l.shares {
         // mapped-xattr: the guest's owners and modes live in xattrs, never in the host file's
         // mode, so a guest root cannot plant a setuid-root file in a host directory (QEMU
@@ -391,6 +406,7 @@ mod tests {
             disk_labels: vec![Some("data".to_owned())],
             seed: None,
             config_drive: p("config.img"),
+            workspace_drive: p("workspace.img"),
             firmware_boot: None,
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,
@@ -468,6 +484,8 @@ mod tests {
 -drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0,serial=data \
 -drive id=config,if=none,format=raw,readonly=on,file=/k/vms/web-1/config.img \
 -device virtio-blk-device,drive=config,serial=kiln-config \
+-drive id=workspace,if=none,format=raw,file=/k/vms/web-1/workspace.img \
+-device virtio-blk-device,drive=workspace,serial=kiln-workspace \
 -daemonize -pidfile /k/vms/web-1/qemu.pid";
         assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);
     }
@@ -483,9 +501,10 @@ mod tests {
         assert!(argv.contains("-device virtio-serial-pci"));
         assert!(!argv.contains("-bios"));
         assert!(!argv.contains("-netdev"));
-        // Only the config drive, which every VM has.
-        assert_eq!(argv.matches("-drive").count(), 1, "{argv}");
+        // Only the config and workspace drives, which every VM has.
+        assert_eq!(argv.matches("-drive").count(), 2, "{argv}");
         assert!(argv.contains("-device virtio-blk-pci,drive=config,serial=kiln-config"));
+        assert!(argv.contains("-device virtio-blk-pci,drive=workspace,serial=kiln-workspace"));
     }
 
     #[test]

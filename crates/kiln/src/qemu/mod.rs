@@ -227,6 +227,7 @@ impl Backend for QemuBackend {
             crate::image::seed::write(seed, cloud_init, launch.spec.name())?;
         }
         crate::image::config_drive::write(&plan.config_drive, launch.spec, launch.id, "qemu")?;
+        crate::image::workspace_drive::attach(launch.workspace, &plan.workspace_drive)?;
         if let Some(boot) = &plan.firmware_boot {
             boot::prepare(boot, &plan, launch)?;
         }

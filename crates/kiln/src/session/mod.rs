@@ -19,8 +19,12 @@
 //! pull. Symlinks whose target leaves the workspace are refused; modes lose setuid, setgid and
 //! world-write bits. [`CopyLimits`] bound the file list and the stream.
 //!
-//! The workspace lives in the guest's memory (its root is an initramfs), so the VM's memory
-//! bounds the workspace and what the command writes.
+//! The workspace goes over as a disk, not file by file: the host writes it into an ext4
+//! image (`mkfs.ext4 -d`, nothing mounted), the VM starts with that image as its workspace
+//! drive, and the guest mounts it at `/workspace` (see `image::workspace_drive`). The
+//! drive's size (32 GiB, sparse) bounds what the command writes there. Files new or changed
+//! on the host during a session ([`Session::push_changes`]) go over the agent as a tar
+//! stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
@@ -33,6 +37,7 @@ use serde::Serialize;
 use crate::agent::AgentError;
 use crate::agent::{AgentClient, ExecSession};
 use crate::copy::{self, Beneath, CopyError, CopyLimit, CopyLimits, GuestPath};
+use crate::image::workspace_drive;
 use crate::progress::{self, Reporter, Stage};
 use crate::{ExecRequest, IoError, Kiln, Result, VmSpec};
 
@@ -80,6 +85,8 @@ pub struct Session {
     agent: Option<AgentClient>,
     /// The workspace's files as pushed, relative paths.
     pushed: BTreeMap<GuestPath, Stamp>,
+    /// When the guest mounted the workspace: what changed since is what may come back.
+    mounted_at: Option<std::time::Instant>,
     limits: CopyLimits,
 }
 
@@ -92,6 +99,7 @@ impl Session {
             workspace,
             agent: None,
             pushed: BTreeMap::new(),
+            mounted_at: None,
             limits: CopyLimits::default(),
         }
     }
@@ -119,20 +127,45 @@ impl Session {
         if self.agent.is_some() {
             return Ok(());
         }
-        let vm = self.kiln.up(self.spec.clone(), reporter).await?;
-        let agent = vm.agent().await?;
-        if let Some(workspace) = &self.workspace {
-            let workspace = workspace.clone();
-            self.pushed = progress::stage(reporter, Stage::PushWorkspace, async {
-                let stamps = scan(&workspace)?;
-                push_contents(&agent, &workspace).await?;
-                Ok::<_, crate::Error>(stamps)
-            })
-            .await?;
-            info!("pushed {} files to {}", self.pushed.len(), self.name());
-        } else {
+        let Some(workspace) = self.workspace.clone() else {
+            let vm = self.kiln.up(self.spec.clone(), reporter).await?;
+            let agent = vm.agent().await?;
             mkdir(&agent, GUEST_WORKSPACE).await?;
-        }
+            self.agent = Some(agent);
+            return Ok(());
+        };
+        // The workspace becomes an ext4 image on the host, which the VM starts with as its
+        // workspace drive, and which the guest mounts: no file crosses the agent.
+        let dir = self.kiln.paths().workspaces_dir();
+        let (stamps, image) = progress::stage(reporter, Stage::PushWorkspace, async {
+            tokio::task::spawn_blocking(move || {
+                let image = WorkspaceImage::new(&dir)?;
+                let stamps = scan(&workspace)?;
+                workspace_drive::make(&workspace, &image.0)?;
+                Ok::<_, crate::Error>((stamps, image))
+            })
+            .await
+            .map_err(crate::image::join_error)?
+        })
+        .await?;
+        let vm = self
+            .kiln
+            .clone()
+            .with_workspace_image(image.0.clone())
+            .up(self.spec.clone(), reporter)
+            .await?;
+        // The VM's directory has it now.
+        drop(image);
+        let agent = vm.agent().await?;
+        self.mounted_at = Some(std::time::Instant::now());
+        progress::phase(
+            reporter,
+            progress::Phase::MountWorkspace,
+            mount_workspace(&agent),
+        )
+        .await?;
+        self.pushed = stamps;
+        info!("gave {} files to {}", self.pushed.len(), self.name());
         self.agent = Some(agent);
         Ok(())
     }
@@ -180,7 +213,8 @@ impl Session {
         };
         let agent = self.agent()?;
         progress::stage(reporter, Stage::PullChanges, async {
-            let now = guest_stamps(agent, &self.limits).await?;
+            let since = self.mounted_at.map(|at| at.elapsed());
+            let now = guest_stamps(agent, &self.pushed, since, &self.limits).await?;
             let diff = Diff::between(&self.pushed, &now);
             let mut report = diff.report();
             let wanted: BTreeSet<GuestPath> = diff.wanted().cloned().collect();
@@ -373,10 +407,67 @@ async fn mkdir(agent: &AgentClient, dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// Pushes the workspace as the guest's `/workspace`.
-async fn push_contents(agent: &AgentClient, workspace: &Path) -> Result<()> {
-    copy::push(agent, workspace, GUEST_WORKSPACE).await?;
-    Ok(())
+/// Mounts the workspace drive at `/workspace` in the guest.
+async fn mount_workspace(agent: &AgentClient) -> Result<()> {
+    let out = agent
+        .exec(copy::helper([
+            "sh",
+            "-c",
+            workspace_drive::MOUNT_SCRIPT,
+            "kiln-run",
+            GUEST_WORKSPACE,
+        ]))
+        .await?
+        .output_within(
+            copy::CONTROL_OUTPUT,
+            copy::CONTROL_TIMEOUT,
+            "mounting the workspace",
+        )
+        .await?;
+    match out.status {
+        crate::ExitStatus::Code(0) => Ok(()),
+        status => Err(CopyError::WorkspaceNotMounted {
+            status: match status {
+                crate::ExitStatus::Code(code) => format!("exit code {code}"),
+                crate::ExitStatus::Signal(signal) => format!("killed by signal {signal}"),
+            },
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+        .into()),
+    }
+}
+
+/// A session's workspace image on its way to its VM: removed when dropped (the VM's
+/// directory holds a link to it by then). Images that kilns killed meanwhile left are
+/// removed when the next one is made.
+struct WorkspaceImage(PathBuf);
+
+impl WorkspaceImage {
+    fn new(dir: &Path) -> Result<Self> {
+        crate::state::create_private_dir(dir)?;
+        for name in crate::state::list_names(dir).unwrap_or_default() {
+            let owner = name
+                .strip_prefix("ws-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_file(dir.join(&name));
+            }
+        }
+        let mut bytes = [0u8; 6];
+        crate::state::random_bytes(&mut bytes, dir)?;
+        Ok(Self(dir.join(format!(
+            "ws-{}-{}.img",
+            std::process::id(),
+            hex::encode(bytes)
+        ))))
+    }
+}
+
+impl Drop for WorkspaceImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// How two listings of a workspace differ.
@@ -456,11 +547,24 @@ fn scan(root: &Path) -> Result<BTreeMap<GuestPath, Stamp>> {
 }
 
 /// Every file and symlink in the guest's workspace, with its stamp, read within `limits`.
+///
+/// Stamps are read only for the files whose change time is within `since` (plus a margin):
+/// whatever the guest wrote, created, renamed or re-timed since the workspace was mounted
+/// has a newer change time, which no command can set back. The others are as they were
+/// pushed, so they keep their pushed stamp; only their names are listed (deletions show).
+/// Reading every stamp took 0.36 s for 5,000 files under TCG; the names, 0.08 s.
 async fn guest_stamps(
     agent: &AgentClient,
+    pushed: &BTreeMap<GuestPath, Stamp>,
+    since: Option<std::time::Duration>,
     limits: &CopyLimits,
 ) -> Result<BTreeMap<GuestPath, Stamp>> {
-    let script = r#"cd "$1" && find . \( -type f -o -type l \) -exec stat -c '%s %Y %n' {} +"#;
+    let script = r#"cd "$1" && find . \( -type f -o -type l \) $2 -exec stat -c '%s %Y %n' {} + && echo -- && find . \( -type f -o -type l \)"#;
+    // Minutes, as `find -cmin` counts them: rounded up, and one more for the clock's tick.
+    let recent = match since {
+        Some(since) => format!("-cmin -{}", since.as_secs() / 60 + 2),
+        None => String::new(),
+    };
     let max = usize::try_from(limits.get(CopyLimit::FileList)).unwrap_or(usize::MAX);
     let out = agent
         .exec(copy::helper([
@@ -469,6 +573,7 @@ async fn guest_stamps(
             script,
             "kiln-run",
             GUEST_WORKSPACE,
+            &recent,
         ]))
         .await?
         .output_within(max, copy::CONTROL_TIMEOUT, "listing the workspace")
@@ -480,12 +585,59 @@ async fn guest_stamps(
             }),
             other => other.into(),
         })?;
-    Ok(parse_stamps(&out.stdout, limits)?)
+    Ok(parse_listing(&out.stdout, pushed, limits)?)
 }
 
 /// How many names a file list holds, or why it is refused (for the fuzz target).
 pub(crate) fn parse_file_list(text: &[u8], limits: &CopyLimits) -> Result<usize, CopyError> {
-    parse_stamps(text, limits).map(|stamps| stamps.len())
+    parse_listing(text, &BTreeMap::new(), limits).map(|stamps| stamps.len())
+}
+
+/// The stamp of a file the guest names but gave no stamp for, and that was not pushed: it
+/// differs from every real stamp, so the file is fetched.
+const UNKNOWN: Stamp = Stamp {
+    size: u64::MAX,
+    mtime: i64::MIN,
+};
+
+/// The guest's listing: stamp lines (see [`parse_stamps`]), a line `--`, then the name of
+/// every file, `./PATH`. A name without a stamp keeps its pushed stamp. A listing without the
+/// separator is refused: the guest's `find` did not finish.
+fn parse_listing(
+    text: &[u8],
+    pushed: &BTreeMap<GuestPath, Stamp>,
+    limits: &CopyLimits,
+) -> std::result::Result<BTreeMap<GuestPath, Stamp>, CopyError> {
+    let (stamped, names) = match text.strip_prefix(b"--\n") {
+        Some(names) => (&text[..0], names),
+        None => match text.windows(4).position(|w| w == b"\n--\n") {
+            Some(at) => (&text[..at], &text[at + 4..]),
+            None => {
+                return Err(CopyError::Truncated {
+                    path: "the workspace's file list".to_owned(),
+                });
+            }
+        },
+    };
+    let mut out = parse_stamps(stamped, limits)?;
+    for name in names.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        // `find` prints `./NAME`; anything else is the rest of a name with a newline.
+        if !name.starts_with(b"./") {
+            warn!(
+                "cannot parse the guest's file list line {:?}",
+                String::from_utf8_lossy(name)
+            );
+            continue;
+        }
+        limits.check(CopyLimit::NameLength, name.len() as u64)?;
+        let path = GuestPath::parse(name)?;
+        if let std::collections::btree_map::Entry::Vacant(entry) = out.entry(path) {
+            let stamp = pushed.get(entry.key()).copied().unwrap_or(UNKNOWN);
+            entry.insert(stamp);
+            limits.check(CopyLimit::Entries, out.len() as u64)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Lines of `SIZE MTIME ./PATH`. A line that does not parse (a name with a newline) is skipped
@@ -524,6 +676,57 @@ mod tests {
 
     fn p(name: &str) -> GuestPath {
         GuestPath::parse(name.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_listing_keeps_the_pushed_stamp_of_what_did_not_change() {
+        let pushed = BTreeMap::from([
+            (p("same.txt"), Stamp { size: 1, mtime: 10 }),
+            (p("edited.txt"), Stamp { size: 1, mtime: 10 }),
+            (p("gone.txt"), Stamp { size: 1, mtime: 10 }),
+        ]);
+        let text = b"2 20 ./edited.txt\n3 30 ./new.txt\n--\n./same.txt\n./edited.txt\n\
+                     ./new.txt\n./odd\nname\n./unstamped\n";
+        let now = parse_listing(text, &pushed, &CopyLimits::default()).unwrap();
+        assert_eq!(now.get(&p("same.txt")), Some(&Stamp { size: 1, mtime: 10 }));
+        assert_eq!(
+            now.get(&p("edited.txt")),
+            Some(&Stamp { size: 2, mtime: 20 })
+        );
+        assert_eq!(now.get(&p("new.txt")), Some(&Stamp { size: 3, mtime: 30 }));
+        // Named but not stamped, and not pushed: fetched. The tail of a name with a newline
+        // is skipped; a deleted file is absent.
+        assert_eq!(now.get(&p("unstamped")), Some(&UNKNOWN));
+        assert!(!now.contains_key(&p("name")));
+        assert!(!now.contains_key(&p("gone.txt")));
+        let diff = Diff::between(&pushed, &now);
+        assert_eq!(diff.report().changed, ["edited.txt"]);
+        assert_eq!(diff.report().deleted, ["gone.txt"]);
+        // Nothing stamped, or nothing at all.
+        assert_eq!(
+            parse_listing(b"--\n./same.txt\n", &pushed, &CopyLimits::default())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            parse_listing(b"--\n", &pushed, &CopyLimits::default())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_unfinished_or_escaping_listing_is_refused() {
+        let limits = CopyLimits::default();
+        let pushed = BTreeMap::new();
+        assert!(matches!(
+            parse_listing(b"2 20 ./a\n", &pushed, &limits),
+            Err(CopyError::Truncated { .. })
+        ));
+        assert!(parse_listing(b"", &pushed, &limits).is_err());
+        assert!(parse_listing(b"--\n./../../etc/passwd\n", &pushed, &limits).is_err());
+        assert!(parse_listing(b"--\n./a/../../x\n", &pushed, &limits).is_err());
     }
 
     #[test]
@@ -570,6 +773,14 @@ mod tests {
         let limits = CopyLimits::default().max_entries(10);
         assert!(matches!(
             parse_stamps(text.as_bytes(), &limits),
+            Err(CopyError::LimitExceeded {
+                limit: CopyLimit::Entries,
+                ..
+            })
+        ));
+        let names: String = (0..100).map(|i| format!("./f{i}\n")).collect();
+        assert!(matches!(
+            parse_listing(format!("--\n{names}").as_bytes(), &BTreeMap::new(), &limits),
             Err(CopyError::LimitExceeded {
                 limit: CopyLimit::Entries,
                 ..

@@ -100,6 +100,11 @@ impl Paths {
     pub fn networks_dir(&self) -> PathBuf {
         self.data.join("networks")
     }
+    /// Sessions' workspace images, each until its VM has it (beside `vms_dir`: linked, not
+    /// copied, into the VM's directory).
+    pub fn workspaces_dir(&self) -> PathBuf {
+        self.data.join("workspaces")
+    }
     /// Lock files: one per VM, and kiln-wide ones (networks, known hosts).
     pub fn locks_dir(&self) -> PathBuf {
         self.data.join("locks")
@@ -167,6 +172,10 @@ impl VmPaths {
     /// The config drive (`kiln-config`), written at each start from the record.
     pub fn config_drive(&self) -> PathBuf {
         self.dir.join("config.img")
+    }
+    /// The workspace drive: blank, or a session's workspace (see `image::workspace_drive`).
+    pub fn workspace_drive(&self) -> PathBuf {
+        self.dir.join("workspace.img")
     }
     /// The cloud-init NoCloud seed (`cidata`), written at each start from the spec.
     pub fn seed(&self) -> PathBuf {

@@ -154,6 +154,7 @@ impl Kiln {
                 .shared_memory
                 .as_deref()
                 .map_or(Memory::Private, Memory::CopyOf),
+            workspace: self.workspace_image.as_deref(),
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;

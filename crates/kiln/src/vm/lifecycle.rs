@@ -118,8 +118,9 @@ impl Kiln {
                     self.backend.check(&spec)?;
                     return self.up_warm(spec, owner, reporter).await;
                 }
-                Some(reason) => reporter.report(Event::Note {
-                    message: format!("cold boot: {reason}"),
+                Some(reason) => reporter.report(Event::Start {
+                    warm: false,
+                    detail: reason.to_owned(),
                 }),
             }
         }
@@ -270,6 +271,7 @@ impl Kiln {
                 } else {
                     Memory::Private
                 },
+                workspace: self.workspace_image.as_deref(),
             };
             if self.template {
                 fresh_private_file(&ram)?;

@@ -102,6 +102,8 @@ pub struct Kiln {
     /// This kiln keeps a warm-start template: its VMs' RAM is a file their clones map, and
     /// once saved a VM never runs again.
     template: bool,
+    /// A session's workspace image: the workspace drive of the machines this kiln starts.
+    workspace_image: Option<std::path::PathBuf>,
 }
 
 impl Kiln {
@@ -120,6 +122,7 @@ impl Kiln {
             boot: BootPolicy::default(),
             warm: false,
             template: false,
+            workspace_image: None,
         }
     }
 

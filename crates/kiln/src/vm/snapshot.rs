@@ -23,7 +23,8 @@ use crate::{Error, IoError, Result, VmSpec};
 /// 2: a VM has [`kiln_proto::AGENT_PORTS`] agent ports, and saved state holds them all.
 /// 3: saved and loaded with `x-ignore-shared` (templates leave their RAM file out).
 /// 4: RAM is the memory backend `ram` on every machine (its block's name in the state).
-pub(super) const SNAPSHOT_FORMAT: u32 = 4;
+/// 5: every machine has a workspace drive.
+pub(super) const SNAPSHOT_FORMAT: u32 = 5;
 /// The oldest format whose disk-only snapshots this kiln restores: they hold no machine
 /// state, only frozen disks in the same layout.
 const DISK_ONLY_SINCE: u32 = 2;
@@ -401,6 +402,8 @@ impl Kiln {
                 .shared_memory
                 .as_deref()
                 .map_or(Memory::Private, Memory::CopyOf),
+            // The drive as it was: the saved guest may have it mounted.
+            workspace: None,
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;

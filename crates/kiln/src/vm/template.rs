@@ -20,6 +20,14 @@ const TEMPLATE: &str = "template";
 const READY: &str = "ready";
 
 impl Kiln {
+    /// The machines this kiln starts get `image` (made by
+    /// [`workspace_drive::make`](crate::image::workspace_drive::make)) as their workspace
+    /// drive: what a session does.
+    pub(crate) fn with_workspace_image(mut self, image: std::path::PathBuf) -> Self {
+        self.workspace_image = Some(image);
+        self
+    }
+
     /// Warm starts on (`kiln up` and `kiln run` use them unless `--cold`).
     #[must_use]
     pub fn with_warm_starts(mut self, warm: bool) -> Self {
@@ -63,8 +71,9 @@ impl Kiln {
             let src = template.get(TEMPLATE).await?;
             let meta = read_meta(src.paths(), TEMPLATE, READY)?;
             let image = self.check_compatible(TEMPLATE, READY, &meta).await?;
-            reporter.report(Event::Note {
-                message: format!("warm start from template {key}"),
+            reporter.report(Event::Start {
+                warm: true,
+                detail: key,
             });
             self.clone_into(&src, &meta, READY, spec.clone(), owner, &image, reporter)
                 .await
@@ -75,8 +84,9 @@ impl Kiln {
             // QEMU refused the template's state: made by something that changed since. The
             // next warm start makes a new one.
             Err(err @ Error::Qemu(crate::qemu::QemuError::StateNotLoaded { .. })) => {
-                reporter.report(Event::Note {
-                    message: format!("cold boot, and a new template next time: {err}"),
+                reporter.report(Event::Start {
+                    warm: false,
+                    detail: format!("{err}; the next warm start makes a new template"),
                 });
                 if let Err(err) = self.discard_template(&spec).await {
                     log::warn!("cannot discard the warm-start template: {err}");
@@ -86,8 +96,9 @@ impl Kiln {
             // The name is taken: not something a cold boot would fix.
             Err(err @ Error::VmAlreadyExists { .. }) => Err(err),
             Err(err) => {
-                reporter.report(Event::Note {
-                    message: format!("cold boot: the warm start failed ({err})"),
+                reporter.report(Event::Start {
+                    warm: false,
+                    detail: format!("the warm start failed ({err})"),
                 });
                 self.up_cold(spec, owner, reporter).await
             }
@@ -194,6 +205,8 @@ impl Kiln {
             format!("root-size={:?}", spec.root_size().map(|s| s.bytes())),
             // Templates whose RAM is a file the clones map, saved without it.
             "memory=shared-file".to_owned(),
+            // Every VM has a workspace drive, of one size.
+            format!("workspace-drive={}", crate::image::workspace_drive::SIZE),
             // And states in this kiln's format, which an older template's is not.
             format!("snapshot-format={}", super::snapshot::SNAPSHOT_FORMAT),
         ] {
@@ -243,6 +256,7 @@ impl Kiln {
             ),
             warm: false,
             template: true,
+            workspace_image: None,
             ..self.clone()
         }
     }

@@ -1,0 +1,150 @@
+//! The workspace drive: a disk every VM of the daemonless backend has, serial
+//! `kiln-workspace`, blank unless a session gives it a workspace. A session copies its host
+//! directory into an ext4 image with `mkfs.ext4 -d` (on the host, nothing mounted: 0.2 s for
+//! 5,000 files and 50 MB, where unpacking them in a TCG guest took 3.4 s), the machine starts
+//! with that image as this drive, and the session mounts it at `/workspace`.
+//!
+//! The drive has one size for every VM: a warm clone's drive replaces its template's under a
+//! running guest, whose driver read the capacity at boot (as with the config drive). It is
+//! sparse on the host: a blank drive takes no space, and a workspace what its files take.
+//!
+//! The guest may write anything to its drive; the host never reads it back as a filesystem.
+//! What comes back, comes back through the agent, confined like any pull.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::{IoError, Result};
+
+/// The drive's virtio serial and filesystem label.
+pub const LABEL: &str = "kiln-workspace";
+/// The drive's size: what a session's command may write into its workspace, all told.
+pub const SIZE: u64 = 32 << 30;
+
+/// Writes the host directory `dir` into a new ext4 image at `image` (which must not exist),
+/// the size of the drive. Owners, modes, times and symlinks are kept as they are on the host.
+pub fn make(dir: &Path, image: &Path) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(image)
+        .map_err(IoError::at("create", image))?;
+    file.set_len(SIZE).map_err(IoError::at("size", image))?;
+    drop(file);
+    let made = run(Command::new("mkfs.ext4")
+        // No journal (a session's disk does not outlive a crash), no blocks kept for root,
+        // and inode tables left for the kernel (the guest mounts with `noinit_itable`).
+        .args(["-q", "-F", "-L", LABEL, "-m", "0", "-O", "^has_journal"])
+        .args(["-E", "root_owner=0:0,lazy_itable_init=1"])
+        .arg("-d")
+        .arg(dir)
+        .arg(image));
+    if made.is_err() {
+        let _ = std::fs::remove_file(image);
+    }
+    made
+}
+
+/// Gives a machine its drive at `drive`: the prepared image `workspace` (linked, not copied:
+/// it is in the same data directory), else the drive it has (a restart keeps what its guest
+/// wrote), else a blank one.
+pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<()> {
+    if let Some(image) = workspace {
+        match std::fs::remove_file(drive) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(IoError::at("remove", drive)(err).into());
+            }
+            _ => {}
+        }
+        std::fs::hard_link(image, drive).map_err(IoError::at("link the workspace to", drive))?;
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(drive)
+    {
+        Ok(file) => file.set_len(SIZE).map_err(IoError::at("size", drive))?,
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(IoError::at("create", drive)(err).into()),
+    }
+    Ok(())
+}
+
+/// The guest's side, run as a helper command: finds the drive by its serial, drops what the
+/// kernel cached of it (a warm clone's guest read its template's blank drive at boot), and
+/// mounts it at `$1`.
+///
+/// Shell builtins where they do: each program started costs ~10 ms in a TCG guest.
+pub const MOUNT_SCRIPT: &str = r#"set -e
+dev=
+for b in /sys/block/vd*; do
+  s=
+  read -r s < "$b/serial" || true
+  if [ "$s" = kiln-workspace ]; then dev="/dev/${b##*/}"; fi
+done
+if [ -z "$dev" ]; then echo "this VM has no workspace drive" >&2; exit 1; fi
+blockdev --flushbufs "$dev"
+[ -d "$1" ] || mkdir -p "$1"
+mount -t ext4 -o noinit_itable "$dev" "$1"
+"#;
+
+fn run(command: &mut Command) -> Result<()> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .env("LC_ALL", "C")
+        .output();
+    super::debian::checked(&program, output)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_workspace_image_is_sparse_and_holds_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("src")).unwrap();
+        std::fs::write(tree.join("src/main.rs"), "fn main() {}\n").unwrap();
+        std::os::unix::fs::symlink("../outside", tree.join("link")).unwrap();
+        let image = dir.path().join("ws.img");
+        make(&tree, &image).unwrap();
+        let meta = std::fs::metadata(&image).unwrap();
+        assert_eq!(meta.len(), SIZE);
+        assert!(
+            std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 64 << 20,
+            "the image is not sparse"
+        );
+        let listing = Command::new("debugfs")
+            .args(["-R", "ls -p /src"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&listing.stdout).contains("main.rs"));
+        // An image is made once: an existing file is not written over.
+        assert!(make(&tree, &image).is_err());
+        assert!(image.exists());
+    }
+
+    #[test]
+    fn a_drive_is_the_prepared_image_or_kept_or_blank() {
+        let dir = tempfile::tempdir().unwrap();
+        let drive = dir.path().join("workspace.img");
+        attach(None, &drive).unwrap();
+        assert_eq!(std::fs::metadata(&drive).unwrap().len(), SIZE);
+        std::fs::write(&drive, b"written by the guest").unwrap();
+        attach(None, &drive).unwrap();
+        assert_eq!(std::fs::read(&drive).unwrap(), b"written by the guest");
+        let prepared = dir.path().join("prepared.img");
+        std::fs::write(&prepared, b"a workspace").unwrap();
+        attach(Some(&prepared), &drive).unwrap();
+        assert_eq!(std::fs::read(&drive).unwrap(), b"a workspace");
+    }
+}
