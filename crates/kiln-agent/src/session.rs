@@ -277,9 +277,15 @@ impl Session {
                 secret,
                 seed,
                 clock_unix_nanos,
-            } => match set_identity(&hostname, &seed).and_then(|()| set_clock(clock_unix_nanos)) {
+            } => match set_identity(&hostname, &seed) {
                 // Too short a secret would weaken every later session: refuse it.
                 Ok(()) if secret.len() >= 16 => {
+                    // A clock left behind is wrong, not unsafe: said, and the rest goes on.
+                    if let Some(nanos) = clock_unix_nanos
+                        && let Err(err) = set_clock(nanos)
+                    {
+                        eprintln!("kiln-agent: {err}");
+                    }
                     self.secret.set(secret);
                     eprintln!("kiln-agent: identity set: hostname {hostname}");
                     self.sender.send(stream, Message::IdentitySet).await;

@@ -26,7 +26,7 @@ pub use message::{
 };
 
 /// The protocol version. Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Hard upper bound on the length of one frame's payload, in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;

@@ -77,8 +77,9 @@ pub enum Message {
         hostname: String,
         secret: Vec<u8>,
         seed: Vec<u8>,
-        /// The host's wall-clock time, in nanoseconds since the Unix epoch.
-        clock_unix_nanos: u64,
+        /// The host's wall-clock time, in nanoseconds since the Unix epoch (none when the
+        /// host's clock reads before it).
+        clock_unix_nanos: Option<u64>,
     },
     /// Agent → host: the identity is set.
     IdentitySet,

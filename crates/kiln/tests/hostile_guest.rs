@@ -58,16 +58,10 @@ async fn run(agent: &AgentClient, script: &str) {
     );
 }
 
-/// What the fake shell answers next: `list` (stamp lines) for the listing, each of its
-/// names after them as a session's listing has them, and `stream` for the tar sender.
+/// What the fake shell answers next: `list` for the listing, `stream` for the tar sender.
 async fn lie(agent: &AgentClient, list: &str, stream: &[u8], endless: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let names: String = list
-        .lines()
-        .filter_map(|line| line.splitn(3, ' ').nth(2))
-        .map(|name| format!("{name}\n"))
-        .collect();
-    std::fs::write(dir.path().join("list"), format!("{list}--\n{names}")).unwrap();
+    std::fs::write(dir.path().join("list"), list).unwrap();
     std::fs::write(dir.path().join("stream"), stream).unwrap();
     copy::push(
         agent,

@@ -459,7 +459,7 @@ async fn warm_clones_share_the_template_ram_and_never_change_it() {
         .set_len(size / 2)
         .unwrap();
     match warm.restore("share-a", "damaged", &NoProgress).await {
-        Err(Error::Qemu(kiln::qemu::QemuError::StateNotLoaded { reason, .. })) => {
+        Err(Error::Qemu(kiln::qemu::QemuError::StateRefused { reason, .. })) => {
             assert!(!reason.is_empty());
         }
         other => panic!(

@@ -18,8 +18,13 @@ pub enum Command {
 pub async fn run(command: Command) -> Outcome {
     match command {
         Command::Prune => {
-            let removed = Kiln::from_env()?.prune_templates().await?;
+            let kiln = Kiln::from_env()?;
+            let removed = kiln.prune_templates().await?;
             println!("removed {removed} warm-start template(s)");
+            let images = kiln.prune_workspace_images();
+            if images > 0 {
+                println!("removed {images} workspace image(s) of killed sessions");
+            }
         }
         Command::Info { json } => {
             let paths = kiln::Paths::from_env()?;

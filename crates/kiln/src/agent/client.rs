@@ -273,12 +273,13 @@ impl AgentClient {
         let (stream, mut rx) = self.open_stream();
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+            .ok()
+            .and_then(|since| u64::try_from(since.as_nanos()).ok());
         let message = Message::SetIdentity {
             hostname: hostname.to_owned(),
             secret: secret.to_vec(),
             seed: seed.to_vec(),
-            clock_unix_nanos: u64::try_from(clock.as_nanos()).unwrap_or(u64::MAX),
+            clock_unix_nanos: clock,
         };
         self.send(stream, message).await?;
         let reply = self.reply("setting the identity", &mut rx).await;

@@ -82,7 +82,8 @@ pub async fn session(
     let workspace = kiln.paths().data_dir().join("bench-workspace");
     let _ = std::fs::remove_dir_all(&workspace);
     let line = "a line of a source file, more or less as long as one\n";
-    let body = line.repeat(FILE_BYTES / line.len());
+    let mut body = line.repeat(FILE_BYTES / line.len() + 1);
+    body.truncate(FILE_BYTES);
     for i in 0..files {
         let dir = workspace.join(format!("dir{:02}", i % 50));
         state::create_private_dir(&dir)?;

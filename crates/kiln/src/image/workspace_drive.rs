@@ -5,8 +5,10 @@
 //! with that image as this drive, and the session mounts it at `/workspace`.
 //!
 //! The drive has one size for every VM: a warm clone's drive replaces its template's under a
-//! running guest, whose driver read the capacity at boot (as with the config drive). It is
-//! sparse on the host: a blank drive takes no space, and a workspace what its files take.
+//! running guest, whose driver read the capacity at boot (as with the config drive). A
+//! session's drive is a sparse file: it takes what its files take, and the guest may write
+//! up to the drive's size into it. Any other VM's drive is no file at all: QEMU's `null-co`
+//! device, which reads zeros and keeps nothing.
 //!
 //! The guest may write anything to its drive; the host never reads it back as a filesystem.
 //! What comes back, comes back through the agent, confined like any pull.
@@ -48,9 +50,11 @@ pub fn make(dir: &Path, image: &Path) -> Result<()> {
 }
 
 /// Gives a machine its drive at `drive`: the prepared image `workspace` (linked, not copied:
-/// it is in the same data directory), else the drive it has (a restart keeps what its guest
-/// wrote), else a blank one.
-pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<()> {
+/// it is in the same data directory), else the drive it has (a restarted session VM keeps
+/// what its guest wrote). Returns the file to attach; `None` when there is none: the machine
+/// gets a drive that reads zeros and keeps nothing, so a VM that is not a session's can
+/// write no byte to the host's disk through it.
+pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<Option<std::path::PathBuf>> {
     if let Some(image) = workspace {
         match std::fs::remove_file(drive) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -59,19 +63,9 @@ pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<()> {
             _ => {}
         }
         std::fs::hard_link(image, drive).map_err(IoError::at("link the workspace to", drive))?;
-        return Ok(());
+        return Ok(Some(drive.to_owned()));
     }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(drive)
-    {
-        Ok(file) => file.set_len(SIZE).map_err(IoError::at("size", drive))?,
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(err) => return Err(IoError::at("create", drive)(err).into()),
-    }
-    Ok(())
+    Ok(drive.exists().then(|| drive.to_owned()))
 }
 
 /// The guest's side, run as a helper command: finds the drive by its serial, drops what the
@@ -134,17 +128,20 @@ mod tests {
     }
 
     #[test]
-    fn a_drive_is_the_prepared_image_or_kept_or_blank() {
+    fn a_drive_is_the_prepared_image_or_the_kept_one_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let drive = dir.path().join("workspace.img");
-        attach(None, &drive).unwrap();
-        assert_eq!(std::fs::metadata(&drive).unwrap().len(), SIZE);
-        std::fs::write(&drive, b"written by the guest").unwrap();
-        attach(None, &drive).unwrap();
-        assert_eq!(std::fs::read(&drive).unwrap(), b"written by the guest");
+        assert_eq!(attach(None, &drive).unwrap(), None);
+        assert!(!drive.exists(), "a blank drive takes no file");
         let prepared = dir.path().join("prepared.img");
         std::fs::write(&prepared, b"a workspace").unwrap();
-        attach(Some(&prepared), &drive).unwrap();
+        assert_eq!(
+            attach(Some(&prepared), &drive).unwrap(),
+            Some(drive.clone())
+        );
         assert_eq!(std::fs::read(&drive).unwrap(), b"a workspace");
+        std::fs::write(&drive, b"written by the guest").unwrap();
+        assert_eq!(attach(None, &drive).unwrap(), Some(drive.clone()));
+        assert_eq!(std::fs::read(&drive).unwrap(), b"written by the guest");
     }
 }

@@ -84,7 +84,8 @@ impl LibvirtConn {
                 }
             })
             .await?;
-        let Some(stream) = stream.and_then(|mut unclaimed| unclaimed.0.take()) else {
+        // Still `Unclaimed` until the pump owns it: a thread that cannot start aborts it.
+        let Some(stream) = stream else {
             return Ok(None);
         };
         let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
@@ -108,7 +109,12 @@ impl LibvirtConn {
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("kiln-channel".to_owned())
-            .spawn(move || pump(stream, incoming, to_client, &runtime))
+            .spawn(move || {
+                let mut stream = stream;
+                if let Some(stream) = stream.0.take() {
+                    pump(stream, incoming, to_client, &runtime);
+                }
+            })
             .map_err(|err| LibvirtError::Xml(format!("cannot start the channel thread: {err}")))?;
         Ok(Some(ours))
     }

@@ -42,8 +42,9 @@ pub struct QemuLaunch {
     pub seed: Option<PathBuf>,
     /// The config drive (`kiln-config`), attached read-only after the seed.
     pub config_drive: PathBuf,
-    /// The workspace drive (`kiln-workspace`), attached after the config drive.
-    pub workspace_drive: PathBuf,
+    /// The workspace drive (`kiln-workspace`), attached after the config drive: this file,
+    /// or, when there is none, a device that reads zeros and keeps nothing written to it.
+    pub workspace_drive: Option<PathBuf>,
     /// Boot through firmware (SeaBIOS) instead of the kernel: a spec with a boot order.
     pub firmware_boot: Option<FirmwareBoot>,
     pub user_net: Option<UserNet>,
@@ -309,11 +310,16 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
             crate::image::config_drive::LABEL
         ),
     ]);
-    argv.push_kv(
-        "-drive",
-        "id=workspace,if=none,format=raw,file=",
-        &l.workspace_drive,
-    );
+    match &l.workspace_drive {
+        Some(file) => argv.push_kv("-drive", "id=workspace,if=none,format=raw,file=", file),
+        None => argv.push([
+            "-drive",
+            &format!(
+                "id=workspace,if=none,driver=null-co,read-zeroes=on,size={}",
+                crate::image::workspace_drive::SIZE
+            ),
+        ]),
+    }
     argv.push([
         "-device",
         &format!(
@@ -406,7 +412,7 @@ mod tests {
             disk_labels: vec![Some("data".to_owned())],
             seed: None,
             config_drive: p("config.img"),
-            workspace_drive: p("workspace.img"),
+            workspace_drive: Some(p("workspace.img")),
             firmware_boot: None,
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,
@@ -505,6 +511,12 @@ mod tests {
         assert_eq!(argv.matches("-drive").count(), 2, "{argv}");
         assert!(argv.contains("-device virtio-blk-pci,drive=config,serial=kiln-config"));
         assert!(argv.contains("-device virtio-blk-pci,drive=workspace,serial=kiln-workspace"));
+        // A VM without a workspace file gets a drive that keeps nothing written to it.
+        l.workspace_drive = None;
+        assert!(joined(&l).contains(
+            "-drive id=workspace,if=none,driver=null-co,read-zeroes=on,size=34359738368 \
+             -device virtio-blk-pci,drive=workspace,serial=kiln-workspace"
+        ));
     }
 
     #[test]

@@ -61,8 +61,15 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
-    /// QEMU did not load a saved state: the state does not fit the machine, its file is
-    /// damaged, or QEMU exited or took too long.
+    /// QEMU refused a saved state: it does not fit the machine, or its file is damaged.
+    #[error("QEMU refused the saved state {}: {reason}", state.display())]
+    StateRefused {
+        /// The saved state's file.
+        state: PathBuf,
+        /// QEMU's reason.
+        reason: String,
+    },
+    /// QEMU did not finish loading a saved state: it exited, or took too long.
     #[error("QEMU did not load the saved state {}: {reason}", state.display())]
     StateNotLoaded {
         /// The saved state's file.
@@ -109,7 +116,7 @@ impl QemuError {
                 "pick another host port (`ss -lntup | grep :{}` shows who has it)",
                 forward.host_port
             )),
-            Self::StateNotLoaded { .. } => Some(
+            Self::StateRefused { .. } | Self::StateNotLoaded { .. } => Some(
                 "the VM was stopped; `kiln snapshot restore` another snapshot, or `kiln start` \
                  it to boot from its disks"
                     .to_owned(),

@@ -171,6 +171,26 @@ async fn load_state(qmp: &std::path::Path, state: &std::path::Path) -> Result<()
         .map(drop)
 }
 
+/// Where a load of saved state stands: `Ok(None)` once it is in (QEMU left `inmigrate`),
+/// `Ok(Some(why))` when QEMU refused it, an error while QEMU does not say (still loading,
+/// busy, or gone). Polls until one of those, on one connection.
+async fn load_progress(qmp: &std::path::Path) -> Result<Option<String>> {
+    let mut client = QmpClient::connect(qmp).await?;
+    loop {
+        let migration = client.call(&cmd::QueryMigrate {}).await?;
+        if migration.status == Some(MigrationStatus::Failed) {
+            let why = migration
+                .error_desc
+                .unwrap_or_else(|| "no reason given".to_owned());
+            return Ok(Some(why));
+        }
+        if client.status().await? != RunState::Inmigrate {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[async_trait]
 impl Backend for QemuBackend {
     fn check(&self, spec: &VmSpec) -> Result<()> {
@@ -222,12 +242,14 @@ impl Backend for QemuBackend {
     }
 
     async fn start(&self, launch: &Launch<'_>) -> Result<MachineRecord> {
-        let plan = self.plan(launch);
+        let mut plan = self.plan(launch);
         if let (Some(seed), Some(cloud_init)) = (&plan.seed, launch.spec.cloud_init()) {
             crate::image::seed::write(seed, cloud_init, launch.spec.name())?;
         }
         crate::image::config_drive::write(&plan.config_drive, launch.spec, launch.id, "qemu")?;
-        crate::image::workspace_drive::attach(launch.workspace, &plan.workspace_drive)?;
+        if let Some(drive) = plan.workspace_drive.take() {
+            plan.workspace_drive = crate::image::workspace_drive::attach(launch.workspace, &drive)?;
+        }
         if let Some(boot) = &plan.firmware_boot {
             boot::prepare(boot, &plan, launch)?;
         }
@@ -418,6 +440,7 @@ impl Backend for QemuBackend {
         state: &std::path::Path,
         timeout: Duration,
     ) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
         let not_loaded = |reason: String| -> crate::Error {
             QemuError::StateNotLoaded {
                 state: state.to_owned(),
@@ -425,20 +448,22 @@ impl Backend for QemuBackend {
             }
             .into()
         };
-        let gone = |err: crate::Error| not_loaded(format!("QEMU stopped answering ({err})"));
-        let deadline = std::time::Instant::now() + timeout;
-        let mut client = QmpClient::connect(&paths.qmp_socket())
-            .await
-            .map_err(gone)?;
         loop {
-            let migration = client.call(&cmd::QueryMigrate {}).await.map_err(gone)?;
-            if migration.status == Some(MigrationStatus::Failed) {
-                let why = migration.error_desc.as_deref().unwrap_or("no reason given");
-                return Err(not_loaded(why.to_owned()));
-            }
-            // `inmigrate` until the state is in; then as it was saved (paused).
-            if client.status().await.map_err(gone)? != RunState::Inmigrate {
-                return Ok(());
+            // QEMU loads a file's state in its main loop and answers nothing meanwhile: a
+            // monitor that does not answer is waited for, a QEMU that is gone is not.
+            match load_progress(&paths.qmp_socket()).await {
+                Ok(Some(refusal)) => {
+                    return Err(QemuError::StateRefused {
+                        state: state.to_owned(),
+                        reason: refusal,
+                    }
+                    .into());
+                }
+                Ok(None) => return Ok(()),
+                Err(err) if self.running_pid(paths).await.is_none() => {
+                    return Err(not_loaded(format!("QEMU exited ({err})")));
+                }
+                Err(err) => log::debug!("the state is still loading: {err}"),
             }
             if std::time::Instant::now() > deadline {
                 return Err(not_loaded(format!("still loading after {timeout:?}")));

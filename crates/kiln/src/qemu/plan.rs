@@ -69,7 +69,7 @@ impl QemuBackend {
             disk_labels: launch.spec.machine_disk_labels(),
             seed: launch.spec.cloud_init().map(|_| paths.seed()),
             config_drive: paths.config_drive(),
-            workspace_drive: paths.workspace_drive(),
+            workspace_drive: Some(paths.workspace_drive()),
             firmware_boot,
             incoming: launch.incoming.map(std::path::Path::to_owned),
             memory_file: match launch.memory {

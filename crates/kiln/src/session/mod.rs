@@ -79,8 +79,6 @@ pub struct Session {
     agent: Option<AgentClient>,
     /// The workspace's files as pushed, relative paths.
     pushed: BTreeMap<GuestPath, Stamp>,
-    /// When the guest mounted the workspace: what changed since is what may come back.
-    mounted_at: Option<std::time::Instant>,
     limits: CopyLimits,
 }
 
@@ -93,7 +91,6 @@ impl Session {
             workspace,
             agent: None,
             pushed: BTreeMap::new(),
-            mounted_at: None,
             limits: CopyLimits::default(),
         }
     }
@@ -151,7 +148,6 @@ impl Session {
         // The VM's directory has it now.
         drop(image);
         let agent = vm.agent().await?;
-        self.mounted_at = Some(std::time::Instant::now());
         progress::phase(
             reporter,
             progress::Phase::MountWorkspace,
@@ -207,8 +203,7 @@ impl Session {
         };
         let agent = self.agent()?;
         progress::stage(reporter, Stage::PullChanges, async {
-            let since = self.mounted_at.map(|at| at.elapsed());
-            let now = guest_stamps(agent, &self.pushed, since, &self.limits).await?;
+            let now = guest_stamps(agent, &self.limits).await?;
             let diff = Diff::between(&self.pushed, &now);
             let mut report = diff.report();
             let wanted: BTreeSet<GuestPath> = diff.wanted().cloned().collect();
@@ -439,15 +434,7 @@ struct WorkspaceImage(PathBuf);
 impl WorkspaceImage {
     fn new(dir: &Path) -> Result<Self> {
         crate::state::create_private_dir(dir)?;
-        for name in crate::state::list_names(dir).unwrap_or_default() {
-            let owner = name
-                .strip_prefix("ws-")
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                let _ = std::fs::remove_file(dir.join(&name));
-            }
-        }
+        sweep_workspace_images(dir);
         let mut bytes = [0u8; 6];
         crate::state::random_bytes(&mut bytes, dir)?;
         Ok(Self(dir.join(format!(
@@ -455,6 +442,31 @@ impl WorkspaceImage {
             std::process::id(),
             hex::encode(bytes)
         ))))
+    }
+}
+
+/// Removes the workspace images in `dir` whose kiln is gone; returns how many.
+fn sweep_workspace_images(dir: &Path) -> usize {
+    let mut removed = 0;
+    for name in crate::state::list_names(dir).unwrap_or_default() {
+        let owner = name
+            .strip_prefix("ws-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            && std::fs::remove_file(dir.join(&name)).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+impl Kiln {
+    /// Removes the workspace images that sessions killed before their VM started left
+    /// behind (`kiln cache prune`); returns how many.
+    pub fn prune_workspace_images(&self) -> usize {
+        sweep_workspace_images(&self.paths().workspaces_dir())
     }
 }
 

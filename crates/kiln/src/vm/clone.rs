@@ -74,6 +74,16 @@ impl Kiln {
         // and its record says what it reads through: `snapshot rm`, `cache prune` and `rm`
         // of the source wait for this shared lock.
         let _source = shared_lock(src.paths()).await?;
+        // Read before the lock was held, the snapshot may have been replaced since (a warm-start
+        // template made anew): its device state would not match the files now there.
+        let now = super::snapshot::read_meta(src.paths(), src.name(), snapshot)?;
+        if !now.same_save(meta) {
+            return Err(Error::IncompatibleSnapshot {
+                vm: src.name().to_owned(),
+                snapshot: snapshot.to_owned(),
+                reason: "it was replaced while the clone started".to_owned(),
+            });
+        }
         self.backend.kill(&paths).await?;
         paths.remove_all()?;
         let cloned = self

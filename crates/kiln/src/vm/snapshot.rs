@@ -51,6 +51,16 @@ pub(super) struct SnapshotMeta {
     pub(super) shared_memory: Option<PathBuf>,
 }
 
+impl SnapshotMeta {
+    /// Whether `other` describes the same save (not a snapshot of the same name made since).
+    pub(super) fn same_save(&self, other: &SnapshotMeta) -> bool {
+        self.name == other.name
+            && self.created_at == other.created_at
+            && self.image_digest == other.image_digest
+            && self.shared_memory == other.shared_memory
+    }
+}
+
 /// A snapshot as `kiln snapshot ls` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotInfo {
@@ -259,14 +269,29 @@ impl Kiln {
         let Some(record) = read_record(&paths)? else {
             return Ok(false);
         };
-        // The disks the restore gave the machine: when the record names them, it finished.
-        let restored: Option<Vec<PathBuf>> = state::read_json(&marker).unwrap_or_default();
-        if restored.as_ref() != Some(&record.disk_files) {
+        // The disks the restore gave the machine. Read under the lock: a restore that
+        // finished meanwhile took its marker away, and its machine is not touched.
+        let restored: Vec<PathBuf> = match state::read_json(&marker) {
+            Ok(Some(disks)) => disks,
+            Ok(None) => return Ok(false),
+            Err(err) => {
+                log::warn!("{name}: an unreadable restore marker ({err}); removing it");
+                let _ = std::fs::remove_file(&marker);
+                return Ok(false);
+            }
+        };
+        // When the record names them, the restore finished but for the marker.
+        if restored != record.disk_files {
             log::info!("{name}: stopping the machine an interrupted restore left");
             self.backend.kill(&paths).await?;
-            self.forget_unused_overlays(&paths, &record).await?;
         }
-        std::fs::remove_file(&marker).map_err(IoError::at("remove", &marker))?;
+        self.forget_unused_overlays(&paths, &record).await?;
+        match std::fs::remove_file(&marker) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(IoError::at("remove", &marker)(err).into());
+            }
+            _ => {}
+        }
         Ok(true)
     }
 

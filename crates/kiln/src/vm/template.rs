@@ -82,8 +82,9 @@ impl Kiln {
         match tried {
             Ok(vm) => Ok(vm),
             // QEMU refused the template's state: made by something that changed since. The
-            // next warm start makes a new one.
-            Err(err @ Error::Qemu(crate::qemu::QemuError::StateNotLoaded { .. })) => {
+            // next warm start makes a new one. (A load that was only slow, or a QEMU that
+            // died, says nothing against the template.)
+            Err(err @ Error::Qemu(crate::qemu::QemuError::StateRefused { .. })) => {
                 reporter.report(Event::Start {
                     warm: false,
                     detail: format!("{err}; the next warm start makes a new template"),
