@@ -81,6 +81,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Creates a qcow2 overlay at `path` on top of `base`.
     async fn create_overlay(&self, base: &std::path::Path, path: &std::path::Path) -> Result<()>;
 
+    /// Creates a qcow2 overlay at `path` whose backing file is the raw image `base`.
+    async fn create_overlay_on_raw(
+        &self,
+        base: &std::path::Path,
+        path: &std::path::Path,
+    ) -> Result<()>;
+
     /// Every file a disk image reads through: itself, its backing file, and so on.
     async fn backing_chain(&self, file: &std::path::Path) -> Result<Vec<std::path::PathBuf>>;
 

@@ -79,6 +79,8 @@ pub enum Stage {
     Remove,
     /// Sending a session's workspace (or what changed in it) to the guest.
     PushWorkspace,
+    /// A session's workspace image: written, or reused from an earlier session.
+    WorkspaceImage,
     /// Bringing back the files a session's commands created or changed.
     PullChanges,
     /// Saving a VM's snapshot.
@@ -102,6 +104,7 @@ impl Stage {
             Self::Stop => "stop",
             Self::Remove => "remove",
             Self::PushWorkspace => "push workspace",
+            Self::WorkspaceImage => "workspace image (written or reused)",
             Self::PullChanges => "pull changed files",
             Self::SaveSnapshot => "save snapshot",
             Self::RestoreSnapshot => "restore snapshot",

@@ -301,6 +301,7 @@ async fn a_lying_guest_writes_nothing_outside_and_the_host_stays_bounded() {
         "v1\nv2\n"
     );
     session.shutdown(&NoProgress).await.unwrap();
+    kiln.forget_workspace_image(&ws);
 }
 
 /// A guest that floods its serial console cannot fill the host's disk: `serial.log` keeps at

@@ -111,6 +111,7 @@ async fn a_session_returns_created_and_changed_files_and_leaves_no_vm() {
 
     session.shutdown(&NoProgress).await.unwrap();
     assert!(kiln.list().await.unwrap().is_empty());
+    kiln.forget_workspace_image(root);
 }
 
 /// Runs `script` in the session's workspace; its stdout, once it exited with 0.
@@ -195,4 +196,50 @@ async fn warm_sessions_mount_their_own_workspace_drive_and_a_wrecked_drive_harms
     let images = env.home().join("data/workspaces");
     let left: Vec<_> = std::fs::read_dir(&images).unwrap().collect();
     assert!(left.is_empty(), "workspace images left: {left:?}");
+    warm.forget_workspace_image(a.path());
+    warm.forget_workspace_image(b.path());
+}
+
+/// A later session on the same directory starts from the image the first one wrote and
+/// receives only what changed on the host since: the changed file, the new one, and the
+/// deletion; the image it starts from is never written by a guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_session_receives_only_what_changed_since_the_last_one() {
+    let env = TestEnv::new();
+    let warm = env.kiln().with_warm_starts(true);
+    let spec = |name: &str| VmSpec::builder(name).memory_mib(256).build().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        std::fs::write(ws.path().join(format!("f{i:02}.txt")), format!("{i}\n")).unwrap();
+    }
+    let mut first = Session::new(warm.clone(), spec("later-1"), Some(ws.path().to_owned()));
+    first.ensure_ready(&NoProgress).await.unwrap();
+    assert!(
+        first.first_push().unwrap().is_empty(),
+        "a new image holds it all"
+    );
+    // The guest writes into its workspace: the cached image must not see it.
+    run(&first, "echo guest > f00.txt; echo junk > guest-only.txt").await;
+    first.shutdown(&NoProgress).await.unwrap();
+
+    std::fs::write(ws.path().join("f01.txt"), "changed on the host\n").unwrap();
+    std::fs::write(ws.path().join("new.txt"), "new\n").unwrap();
+    std::fs::remove_file(ws.path().join("f02.txt")).unwrap();
+    let mut second = Session::new(warm.clone(), spec("later-2"), Some(ws.path().to_owned()));
+    second.ensure_ready(&NoProgress).await.unwrap();
+    let pushed = second.first_push().unwrap();
+    assert_eq!(pushed.created, ["new.txt"]);
+    assert_eq!(pushed.changed, ["f01.txt"]);
+    assert_eq!(pushed.deleted, ["f02.txt"]);
+    assert_eq!(
+        run(
+            &second,
+            "cat f00.txt f01.txt new.txt; test -e f02.txt || echo f02 gone; \
+             test -e guest-only.txt || echo no junk; ls | wc -l"
+        )
+        .await,
+        "0\nchanged on the host\nnew\nf02 gone\nno junk\n51\n"
+    );
+    second.shutdown(&NoProgress).await.unwrap();
+    warm.forget_workspace_image(ws.path());
 }

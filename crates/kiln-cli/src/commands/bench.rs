@@ -352,12 +352,16 @@ async fn session(runs: u32, files: usize, json: bool) -> Outcome {
         report.workspace_bytes as f64 / 1e6
     );
     println!(
-        "  kiln run -w DIR -- true    median {:>7.0} ms   (p95 {:.0} ms; goal <= 1000 ms)",
+        "  first kiln run -w DIR -- true     {:>7.0} ms   (image written: {:.0} ms)",
+        report.workspace_first_run_ms, report.image_first_ms
+    );
+    println!(
+        "  later, 10 files changed    median {:>7.0} ms   (p95 {:.0} ms; goal <= 1000 ms)",
         report.workspace_run_true.p50_ms, report.workspace_run_true.p95_ms
     );
     println!(
-        "  of which the image         median {:>7.0} ms",
-        report.push_first.p50_ms
+        "  of which the image         median {:>7.0} ms   (kept from the first)",
+        report.image_later.p50_ms
     );
     println!(
         "  incremental push (10 changed)     {:>7.0} ms",

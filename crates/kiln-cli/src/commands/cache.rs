@@ -4,11 +4,14 @@ use super::Outcome;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Remove the warm-start templates (they are made again on the next warm `up`)
+    /// Remove the warm-start templates and the sessions' workspace images (made again on the
+    /// next warm `up`, and the next session on a directory)
     Prune,
-    /// How much disk kiln takes: images, packages, templates, snapshots and VMs
+    /// How much disk kiln takes: images, packages, templates, workspace images, snapshots
+    /// and VMs
     Info {
-        /// Print JSON: {"images", "debs", "templates", "snapshots", "vms", "total"} in bytes,
+        /// Print JSON: {"images", "debs", "templates", "workspaces", "snapshots", "vms",
+        /// "total"} in bytes,
         /// with "cache_dir" and "data_dir"
         #[arg(long)]
         json: bool,
@@ -21,10 +24,8 @@ pub async fn run(command: Command) -> Outcome {
             let kiln = Kiln::from_env()?;
             let removed = kiln.prune_templates().await?;
             println!("removed {removed} warm-start template(s)");
-            let images = kiln.prune_workspace_images();
-            if images > 0 {
-                println!("removed {images} workspace image(s) of killed sessions");
-            }
+            let images = kiln.prune_workspace_images()?;
+            println!("removed {images} workspace image(s)");
         }
         Command::Info { json } => {
             let paths = kiln::Paths::from_env()?;
@@ -53,6 +54,11 @@ pub async fn run(command: Command) -> Outcome {
                     "templates".into(),
                     human(usage.templates),
                     paths.templates_dir().display().to_string(),
+                ],
+                vec![
+                    "workspaces".into(),
+                    human(usage.workspaces),
+                    paths.workspace_images_dir().display().to_string(),
                 ],
                 vec![
                     "snapshots".into(),

@@ -55,6 +55,7 @@ pub fn make(dir: &Path, image: &Path) -> Result<()> {
 /// gets a drive that reads zeros and keeps nothing, so a VM that is not a session's can
 /// write no byte to the host's disk through it.
 pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<Option<std::path::PathBuf>> {
+    // (The file is a raw image, or a qcow2 overlay on one: see [`format`].)
     if let Some(image) = workspace {
         match std::fs::remove_file(drive) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -66,6 +67,19 @@ pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<Option<std::path
         return Ok(Some(drive.to_owned()));
     }
     Ok(drive.exists().then(|| drive.to_owned()))
+}
+
+/// The format of the drive file `drive`: `qcow2` for an overlay on a cached workspace image
+/// (which kiln made; the guest writes its data, never the header), else `raw`.
+pub fn format(drive: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(drive)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic));
+    if read.is_ok() && magic == *b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    }
 }
 
 /// The guest's side, run as a helper command: finds the drive by its serial, drops what the

@@ -44,7 +44,7 @@ pub struct QemuLaunch {
     pub config_drive: PathBuf,
     /// The workspace drive (`kiln-workspace`), attached after the config drive: this file,
     /// or, when there is none, a device that reads zeros and keeps nothing written to it.
-    pub workspace_drive: Option<PathBuf>,
+    pub workspace_drive: Option<DriveFile>,
     /// Boot through firmware (SeaBIOS) instead of the kernel: a spec with a boot order.
     pub firmware_boot: Option<FirmwareBoot>,
     pub user_net: Option<UserNet>,
@@ -108,6 +108,13 @@ pub struct Share9p {
     pub host: PathBuf,
     /// QEMU itself refuses writes, whatever the guest does.
     pub read_only: bool,
+}
+
+/// A drive's file and its format (`raw`, `qcow2`), never probed by QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveFile {
+    pub path: PathBuf,
+    pub format: &'static str,
 }
 
 /// Builds QEMU's argv (without the program name).
@@ -311,7 +318,11 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         ),
     ]);
     match &l.workspace_drive {
-        Some(file) => argv.push_kv("-drive", "id=workspace,if=none,format=raw,file=", file),
+        Some(file) => argv.push_kv(
+            "-drive",
+            &format!("id=workspace,if=none,format={},file=", file.format),
+            &file.path,
+        ),
         None => argv.push([
             "-drive",
             &format!(
@@ -412,7 +423,10 @@ mod tests {
             disk_labels: vec![Some("data".to_owned())],
             seed: None,
             config_drive: p("config.img"),
-            workspace_drive: Some(p("workspace.img")),
+            workspace_drive: Some(DriveFile {
+                path: p("workspace.img"),
+                format: "raw",
+            }),
             firmware_boot: None,
             user_net: Some(UserNet {
                 policy: NetPolicy::Nat,

@@ -14,8 +14,8 @@ mod qmp_commands;
 pub use error::QemuError;
 
 pub(crate) use argv::{
-    FORWARDS_NETDEV, FirmwareBoot, Machine, MemoryFile, QemuLaunch, Share9p, TapNic, UserNet,
-    render,
+    DriveFile, FORWARDS_NETDEV, FirmwareBoot, Machine, MemoryFile, QemuLaunch, Share9p, TapNic,
+    UserNet, render,
 };
 pub(crate) use passt::user_uid as passt_user_uid;
 pub(crate) use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
@@ -248,7 +248,11 @@ impl Backend for QemuBackend {
         }
         crate::image::config_drive::write(&plan.config_drive, launch.spec, launch.id, "qemu")?;
         if let Some(drive) = plan.workspace_drive.take() {
-            plan.workspace_drive = crate::image::workspace_drive::attach(launch.workspace, &drive)?;
+            let attached = crate::image::workspace_drive::attach(launch.workspace, &drive.path)?;
+            plan.workspace_drive = attached.map(|path| DriveFile {
+                format: crate::image::workspace_drive::format(&path),
+                path,
+            });
         }
         if let Some(boot) = &plan.firmware_boot {
             boot::prepare(boot, &plan, launch)?;
@@ -387,6 +391,17 @@ impl Backend for QemuBackend {
             "qcow2".into(),
             path.into(),
         ];
+        self.qemu_img(&args).await.map(drop)
+    }
+
+    async fn create_overlay_on_raw(
+        &self,
+        base: &std::path::Path,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let mut args: Vec<std::ffi::OsString> = vec!["create".into(), "-q".into()];
+        args.extend(["-f".into(), "qcow2".into(), "-b".into(), base.into()]);
+        args.extend(["-F".into(), "raw".into(), path.into()]);
         self.qemu_img(&args).await.map(drop)
     }
 

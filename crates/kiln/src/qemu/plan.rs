@@ -1,7 +1,9 @@
 //! A VM's launch, as typed data: `VmSpec` plus what was resolved for it (image, paths,
 //! acceleration, NICs, disks) becomes a [`QemuLaunch`], which `argv` renders (golden-tested).
 
-use super::{FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet};
+use super::{
+    DriveFile, FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet,
+};
 use crate::backend::Launch;
 use crate::backend::Memory;
 use crate::spec::BootDevice;
@@ -69,7 +71,10 @@ impl QemuBackend {
             disk_labels: launch.spec.machine_disk_labels(),
             seed: launch.spec.cloud_init().map(|_| paths.seed()),
             config_drive: paths.config_drive(),
-            workspace_drive: Some(paths.workspace_drive()),
+            workspace_drive: Some(DriveFile {
+                path: paths.workspace_drive(),
+                format: "raw",
+            }),
             firmware_boot,
             incoming: launch.incoming.map(std::path::Path::to_owned),
             memory_file: match launch.memory {

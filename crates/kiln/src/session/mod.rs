@@ -36,6 +36,7 @@ use crate::agent::{AgentClient, ExecSession};
 use crate::copy::{self, Beneath, CopyError, CopyLimits, GuestPath};
 use crate::image::workspace_drive;
 
+mod image_cache;
 mod stamps;
 use crate::progress::{self, Reporter, Stage};
 use crate::{ExecRequest, IoError, Kiln, Result, VmSpec};
@@ -79,6 +80,8 @@ pub struct Session {
     agent: Option<AgentClient>,
     /// The workspace's files as pushed, relative paths.
     pushed: BTreeMap<GuestPath, Stamp>,
+    /// What the session's start sent over the agent.
+    first_push: Option<SyncReport>,
     limits: CopyLimits,
 }
 
@@ -91,6 +94,7 @@ impl Session {
             workspace,
             agent: None,
             pushed: BTreeMap::new(),
+            first_push: None,
             limits: CopyLimits::default(),
         }
     }
@@ -125,28 +129,33 @@ impl Session {
             self.agent = Some(agent);
             return Ok(());
         };
-        // The workspace becomes an ext4 image on the host, which the VM starts with as its
-        // workspace drive, and which the guest mounts: no file crosses the agent.
-        let dir = self.kiln.paths().workspaces_dir();
-        let (stamps, image) = progress::stage(reporter, Stage::PushWorkspace, async {
-            tokio::task::spawn_blocking(move || {
-                let image = WorkspaceImage::new(&dir)?;
-                let stamps = scan(&workspace)?;
-                workspace_drive::make(&workspace, &image.0)?;
-                Ok::<_, crate::Error>((stamps, image))
-            })
-            .await
-            .map_err(crate::image::join_error)?
+        // The workspace is an ext4 image on the host (written now, or kept from an earlier
+        // session on this directory), which the VM starts with as its workspace drive through
+        // an overlay of its own, and which the guest mounts. Only what changed since the image
+        // was written then crosses the agent.
+        let paths = self.kiln.paths().clone();
+        let prepared = progress::stage(reporter, Stage::WorkspaceImage, async {
+            let prepared =
+                tokio::task::spawn_blocking(move || image_cache::prepare(&paths, &workspace))
+                    .await
+                    .map_err(crate::image::join_error)??;
+            self.kiln
+                .backend()
+                .create_overlay_on_raw(&prepared._base.0, &prepared.drive.0)
+                .await?;
+            Ok::<_, crate::Error>(prepared)
         })
         .await?;
         let vm = self
             .kiln
             .clone()
-            .with_workspace_image(image.0.clone())
+            .with_workspace_image(prepared.drive.0.clone())
             .up(self.spec.clone(), reporter)
             .await?;
-        // The VM's directory has it now.
-        drop(image);
+        // The VM's directory has the drive now, and its QEMU has the image open.
+        let image_cache::Prepared {
+            stamps, written, ..
+        } = prepared;
         let agent = vm.agent().await?;
         progress::phase(
             reporter,
@@ -155,9 +164,25 @@ impl Session {
         )
         .await?;
         self.pushed = stamps;
-        info!("gave {} files to {}", self.pushed.len(), self.name());
         self.agent = Some(agent);
+        let synced = self.push_changes(reporter).await?;
+        info!(
+            "gave {} files to {} ({} image; {} created, {} changed, {} deleted since)",
+            self.pushed.len(),
+            self.name(),
+            if written { "a new" } else { "a cached" },
+            synced.created.len(),
+            synced.changed.len(),
+            synced.deleted.len()
+        );
+        self.first_push = Some(synced);
         Ok(())
+    }
+
+    /// What went over the agent when the session started: the files that changed since its
+    /// workspace image was written (nothing, when it was written for this session).
+    pub fn first_push(&self) -> Option<&SyncReport> {
+        self.first_push.as_ref()
     }
 
     /// Sends what changed in the host's workspace since the last push: new and changed files
@@ -463,10 +488,17 @@ fn sweep_workspace_images(dir: &Path) -> usize {
 }
 
 impl Kiln {
-    /// Removes the workspace images that sessions killed before their VM started left
-    /// behind (`kiln cache prune`); returns how many.
-    pub fn prune_workspace_images(&self) -> usize {
-        sweep_workspace_images(&self.paths().workspaces_dir())
+    /// Removes the workspace image kept for the directory `workspace`, if there is one (a
+    /// session running from it keeps it open).
+    pub fn forget_workspace_image(&self, workspace: &Path) {
+        image_cache::forget(self.paths(), workspace);
+    }
+
+    /// Removes the workspace images kept between sessions, and those that sessions killed
+    /// before their VM started left behind (`kiln cache prune`); returns how many.
+    pub fn prune_workspace_images(&self) -> Result<usize> {
+        let cached = image_cache::prune(self.paths())?;
+        Ok(cached + sweep_workspace_images(&self.paths().workspaces_dir()))
     }
 }
 

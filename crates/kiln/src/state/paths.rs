@@ -113,6 +113,10 @@ impl Paths {
     pub fn images_dir(&self) -> PathBuf {
         self.cache.join("images")
     }
+    /// Sessions' workspace images kept between sessions, one directory per workspace.
+    pub fn workspace_images_dir(&self) -> PathBuf {
+        self.cache.join("workspaces")
+    }
     /// Warm-start templates, one directory per image and machine shape.
     pub fn templates_dir(&self) -> PathBuf {
         self.cache.join("templates")

@@ -18,6 +18,9 @@ pub struct Usage {
     pub debs: u64,
     /// Warm-start templates (cache; `kiln cache prune` removes them).
     pub templates: u64,
+    /// Sessions' workspace images kept between sessions (cache; `kiln cache prune` removes
+    /// them).
+    pub workspaces: u64,
     /// Snapshots of VMs (data).
     pub snapshots: u64,
     /// VMs' own disks and files, snapshots left out (data).
@@ -33,6 +36,7 @@ pub fn usage(paths: &Paths) -> Usage {
         images: allocated(&paths.images_dir(), &mut seen),
         debs: allocated(&paths.debs_dir(), &mut seen),
         templates: allocated(&paths.templates_dir(), &mut seen),
+        workspaces: allocated(&paths.workspace_images_dir(), &mut seen),
         ..Usage::default()
     };
     if let Ok(vms) = std::fs::read_dir(paths.vms_dir()) {
@@ -41,7 +45,12 @@ pub fn usage(paths: &Paths) -> Usage {
             usage.vms += allocated(&vm.path(), &mut seen);
         }
     }
-    usage.total = usage.images + usage.debs + usage.templates + usage.snapshots + usage.vms;
+    usage.total = usage.images
+        + usage.debs
+        + usage.templates
+        + usage.workspaces
+        + usage.snapshots
+        + usage.vms;
     usage
 }
 
