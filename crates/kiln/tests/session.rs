@@ -212,6 +212,7 @@ async fn a_later_session_receives_only_what_changed_since_the_last_one() {
     for i in 0..50 {
         std::fs::write(ws.path().join(format!("f{i:02}.txt")), format!("{i}\n")).unwrap();
     }
+    std::fs::write(ws.path().join("kind"), "a file\n").unwrap();
     let mut first = Session::new(warm.clone(), spec("later-1"), Some(ws.path().to_owned()));
     first.ensure_ready(&NoProgress).await.unwrap();
     assert!(
@@ -225,20 +226,24 @@ async fn a_later_session_receives_only_what_changed_since_the_last_one() {
     std::fs::write(ws.path().join("f01.txt"), "changed on the host\n").unwrap();
     std::fs::write(ws.path().join("new.txt"), "new\n").unwrap();
     std::fs::remove_file(ws.path().join("f02.txt")).unwrap();
+    // A file that became a directory.
+    std::fs::remove_file(ws.path().join("kind")).unwrap();
+    std::fs::create_dir(ws.path().join("kind")).unwrap();
+    std::fs::write(ws.path().join("kind/inner.txt"), "inside\n").unwrap();
     let mut second = Session::new(warm.clone(), spec("later-2"), Some(ws.path().to_owned()));
     second.ensure_ready(&NoProgress).await.unwrap();
     let pushed = second.first_push().unwrap();
-    assert_eq!(pushed.created, ["new.txt"]);
+    assert_eq!(pushed.created, ["kind/inner.txt", "new.txt"]);
     assert_eq!(pushed.changed, ["f01.txt"]);
-    assert_eq!(pushed.deleted, ["f02.txt"]);
+    assert_eq!(pushed.deleted, ["f02.txt", "kind"]);
     assert_eq!(
         run(
             &second,
-            "cat f00.txt f01.txt new.txt; test -e f02.txt || echo f02 gone; \
+            "cat f00.txt f01.txt new.txt kind/inner.txt; test -e f02.txt || echo f02 gone; \
              test -e guest-only.txt || echo no junk; ls | wc -l"
         )
         .await,
-        "0\nchanged on the host\nnew\nf02 gone\nno junk\n51\n"
+        "0\nchanged on the host\nnew\ninside\nf02 gone\nno junk\n52\n"
     );
     second.shutdown(&NoProgress).await.unwrap();
     warm.forget_workspace_image(ws.path());

@@ -6,9 +6,9 @@
 //!
 //! The drive has one size for every VM: a warm clone's drive replaces its template's under a
 //! running guest, whose driver read the capacity at boot (as with the config drive). A
-//! session's drive is a sparse file: it takes what its files take, and the guest may write
-//! up to the drive's size into it. Any other VM's drive is no file at all: QEMU's `null-co`
-//! device, which reads zeros and keeps nothing.
+//! session's drive is a qcow2 overlay on its workspace image (see `session::image_cache`):
+//! it takes what the guest writes, up to the drive's size. Any other VM's drive is no file at
+//! all: QEMU's `null-co` device, which reads zeros and keeps nothing.
 //!
 //! The guest may write anything to its drive; the host never reads it back as a filesystem.
 //! What comes back, comes back through the agent, confined like any pull.
@@ -49,37 +49,28 @@ pub fn make(dir: &Path, image: &Path) -> Result<()> {
     made
 }
 
-/// Gives a machine its drive at `drive`: the prepared image `workspace` (linked, not copied:
-/// it is in the same data directory), else the drive it has (a restarted session VM keeps
-/// what its guest wrote). Returns the file to attach; `None` when there is none: the machine
-/// gets a drive that reads zeros and keeps nothing, so a VM that is not a session's can
-/// write no byte to the host's disk through it.
-pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<Option<std::path::PathBuf>> {
-    // (The file is a raw image, or a qcow2 overlay on one: see [`format`].)
-    if let Some(image) = workspace {
-        match std::fs::remove_file(drive) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(IoError::at("remove", drive)(err).into());
-            }
-            _ => {}
-        }
-        std::fs::hard_link(image, drive).map_err(IoError::at("link the workspace to", drive))?;
-        return Ok(Some(drive.to_owned()));
-    }
-    Ok(drive.exists().then(|| drive.to_owned()))
-}
+/// The format of every workspace drive file: a qcow2 overlay kiln made on a workspace image.
+/// Fixed, never probed: the guest writes the drive's data, and a probe of a file whose first
+/// bytes a guest chose could take them for a qcow2 header naming any host file as backing.
+pub const FORMAT: &str = "qcow2";
 
-/// The format of the drive file `drive`: `qcow2` for an overlay on a cached workspace image
-/// (which kiln made; the guest writes its data, never the header), else `raw`.
-pub fn format(drive: &Path) -> &'static str {
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(drive)
-        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic));
-    if read.is_ok() && magic == *b"QFI\xfb" {
-        "qcow2"
-    } else {
-        "raw"
+/// Gives a machine its drive at `drive`: the session's overlay `workspace` (linked, not
+/// copied: it is in the same data directory). Returns the file to attach; `None` when the
+/// start is not a session's: the machine gets a drive that reads zeros and keeps nothing, so
+/// a VM that is not a session's can write no byte to the host's disk through it. A drive
+/// left by an earlier start goes (a session VM does not restart with its workspace).
+pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<Option<std::path::PathBuf>> {
+    match std::fs::remove_file(drive) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(IoError::at("remove", drive)(err).into());
+        }
+        _ => {}
     }
+    let Some(image) = workspace else {
+        return Ok(None);
+    };
+    std::fs::hard_link(image, drive).map_err(IoError::at("link the workspace to", drive))?;
+    Ok(Some(drive.to_owned()))
 }
 
 /// The guest's side, run as a helper command: finds the drive by its serial, drops what the
@@ -142,20 +133,17 @@ mod tests {
     }
 
     #[test]
-    fn a_drive_is_the_prepared_image_or_the_kept_one_or_none() {
+    fn a_drive_is_the_sessions_overlay_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let drive = dir.path().join("workspace.img");
         assert_eq!(attach(None, &drive).unwrap(), None);
         assert!(!drive.exists(), "a blank drive takes no file");
-        let prepared = dir.path().join("prepared.img");
-        std::fs::write(&prepared, b"a workspace").unwrap();
-        assert_eq!(
-            attach(Some(&prepared), &drive).unwrap(),
-            Some(drive.clone())
-        );
-        assert_eq!(std::fs::read(&drive).unwrap(), b"a workspace");
-        std::fs::write(&drive, b"written by the guest").unwrap();
-        assert_eq!(attach(None, &drive).unwrap(), Some(drive.clone()));
-        assert_eq!(std::fs::read(&drive).unwrap(), b"written by the guest");
+        let overlay = dir.path().join("overlay.qcow2");
+        std::fs::write(&overlay, b"an overlay").unwrap();
+        assert_eq!(attach(Some(&overlay), &drive).unwrap(), Some(drive.clone()));
+        assert_eq!(std::fs::read(&drive).unwrap(), b"an overlay");
+        // What a guest wrote is not attached again: the next start is not a session's.
+        assert_eq!(attach(None, &drive).unwrap(), None);
+        assert!(!drive.exists());
     }
 }

@@ -425,7 +425,7 @@ mod tests {
             config_drive: p("config.img"),
             workspace_drive: Some(DriveFile {
                 path: p("workspace.img"),
-                format: "raw",
+                format: "qcow2",
             }),
             firmware_boot: None,
             user_net: Some(UserNet {
@@ -504,7 +504,7 @@ mod tests {
 -drive id=disk0,if=none,format=qcow2,file=/k/vms/web-1/disk0.qcow2 -device virtio-blk-device,drive=disk0,serial=data \
 -drive id=config,if=none,format=raw,readonly=on,file=/k/vms/web-1/config.img \
 -device virtio-blk-device,drive=config,serial=kiln-config \
--drive id=workspace,if=none,format=raw,file=/k/vms/web-1/workspace.img \
+-drive id=workspace,if=none,format=qcow2,file=/k/vms/web-1/workspace.img \
 -device virtio-blk-device,drive=workspace,serial=kiln-workspace \
 -daemonize -pidfile /k/vms/web-1/qemu.pid";
         assert_eq!(joined(&launch(Machine::Microvm, Accel::Tcg)), expected);

@@ -250,7 +250,7 @@ impl Backend for QemuBackend {
         if let Some(drive) = plan.workspace_drive.take() {
             let attached = crate::image::workspace_drive::attach(launch.workspace, &drive.path)?;
             plan.workspace_drive = attached.map(|path| DriveFile {
-                format: crate::image::workspace_drive::format(&path),
+                format: crate::image::workspace_drive::FORMAT,
                 path,
             });
         }

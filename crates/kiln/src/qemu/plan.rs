@@ -73,7 +73,7 @@ impl QemuBackend {
             config_drive: paths.config_drive(),
             workspace_drive: Some(DriveFile {
                 path: paths.workspace_drive(),
-                format: "raw",
+                format: crate::image::workspace_drive::FORMAT,
             }),
             firmware_boot,
             incoming: launch.incoming.map(std::path::Path::to_owned),

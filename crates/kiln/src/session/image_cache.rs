@@ -5,9 +5,9 @@
 //! since, over the agent. An image that is too far behind is written anew.
 //!
 //! `<cache>/workspaces/<key>/image.raw` and `stamps.json`, `<key>` naming the directory's
-//! canonical path; one kiln at a time reads or replaces them (`<key>.lock`). A session links
-//! the image it starts from (`ws-<pid>-<random>.base`), so that an image replaced meanwhile
-//! is not the one its overlay reads through; the link goes when its VM has opened it.
+//! canonical path. One kiln at a time reads, replaces or prunes them (`<key>.lock`), and a
+//! session holds that lock until its VM has the image open. A session links the image it
+//! starts from (`ws-<pid>-<random>.img`); the link goes when its VM has opened it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::stamps::{Stamp, scan};
-use super::{Diff, WorkspaceImage, sweep_workspace_images};
+use super::stamps::{Entry, Stamp, walk};
+use super::{WorkspaceImage, sweep_workspace_images};
 use crate::copy::GuestPath;
 use crate::image::workspace_drive;
 use crate::state::{self, Lock, Paths};
@@ -26,18 +26,79 @@ use crate::{IoError, Result};
 const MAX_CHANGED_FILES: usize = 2_000;
 /// ...holding at most this many bytes (they go over the agent at ~50 MB/s under TCG).
 const MAX_CHANGED_BYTES: u64 = 64 << 20;
+/// Times an image is written again when the directory changed while `mkfs` read it.
+const WRITE_ATTEMPTS: usize = 3;
 
-/// What a session starts from: the drive to give its VM and the files the drive holds.
+/// What a session starts from: the drive to give its VM, the files the drive holds, and
+/// what to change in the guest so that it holds the host's files.
 pub(super) struct Prepared {
     /// The workspace drive: a qcow2 overlay on the cached image (removed when dropped, by
     /// which time the VM's directory links it).
     pub drive: WorkspaceImage,
     /// The link the overlay reads through (removed when dropped).
     pub _base: WorkspaceImage,
-    /// The files in the image as it was written, with their stamps.
+    /// The cache entry's lock, held until the VM has its drive open: no other kiln replaces
+    /// or prunes the image meanwhile.
+    pub _lock: Lock,
+    /// The host's files now, as a session compares them.
     pub stamps: BTreeMap<GuestPath, Stamp>,
+    /// Files the host has and the image not: to send.
+    pub created: Vec<GuestPath>,
+    /// Files that differ between the image and the host: to send.
+    pub changed: Vec<GuestPath>,
+    /// Files in the image that the host no longer has: to delete.
+    pub deleted: Vec<GuestPath>,
     /// Whether the image was written for this session (else reused).
     pub written: bool,
+}
+
+/// A file as the cache tells versions apart: finer than a session's [`Stamp`] (which must
+/// match what a guest's `stat` says), so that a same-size rewrite within a second, a
+/// `chmod` or a file restored with its old time is still seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Fingerprint {
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+    ino: u64,
+}
+
+/// The directory as `mkfs` may have read it: every file's fingerprint, and every
+/// directory's modification time (a file made and deleted meanwhile changes its directory's).
+#[derive(Debug, PartialEq, Eq)]
+struct Tree {
+    files: BTreeMap<GuestPath, Fingerprint>,
+    dirs: BTreeMap<PathBuf, (i64, i64)>,
+}
+
+fn read_tree(root: &Path) -> Result<Tree> {
+    use std::os::unix::fs::MetadataExt;
+    let mut tree = Tree {
+        files: BTreeMap::new(),
+        dirs: BTreeMap::new(),
+    };
+    walk(root, |entry| match entry {
+        Entry::File(path, meta) => {
+            tree.files.insert(
+                path,
+                Fingerprint {
+                    size: meta.len(),
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
+                    ctime: meta.ctime(),
+                    ctime_nsec: meta.ctime_nsec(),
+                    ino: meta.ino(),
+                },
+            );
+        }
+        Entry::Dir(path, meta) => {
+            tree.dirs
+                .insert(path.to_owned(), (meta.mtime(), meta.mtime_nsec()));
+        }
+    })?;
+    Ok(tree)
 }
 
 /// `stamps.json`.
@@ -45,11 +106,11 @@ pub(super) struct Prepared {
 #[serde(deny_unknown_fields)]
 struct StampFile {
     format: u32,
-    /// Path, size, modification time.
-    files: Vec<(String, u64, i64)>,
+    /// Each file in the image, by path.
+    files: Vec<(String, Fingerprint)>,
 }
 
-const STAMP_FORMAT: u32 = 1;
+const STAMP_FORMAT: u32 = 2;
 
 /// The cache's directory for `workspace`, and its lock file.
 fn entry(paths: &Paths, workspace: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -68,50 +129,135 @@ fn entry(paths: &Paths, workspace: &Path) -> Result<(PathBuf, PathBuf)> {
 pub(super) fn prepare(paths: &Paths, workspace: &Path) -> Result<Prepared> {
     let (dir, lock) = entry(paths, workspace)?;
     state::create_private_dir(&paths.workspace_images_dir())?;
-    let _lock = Lock::acquire(&lock)?;
+    let lock = Lock::acquire(&lock)?;
     state::create_private_dir(&dir)?;
     sweep_workspace_images(&dir);
     let (image, stamp_file) = (dir.join("image.raw"), dir.join("stamps.json"));
-    let now = scan(workspace)?;
+    let now = read_tree(workspace)?;
     let cached = if image.exists() {
         read_stamps(&stamp_file)
     } else {
         None
     };
     let reusable = cached.filter(|cached| {
-        let diff = Diff::between(cached, &now);
-        let changed: Vec<&GuestPath> = diff.wanted().collect();
+        let changed: Vec<&GuestPath> = now
+            .files
+            .iter()
+            .filter(|(path, print)| cached.get(*path) != Some(*print))
+            .map(|(path, _)| path)
+            .collect();
         let bytes: u64 = changed
             .iter()
-            .filter_map(|path| now.get(*path))
-            .map(|stamp| stamp.size)
+            .filter_map(|path| now.files.get(*path))
+            .map(|print| print.size)
             .sum();
         changed.len() <= MAX_CHANGED_FILES && bytes <= MAX_CHANGED_BYTES
     });
-    let (stamps, written) = match reusable {
-        Some(cached) => (cached, false),
-        None => {
-            // Written beside, then renamed over the old one: a session that links the old
-            // one keeps it.
-            let fresh = WorkspaceImage::new(&dir)?;
-            workspace_drive::make(workspace, &fresh.0)?;
-            std::fs::rename(&fresh.0, &image).map_err(IoError::at("move into place", &image))?;
-            write_stamps(&stamp_file, &now)?;
-            (now, true)
-        }
+    let (in_image, now, written) = match reusable {
+        Some(cached) => (cached, now, false),
+        None => write_image(workspace, &dir, &image, &stamp_file, now)?,
     };
+    let (mut created, mut changed) = (Vec::new(), Vec::new());
+    for (path, print) in &now.files {
+        match in_image.get(path) {
+            None => created.push(path.clone()),
+            Some(held) if held != print => changed.push(path.clone()),
+            Some(_) => {}
+        }
+    }
+    let deleted = in_image
+        .keys()
+        .filter(|path| !now.files.contains_key(*path))
+        .cloned()
+        .collect();
     let base = WorkspaceImage::new(&dir)?;
     std::fs::hard_link(&image, &base.0).map_err(IoError::at("link", &base.0))?;
     let drive = WorkspaceImage::new(&paths.workspaces_dir())?;
+    let stamps = now
+        .files
+        .iter()
+        .map(|(path, print)| {
+            let stamp = Stamp {
+                size: print.size,
+                mtime: print.mtime,
+            };
+            (path.clone(), stamp)
+        })
+        .collect();
     Ok(Prepared {
         drive,
         _base: base,
+        _lock: lock,
         stamps,
+        created,
+        changed,
+        deleted,
         written,
     })
 }
 
-fn read_stamps(file: &Path) -> Option<BTreeMap<GuestPath, Stamp>> {
+/// Writes the image anew from `workspace`, read as `before`. The directory is read again
+/// after `mkfs`: when it changed meanwhile (a file made, changed or deleted while `mkfs`
+/// read it), the image is written again, up to [`WRITE_ATTEMPTS`] times; an image that
+/// still may not match is used for this session (what differs is sent) but not kept.
+/// Returns what the image holds, the directory as last read, and `true`.
+fn write_image(
+    workspace: &Path,
+    dir: &Path,
+    image: &Path,
+    stamp_file: &Path,
+    mut before: Tree,
+) -> Result<(BTreeMap<GuestPath, Fingerprint>, Tree, bool)> {
+    // The stamps go first: killed after the rename, the image has none, and is written anew.
+    match std::fs::remove_file(stamp_file) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(IoError::at("remove", stamp_file)(err).into());
+        }
+        _ => {}
+    }
+    for attempt in 1..=WRITE_ATTEMPTS {
+        // Written beside, then renamed over the old one: a session that links the old one
+        // keeps it.
+        let fresh = WorkspaceImage::new(dir)?;
+        workspace_drive::make(workspace, &fresh.0)?;
+        std::fs::rename(&fresh.0, image).map_err(IoError::at("move into place", image))?;
+        let after = read_tree(workspace)?;
+        if after == before {
+            write_stamps(stamp_file, &after.files)?;
+            return Ok((after.files.clone(), after, true));
+        }
+        log::info!(
+            "{} changed while its image was written (attempt {attempt})",
+            workspace.display()
+        );
+        if attempt == WRITE_ATTEMPTS {
+            // What the image holds is not known for the files that changed: those are sent
+            // (an impossible fingerprint), and the image is not kept.
+            let mut in_image = after.files.clone();
+            for (path, print) in &before.files {
+                if after.files.get(path) != Some(print) {
+                    in_image.insert(path.clone(), UNKNOWN);
+                }
+            }
+            let _ = std::fs::remove_file(image);
+            return Ok((in_image, after, true));
+        }
+        before = after;
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// A fingerprint no file has: what the image holds of a file that changed while it was read.
+const UNKNOWN: Fingerprint = Fingerprint {
+    size: u64::MAX,
+    mtime: i64::MIN,
+    mtime_nsec: -1,
+    ctime: i64::MIN,
+    ctime_nsec: -1,
+    ino: 0,
+};
+
+fn read_stamps(file: &Path) -> Option<BTreeMap<GuestPath, Fingerprint>> {
     let stamps: StampFile = match state::read_json(file) {
         Ok(Some(stamps)) => stamps,
         Ok(None) => return None,
@@ -124,31 +270,27 @@ fn read_stamps(file: &Path) -> Option<BTreeMap<GuestPath, Stamp>> {
         return None;
     }
     let mut out = BTreeMap::new();
-    for (path, size, mtime) in stamps.files {
-        out.insert(
-            GuestPath::parse(path.as_bytes()).ok()?,
-            Stamp { size, mtime },
-        );
+    for (path, print) in stamps.files {
+        out.insert(GuestPath::parse(path.as_bytes()).ok()?, print);
     }
     Some(out)
 }
 
 /// Writes the stamps; a workspace with a name that is not UTF-8 gets none (its image is
 /// written anew each time).
-fn write_stamps(file: &Path, stamps: &BTreeMap<GuestPath, Stamp>) -> Result<()> {
-    let mut files = Vec::with_capacity(stamps.len());
-    for (path, stamp) in stamps {
+fn write_stamps(file: &Path, files: &BTreeMap<GuestPath, Fingerprint>) -> Result<()> {
+    let mut out = Vec::with_capacity(files.len());
+    for (path, print) in files {
         let Some(name) = path.to_path_buf().to_str().map(str::to_owned) else {
-            let _ = std::fs::remove_file(file);
             return Ok(());
         };
-        files.push((name, stamp.size, stamp.mtime));
+        out.push((name, *print));
     }
     state::write_json_atomic(
         file,
         &StampFile {
             format: STAMP_FORMAT,
-            files,
+            files: out,
         },
     )
 }
@@ -158,8 +300,8 @@ pub(super) fn forget(paths: &Paths, workspace: &Path) {
     if let Ok((dir, lock)) = entry(paths, workspace)
         && let Ok(_lock) = Lock::acquire(&lock)
     {
+        // The lock file stays: one unlinked while held would let two kilns lock at once.
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(&lock);
     }
 }
 
@@ -191,19 +333,24 @@ mod tests {
         let paths = Paths::under(home.path());
         let ws = tempfile::tempdir().unwrap();
         std::fs::write(ws.path().join("a.txt"), "a\n").unwrap();
+        std::fs::write(ws.path().join("gone.txt"), "g\n").unwrap();
         let first = prepare(&paths, ws.path()).unwrap();
         assert!(first.written);
-        assert_eq!(first.stamps.len(), 1);
+        assert!(first.created.is_empty() && first.changed.is_empty() && first.deleted.is_empty());
         drop(first);
 
+        // A new file, a deletion, and a rewrite of the same size within the same second:
+        // all seen, and the kept image is used.
         std::fs::write(ws.path().join("b.txt"), "b\n").unwrap();
+        std::fs::remove_file(ws.path().join("gone.txt")).unwrap();
+        std::fs::write(ws.path().join("a.txt"), "A\n").unwrap();
+        let p = |name: &str| GuestPath::parse(name.as_bytes()).unwrap();
         let second = prepare(&paths, ws.path()).unwrap();
-        assert!(!second.written, "one new file does not rewrite the image");
-        assert_eq!(
-            second.stamps.len(),
-            1,
-            "the stamps are the image's, not the host's"
-        );
+        assert!(!second.written, "three changes do not rewrite the image");
+        assert_eq!(second.created, [p("b.txt")]);
+        assert_eq!(second.changed, [p("a.txt")]);
+        assert_eq!(second.deleted, [p("gone.txt")]);
+        assert_eq!(second.stamps.len(), 2, "the stamps are the host's now");
         let base = second._base.0.clone();
         assert!(base.exists());
         drop(second);
@@ -214,9 +361,13 @@ mod tests {
         }
         let third = prepare(&paths, ws.path()).unwrap();
         assert!(third.written, "too far behind: written anew");
-        assert_eq!(third.stamps.len(), MAX_CHANGED_FILES + 3);
+        assert!(third.created.is_empty());
         drop(third);
         assert_eq!(prune(&paths).unwrap(), 1);
         assert!(prepare(&paths, ws.path()).unwrap().written);
+        // The lock file stays through `forget` and `prune`.
+        forget(&paths, ws.path());
+        let (dir, lock) = entry(&paths, ws.path()).unwrap();
+        assert!(!dir.exists() && lock.exists());
     }
 }

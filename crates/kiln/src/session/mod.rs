@@ -152,10 +152,6 @@ impl Session {
             .with_workspace_image(prepared.drive.0.clone())
             .up(self.spec.clone(), reporter)
             .await?;
-        // The VM's directory has the drive now, and its QEMU has the image open.
-        let image_cache::Prepared {
-            stamps, written, ..
-        } = prepared;
         let agent = vm.agent().await?;
         progress::phase(
             reporter,
@@ -163,9 +159,43 @@ impl Session {
             mount_workspace(&agent),
         )
         .await?;
-        self.pushed = stamps;
+        // What differs between the image and the host's files goes over the agent.
+        let names = |paths: &[GuestPath]| paths.iter().map(ToString::to_string).collect();
+        let mut synced = SyncReport {
+            created: names(&prepared.created),
+            changed: names(&prepared.changed),
+            deleted: names(&prepared.deleted),
+            ..SyncReport::default()
+        };
+        let workspace = self.workspace.clone().unwrap_or_default();
+        let sent = progress::stage(
+            reporter,
+            Stage::PushWorkspace,
+            send_changes(
+                &agent,
+                &workspace,
+                &prepared.created,
+                &prepared.changed,
+                &synced,
+            ),
+        )
+        .await;
+        synced.bytes = match sent {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // A kept image the changes cannot be put on is not kept (its lock goes
+                // first).
+                let written = prepared.written;
+                drop(prepared);
+                if !written {
+                    self.kiln.forget_workspace_image(&workspace);
+                }
+                return Err(err);
+            }
+        };
+        let written = prepared.written;
+        self.pushed = prepared.stamps;
         self.agent = Some(agent);
-        let synced = self.push_changes(reporter).await?;
         info!(
             "gave {} files to {} ({} image; {} created, {} changed, {} deleted since)",
             self.pushed.len(),
@@ -198,13 +228,9 @@ impl Session {
             let now = scan(&workspace)?;
             let diff = Diff::between(pushed, &now);
             let mut report = diff.report();
-            let sending: Vec<PathBuf> = diff.wanted().map(GuestPath::to_path_buf).collect();
-            report.bytes = copy::push_paths(&agent, &workspace, &sending, GUEST_WORKSPACE)
-                .await?
-                .bytes;
-            if !report.deleted.is_empty() {
-                remove_in_guest(&agent, &report.deleted).await?;
-            }
+            let created: Vec<GuestPath> = diff.created.iter().map(|p| (*p).clone()).collect();
+            let changed: Vec<GuestPath> = diff.changed.iter().map(|p| (*p).clone()).collect();
+            report.bytes = send_changes(&agent, &workspace, &created, &changed, &report).await?;
             *pushed = now;
             Ok::<_, crate::Error>(report)
         })
@@ -368,12 +394,43 @@ fn move_into_place(
     Ok(conflicts)
 }
 
-/// Deletes files (relative to the guest's workspace).
+/// Makes the guest's workspace hold the host's files: what `report` lists as deleted or
+/// created goes first (a path that was a directory and is now a file, or the reverse), then
+/// the created and changed files go over. Returns the bytes sent.
+async fn send_changes(
+    agent: &AgentClient,
+    workspace: &Path,
+    created: &[GuestPath],
+    changed: &[GuestPath],
+    report: &SyncReport,
+) -> Result<u64> {
+    let clear: Vec<String> = report
+        .deleted
+        .iter()
+        .chain(&report.created)
+        .cloned()
+        .collect();
+    if !clear.is_empty() {
+        remove_in_guest(agent, &clear).await?;
+    }
+    let sending: Vec<PathBuf> = created
+        .iter()
+        .chain(changed)
+        .map(GuestPath::to_path_buf)
+        .collect();
+    Ok(
+        copy::push_paths(agent, workspace, &sending, GUEST_WORKSPACE)
+            .await?
+            .bytes,
+    )
+}
+
+/// Deletes files, and what is in the way of new ones (relative to the guest's workspace).
 async fn remove_in_guest(agent: &AgentClient, paths: &[String]) -> Result<()> {
     let request = copy::helper([
         "sh",
         "-c",
-        r#"cd "$1" && xargs -0 rm -f"#,
+        r#"cd "$1" && xargs -0 rm -rf --"#,
         "kiln-run",
         GUEST_WORKSPACE,
     ])

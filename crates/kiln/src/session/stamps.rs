@@ -23,8 +23,32 @@ pub(super) struct Stamp {
 /// Every file and symlink below `root`, with its stamp.
 pub(super) fn scan(root: &Path) -> Result<BTreeMap<GuestPath, Stamp>> {
     let mut out = BTreeMap::new();
+    walk(root, |entry| {
+        if let Entry::File(path, meta) = entry {
+            out.insert(
+                path,
+                Stamp {
+                    size: meta.len(),
+                    mtime: meta.mtime(),
+                },
+            );
+        }
+    })?;
+    Ok(out)
+}
+
+/// What [`walk`] finds: a file or symlink, by its relative path, or a directory.
+pub(super) enum Entry<'a> {
+    File(GuestPath, &'a std::fs::Metadata),
+    Dir(&'a Path, &'a std::fs::Metadata),
+}
+
+/// Visits every file, symlink and directory below `root` (not following symlinks).
+pub(super) fn walk(root: &Path, mut visit: impl FnMut(Entry<'_>)) -> Result<()> {
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
+        let meta = std::fs::symlink_metadata(&dir).map_err(IoError::at("read", &dir))?;
+        visit(Entry::Dir(&dir, &meta));
         for entry in std::fs::read_dir(&dir).map_err(IoError::at("read directory", &dir))? {
             let entry = entry.map_err(IoError::at("read directory", &dir))?;
             let path = entry.path();
@@ -37,20 +61,12 @@ pub(super) fn scan(root: &Path) -> Result<BTreeMap<GuestPath, Stamp>> {
                 continue;
             };
             match GuestPath::parse(rel.as_os_str().as_bytes()) {
-                Ok(rel) => {
-                    out.insert(
-                        rel,
-                        Stamp {
-                            size: meta.len(),
-                            mtime: meta.mtime(),
-                        },
-                    );
-                }
+                Ok(rel) => visit(Entry::File(rel, &meta)),
                 Err(_) => warn!("{} cannot be synced: its name is too long", path.display()),
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Every file and symlink in the guest's workspace, with its stamp, read within `limits`.
