@@ -38,11 +38,21 @@ pub struct SessionReport {
 }
 
 /// One whole session running `true`: boot (or clone), run, pull, remove. Its duration.
-pub(super) async fn run_true(kiln: &Kiln, spec: crate::VmSpec) -> Result<std::time::Duration> {
+pub(super) async fn run_true(kiln: &Kiln, spec: crate::VmSpec) -> Result<Duration> {
+    run_true_in(kiln, spec, None, &NoProgress).await
+}
+
+/// [`run_true`] with `workspace`, reporting the session's progress to `reporter`.
+async fn run_true_in(
+    kiln: &Kiln,
+    spec: crate::VmSpec,
+    workspace: Option<&std::path::Path>,
+    reporter: &dyn Reporter,
+) -> Result<Duration> {
     let started = Instant::now();
-    let mut session = Session::new(kiln.clone(), spec, None);
+    let mut session = Session::new(kiln.clone(), spec, workspace.map(std::path::Path::to_owned));
     let result = async {
-        session.ensure_ready(&NoProgress).await?;
+        session.ensure_ready(reporter).await?;
         session
             .run(ExecRequest::new(["true"]))
             .await?
@@ -148,22 +158,9 @@ async fn workspace_session(
     workspace: &std::path::Path,
 ) -> Result<(Duration, Duration)> {
     let spec = crate::VmSpec::builder(name).memory_mib(512).build()?;
-    let started = Instant::now();
-    let mut session = Session::new(warm.clone(), spec, Some(workspace.to_owned()));
     let timer = StageTimer::new(crate::progress::Stage::WorkspaceImage);
-    let result = async {
-        session.ensure_ready(&timer).await?;
-        session
-            .run(ExecRequest::new(["true"]))
-            .await?
-            .output()
-            .await?;
-        session.pull_changes(&NoProgress).await
-    }
-    .await;
-    session.shutdown(&NoProgress).await?;
-    result?;
-    Ok((started.elapsed(), timer.elapsed()))
+    let whole = run_true_in(warm, spec, Some(workspace), &timer).await?;
+    Ok((whole, timer.elapsed()))
 }
 
 /// The first warm session on `workspace` (its image written), `runs` later ones (each after
