@@ -232,14 +232,14 @@ fn write_image(
         );
         if attempt == WRITE_ATTEMPTS {
             // What the image holds is not known for the files that changed: those are sent
-            // (an impossible fingerprint), and the image is not kept.
+            // (an impossible fingerprint). This session uses the image; without stamps, the
+            // next one writes it anew.
             let mut in_image = after.files.clone();
             for (path, print) in &before.files {
                 if after.files.get(path) != Some(print) {
                     in_image.insert(path.clone(), UNKNOWN);
                 }
             }
-            let _ = std::fs::remove_file(image);
             return Ok((in_image, after, true));
         }
         before = after;
