@@ -304,11 +304,7 @@ impl ImageStore {
         // The manifest goes first: a removal cut short leaves no image that looks complete.
         for manifest in [ROOT_MANIFEST, "manifest.json"] {
             let path = dir.join(manifest);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(IoError::new("remove", &path, err).into()),
-            }
+            crate::state::remove_file_if_present(&path)?;
         }
         std::fs::remove_dir_all(&dir).map_err(IoError::at("remove", &dir))?;
         Ok(())

@@ -60,12 +60,7 @@ pub const FORMAT: &str = "qcow2";
 /// a VM that is not a session's can write no byte to the host's disk through it. A drive
 /// left by an earlier start goes (a session VM does not restart with its workspace).
 pub fn attach(workspace: Option<&Path>, drive: &Path) -> Result<Option<std::path::PathBuf>> {
-    match std::fs::remove_file(drive) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(IoError::at("remove", drive)(err).into());
-        }
-        _ => {}
-    }
+    crate::state::remove_file_if_present(drive)?;
     let Some(image) = workspace else {
         return Ok(None);
     };

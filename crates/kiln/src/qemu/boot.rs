@@ -20,11 +20,7 @@ pub(super) fn prepare(boot: &FirmwareBoot, plan: &QemuLaunch, launch: &Launch<'_
         ("initramfs.cpio", launch.image.initramfs()),
     ] {
         let path = tftp.join(link);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(IoError::new("remove", &path, err).into()),
-        }
+        crate::state::remove_file_if_present(&path)?;
         std::os::unix::fs::symlink(&target, &path).map_err(IoError::at("link", &path))?;
     }
     let disk_next = boot

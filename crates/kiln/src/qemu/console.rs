@@ -34,11 +34,7 @@ pub struct ConsolePipe {
 /// (appended: a clone's log starts with its template's boot).
 pub fn attach(fifo: &Path, log: &Path, max: u64) -> Result<ConsolePipe> {
     use rustix::fs::{Mode, OFlags};
-    match std::fs::remove_file(fifo) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(IoError::new("remove", fifo, err).into()),
-    }
+    crate::state::remove_file_if_present(fifo)?;
     rustix::fs::mkfifoat(rustix::fs::CWD, fifo, Mode::RUSR | Mode::WUSR)
         .map_err(|e| IoError::new("create", fifo, e.into()))?;
     // Opening the read end does not wait for a writer when non-blocking; the logger wants it

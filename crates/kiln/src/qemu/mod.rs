@@ -31,7 +31,7 @@ use log::{debug, info};
 
 use crate::backend::{Backend, Launch};
 use crate::state::{MachineRecord, VmPaths};
-use crate::{IoError, Result, VmSpec};
+use crate::{Result, VmSpec};
 
 /// Where QEMU and its firmware are.
 #[derive(Debug, Clone)]
@@ -265,11 +265,7 @@ impl Backend for QemuBackend {
             .into_iter()
             .chain(&plan.agent_sockets)
         {
-            match std::fs::remove_file(socket) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(IoError::new("remove", socket, err).into()),
-            }
+            crate::state::remove_file_if_present(socket)?;
         }
         let console = console::attach(
             &plan.console,

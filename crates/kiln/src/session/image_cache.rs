@@ -209,12 +209,7 @@ fn write_image(
     mut before: Tree,
 ) -> Result<(BTreeMap<GuestPath, Fingerprint>, Tree, bool)> {
     // The stamps go first: killed after the rename, the image has none, and is written anew.
-    match std::fs::remove_file(stamp_file) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(IoError::at("remove", stamp_file)(err).into());
-        }
-        _ => {}
-    }
+    state::remove_file_if_present(stamp_file)?;
     for attempt in 1..=WRITE_ATTEMPTS {
         // Written beside, then renamed over the old one: a session that links the old one
         // keeps it.

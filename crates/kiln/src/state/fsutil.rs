@@ -21,6 +21,16 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes the file `path`; one that is not there is fine.
+pub fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(IoError::new("remove", path, err).into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` atomically with mode `0600`: a temp file in the same directory,
 /// fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -12,7 +12,10 @@ mod record;
 pub mod usage;
 
 pub use fsutil::{create_private_dir, write_atomic};
-pub(crate) use fsutil::{list_names, random_bytes, read_json, write_json_atomic, write_new_secret};
+pub(crate) use fsutil::{
+    list_names, random_bytes, read_json, remove_file_if_present, write_json_atomic,
+    write_new_secret,
+};
 pub(crate) use hosts::KnownHosts;
 pub(crate) use lock::Lock;
 pub use paths::{Paths, VmPaths};

@@ -525,12 +525,7 @@ impl Kiln {
 /// create it world-readable, and an earlier attempt's must not be mapped again).
 fn fresh_private_file(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(IoError::at("remove", path)(err).into());
-        }
-        _ => {}
-    }
+    state::remove_file_if_present(path)?;
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

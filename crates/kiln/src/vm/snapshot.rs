@@ -286,12 +286,7 @@ impl Kiln {
             self.backend.kill(&paths).await?;
         }
         self.forget_unused_overlays(&paths, &record).await?;
-        match std::fs::remove_file(&marker) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(IoError::at("remove", &marker)(err).into());
-            }
-            _ => {}
-        }
+        state::remove_file_if_present(&marker)?;
         Ok(true)
     }
 

@@ -138,11 +138,7 @@ impl LibvirtHost {
             return Ok(());
         }
         let path = Path::new(TFTP_ROOT).join(script_name(&boot_mac(name)));
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(IoError::new("remove", &path, err).into()),
-        }
+        crate::state::remove_file_if_present(&path)
     }
 }
 

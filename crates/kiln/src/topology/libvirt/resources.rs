@@ -193,12 +193,7 @@ impl LibvirtHost {
     pub(super) fn declare_secrets(&self, spec: &VmSpec, id: &str) -> Result<()> {
         let file = self.declared_secrets.join(format!("{id}.json"));
         if spec.metadata().secrets().is_empty() {
-            return match std::fs::remove_file(&file) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    Err(crate::IoError::new("remove", &file, err).into())
-                }
-                _ => Ok(()),
-            };
+            return crate::state::remove_file_if_present(&file);
         }
         crate::state::create_private_dir(&self.declared_secrets)?;
         crate::state::write_json_atomic(&file, spec.metadata().secrets())
