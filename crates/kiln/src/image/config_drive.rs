@@ -320,14 +320,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let output = command
-        .stdin(std::process::Stdio::null())
-        .env("LC_ALL", "C")
-        // The filesystem's own times: fixed, like everything else in it.
-        .env("E2FSPROGS_FAKE_TIME", "1")
-        .output();
-    super::debian::checked(&program, output)?;
+    // The filesystem's own times: fixed, like everything else in it.
+    super::debian::run_tool(command.env("E2FSPROGS_FAKE_TIME", "1"))?;
     Ok(())
 }
 

@@ -24,6 +24,17 @@ async fn run(program: &str, args: Vec<OsString>, cwd: Option<&Path>) -> Result<S
     checked(program, command.output().await)
 }
 
+/// Runs a build tool (`mkfs.ext4`, `debugfs`) with no stdin, in the C locale; why it could
+/// not run or failed.
+pub(super) fn run_tool(command: &mut std::process::Command) -> Result<(), ImageError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .env("LC_ALL", "C")
+        .output();
+    checked(&program, output).map(drop)
+}
+
 /// A tool's stdout, or why it could not run or failed (with its stderr).
 pub(super) fn checked(
     program: &str,

@@ -35,18 +35,20 @@ pub fn make(dir: &Path, image: &Path) -> Result<()> {
         .map_err(IoError::at("create", image))?;
     file.set_len(SIZE).map_err(IoError::at("size", image))?;
     drop(file);
-    let made = run(Command::new("mkfs.ext4")
-        // No journal (a session's disk does not outlive a crash), no blocks kept for root,
-        // and inode tables left for the kernel (the guest mounts with `noinit_itable`).
-        .args(["-q", "-F", "-L", LABEL, "-m", "0", "-O", "^has_journal"])
-        .args(["-E", "root_owner=0:0,lazy_itable_init=1"])
-        .arg("-d")
-        .arg(dir)
-        .arg(image));
+    let made = super::debian::run_tool(
+        Command::new("mkfs.ext4")
+            // No journal (a session's disk does not outlive a crash), no blocks kept for root,
+            // and inode tables left for the kernel (the guest mounts with `noinit_itable`).
+            .args(["-q", "-F", "-L", LABEL, "-m", "0", "-O", "^has_journal"])
+            .args(["-E", "root_owner=0:0,lazy_itable_init=1"])
+            .arg("-d")
+            .arg(dir)
+            .arg(image),
+    );
     if made.is_err() {
         let _ = std::fs::remove_file(image);
     }
-    made
+    Ok(made?)
 }
 
 /// The format of every workspace drive file: a qcow2 overlay kiln made on a workspace image.
@@ -85,16 +87,6 @@ blockdev --flushbufs "$dev"
 [ -d "$1" ] || mkdir -p "$1"
 mount -t ext4 -o noinit_itable "$dev" "$1"
 "#;
-
-fn run(command: &mut Command) -> Result<()> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let output = command
-        .stdin(std::process::Stdio::null())
-        .env("LC_ALL", "C")
-        .output();
-    super::debian::checked(&program, output)?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

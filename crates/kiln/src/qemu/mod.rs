@@ -87,6 +87,20 @@ impl QemuBackend {
         self.firmware.as_deref()
     }
 
+    /// Creates a qcow2 overlay at `path` on `base`, whose format is `base_format` (stated,
+    /// never probed).
+    async fn overlay(
+        &self,
+        base: &std::path::Path,
+        base_format: &str,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let mut args: Vec<std::ffi::OsString> = vec!["create".into(), "-q".into()];
+        args.extend(["-f".into(), "qcow2".into(), "-b".into(), base.into()]);
+        args.extend(["-F".into(), base_format.into(), path.into()]);
+        self.qemu_img(&args).await.map(drop)
+    }
+
     /// Runs `qemu-img` and returns its standard output.
     async fn qemu_img(&self, args: &[std::ffi::OsString]) -> Result<Vec<u8>> {
         let output = tokio::process::Command::new(&self.img_binary)
@@ -376,18 +390,7 @@ impl Backend for QemuBackend {
     }
 
     async fn create_overlay(&self, base: &std::path::Path, path: &std::path::Path) -> Result<()> {
-        let args: Vec<std::ffi::OsString> = vec![
-            "create".into(),
-            "-q".into(),
-            "-f".into(),
-            "qcow2".into(),
-            "-b".into(),
-            base.into(),
-            "-F".into(),
-            "qcow2".into(),
-            path.into(),
-        ];
-        self.qemu_img(&args).await.map(drop)
+        self.overlay(base, "qcow2", path).await
     }
 
     async fn create_overlay_on_raw(
@@ -395,10 +398,7 @@ impl Backend for QemuBackend {
         base: &std::path::Path,
         path: &std::path::Path,
     ) -> Result<()> {
-        let mut args: Vec<std::ffi::OsString> = vec!["create".into(), "-q".into()];
-        args.extend(["-f".into(), "qcow2".into(), "-b".into(), base.into()]);
-        args.extend(["-F".into(), "raw".into(), path.into()]);
-        self.qemu_img(&args).await.map(drop)
+        self.overlay(base, "raw", path).await
     }
 
     async fn backing_chain(&self, file: &std::path::Path) -> Result<Vec<PathBuf>> {
