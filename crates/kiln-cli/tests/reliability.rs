@@ -18,6 +18,18 @@ fn run(env: &TestEnv, args: &[&str]) -> Output {
     env.cli(KILN).args(args).output().unwrap()
 }
 
+/// Runs `kiln ARGS` and kills it after `delay` (unless it ended first); whether it was killed.
+fn killed_after(env: &TestEnv, args: &[&str], delay: Duration) -> bool {
+    let mut child = env
+        .cli(KILN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    faults::kill_after(&mut child, delay)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -109,14 +121,11 @@ fn up_killed_at_random_points_converges() {
     for i in 0..iterations {
         let name = format!("crash-{i}");
         let delay = rng.duration_up_to(full.mul_f32(1.2));
-        let mut child = env
-            .cli(KILN)
-            .args(["up", &name, "--memory", "256M"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        killed += usize::from(faults::kill_after(&mut child, delay));
+        killed += usize::from(killed_after(
+            &env,
+            &["up", &name, "--memory", "256M"],
+            delay,
+        ));
         let context = format!("iteration {i} (killed after {delay:?})");
         let vms = check_ls_tells_the_truth(&env, &context);
         // A VM that survived the kill is whole: its agent answers with its own secret.
@@ -148,14 +157,7 @@ fn rm_killed_at_random_points_converges() {
         let name = format!("rm-{i}");
         up(&env, &name);
         let delay = rng.duration_up_to(full);
-        let mut child = env
-            .cli(KILN)
-            .args(["rm", "--force", &name])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        killed += usize::from(faults::kill_after(&mut child, delay));
+        killed += usize::from(killed_after(&env, &["rm", "--force", &name], delay));
         let context = format!("iteration {i} (killed after {delay:?})");
         check_ls_tells_the_truth(&env, &context);
         check_rm_converges(&env, &name, &context);
@@ -338,14 +340,11 @@ fn snapshot_save_killed_at_random_points_converges() {
             text(&out.stderr)
         );
         let delay = rng.duration_up_to(full.mul_f32(1.2));
-        let mut child = env
-            .cli(KILN)
-            .args(["snapshot", "save", vm, &format!("s{i}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        killed += usize::from(faults::kill_after(&mut child, delay));
+        killed += usize::from(killed_after(
+            &env,
+            &["snapshot", "save", vm, &format!("s{i}")],
+            delay,
+        ));
         let context = format!("iteration {i} (killed after {delay:?})");
         // The next command finds the VM running again, whole snapshots only, and a record
         // whose disk chain holds the file QEMU writes.
@@ -426,14 +425,11 @@ fn snapshot_restore_killed_at_random_points_converges() {
     let (mut killed, mut stopped) = (0, 0);
     for i in 0..iterations {
         let delay = rng.duration_up_to(full.mul_f32(1.2));
-        let mut child = env
-            .cli(KILN)
-            .args(["snapshot", "restore", vm, "base"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        killed += usize::from(faults::kill_after(&mut child, delay));
+        killed += usize::from(killed_after(
+            &env,
+            &["snapshot", "restore", vm, "base"],
+            delay,
+        ));
         let context = format!("iteration {i} (killed after {delay:?})");
         let vms = check_ls_tells_the_truth(&env, &context);
         assert_eq!(vms.len(), 1, "{context}: {vms:?}");

@@ -133,12 +133,11 @@ impl Session {
         // session on this directory), which the VM starts with as its workspace drive through
         // an overlay of its own, and which the guest mounts. Only what changed since the image
         // was written then crosses the agent.
-        let paths = self.kiln.paths().clone();
+        let (paths, dir) = (self.kiln.paths().clone(), workspace.clone());
         let prepared = progress::stage(reporter, Stage::WorkspaceImage, async {
-            let prepared =
-                tokio::task::spawn_blocking(move || image_cache::prepare(&paths, &workspace))
-                    .await
-                    .map_err(crate::image::join_error)??;
+            let prepared = tokio::task::spawn_blocking(move || image_cache::prepare(&paths, &dir))
+                .await
+                .map_err(crate::image::join_error)??;
             self.kiln
                 .backend()
                 .create_overlay_on_raw(&prepared._base.0, &prepared.drive.0)
@@ -167,7 +166,6 @@ impl Session {
             deleted: names(&prepared.deleted),
             ..SyncReport::default()
         };
-        let workspace = self.workspace.clone().unwrap_or_default();
         let sent = progress::stage(
             reporter,
             Stage::PushWorkspace,
