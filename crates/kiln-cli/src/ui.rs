@@ -85,26 +85,67 @@ fn label(text: &str, sgr: &str) -> String {
     }
 }
 
-/// Shows stages as spinners on a terminal, as plain lines otherwise.
+/// Shows stages as spinners on a terminal (bars once their bytes are counted), as plain
+/// lines otherwise.
 pub struct Progress {
     tty: bool,
-    current: Mutex<Option<ProgressBar>>,
+    current: Mutex<Current>,
+}
+
+/// The stage on screen: its spinner (on a terminal), and the bytes it counted so far.
+#[derive(Default)]
+struct Current {
+    bar: Option<ProgressBar>,
+    /// Whether the spinner became a byte display.
+    metered: bool,
+    bytes: Option<(kiln::progress::Stage, u64)>,
 }
 
 impl Progress {
     pub fn new() -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
-            current: Mutex::new(None),
+            current: Mutex::new(Current::default()),
         }
     }
 
-    fn finish_current(&self) {
-        if let Ok(mut current) = self.current.lock()
-            && let Some(bar) = current.take()
-        {
+    /// Clears the spinner; returns the bytes `stage` counted, if it counted any.
+    fn finish_current(&self, stage: Option<kiln::progress::Stage>) -> Option<u64> {
+        let mut current = self.current.lock().ok()?;
+        if let Some(bar) = current.bar.take() {
             bar.finish_and_clear();
         }
+        current.metered = false;
+        match current.bytes.take() {
+            Some((counted, bytes)) if Some(counted) == stage => Some(bytes),
+            _ => None,
+        }
+    }
+
+    fn show_bytes(&self, stage: kiln::progress::Stage, done: u64, total: Option<u64>) {
+        let Ok(mut current) = self.current.lock() else {
+            return;
+        };
+        current.bytes = Some((stage, done));
+        let first = !current.metered;
+        current.metered = true;
+        let Some(bar) = &current.bar else {
+            return;
+        };
+        if first {
+            let template = match total {
+                Some(_) => "  {bar:24} {msg} {bytes}/{total_bytes} ({binary_bytes_per_sec}, {eta})",
+                None => "  {spinner} {msg} {bytes} ({binary_bytes_per_sec})",
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+        }
+        if let Some(total) = total {
+            // The total is an estimate: never show more done than expected.
+            bar.set_length(total.max(done));
+        }
+        bar.set_position(done);
     }
 }
 
@@ -118,6 +159,7 @@ impl Reporter for Progress {
                 eprintln!("  accel     {accel} ({reason})");
             }
             Event::StageStarted { stage } => {
+                self.finish_current(None);
                 if self.tty {
                     let bar = ProgressBar::new_spinner();
                     if let Ok(style) = ProgressStyle::with_template("  {spinner} {msg} {elapsed}") {
@@ -126,26 +168,29 @@ impl Reporter for Progress {
                     bar.set_message(stage.label());
                     bar.enable_steady_tick(Duration::from_millis(100));
                     if let Ok(mut current) = self.current.lock() {
-                        *current = Some(bar);
+                        current.bar = Some(bar);
                     }
                 }
             }
+            Event::Bytes { stage, done, total } => self.show_bytes(stage, done, total),
             Event::StageDone { stage, elapsed } => {
-                self.finish_current();
+                let bytes = self.finish_current(Some(stage));
+                let bytes = bytes.map(|b| format!(", {}", indicatif::BinaryBytes(b)));
                 eprintln!(
-                    "  done      {} ({:.2}s)",
+                    "  done      {} ({:.2}s{})",
                     stage.label(),
-                    elapsed.as_secs_f64()
+                    elapsed.as_secs_f64(),
+                    bytes.unwrap_or_default()
                 );
             }
             // Parts of a stage: shown by --timings, not as progress.
             Event::Phase { .. } => {}
             Event::Note { message } => {
-                self.finish_current();
+                self.finish_current(None);
                 eprintln!("  note      {message}");
             }
             Event::Start { warm, detail } => {
-                self.finish_current();
+                self.finish_current(None);
                 eprintln!("  note      {}", kiln::progress::start_line(warm, &detail));
             }
         }

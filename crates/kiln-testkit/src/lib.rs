@@ -2,6 +2,7 @@
 //! the real `kiln` binary and agent, and prerequisite checks that fail naming what is missing.
 
 pub mod clients;
+pub mod events;
 pub mod faults;
 pub mod hostile;
 pub mod net;

@@ -108,12 +108,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Saves the paused machine's memory and device state to `memory`, then moves each disk
     /// (`disk{i}` to `overlays[i]`, which exist already, on the file it writes) onto its
-    /// overlay, freezing the file it wrote to.
+    /// overlay, freezing the file it wrote to. The memory's bytes go to `meter` as they are
+    /// written.
     async fn save_state(
         &self,
         paths: &VmPaths,
         memory: &std::path::Path,
         overlays: &[std::path::PathBuf],
+        meter: &mut crate::progress::Meter<'_>,
     ) -> Result<()>;
 
     /// Adds (or removes) a port forward on the running machine's user-mode NIC.

@@ -56,7 +56,7 @@ struct Lines;
 impl Reporter for Lines {
     fn report(&self, event: Event) {
         match event {
-            Event::AccelChosen { .. } | Event::Phase { .. } => {}
+            Event::AccelChosen { .. } | Event::Phase { .. } | Event::Bytes { .. } => {}
             Event::StageStarted { stage } => eprintln!("  … {}", stage.label()),
             Event::StageDone { stage, elapsed } => {
                 eprintln!("  ✓ {} ({:.1}s)", stage.label(), elapsed.as_secs_f64());

@@ -37,6 +37,17 @@ pub enum Event {
         /// The template's key when warm; why it boots when cold.
         detail: String,
     },
+    /// How far a stage's work has come, in bytes: reported while it goes (a few times a
+    /// second at most) and once at its end, for a progress bar.
+    Bytes {
+        /// The stage the bytes belong to.
+        stage: Stage,
+        /// Bytes done so far.
+        done: u64,
+        /// Bytes the stage expects in all, when known beforehand (an estimate: `done` may end
+        /// a little above or below it).
+        total: Option<u64>,
+    },
     /// A part of a stage ended (what a boot's wait for the agent was spent on): for
     /// timings, not for a progress display.
     Phase {
@@ -89,6 +100,16 @@ pub enum Stage {
     RestoreSnapshot,
     /// Booting and saving a warm-start template (once per image and shape).
     MakeTemplate,
+    /// Copying files between the host and a VM (`kiln cp`).
+    Copy,
+    /// An image build: unpacking the kernel package for its modules.
+    UnpackKernel,
+    /// An image build: mmdebstrap downloading, unpacking and configuring the packages.
+    InstallPackages,
+    /// An image build: writing the root filesystem (`mkfs.ext4 -d`).
+    MakeFilesystem,
+    /// An image build: converting the filesystem to the qcow2 image VMs start from.
+    ConvertImage,
 }
 
 impl Stage {
@@ -109,6 +130,11 @@ impl Stage {
             Self::SaveSnapshot => "save snapshot",
             Self::RestoreSnapshot => "restore snapshot",
             Self::MakeTemplate => "make the warm-start template (once per image and shape)",
+            Self::Copy => "copy files",
+            Self::UnpackKernel => "unpack the kernel package",
+            Self::InstallPackages => "install packages (mmdebstrap)",
+            Self::MakeFilesystem => "make the root filesystem",
+            Self::ConvertImage => "convert to qcow2",
         }
     }
 }
@@ -216,6 +242,73 @@ impl Reporter for NoProgress {
     fn report(&self, _event: Event) {}
 }
 
+/// How often a [`Meter`] reports at most.
+const METER_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Counts a stage's bytes and reports them as [`Event::Bytes`]: at most every 100 ms while
+/// they come, and once more at the end ([`Meter::finish`]).
+pub(crate) struct Meter<'a> {
+    reporter: &'a dyn Reporter,
+    stage: Stage,
+    total: Option<u64>,
+    done: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl<'a> Meter<'a> {
+    /// A meter for `stage`, expecting `total` bytes when that is known.
+    pub(crate) fn new(reporter: &'a dyn Reporter, stage: Stage, total: Option<u64>) -> Self {
+        Self {
+            reporter,
+            stage,
+            total,
+            done: 0,
+            last: None,
+        }
+    }
+
+    /// `bytes` more are done.
+    pub(crate) fn add(&mut self, bytes: u64) {
+        self.set(self.done.saturating_add(bytes), self.total);
+    }
+
+    /// `done` bytes of `total` are done (for work whose count comes from elsewhere).
+    pub(crate) fn set(&mut self, done: u64, total: Option<u64>) {
+        self.done = done;
+        self.total = total;
+        let due = self
+            .last
+            .is_none_or(|last| last.elapsed() >= METER_INTERVAL);
+        if due {
+            self.report();
+        }
+    }
+
+    /// Reports the count as it ends.
+    pub(crate) fn finish(mut self) {
+        self.report();
+    }
+
+    fn report(&mut self) {
+        self.last = Some(std::time::Instant::now());
+        self.reporter.report(Event::Bytes {
+            stage: self.stage,
+            done: self.done,
+            total: self.total,
+        });
+    }
+}
+
+impl std::fmt::Debug for Meter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("stage", &self.stage)
+            .field("done", &self.done)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Times a phase of a stage and reports it once it ended.
 pub(crate) async fn phase<T, F>(reporter: &dyn Reporter, phase: Phase, work: F) -> T
 where
@@ -225,6 +318,48 @@ where
     let out = work.await;
     reporter.report(Event::Phase {
         phase,
+        elapsed: started.elapsed(),
+    });
+    out
+}
+
+/// Runs blocking `work` on a blocking thread, passing on to `reporter` the events it reports
+/// while it runs.
+pub(crate) async fn blocking<T, F>(reporter: &dyn Reporter, work: F) -> crate::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Reporter) -> T + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::task::spawn_blocking(move || work(&Forward(tx)));
+    // The channel ends when `work` returns (its sender is dropped with it).
+    while let Some(event) = rx.recv().await {
+        reporter.report(event);
+    }
+    task.await.map_err(crate::image::join_error)
+}
+
+/// A reporter on a blocking thread: its events go to the async side that runs it.
+struct Forward(tokio::sync::mpsc::UnboundedSender<Event>);
+
+impl Reporter for Forward {
+    fn report(&self, event: Event) {
+        // The receiver lives until the work ends.
+        let _ = self.0.send(event);
+    }
+}
+
+/// Times blocking work as a stage and reports its start and end.
+pub(crate) fn stage_blocking<T>(
+    reporter: &dyn Reporter,
+    stage: Stage,
+    work: impl FnOnce() -> T,
+) -> T {
+    reporter.report(Event::StageStarted { stage });
+    let started = std::time::Instant::now();
+    let out = work();
+    reporter.report(Event::StageDone {
+        stage,
         elapsed: started.elapsed(),
     });
     out
@@ -267,5 +402,60 @@ mod tests {
         let json = serde_json::to_value(&output).unwrap();
         assert_eq!(json["stdout"], "hi\u{fffd}");
         assert_eq!(json["stderr"], "");
+    }
+
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<Event>>);
+
+    impl Reporter for Recorder {
+        fn report(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    fn bytes_seen(recorder: &Recorder) -> Vec<(u64, Option<u64>)> {
+        let events = recorder.0.lock().unwrap();
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Bytes { done, total, .. } => (*done, *total),
+                other => panic!("not a byte count: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_meter_reports_at_once_then_at_most_every_interval_and_always_at_the_end() {
+        let recorder = Recorder::default();
+        let mut meter = Meter::new(&recorder, Stage::Copy, Some(10_000));
+        for _ in 0..1000 {
+            meter.add(10);
+        }
+        meter.finish();
+        // A thousand adds in well under 100 ms: the first, then the end.
+        assert_eq!(
+            bytes_seen(&recorder),
+            vec![(10, Some(10_000)), (10_000, Some(10_000))]
+        );
+        let json = serde_json::to_value(&recorder.0.lock().unwrap()[0]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"event": "bytes", "stage": "copy", "done": 10, "total": 10_000})
+        );
+    }
+
+    #[test]
+    fn a_meter_reports_again_once_the_interval_passed() {
+        let recorder = Recorder::default();
+        let mut meter = Meter::new(&recorder, Stage::SaveSnapshot, None);
+        meter.set(1, Some(100));
+        meter.set(2, Some(100));
+        std::thread::sleep(METER_INTERVAL + Duration::from_millis(10));
+        meter.set(50, Some(100));
+        meter.finish();
+        assert_eq!(
+            bytes_seen(&recorder),
+            vec![(1, Some(100)), (50, Some(100)), (50, Some(100))]
+        );
     }
 }

@@ -69,14 +69,20 @@ async fn conformance(host: &dyn Host, name: &str, differences: Differences) {
     let file = dir.path().join("note.txt");
     std::fs::write(&file, b"from the host\n").unwrap();
     let agent = host.agent(name, Duration::from_secs(30)).await.unwrap();
-    kiln::copy::push(&agent, &file, "/tmp/note.txt")
+    kiln::copy::push(&agent, &file, "/tmp/note.txt", &kiln::progress::NoProgress)
         .await
         .unwrap();
     assert_eq!(sh(host, name, "cat /tmp/note.txt").await, "from the host\n");
     let back = dir.path().join("back.txt");
-    kiln::copy::pull(&agent, "/tmp/note.txt", &back, &Default::default())
-        .await
-        .unwrap();
+    kiln::copy::pull(
+        &agent,
+        "/tmp/note.txt",
+        &back,
+        &Default::default(),
+        &kiln::progress::NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(&back).unwrap(), b"from the host\n");
     drop(agent);
 

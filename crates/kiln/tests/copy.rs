@@ -7,9 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use kiln::copy::{self, CopyError, CopyLimits};
-use kiln::progress::NoProgress;
+use kiln::progress::{NoProgress, Stage};
 use kiln::{Error, ExecRequest, VmSpec};
 use kiln_testkit::TestEnv;
+use kiln_testkit::events::Recorder;
 use sha2::{Digest, Sha256};
 
 fn sha256(path: &Path) -> String {
@@ -46,7 +47,9 @@ async fn trees_and_big_files_round_trip_byte_identical() {
     std::fs::write(tree.join("empty"), "").unwrap();
     std::os::unix::fs::symlink("readme", tree.join("link")).unwrap();
 
-    let stats = copy::push(&agent, &tree, "/root").await.unwrap();
+    let stats = copy::push(&agent, &tree, "/root", &NoProgress)
+        .await
+        .unwrap();
     assert_eq!((stats.files, stats.bytes), (3, 25));
     // One host connection per VM at a time: everything goes through `agent`.
     let run = |argv: &'static [&'static str]| {
@@ -76,9 +79,15 @@ async fn trees_and_big_files_round_trip_byte_identical() {
 
     // Back to the host under a new name (the destination does not exist yet).
     let back = work.path().join("back");
-    copy::pull(&agent, "/root/tree", &back, &CopyLimits::default())
-        .await
-        .unwrap();
+    copy::pull(
+        &agent,
+        "/root/tree",
+        &back,
+        &CopyLimits::default(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(back.join("readme")).unwrap(), b"hello\n");
     assert_eq!(mode(&back.join("bin/run")), 0o750);
     assert_eq!(
@@ -99,7 +108,14 @@ async fn trees_and_big_files_round_trip_byte_identical() {
         }
     }
     let host_sum = sha256(&big);
-    copy::push(&agent, &big, "/tmp/big-in-guest").await.unwrap();
+    let pushed = Recorder::default();
+    copy::push(&agent, &big, "/tmp/big-in-guest", &pushed)
+        .await
+        .unwrap();
+    // The bar's total is the tar stream (a header, the contents, the end), and it is met.
+    let tar = 512 + (101 << 20) + 1024;
+    assert!(pushed.finished(Stage::Copy));
+    assert_eq!(pushed.last_bytes(Stage::Copy, 3), (tar, Some(tar)));
     let out = run(&["sha256sum", "/tmp/big-in-guest"]).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with(&host_sum),
@@ -108,33 +124,47 @@ async fn trees_and_big_files_round_trip_byte_identical() {
     );
     let returned_dir = work.path().join("returned");
     std::fs::create_dir(&returned_dir).unwrap();
+    let pulled = Recorder::default();
     let stats = copy::pull(
         &agent,
         "/tmp/big-in-guest",
         &returned_dir,
         &CopyLimits::default(),
+        &pulled,
     )
     .await
     .unwrap();
     assert_eq!(stats.bytes, 101 << 20);
+    // A pull's size is not known beforehand: bytes without a total.
+    let (received, total) = pulled.last_bytes(Stage::Copy, 3);
+    assert!(
+        received > 101 << 20 && total.is_none(),
+        "{received} {total:?}"
+    );
     assert_eq!(sha256(&returned_dir.join("big-in-guest")), host_sum);
 
     // Missing paths on either side are typed errors.
-    let err = copy::pull(&agent, "/no/such/file", work.path(), &CopyLimits::default())
+    let err = copy::pull(
+        &agent,
+        "/no/such/file",
+        work.path(),
+        &CopyLimits::default(),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Copy(CopyError::GuestPathMissing { .. })),
+        "{err}"
+    );
+    let err = copy::push(&agent, &tree, "/no/such/dir/x", &NoProgress)
         .await
         .unwrap_err();
     assert!(
         matches!(err, Error::Copy(CopyError::GuestPathMissing { .. })),
         "{err}"
     );
-    let err = copy::push(&agent, &tree, "/no/such/dir/x")
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Copy(CopyError::GuestPathMissing { .. })),
-        "{err}"
-    );
-    let err = copy::push(&agent, &work.path().join("absent"), "/root")
+    let err = copy::push(&agent, &work.path().join("absent"), "/root", &NoProgress)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err}");

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use kiln::image::{ImageError, ImageSpec, ImageStore};
-use kiln::progress::NoProgress;
+use kiln::progress::{Event, NoProgress, Stage};
 use kiln::spec::DiskSpec;
 use kiln::topology::{Host, LocalHost};
 use kiln::{ByteSize, Error, VmSpec, VmState};
@@ -153,8 +153,9 @@ async fn bad_recipes_fail_clearly_and_cache_nothing() {
         }
         other => panic!("an unknown package: {other:?}"),
     }
+    let building = kiln_testkit::events::Recorder::default();
     match store
-        .ensure("kt-failing-setup", Some(&inputs), false, &NoProgress)
+        .ensure("kt-failing-setup", Some(&inputs), false, &building)
         .await
     {
         Err(Error::Image(ImageError::SetupFailed { detail, output, .. })) => {
@@ -164,6 +165,17 @@ async fn bad_recipes_fail_clearly_and_cache_nothing() {
         }
         other => panic!("a failing setup command: {other:?}"),
     }
+    // Each step of the build is a stage of its own, reported from its blocking thread: the
+    // kernel was unpacked, the packages' step ran (and failed), nothing came after it.
+    let started = |stage| {
+        building
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::StageStarted { stage: s } if *s == stage))
+    };
+    assert!(building.finished(Stage::UnpackKernel));
+    assert!(building.finished(Stage::InstallPackages));
+    assert!(!started(Stage::MakeFilesystem));
     for name in ["kt-unknown-pkg", "kt-failing-setup"] {
         assert!(
             matches!(store.get(name), Err(Error::ImageNotBuilt { .. })),

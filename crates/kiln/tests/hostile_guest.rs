@@ -67,6 +67,7 @@ async fn lie(agent: &AgentClient, list: &str, stream: &[u8], endless: bool) {
         agent,
         &dir.path().join("list"),
         &format!("{PAYLOAD_DIR}/list"),
+        &kiln::progress::NoProgress,
     )
     .await
     .unwrap();
@@ -74,6 +75,7 @@ async fn lie(agent: &AgentClient, list: &str, stream: &[u8], endless: bool) {
         agent,
         &dir.path().join("stream"),
         &format!("{PAYLOAD_DIR}/stream"),
+        &kiln::progress::NoProgress,
     )
     .await
     .unwrap();
@@ -101,6 +103,7 @@ async fn lies_through_the_agent(agent: &AgentClient, dest: &Path) {
             "/workspace/x",
             &dest.join("pulled"),
             &CopyLimits::default(),
+            &kiln::progress::NoProgress,
         )
         .await,
     );
@@ -127,6 +130,7 @@ async fn lies_through_the_agent(agent: &AgentClient, dest: &Path) {
         "/workspace/x",
         &dest.join("pulled"),
         &CopyLimits::default().max_idle(std::time::Duration::from_secs(3)),
+        &kiln::progress::NoProgress,
     )
     .await;
     assert!(

@@ -63,7 +63,9 @@ async fn network_then_disk(host: &dyn Host, impatient: &dyn Host, name: &str) {
     let mbr = dir.path().join("mbr");
     std::fs::write(&mbr, marker_mbr()).unwrap();
     let agent = host.agent(name, Duration::from_secs(30)).await.unwrap();
-    kiln::copy::push(&agent, &mbr, "/tmp/mbr").await.unwrap();
+    kiln::copy::push(&agent, &mbr, "/tmp/mbr", &kiln::progress::NoProgress)
+        .await
+        .unwrap();
     drop(agent);
     sh(
         host,

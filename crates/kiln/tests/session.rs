@@ -2,10 +2,11 @@
 //! documented rules, and the VM is gone afterwards.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use kiln::progress::NoProgress;
+use kiln::progress::{NoProgress, Stage};
 use kiln::session::Session;
 use kiln::{ExecRequest, ExitStatus, VmSpec};
 use kiln_testkit::TestEnv;
+use kiln_testkit::events::Recorder;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_returns_created_and_changed_files_and_leaves_no_vm() {
@@ -64,7 +65,13 @@ async fn a_session_returns_created_and_changed_files_and_leaves_no_vm() {
     // The host changes a file the guest changed too, while the session runs.
     std::fs::write(root.join("both.txt"), "host edit, longer\n").unwrap();
 
-    let report = session.pull_changes(&NoProgress).await.unwrap();
+    let pulling = Recorder::default();
+    let report = session.pull_changes(&pulling).await.unwrap();
+    let (received, expected) = pulling.last_bytes(Stage::PullChanges, 1);
+    assert!(
+        received > 0 && expected.is_some(),
+        "{received} of {expected:?}"
+    );
     assert_eq!(report.created, ["out/result.txt"]);
     assert_eq!(report.changed, ["src/lib.txt"]);
     assert_eq!(report.conflicts, ["both.txt"]);
@@ -231,7 +238,11 @@ async fn a_later_session_receives_only_what_changed_since_the_last_one() {
     std::fs::create_dir(ws.path().join("kind")).unwrap();
     std::fs::write(ws.path().join("kind/inner.txt"), "inside\n").unwrap();
     let mut second = Session::new(warm.clone(), spec("later-2"), Some(ws.path().to_owned()));
-    second.ensure_ready(&NoProgress).await.unwrap();
+    let starting = Recorder::default();
+    second.ensure_ready(&starting).await.unwrap();
+    // Three files of a few bytes: three headers and three blocks of contents, and the end.
+    let sent = starting.last_bytes(Stage::PushWorkspace, 1);
+    assert_eq!(sent, (3 * 1024 + 1024, Some(3 * 1024 + 1024)));
     let pushed = second.first_push().unwrap();
     assert_eq!(pushed.created, ["kind/inner.txt", "new.txt"]);
     assert_eq!(pushed.changed, ["f01.txt"]);

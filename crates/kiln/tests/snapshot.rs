@@ -26,9 +26,21 @@ async fn save_write_restore_brings_memory_and_disk_back() {
         .await
         .unwrap();
     assert_eq!(out.status, ExitStatus::Code(0), "{out:?}");
-    let info = kiln.snapshot("snap", "s1").await.unwrap();
+    let saving = kiln_testkit::events::Recorder::default();
+    let info = kiln
+        .save_snapshot("snap", "s1", false, &saving)
+        .await
+        .unwrap();
     assert_eq!(info.disks, 1);
     assert!(info.memory_bytes > 1 << 20, "{info:?}");
+    // The save's bar counts the guest's RAM and ends full.
+    let stage = kiln::progress::Stage::SaveSnapshot;
+    assert!(saving.finished(stage));
+    let (done, total) = saving.last_bytes(stage, 1);
+    assert!(
+        total == Some(done) && done >= 256 << 20,
+        "{done} of {total:?}"
+    );
     let err = kiln.snapshot("snap", "s1").await.unwrap_err();
     assert!(matches!(err, Error::SnapshotExists { .. }), "{err}");
 

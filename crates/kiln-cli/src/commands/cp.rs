@@ -45,14 +45,15 @@ impl FromStr for Location {
 pub async fn run(args: Args) -> Outcome {
     let fleet = super::fleet()?;
     let connect = args.target.connect.as_deref();
+    let progress = crate::ui::Progress::new();
     let stats = match (args.src, args.dest) {
         (Location::Host(src), Location::Guest { vm, path }) => {
             let agent = fleet.agent(&vm, connect).await?;
-            kiln::copy::push(&agent, &src, &path).await?
+            kiln::copy::push(&agent, &src, &path, &progress).await?
         }
         (Location::Guest { vm, path }, Location::Host(dest)) => {
             let agent = fleet.agent(&vm, connect).await?;
-            kiln::copy::pull(&agent, &path, &dest, &kiln::copy::CopyLimits::default()).await?
+            kiln::copy::pull(&agent, &path, &dest, &Default::default(), &progress).await?
         }
         _ => {
             eprintln!("error: one side must be a host path and the other NAME:PATH in a VM");

@@ -10,7 +10,9 @@
 //! under its own name; otherwise the destination is the copy's new name.
 
 mod beneath;
+mod channel;
 mod limits;
+mod measure;
 mod unpack;
 
 pub(crate) use beneath::Beneath;
@@ -18,7 +20,7 @@ pub use beneath::GuestPath;
 pub use limits::{CopyLimit, CopyLimits};
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,10 +29,11 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::agent::{AgentClient, AgentError, ExecEvent, ExecSession};
+use crate::progress::{self, Meter, Reporter, Stage};
 use crate::{ExecRequest, ExitStatus, IoError, Result};
+use channel::{ChannelReader, ChannelWriter};
+pub(crate) use measure::{TAR_END, tar_entry};
 
-/// Bytes per chunk between the tar thread and the agent.
-const CHUNK: usize = 256 * 1024;
 /// Chunks in flight: backpressure keeps memory at a few MiB whatever the size copied.
 const IN_FLIGHT: usize = 8;
 /// The guest's stderr kept for an error message.
@@ -184,8 +187,23 @@ pub struct CopyStats {
     pub bytes: u64,
 }
 
-/// Copies the host file or directory `src` to `dest` in the guest.
-pub async fn push(agent: &AgentClient, src: &Path, dest: &str) -> Result<CopyStats> {
+/// Copies the host file or directory `src` to `dest` in the guest, reporting its bytes as
+/// [`Stage::Copy`].
+pub async fn push(
+    agent: &AgentClient,
+    src: &Path,
+    dest: &str,
+    reporter: &dyn Reporter,
+) -> Result<CopyStats> {
+    progress::stage(reporter, Stage::Copy, push_to(agent, src, dest, reporter)).await
+}
+
+async fn push_to(
+    agent: &AgentClient,
+    src: &Path,
+    dest: &str,
+    reporter: &dyn Reporter,
+) -> Result<CopyStats> {
     let meta = std::fs::symlink_metadata(src).map_err(IoError::at("read", src))?;
     let (dir, top) = match guest_kind(agent, dest).await? {
         GuestKind::Dir => (dest.to_owned(), file_name(src)?),
@@ -198,32 +216,47 @@ pub async fn push(agent: &AgentClient, src: &Path, dest: &str) -> Result<CopySta
         }
         GuestKind::File | GuestKind::New => (parent_of(dest), file_name(Path::new(dest))?),
     };
-    let src = src.to_owned();
-    send_tar(agent, &dir, move |tx| pack(&src, &top, tx)).await
+    let (src, name_len) = (src.to_owned(), top.len());
+    let measured = {
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || measure::measure(&src, name_len))
+            .await
+            .map_err(crate::image::join_error)??
+    };
+    let mut meter = Meter::new(reporter, Stage::Copy, Some(measured.tar_bytes));
+    send_tar(agent, &dir, &mut meter, move |tx| pack(&src, &top, tx)).await?;
+    meter.finish();
+    Ok(measured.stats)
 }
 
 /// Copies the host files `paths` (relative to `root`) into `guest_dir`, keeping their
-/// relative paths; the guest creates the directories on the way.
+/// relative paths; the guest creates the directories on the way. The tar stream's bytes
+/// go to `meter`.
 pub(crate) async fn push_paths(
     agent: &AgentClient,
     root: &Path,
     paths: &[PathBuf],
     guest_dir: &str,
+    meter: &mut Meter<'_>,
 ) -> Result<CopyStats> {
     if paths.is_empty() {
         return Ok(CopyStats::default());
     }
     let (root, paths) = (root.to_owned(), paths.to_vec());
-    send_tar(agent, guest_dir, move |tx| pack_paths(&root, &paths, tx)).await
+    send_tar(agent, guest_dir, meter, move |tx| {
+        pack_paths(&root, &paths, tx)
+    })
+    .await
 }
 
 /// Runs the guest's `tar -x` in `guest_dir` and feeds it what `pack` writes (on a blocking
-/// thread, in bounded chunks).
-async fn send_tar(
+/// thread, in bounded chunks), counting them on `meter`.
+async fn send_tar<T: Send + 'static>(
     agent: &AgentClient,
     guest_dir: &str,
-    pack: impl FnOnce(mpsc::Sender<Vec<u8>>) -> Result<CopyStats> + Send + 'static,
-) -> Result<CopyStats> {
+    meter: &mut Meter<'_>,
+    pack: impl FnOnce(mpsc::Sender<Vec<u8>>) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let request = helper(["tar", "-x", "-f", "-", "-C", guest_dir]).stdin(true);
     let mut session = agent.exec(request).await?;
     let mut stdin = session.take_stdin().ok_or(AgentError::Disconnected)?;
@@ -232,6 +265,7 @@ async fn send_tar(
     let forward = async {
         while let Some(chunk) = rx.recv().await {
             stdin.write(&chunk).await?;
+            meter.add(chunk.len() as u64);
         }
         stdin.close().await?;
         Ok::<_, crate::Error>(())
@@ -256,8 +290,7 @@ async fn send_tar(
     let (status, stderr) = exited?;
     check_status(status, stderr)?;
     forwarded?;
-    let stats = packing.await.map_err(crate::image::join_error)??;
-    Ok(stats)
+    packing.await.map_err(crate::image::join_error)?
 }
 
 /// Unpacks a tar stream below `dir`, any name (what `kiln cp` from a guest does once the
@@ -270,12 +303,30 @@ pub(crate) fn unpack_below(
     unpack::unpack(archive, &unpack::Target::below(dir), limits).map(drop)
 }
 
-/// Copies the guest file or directory `src` to the host path `dest`, within `limits`.
+/// Copies the guest file or directory `src` to the host path `dest`, within `limits`,
+/// reporting its bytes as [`Stage::Copy`].
 pub async fn pull(
     agent: &AgentClient,
     src: &str,
     dest: &Path,
     limits: &CopyLimits,
+    reporter: &dyn Reporter,
+) -> Result<CopyStats> {
+    progress::stage(reporter, Stage::Copy, async {
+        let mut meter = Meter::new(reporter, Stage::Copy, None);
+        let stats = pull_from(agent, src, dest, limits, &mut meter).await?;
+        meter.finish();
+        Ok(stats)
+    })
+    .await
+}
+
+async fn pull_from(
+    agent: &AgentClient,
+    src: &str,
+    dest: &Path,
+    limits: &CopyLimits,
+    meter: &mut Meter<'_>,
 ) -> Result<CopyStats> {
     let expected = file_name(Path::new(src))?;
     let target = match std::fs::metadata(dest) {
@@ -310,7 +361,7 @@ pub async fn pull(
     let unpacking = tokio::task::spawn_blocking(move || {
         unpack::unpack(ChannelReader::new(rx), &target, &limits)
     });
-    let exited = wait_exit(&mut session, Some(tx), limits.idle()).await;
+    let exited = wait_exit(&mut session, Some((tx, meter)), limits.idle()).await;
     Ok(finish_pull(unpacking, exited, src).await?.stats)
 }
 
@@ -331,13 +382,15 @@ where
 
 /// Copies the files `paths` (relative to `guest_dir`) into `host_dir`, keeping their
 /// relative paths, and returns the names placed. Directories on the way are created; a listed
-/// directory is not descended. The guest may send only the names asked for.
+/// directory is not descended. The guest may send only the names asked for. The tar
+/// stream's bytes go to `meter`.
 pub(crate) async fn pull_paths(
     agent: &AgentClient,
     guest_dir: &str,
     paths: &BTreeSet<GuestPath>,
     host_dir: &Path,
     limits: &CopyLimits,
+    meter: &mut Meter<'_>,
 ) -> Result<(CopyStats, BTreeSet<GuestPath>)> {
     if paths.is_empty() {
         return Ok((CopyStats::default(), BTreeSet::new()));
@@ -367,8 +420,8 @@ pub(crate) async fn pull_paths(
         Ok::<_, crate::Error>(())
     };
     // try_join: a guest that stops reading the list must not hold the wait for its exit.
-    let exited = tokio::try_join!(send_list, wait_exit(&mut session, Some(tx), limits.idle()))
-        .map(|((), exited)| exited);
+    let receive = wait_exit(&mut session, Some((tx, meter)), limits.idle());
+    let exited = tokio::try_join!(send_list, receive).map(|((), exited)| exited);
     let unpacked = finish_pull(unpacking, exited, guest_dir).await?;
     Ok((unpacked.stats, unpacked.placed))
 }
@@ -398,13 +451,15 @@ async fn finish_pull(
     Ok(stats)
 }
 
-/// Drains a command's events until it exits: stdout goes to `stdout` (when the receiver is
-/// gone, the command is killed and the rest dropped), stderr is kept for an error message.
+/// Drains a command's events until it exits: stdout goes to `stdout`, counted on its meter
+/// (when the receiver is gone, the command is killed and the rest dropped), stderr is kept
+/// for an error message.
 async fn wait_exit(
     session: &mut ExecSession,
-    mut stdout: Option<mpsc::Sender<Vec<u8>>>,
+    stdout: Option<(mpsc::Sender<Vec<u8>>, &mut Meter<'_>)>,
     idle: Duration,
 ) -> Result<(ExitStatus, String)> {
+    let (mut stdout, mut meter) = stdout.unzip();
     let pulling = stdout.is_some();
     let mut stderr = Vec::new();
     // Bytes after the unpacker stopped (the end of the archive, or an error): tar's padding
@@ -451,6 +506,9 @@ async fn wait_exit(
                         .into());
                     }
                 } else {
+                    if let Some(meter) = meter.as_deref_mut() {
+                        meter.add(len as u64);
+                    }
                     deadline = tokio::time::Instant::now() + idle;
                 }
             }
@@ -523,7 +581,7 @@ fn parent_of(guest_path: &str) -> String {
 
 /// Writes `src` as a tar stream named `top`, in chunks to `tx`. Blocking. Symlinks are
 /// copied as links, never followed.
-fn pack(src: &Path, top: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
+fn pack(src: &Path, top: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
     let mut builder = tar::Builder::new(ChannelWriter::new(tx));
     builder.follow_symlinks(false);
     let io = |op| IoError::at(op, src);
@@ -535,10 +593,9 @@ fn pack(src: &Path, top: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<CopyStats> {
             .append_path_with_name(src, top)
             .map_err(io("pack"))?;
     }
-    let stats = count(src)?;
     let mut writer = builder.into_inner().map_err(io("pack"))?;
     writer.flush().map_err(io("send"))?;
-    Ok(stats)
+    Ok(())
 }
 
 /// Writes the files `paths` below `root` as a tar stream of relative names. Blocking.
@@ -560,96 +617,4 @@ fn pack_paths(root: &Path, paths: &[PathBuf], tx: mpsc::Sender<Vec<u8>>) -> Resu
     let mut writer = builder.into_inner().map_err(IoError::at("pack", root))?;
     writer.flush().map_err(IoError::at("send", root))?;
     Ok(stats)
-}
-
-/// The regular files below `path` and their bytes.
-fn count(path: &Path) -> Result<CopyStats> {
-    let meta = std::fs::symlink_metadata(path).map_err(IoError::at("read", path))?;
-    if meta.is_file() {
-        return Ok(CopyStats {
-            files: 1,
-            bytes: meta.len(),
-        });
-    }
-    let mut stats = CopyStats::default();
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(IoError::at("read directory", path))? {
-            let entry = entry.map_err(IoError::at("read directory", path))?;
-            let sub = count(&entry.path())?;
-            stats.files += sub.files;
-            stats.bytes += sub.bytes;
-        }
-    }
-    Ok(stats)
-}
-
-/// A blocking writer that hands full chunks to an async consumer.
-struct ChannelWriter {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
-        Self {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        }
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx.blocking_send(chunk).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the guest stopped reading")
-        })
-    }
-}
-
-/// A blocking reader over chunks from an async producer.
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
-        Self {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.chunk.len() - self.pos);
-        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }

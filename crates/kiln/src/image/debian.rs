@@ -5,11 +5,15 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use std::process::Stdio;
+
 use log::debug;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use super::ImageError;
 use crate::IoError;
+use crate::progress::Meter;
 
 /// The metapackage that names the current kernel.
 const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
@@ -76,19 +80,86 @@ fn parse_kernel_dependency(apt_cache_depends: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Downloads `package`'s .deb into `dir` and returns its path.
-pub async fn download(package: &str, dir: &Path) -> Result<PathBuf, ImageError> {
-    run(
-        "apt-get",
-        vec!["download".into(), package.into()],
-        Some(dir),
-    )
-    .await?;
-    find_deb(dir, package)?.ok_or_else(|| ImageError::ToolFailed {
-        program: "apt-get".to_owned(),
-        status: 0,
-        stderr: format!("no {package}_*.deb appeared in {}", dir.display()),
-    })
+/// Downloads `package`'s .deb into `dir` and returns its path. Its bytes go to `meter` as
+/// they come: apt's status lines say how far, in percent of the size the package index gives.
+pub async fn download(
+    package: &str,
+    dir: &Path,
+    meter: &mut Meter<'_>,
+) -> Result<PathBuf, ImageError> {
+    let size = package_size(package).await;
+    let program = "apt-get";
+    debug!("running {program} download {package} in {}", dir.display());
+    let mut child = Command::new(program)
+        .args(["download", "-q=2", "-o", "APT::Status-Fd=1", package])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ImageError::ToolMissing {
+            program: program.to_owned(),
+            source,
+        })?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let statuses = async {
+        let Some(stdout) = stdout else { return };
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let (Some(percent), Some(size)) = (download_percent(&line), size) {
+                meter.set((percent / 100.0 * size as f64) as u64, Some(size));
+            }
+        }
+    };
+    let errors = async {
+        let mut kept = Vec::new();
+        if let Some(stderr) = stderr {
+            let _ = stderr.take(STDERR_KEPT).read_to_end(&mut kept).await;
+        }
+        kept
+    };
+    let ((), stderr) = tokio::join!(statuses, errors);
+    let status = child
+        .wait()
+        .await
+        .map_err(|source| ImageError::ToolMissing {
+            program: program.to_owned(),
+            source,
+        })?;
+    let failed = |stderr: String| ImageError::ToolFailed {
+        program: program.to_owned(),
+        status: status.code().unwrap_or(-1),
+        stderr,
+    };
+    if !status.success() {
+        return Err(failed(String::from_utf8_lossy(&stderr).trim().to_owned()));
+    }
+    find_deb(dir, package)?
+        .ok_or_else(|| failed(format!("no {package}_*.deb appeared in {}", dir.display())))
+}
+
+/// The stderr of `apt-get download` kept for an error message.
+const STDERR_KEPT: u64 = 64 * 1024;
+
+/// The size of `package`'s candidate .deb, from the package index (`apt-cache show`).
+async fn package_size(package: &str) -> Option<u64> {
+    let args = vec!["show".into(), "--no-all-versions".into(), package.into()];
+    let out = run("apt-cache", args, None).await.ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("Size:"))
+        .and_then(|size| size.trim().parse().ok())
+}
+
+/// How far a download is, in percent, from one of apt's status lines
+/// (`dlstatus:1:18.2427:Retrieving file 1 of 1`).
+fn download_percent(line: &str) -> Option<f64> {
+    let mut fields = line.splitn(4, ':');
+    if fields.next() != Some("dlstatus") {
+        return None;
+    }
+    let percent: f64 = fields.nth(1)?.parse().ok()?;
+    percent.is_finite().then(|| percent.clamp(0.0, 100.0))
 }
 
 /// The newest `.deb` of `package` (or of any kernel package when `package` is a prefix) in `dir`.
@@ -120,6 +191,22 @@ pub async fn unpack(deb: &Path, dest: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_status_lines_give_a_percentage_and_others_none() {
+        assert_eq!(
+            download_percent("dlstatus:1:18.2427:Retrieving file 1 of 1"),
+            Some(18.2427)
+        );
+        assert_eq!(
+            download_percent("dlstatus:1:100.0000:Retrieving"),
+            Some(100.0)
+        );
+        assert_eq!(download_percent("dlstatus:1:250:x"), Some(100.0));
+        assert_eq!(download_percent("dlstatus:1:NaN:x"), None);
+        assert_eq!(download_percent("pmstatus:1:50:x"), None);
+        assert_eq!(download_percent("dlstatus:1"), None);
+    }
 
     #[test]
     fn kernel_dependency_is_read_from_apt_cache_output() {

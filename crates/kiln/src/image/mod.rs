@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use log::info;
 
-use crate::progress::{self, Event, Reporter, Stage};
+use crate::progress::{self, Event, Meter, Reporter, Stage};
 use crate::spec::DEFAULT_IMAGE;
 use crate::state::{self, Lock, Paths};
 use crate::{Error, IoError};
@@ -364,17 +364,16 @@ impl ImageStore {
         let build = progress::stage(reporter, Stage::BuildImage, async {
             let dir = dir.clone();
             let recipe = recipe.clone();
-            tokio::task::spawn_blocking(move || {
+            progress::blocking(reporter, move |reporter| {
                 let inputs = rootfs::RootfsInputs {
                     kernel_deb: &deb,
                     kernel_release: &release,
                     kernel_sha256: &sha,
                     mirror: &mirror,
                 };
-                rootfs::build(&images_dir, &dir, &recipe, &inputs)
+                rootfs::build(&images_dir, &dir, &recipe, &inputs, reporter)
             })
-            .await
-            .map_err(join_error)?
+            .await?
         });
         let root = Box::pin(build).await?;
         info!(
@@ -492,7 +491,10 @@ impl ImageStore {
         let deb = progress::stage(reporter, Stage::DownloadKernel, async {
             let package = debian::resolve_kernel_package().await?;
             info!("downloading {package}");
-            debian::download(&package, &debs).await
+            let mut meter = Meter::new(reporter, Stage::DownloadKernel, None);
+            let deb = debian::download(&package, &debs, &mut meter).await;
+            meter.finish();
+            deb
         })
         .await?;
         Ok(deb)

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::ImageError;
 use super::manifest::{FileStamp, IMAGE_FORMAT};
 use super::recipe::{ImageSpec, InitMode};
+use crate::progress::{self, Meter, Reporter, Stage};
 use crate::spec::ByteSize;
 use crate::state;
 use crate::{Error, IoError};
@@ -143,13 +144,15 @@ pub fn debian_mirror() -> Result<String, ImageError> {
     Err(ImageError::MirrorUnknown)
 }
 
-/// Builds `recipe` into `dir` (blocking): `root-KEY.qcow2` and `root.json`. Everything is made
-/// in a work directory first; a failure leaves no manifest, so nothing half-built is cached.
+/// Builds `recipe` into `dir` (blocking): `root-KEY.qcow2` and `root.json`, each step reported
+/// as a stage. Everything is made in a work directory first; a failure leaves no manifest, so
+/// nothing half-built is cached.
 pub(super) fn build(
     images_dir: &Path,
     dir: &Path,
     recipe: &ImageSpec,
     inputs: &RootfsInputs<'_>,
+    reporter: &dyn Reporter,
 ) -> crate::Result<RootfsManifest> {
     let started = Instant::now();
     let name = recipe.name();
@@ -158,7 +161,7 @@ pub(super) fn build(
     let work = images_dir.join(format!(".{name}.build"));
     remove_tree(&work)?;
     state::create_private_dir(&work)?;
-    let result = build_in(&work, dir, recipe, inputs, started);
+    let result = build_in(&work, dir, recipe, inputs, started, reporter);
     if let Err(err) = remove_tree(&work) {
         log::warn!("cannot clean up {}: {err}", work.display());
     }
@@ -171,6 +174,7 @@ fn build_in(
     recipe: &ImageSpec,
     inputs: &RootfsInputs<'_>,
     started: Instant,
+    reporter: &dyn Reporter,
 ) -> crate::Result<RootfsManifest> {
     // The release names directories in the hooks' shell commands: only plain characters.
     let plain = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
@@ -182,13 +186,15 @@ fn build_in(
         .into());
     }
     let deb = work.join("kernel");
-    run(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(inputs.kernel_deb)
-            .arg(&deb),
-        "dpkg-deb",
-    )?;
+    progress::stage_blocking(reporter, Stage::UnpackKernel, || {
+        run(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(inputs.kernel_deb)
+                .arg(&deb),
+            "dpkg-deb",
+        )
+    })?;
     let modules = deb.join("lib/modules").join(inputs.kernel_release);
     if !modules.is_dir() {
         return Err(ImageError::InputMissing {
@@ -222,17 +228,21 @@ fn build_in(
         mmdebstrap.arg(format!("--customize-hook={hook}"));
     }
     mmdebstrap.arg(recipe.suite()).arg(&tree).arg(inputs.mirror);
-    run(&mut mmdebstrap, "mmdebstrap").map_err(|err| classify_mmdebstrap(err, recipe))?;
+    progress::stage_blocking(reporter, Stage::InstallPackages, || {
+        run(&mut mmdebstrap, "mmdebstrap").map_err(|err| classify_mmdebstrap(err, recipe))
+    })?;
 
     let raw = work.join("root.ext4");
-    run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "kiln-root", "-d"])
-            .arg(&tree)
-            .arg(&raw)
-            .arg(format!("{}k", recipe.size().bytes() / 1024)),
-        "mkfs.ext4",
-    )
+    progress::stage_blocking(reporter, Stage::MakeFilesystem, || {
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "kiln-root", "-d"])
+                .arg(&tree)
+                .arg(&raw)
+                .arg(format!("{}k", recipe.size().bytes() / 1024)),
+            "mkfs.ext4",
+        )
+    })
     .map_err(|err| match err {
         Error::Image(ImageError::ToolFailed { stderr, .. }) if stderr.contains("allocate") => {
             ImageError::TooSmall {
@@ -254,13 +264,13 @@ fn build_in(
         .unwrap_or(0);
     let base = dir.join(format!("root-{key}-{stamp:x}.qcow2"));
     let partial = dir.join(format!(".root-{key}-{stamp:x}.qcow2.partial"));
-    let converted = run(
-        Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&partial),
-        "qemu-img",
-    );
+    let converted = progress::stage_blocking(reporter, Stage::ConvertImage, || {
+        let size = recipe.size().bytes();
+        let mut meter = Meter::new(reporter, Stage::ConvertImage, Some(size));
+        let converted = convert(&raw, &partial, size, &mut meter);
+        meter.finish();
+        converted
+    });
     if let Err(err) = converted {
         let _ = std::fs::remove_file(&partial);
         return Err(err);
@@ -452,6 +462,58 @@ fn run(command: &mut Command, program: &str) -> crate::Result<()> {
     }
 }
 
+/// `qemu-img convert` from the raw filesystem to qcow2, its percentage (of the image's
+/// virtual size) turned into bytes on `meter`.
+fn convert(raw: &Path, qcow2: &Path, size: u64, meter: &mut Meter<'_>) -> crate::Result<()> {
+    use std::io::Read;
+    let program = "qemu-img";
+    let mut command = Command::new(program);
+    command
+        .args(["convert", "-p", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(qcow2)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    debug!("running {command:?}");
+    let mut child = command.spawn().map_err(|source| ImageError::ToolMissing {
+        program: program.to_owned(),
+        source,
+    })?;
+    // qemu-img writes `(12.34/100%)\r` as it goes: a few bytes, never enough to fill a
+    // pipe, so stderr is read once it exits.
+    if let Some(mut stdout) = child.stdout.take() {
+        let mut buf = [0u8; 256];
+        let mut line = Vec::new();
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            for &byte in &buf[..n] {
+                if byte != b'\r' && byte != b'\n' {
+                    line.push(byte);
+                    continue;
+                }
+                if let Some(percent) = convert_percent(&line) {
+                    meter.set((percent / 100.0 * size as f64) as u64, Some(size));
+                }
+                line.clear();
+            }
+        }
+    }
+    let output = child.wait_with_output();
+    super::debian::checked(program, output)?;
+    Ok(())
+}
+
+/// The percentage in one of `qemu-img convert -p`'s progress lines (`    (12.34/100%)`).
+fn convert_percent(line: &[u8]) -> Option<f64> {
+    let line = std::str::from_utf8(line).ok()?.trim();
+    let (done, rest) = line.strip_prefix('(')?.split_once('/')?;
+    if rest != "100%)" {
+        return None;
+    }
+    let percent: f64 = done.parse().ok()?;
+    percent.is_finite().then(|| percent.clamp(0.0, 100.0))
+}
+
 fn check_free_space(dir: &Path, size: ByteSize) -> crate::Result<()> {
     let stat = rustix::fs::statvfs(dir).map_err(|e| IoError::new("stat", dir, e.into()))?;
     let available = stat.f_bavail.saturating_mul(stat.f_frsize);
@@ -496,6 +558,16 @@ pub(super) fn stale_bases(dir: &Path, keep: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_img_progress_lines_give_a_percentage_and_others_none() {
+        assert_eq!(convert_percent(b"    (12.34/100%)"), Some(12.34));
+        assert_eq!(convert_percent(b"(100.00/100%)"), Some(100.0));
+        assert_eq!(convert_percent(b"(inf/100%)"), None);
+        assert_eq!(convert_percent(b"(5/50%)"), None);
+        assert_eq!(convert_percent(b"qemu-img: warning"), None);
+        assert_eq!(convert_percent(b"\xff("), None);
+    }
 
     #[test]
     fn apt_naming_a_missing_package_is_read() {

@@ -499,6 +499,7 @@ impl Backend for QemuBackend {
         paths: &VmPaths,
         memory: &std::path::Path,
         overlays: &[PathBuf],
+        meter: &mut crate::progress::Meter<'_>,
     ) -> Result<()> {
         let qmp = paths.qmp_socket();
         let mut client = QmpClient::connect(&qmp).await?;
@@ -516,6 +517,9 @@ impl Backend for QemuBackend {
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
         loop {
             let info = client.call(&cmd::QueryMigrate {}).await?;
+            if let Some(ram) = info.ram {
+                meter.set(ram.done(), Some(ram.total));
+            }
             match info.status {
                 Some(MigrationStatus::Completed) => break,
                 Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {

@@ -87,6 +87,25 @@ pub struct MigrationInfo {
     /// Why it failed, when it did.
     #[serde(default, rename = "error-desc")]
     pub error_desc: Option<String>,
+    /// How far the guest's RAM has gone, once the migration started.
+    #[serde(default)]
+    pub ram: Option<MigrationRam>,
+}
+
+/// QAPI's `MigrationStats`, the part kiln reads: how much of the guest's RAM went.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct MigrationRam {
+    /// The guest's RAM, in bytes.
+    pub total: u64,
+    /// The bytes of it not yet gone over.
+    pub remaining: u64,
+}
+
+impl MigrationRam {
+    /// The bytes of RAM gone over (zero pages count as gone, though they take no room).
+    pub fn done(&self) -> u64 {
+        self.total.saturating_sub(self.remaining)
+    }
 }
 
 /// QAPI's `MigrationStatus`, as far as kiln tells them apart.

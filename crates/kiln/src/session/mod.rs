@@ -38,7 +38,7 @@ use crate::image::workspace_drive;
 
 mod image_cache;
 mod stamps;
-use crate::progress::{self, Reporter, Stage};
+use crate::progress::{self, Meter, Reporter, Stage};
 use crate::{ExecRequest, IoError, Kiln, Result, VmSpec};
 pub(crate) use stamps::parse_file_list;
 use stamps::{Stamp, guest_stamps, scan};
@@ -172,9 +172,10 @@ impl Session {
             send_changes(
                 &agent,
                 &workspace,
-                &prepared.created,
-                &prepared.changed,
+                (&prepared.created, &prepared.changed),
+                &prepared.stamps,
                 &synced,
+                reporter,
             ),
         )
         .await;
@@ -228,7 +229,9 @@ impl Session {
             let mut report = diff.report();
             let created: Vec<GuestPath> = diff.created.iter().map(|p| (*p).clone()).collect();
             let changed: Vec<GuestPath> = diff.changed.iter().map(|p| (*p).clone()).collect();
-            report.bytes = send_changes(&agent, &workspace, &created, &changed, &report).await?;
+            let sending = (created.as_slice(), changed.as_slice());
+            report.bytes =
+                send_changes(&agent, &workspace, sending, &now, &report, reporter).await?;
             *pushed = now;
             Ok::<_, crate::Error>(report)
         })
@@ -264,14 +267,18 @@ impl Session {
                 .prefix(".kiln-pull-")
                 .tempdir_in(workspace)
                 .map_err(IoError::at("create a staging directory in", workspace))?;
+            let expected = tar_estimate(&wanted, &now);
+            let mut meter = Meter::new(reporter, Stage::PullChanges, Some(expected));
             let (stats, placed) = copy::pull_paths(
                 agent,
                 GUEST_WORKSPACE,
                 &wanted,
                 staging.path(),
                 &self.limits,
+                &mut meter,
             )
             .await?;
+            meter.finish();
             report.bytes = stats.bytes;
             let (host, staged) = (Beneath::open(workspace)?, Beneath::open(staging.path())?);
             // Where each file goes, decided before anything moves.
@@ -394,13 +401,15 @@ fn move_into_place(
 
 /// Makes the guest's workspace hold the host's files: what `report` lists as deleted or
 /// created goes first (a path that was a directory and is now a file, or the reverse), then
-/// the created and changed files go over. Returns the bytes sent.
+/// the created and changed files go over, their bytes reported as [`Stage::PushWorkspace`]
+/// (sized from `stamps`, the host's files). Returns the bytes sent.
 async fn send_changes(
     agent: &AgentClient,
     workspace: &Path,
-    created: &[GuestPath],
-    changed: &[GuestPath],
+    (created, changed): (&[GuestPath], &[GuestPath]),
+    stamps: &BTreeMap<GuestPath, Stamp>,
     report: &SyncReport,
+    reporter: &dyn Reporter,
 ) -> Result<u64> {
     let clear: Vec<String> = report
         .deleted
@@ -411,16 +420,31 @@ async fn send_changes(
     if !clear.is_empty() {
         remove_in_guest(agent, &clear).await?;
     }
+    let expected = tar_estimate(created.iter().chain(changed), stamps);
+    let mut meter = Meter::new(reporter, Stage::PushWorkspace, Some(expected));
     let sending: Vec<PathBuf> = created
         .iter()
         .chain(changed)
         .map(GuestPath::to_path_buf)
         .collect();
-    Ok(
-        copy::push_paths(agent, workspace, &sending, GUEST_WORKSPACE)
-            .await?
-            .bytes,
-    )
+    let sent = copy::push_paths(agent, workspace, &sending, GUEST_WORKSPACE, &mut meter).await?;
+    meter.finish();
+    Ok(sent.bytes)
+}
+
+/// The size of the tar stream that carries `paths`, roughly, with their sizes from `stamps`.
+fn tar_estimate<'a>(
+    paths: impl IntoIterator<Item = &'a GuestPath>,
+    stamps: &BTreeMap<GuestPath, Stamp>,
+) -> u64 {
+    let entries: u64 = paths
+        .into_iter()
+        .map(|path| {
+            let size = stamps.get(path).map_or(0, |stamp| stamp.size);
+            copy::tar_entry(path.to_path_buf().as_os_str().len(), size)
+        })
+        .sum();
+    entries + copy::TAR_END
 }
 
 /// Deletes files, and what is in the way of new ones (relative to the guest's workspace).

@@ -180,13 +180,11 @@ impl Host for LocalHost {
         name: &str,
         snapshot: &str,
         disk_only: bool,
-        _reporter: &dyn Reporter,
+        reporter: &dyn Reporter,
     ) -> Result<SnapshotInfo> {
-        if disk_only {
-            self.kiln.snapshot_disks(name, snapshot).await
-        } else {
-            self.kiln.snapshot(name, snapshot).await
-        }
+        self.kiln
+            .save_snapshot(name, snapshot, disk_only, reporter)
+            .await
     }
 
     async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotInfo>> {

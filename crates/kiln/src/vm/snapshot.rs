@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::lifecycle::lock;
 use super::{Kiln, Vm, VmState, now_secs, read_record};
 use crate::backend::{Launch, Memory};
-use crate::progress::{self, Reporter, Stage};
+use crate::progress::{self, Meter, NoProgress, Reporter, Stage};
 use crate::state::{self, VmPaths};
 use crate::{Error, IoError, Result, VmSpec};
 
@@ -127,12 +127,25 @@ impl Kiln {
     /// Saves a running (or paused) VM's memory and disks as `snapshot`. The VM is paused
     /// while its state is written, then left as it was.
     pub async fn snapshot(&self, name: &str, snapshot: &str) -> Result<SnapshotInfo> {
-        self.snapshot_as(name, snapshot, false).await
+        self.save_snapshot(name, snapshot, false, &NoProgress).await
     }
 
     /// Saves a stopped VM's disks as `snapshot` (`--disk-only`); a restore boots from them.
     pub async fn snapshot_disks(&self, name: &str, snapshot: &str) -> Result<SnapshotInfo> {
-        self.snapshot_as(name, snapshot, true).await
+        self.save_snapshot(name, snapshot, true, &NoProgress).await
+    }
+
+    /// [`Kiln::snapshot`], or [`Kiln::snapshot_disks`] when `disk_only`, reported as
+    /// [`Stage::SaveSnapshot`] with the memory's bytes as they are written.
+    pub async fn save_snapshot(
+        &self,
+        name: &str,
+        snapshot: &str,
+        disk_only: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<SnapshotInfo> {
+        let save = self.snapshot_as(name, snapshot, disk_only, reporter);
+        progress::stage(reporter, Stage::SaveSnapshot, save).await
     }
 
     async fn snapshot_as(
@@ -140,6 +153,7 @@ impl Kiln {
         name: &str,
         snapshot: &str,
         disk_only: bool,
+        reporter: &dyn Reporter,
     ) -> Result<SnapshotInfo> {
         crate::spec::validate_name(snapshot)?;
         let vm = self.get(name).await?;
@@ -193,10 +207,12 @@ impl Kiln {
         }
         record.disk_files = overlays.clone();
         state::write_json_atomic(&vm.paths().record(), &record)?;
+        let mut meter = Meter::new(reporter, Stage::SaveSnapshot, None);
         let saved = self
             .backend
-            .save_state(vm.paths(), &tmp.join("memory"), &overlays)
+            .save_state(vm.paths(), &tmp.join("memory"), &overlays, &mut meter)
             .await;
+        meter.finish();
         // A template's guest never runs again once saved: its RAM file is the clones'. Nor
         // does its QEMU, which writes to guest RAM even while paused (closing the agent
         // session below puts a virtio-serial control message there): it ends now.
