@@ -126,6 +126,28 @@ fn doctor_reports_acceleration_with_its_reason() {
         detail.starts_with("kvm") || detail.starts_with("tcg"),
         "{detail}"
     );
+
+    // A config file kiln cannot read is a failed check, naming the file and the field.
+    let config = env.home().join("config.toml");
+    std::fs::write(&config, "cpus = \"many\"\n").unwrap();
+    let out = env
+        .cli(KILN)
+        .env("KILN_CONFIG", &config)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = &report["checks"][0];
+    assert_eq!(
+        (&check["name"], &check["status"]),
+        (&"config".into(), &"fail".into())
+    );
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("config.toml is not valid") && detail.contains("u32"),
+        "{detail}"
+    );
 }
 
 /// One real VM through the CLI: up, ls, exec, a duplicate up, an exec on a stopped VM, rm.

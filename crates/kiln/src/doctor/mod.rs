@@ -100,10 +100,36 @@ async fn check_libvirt(uri: &str) -> Check {
     }
 }
 
-/// Runs every check: acceleration, QEMU and its microvm firmware, busybox, passt, the guest
-/// agent, the default image, kiln's directories, and libvirt at `libvirt_uri`.
+/// Whether the config file (and the `KILN_*` variables over it) parse: a bad one fails, as
+/// every command that reads it would.
+fn check_config() -> Check {
+    let file = crate::config::path();
+    match crate::config::Config::load() {
+        Ok(_) if file.is_file() => Check::new("config", Status::Ok, file.display().to_string()),
+        Ok(_) => Check::new(
+            "config",
+            Status::Ok,
+            format!(
+                "no file at {}: kiln's defaults and the environment",
+                file.display()
+            ),
+        ),
+        Err(err) => Check::new(
+            "config",
+            Status::Fail,
+            match err.hint() {
+                Some(hint) => format!("{err}; {hint}"),
+                None => err.to_string(),
+            },
+        ),
+    }
+}
+
+/// Runs every check: the config file, acceleration, QEMU and its microvm firmware, busybox,
+/// passt, the guest agent, the default image, kiln's directories, and libvirt at
+/// `libvirt_uri`.
 pub async fn diagnose(paths: &Paths, libvirt_uri: &str) -> Diagnosis {
-    let mut checks = Vec::new();
+    let mut checks = vec![check_config()];
     let probe = AccelProbe::probe();
     checks.push(if probe.kvm_usable {
         Check::new("acceleration", Status::Ok, format!("kvm: {}", probe.reason))
