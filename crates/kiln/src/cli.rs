@@ -109,6 +109,8 @@ fn fail(err: &crate::Error) -> ExitCode {
 
 /// Parses the program's arguments and plans, applies or destroys `scores` on `topology`.
 /// Scores are applied in order and destroyed in reverse (networks before the VMs on them).
+/// An apply stops at a score that fails (later ones may need what it makes), after showing
+/// what the earlier ones did; a destroy goes on past one and reports each that failed.
 pub async fn run<T: Topology>(topology: T, scores: Vec<Box<dyn Score<T>>>) -> ExitCode {
     run_with(|| async { Ok((topology, scores)) }).await
 }
@@ -167,7 +169,13 @@ async fn run_args<T: Topology>(
             }
             let mut outcomes: Vec<Outcome> = Vec::new();
             for score in scores {
-                outcomes.push(score.create_interpret().execute(topology, &Lines).await?);
+                match score.create_interpret().execute(topology, &Lines).await {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(err) => {
+                        show(&outcomes, args.json);
+                        return Err(err);
+                    }
+                }
             }
             show(&outcomes, args.json);
         }
@@ -176,11 +184,108 @@ async fn run_args<T: Topology>(
                 return Ok(ExitCode::FAILURE);
             }
             let mut outcomes: Vec<Outcome> = Vec::new();
+            let mut failed = Vec::new();
             for score in scores.iter().rev() {
-                outcomes.push(score.create_interpret().destroy(topology, &Lines).await?);
+                match score.create_interpret().destroy(topology, &Lines).await {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(err) => failed.push(err),
+                }
             }
             show(&outcomes, args.json);
+            if !failed.is_empty() {
+                for err in &failed {
+                    fail(err);
+                }
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::score::Interpret;
+
+    #[derive(Debug)]
+    struct Nowhere;
+
+    #[async_trait]
+    impl Topology for Nowhere {
+        fn describe(&self) -> String {
+            "nowhere".to_owned()
+        }
+
+        async fn ensure_ready(&self, _reporter: &dyn Reporter) -> crate::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A score whose destroy records its name, and fails when `fails`.
+    #[derive(Debug, Clone)]
+    struct Named {
+        name: &'static str,
+        fails: bool,
+        destroyed: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Score<Nowhere> for Named {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        fn desired_state(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+
+        fn create_interpret(&self) -> Box<dyn Interpret<Nowhere>> {
+            Box::new(self.clone())
+        }
+    }
+
+    #[async_trait]
+    impl Interpret<Nowhere> for Named {
+        async fn plan(&self, _topology: &Nowhere) -> crate::Result<Plan> {
+            Ok(Plan::new(self.name))
+        }
+
+        async fn execute(&self, _: &Nowhere, _: &dyn Reporter) -> crate::Result<Outcome> {
+            Ok(Plan::new(self.name))
+        }
+
+        async fn destroy(&self, _: &Nowhere, _: &dyn Reporter) -> crate::Result<Outcome> {
+            self.destroyed.lock().unwrap().push(self.name);
+            if self.fails {
+                return Err(crate::Error::VmNotFound {
+                    name: self.name.to_owned(),
+                });
+            }
+            Ok(Plan::new(self.name))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_destroy_goes_on_past_a_score_that_fails_and_exits_with_failure() {
+        let destroyed = Arc::new(Mutex::new(Vec::new()));
+        let score = |name, fails| -> Box<dyn Score<Nowhere>> {
+            Box::new(Named {
+                name,
+                fails,
+                destroyed: destroyed.clone(),
+            })
+        };
+        let scores = vec![score("net", false), score("vms", true), score("db", false)];
+        let args = Args {
+            command: Command::Destroy { yes: true },
+            json: true,
+        };
+        let code = run_args(&args, &Nowhere, &scores).await.unwrap();
+        assert_eq!(code, ExitCode::FAILURE);
+        assert_eq!(*destroyed.lock().unwrap(), ["db", "vms", "net"]);
+    }
 }
