@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use log::debug;
 
 use super::{Host, LibvirtHost, LocalHost};
@@ -143,7 +144,8 @@ impl Fleet {
     }
 
     /// Every host kiln knows: this machine, then each remembered libvirt host, with whether
-    /// it answers, its kiln VMs, its free memory and how its transport authenticates.
+    /// it answers, its kiln VMs, its free memory and how its transport authenticates. The
+    /// hosts are asked at once: one slow to answer holds up none of the others.
     pub async fn hosts(&self) -> Result<Vec<HostInfo>> {
         let local = self.kiln.list().await?;
         let mut hosts = vec![HostInfo {
@@ -158,51 +160,61 @@ impl Fleet {
             authenticated: true,
             error: None,
         }];
-        for uri in self.hosts.libvirt_uris()? {
-            let (status, transport) = crate::doctor::security::transport(&uri);
-            let mut info = HostInfo {
-                host: uri.clone(),
-                reachable: false,
-                vms: 0,
-                free_memory_bytes: None,
-                cpus: None,
-                transport: transport.to_owned(),
-                authenticated: status == crate::doctor::Status::Ok,
-                error: None,
-            };
-            let answered = async {
-                let host = self.connect(&uri).await?;
-                let vms = host.list().await?.len();
-                let (free, cpus) = host.conn().node_resources().await?;
-                Ok::<_, Error>((vms, free, cpus))
-            }
-            .await;
-            match answered {
-                Ok((vms, free, cpus)) => {
-                    info.reachable = true;
-                    info.vms = vms;
-                    info.free_memory_bytes = Some(free);
-                    info.cpus = Some(cpus);
+        let remote = self
+            .hosts
+            .libvirt_uris()?
+            .into_iter()
+            .map(|uri| async move {
+                let (status, transport) = crate::doctor::security::transport(&uri);
+                let mut info = HostInfo {
+                    host: uri.clone(),
+                    reachable: false,
+                    vms: 0,
+                    free_memory_bytes: None,
+                    cpus: None,
+                    transport: transport.to_owned(),
+                    authenticated: status == crate::doctor::Status::Ok,
+                    error: None,
+                };
+                let answered = async {
+                    let host = self.connect(&uri).await?;
+                    let vms = host.list().await?.len();
+                    let (free, cpus) = host.conn().node_resources().await?;
+                    Ok::<_, Error>((vms, free, cpus))
                 }
-                Err(err) => info.error = Some(err.to_string()),
-            }
-            hosts.push(info);
-        }
+                .await;
+                match answered {
+                    Ok((vms, free, cpus)) => {
+                        info.reachable = true;
+                        info.vms = vms;
+                        info.free_memory_bytes = Some(free);
+                        info.cpus = Some(cpus);
+                    }
+                    Err(err) => info.error = Some(err.to_string()),
+                }
+                info
+            });
+        hosts.extend(join_all(remote).await);
         Ok(hosts)
     }
 
-    /// Every VM: local ones first, then each remembered host's.
+    /// Every VM: local ones first, then each remembered host's (asked at once).
     pub async fn list(&self) -> Result<Listing> {
         let mut listing = Listing {
             vms: self.kiln.list().await?,
             unreachable: Vec::new(),
         };
-        for uri in self.hosts.libvirt_uris()? {
-            match self.connect(&uri).await {
-                Ok(host) => match host.list().await {
-                    Ok(vms) => listing.vms.extend(vms),
-                    Err(err) => listing.unreachable.push((uri, err)),
-                },
+        let remote = self
+            .hosts
+            .libvirt_uris()?
+            .into_iter()
+            .map(|uri| async move {
+                let vms = async { self.connect(&uri).await?.list().await }.await;
+                (uri, vms)
+            });
+        for (uri, vms) in join_all(remote).await {
+            match vms {
+                Ok(vms) => listing.vms.extend(vms),
                 Err(err) => listing.unreachable.push((uri, err)),
             }
         }
@@ -227,19 +239,21 @@ impl Fleet {
             Err(Error::VmNotFound { .. }) => {}
             Err(err) => return Err(err),
         }
-        let mut found = Vec::new();
-        for uri in self.hosts.libvirt_uris()? {
-            let host = match self.connect(&uri).await {
-                Ok(host) => host,
-                Err(err) => {
-                    debug!("skipping {uri} while looking for {name}: {err}");
-                    continue;
-                }
-            };
-            if host.find(name).await.ok().flatten().is_some() {
-                found.push(host);
-            }
-        }
+        let remote = self
+            .hosts
+            .libvirt_uris()?
+            .into_iter()
+            .map(|uri| async move {
+                let host = match self.connect(&uri).await {
+                    Ok(host) => host,
+                    Err(err) => {
+                        debug!("skipping {uri} while looking for {name}: {err}");
+                        return None;
+                    }
+                };
+                host.find(name).await.ok().flatten().map(|_| host)
+            });
+        let mut found: Vec<LibvirtHost> = join_all(remote).await.into_iter().flatten().collect();
         match found.len() {
             0 => Err(Error::VmNotFound {
                 name: name.to_owned(),
