@@ -141,12 +141,13 @@ pub enum Error {
     },
     /// A host of a multi-host topology does not answer, so a VM that is, or may be, on it
     /// cannot be found or changed.
-    #[error("host {host} does not answer, so VM {vm} cannot be changed there: {reason}")]
+    #[error("host {host} does not answer, so {resource} cannot be changed there: {reason}")]
     HostUnreachable {
         /// The host that does not answer.
         host: String,
-        /// The VM concerned; "(every VM)" when no host answers.
-        vm: String,
+        /// What cannot be changed: `VM web-1`, `network lab`; `any VM` when no host
+        /// answers.
+        resource: String,
         /// Why the host did not answer, or why the change waits for it.
         reason: String,
     },

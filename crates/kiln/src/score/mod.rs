@@ -58,6 +58,27 @@ pub trait Interpret<T: Topology>: Send + Sync + fmt::Debug {
     async fn destroy(&self, topology: &T, reporter: &dyn Reporter) -> Result<Outcome>;
 }
 
+/// Ends an apply or destroy of score `score`: its failures, and each host of the topology
+/// that did not answer (where what the score holds was `left`), as one
+/// [`crate::Error::ApplyIncomplete`].
+async fn incomplete<T: Topology>(
+    score: &str,
+    mut failures: Vec<String>,
+    topology: &T,
+    left: &str,
+) -> Result<()> {
+    for (host, why) in topology.unreachable_hosts().await {
+        failures.push(format!("host {host} does not answer ({why}): {left}"));
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::ApplyIncomplete {
+        score: score.to_owned(),
+        failures,
+    })
+}
+
 /// A resource of this name exists but belongs to someone else.
 fn not_owned(kind: ResourceKind, name: &str, owner: Option<&str>) -> crate::Error {
     crate::Error::NotOwned {

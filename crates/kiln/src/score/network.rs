@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::plan::spec_diffs;
 use super::{
     Change, Interpret, NetworkHost, ObservedNetwork, Outcome, Plan, ResourceKind, ResourcePlan,
-    Score, check_unique_names, not_owned, validate_score_name,
+    Score, check_unique_names, incomplete, not_owned, validate_score_name,
 };
 use crate::Result;
 use crate::progress::{Event, Reporter};
@@ -149,29 +149,57 @@ impl<T: NetworkHost> Interpret<T> for NetworkInterpret {
     async fn execute(&self, topology: &T, reporter: &dyn Reporter) -> Result<Outcome> {
         let plan = Interpret::<T>::plan(self, topology).await?;
         let owner = self.score.name.as_str();
+        // As for VMs: a network that cannot be changed (a host lost) does not stop the
+        // others; each failure is reported at the end.
+        let mut failures = Vec::new();
         for resource in &plan.resources {
             if resource.change != Change::Unchanged {
                 reporter.report(Event::Note {
                     message: format!("{resource}"),
                 });
             }
-            match (resource.change, self.spec(&resource.name)) {
-                (Change::Create, Some(spec)) => topology.create_network(spec, owner).await?,
-                (Change::Update, _) => topology.start_network(&resource.name).await?,
-                (Change::Replace, Some(spec)) => {
-                    topology.delete_network(spec.name()).await?;
-                    topology.create_network(spec, owner).await?;
+            let done = match (resource.change, self.spec(&resource.name)) {
+                (Change::Create, Some(spec)) => topology.create_network(spec, owner).await,
+                (Change::Update, _) => topology.start_network(&resource.name).await,
+                // Replaced only while every host answers: a lost one would keep the old.
+                (Change::Replace, Some(_)) if !topology.unreachable_hosts().await.is_empty() => {
+                    let lost = topology.unreachable_hosts().await;
+                    Err(crate::Error::HostUnreachable {
+                        host: lost
+                            .into_iter()
+                            .map(|(host, _)| host)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        resource: format!("network {}", resource.name),
+                        reason: "a lost host would keep the old one; replaced once all answer"
+                            .to_owned(),
+                    })
                 }
-                (Change::Delete, _) => topology.delete_network(&resource.name).await?,
-                _ => {}
+                (Change::Replace, Some(spec)) => match topology.delete_network(spec.name()).await {
+                    Ok(()) => topology.create_network(spec, owner).await,
+                    Err(err) => Err(err),
+                },
+                (Change::Delete, _) => topology.delete_network(&resource.name).await,
+                _ => Ok(()),
+            };
+            if let Err(err) = done {
+                failures.push(format!("{resource}: {err}"));
             }
         }
+        incomplete(
+            owner,
+            failures,
+            topology,
+            "its networks were left as they are",
+        )
+        .await?;
         Ok(plan)
     }
 
     async fn destroy(&self, topology: &T, reporter: &dyn Reporter) -> Result<Outcome> {
         let owner = self.score.name.as_str();
         let mut outcome = Plan::new(owner);
+        let mut failures = Vec::new();
         for net in topology.observe_networks().await? {
             if net.owner.as_deref() != Some(owner) {
                 continue;
@@ -180,9 +208,12 @@ impl<T: NetworkHost> Interpret<T> for NetworkInterpret {
             reporter.report(Event::Note {
                 message: format!("{resource}"),
             });
-            topology.delete_network(&net.name).await?;
-            outcome.resources.push(resource);
+            match topology.delete_network(&net.name).await {
+                Ok(()) => outcome.resources.push(resource),
+                Err(err) => failures.push(format!("{resource}: {err}")),
+            }
         }
+        incomplete(owner, failures, topology, "its networks were not removed").await?;
         Ok(outcome)
     }
 }

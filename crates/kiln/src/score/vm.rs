@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::plan::spec_diffs;
 use super::{
     Change, FieldDiff, Interpret, ObservedVm, Outcome, Plan, ResourceKind, ResourcePlan, Score,
-    VmHost, check_unique_names, not_owned, validate_score_name,
+    VmHost, check_unique_names, incomplete, not_owned, validate_score_name,
 };
 use crate::progress::{Event, Reporter};
 use crate::spec::SpecError;
@@ -168,7 +168,7 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
                 (Change::Replace, Some(_)) if !topology.unreachable_hosts().await.is_empty() => {
                     Err(crate::Error::HostUnreachable {
                         host: resource.host.clone().unwrap_or_default(),
-                        vm: resource.name.clone(),
+                        resource: format!("VM {}", resource.name),
                         reason: "a host of the topology does not answer; replaced once all do"
                             .to_owned(),
                     })
@@ -187,19 +187,8 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
             }
         }
         // A host left out of the plan: what the score wants there is not known to be done.
-        for (host, why) in topology.unreachable_hosts().await {
-            failures.push(format!(
-                "host {host} does not answer ({why}): its VMs were left as they are"
-            ));
-        }
-        if failures.is_empty() {
-            Ok(plan)
-        } else {
-            Err(crate::Error::ApplyIncomplete {
-                score: owner.to_owned(),
-                failures,
-            })
-        }
+        incomplete(owner, failures, topology, "its VMs were left as they are").await?;
+        Ok(plan)
     }
 
     async fn destroy(&self, topology: &T, reporter: &dyn Reporter) -> Result<Outcome> {
@@ -220,17 +209,7 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
                 Err(err) => failures.push(format!("{resource}: {err}")),
             }
         }
-        for (host, why) in topology.unreachable_hosts().await {
-            failures.push(format!(
-                "host {host} does not answer ({why}): its VMs were not removed"
-            ));
-        }
-        if !failures.is_empty() {
-            return Err(crate::Error::ApplyIncomplete {
-                score: owner.to_owned(),
-                failures,
-            });
-        }
+        incomplete(owner, failures, topology, "its VMs were not removed").await?;
         Ok(outcome)
     }
 }

@@ -20,6 +20,13 @@ pub trait Topology: Send + Sync + fmt::Debug + 'static {
 
     /// Makes the topology usable (connections, storage pools); cheap when already ready.
     async fn ensure_ready(&self, reporter: &dyn Reporter) -> Result<()>;
+
+    /// The hosts of this topology that did not answer when its VMs or networks were last
+    /// observed, with why: what they hold was left out of the observation. A single host has
+    /// none (it fails instead).
+    async fn unreachable_hosts(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// A VM as a topology sees it.
@@ -73,19 +80,14 @@ pub trait VmHost: Topology {
 
     /// Connects to a running VM's guest agent.
     async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient>;
-
-    /// The hosts of this topology that did not answer when its VMs were last observed, with
-    /// why: their VMs were left out of what [`observe_vms`](Self::observe_vms) returned. A
-    /// single host has none (it fails instead).
-    async fn unreachable_hosts(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
 }
 
 /// A topology with named networks.
 #[async_trait]
 pub trait NetworkHost: Topology {
-    /// Every network, kiln's or not (their subnets are checked for overlaps).
+    /// Every network, kiln's or not (their subnets are checked for overlaps). A topology of
+    /// several hosts leaves out a host that does not answer
+    /// ([`Topology::unreachable_hosts`]).
     async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>>;
 
     /// Creates a network tagged as `owner`'s and makes it active.

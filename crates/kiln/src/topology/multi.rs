@@ -84,11 +84,24 @@ impl<H: VmHost> MultiHost<H> {
 
     /// Each host's VMs, and the hosts that did not answer (with why).
     async fn observe_each(&self) -> (Vec<(&str, Vec<ObservedVm>)>, Vec<(String, String)>) {
+        self.observe_each_with(|host| host.observe_vms()).await
+    }
+
+    /// What `observe` sees on each host, and the hosts that did not answer (with why, kept
+    /// for [`Topology::unreachable_hosts`]).
+    async fn observe_each_with<'a, T, F, Fut>(
+        &'a self,
+        observe: F,
+    ) -> (Vec<(&'a str, T)>, Vec<(String, String)>)
+    where
+        F: Fn(&'a H) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut seen = Vec::new();
         let mut lost = Vec::new();
         for (name, host) in &self.hosts {
-            match host.observe_vms().await {
-                Ok(vms) => seen.push((name.as_str(), vms)),
+            match observe(host).await {
+                Ok(found) => seen.push((name.as_str(), found)),
                 Err(err) => {
                     log::warn!("host {name} does not answer: {err}");
                     lost.push((name.clone(), err.to_string()));
@@ -119,7 +132,7 @@ impl<H: VmHost> MultiHost<H> {
             .collect();
         let unreachable = |host: &str, vm: &str, reason: String| Error::HostUnreachable {
             host: host.to_owned(),
-            vm: vm.to_owned(),
+            resource: format!("VM {vm}"),
             reason,
         };
         let mut out = Vec::new();
@@ -179,7 +192,7 @@ impl<H: VmHost> MultiHost<H> {
         Err(match lost {
             Some((host, reason)) => Error::HostUnreachable {
                 host,
-                vm: vm.to_owned(),
+                resource: format!("VM {vm}"),
                 reason,
             },
             None => Error::VmNotFound {
@@ -202,6 +215,14 @@ impl<H: VmHost> Topology for MultiHost<H> {
         }
         Ok(())
     }
+
+    /// The hosts the last observation (the plan's, or a later placement's) left out.
+    async fn unreachable_hosts(&self) -> Vec<(String, String)> {
+        self.lost
+            .lock()
+            .map(|lost| lost.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[async_trait]
@@ -216,7 +237,7 @@ impl<H: VmHost> VmHost for MultiHost<H> {
         {
             return Err(Error::HostUnreachable {
                 host,
-                vm: "(every VM)".to_owned(),
+                resource: "any VM".to_owned(),
                 reason,
             });
         }
@@ -279,29 +300,30 @@ impl<H: VmHost> VmHost for MultiHost<H> {
     async fn vm_agent(&self, name: &str, timeout: Duration) -> Result<AgentClient> {
         self.find(name).await?.vm_agent(name, timeout).await
     }
-
-    /// The hosts the last observation (the plan's, or a later placement's) left out.
-    async fn unreachable_hosts(&self) -> Vec<(String, String)> {
-        self.lost
-            .lock()
-            .map(|lost| lost.clone())
-            .unwrap_or_default()
-    }
 }
 
 #[async_trait]
 impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
-    /// Networks of every host, merged by name. One that some host lacks is reported without a
-    /// spec, so a plan replaces it everywhere; the subnets of all networks on every host are
-    /// reported, so a new subnet is checked against each host.
+    /// Networks of the hosts that answer, merged by name (a host that does not is left out,
+    /// and is an unreachable host). One that some answering host lacks is left out too, so a
+    /// plan creates it, which makes it where it is missing and leaves it where it is (never a
+    /// replace, which would take it from the VMs that use it). The subnets of every other
+    /// network on every host are reported, so a new subnet is checked against each host.
     async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>> {
-        let mut per_host = Vec::new();
-        for (_, host) in &self.hosts {
-            per_host.push(host.observe_networks().await?);
+        let (per_host, lost) = self.observe_each_with(|host| host.observe_networks()).await;
+        if per_host.is_empty()
+            && let Some((host, reason)) = lost.into_iter().next()
+        {
+            return Err(Error::HostUnreachable {
+                host,
+                resource: "any network".to_owned(),
+                reason,
+            });
         }
+        let answered = per_host.len();
         let mut merged: BTreeMap<String, ObservedNetwork> = BTreeMap::new();
         let mut seen_on: BTreeMap<String, usize> = BTreeMap::new();
-        for nets in &per_host {
+        for (_, nets) in &per_host {
             for net in nets {
                 *seen_on.entry(net.name.clone()).or_default() += 1;
                 merged
@@ -318,50 +340,275 @@ impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
         }
         Ok(merged
             .into_values()
-            .map(|mut net| {
-                if seen_on.get(&net.name) != Some(&self.hosts.len()) {
-                    net.spec = None;
-                }
-                net
-            })
+            .filter(|net| seen_on.get(&net.name) == Some(&answered))
             .collect())
     }
 
+    /// Makes the network on each answering host that lacks it and starts it where it is.
+    /// One held by another owner on any host is refused before anything changes; a host that
+    /// fails holds up none of the others, and its error is returned once they have it.
     async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
+        let mut failure = None;
+        let mut seen = Vec::new();
         for (_, host) in &self.hosts {
-            let existing = host
-                .observe_networks()
-                .await?
-                .into_iter()
-                .find(|n| n.name == spec.name());
-            match existing {
-                None => host.create_network(spec, owner).await?,
-                Some(net) if net.owner.as_deref() == Some(owner) => {
-                    host.start_network(spec.name()).await?;
-                }
-                Some(net) => {
-                    return Err(Error::NotOwned {
-                        kind: ResourceKind::Network,
-                        name: net.name,
-                        owner: net.owner,
-                    });
+            match host.observe_networks().await {
+                Ok(nets) => seen.push((host, nets.into_iter().find(|n| n.name == spec.name()))),
+                Err(err) => {
+                    failure.get_or_insert(err);
                 }
             }
         }
-        Ok(())
+        if let Some(net) = seen
+            .iter()
+            .filter_map(|(_, net)| net.as_ref())
+            .find(|net| net.owner.as_deref() != Some(owner))
+        {
+            return Err(Error::NotOwned {
+                kind: ResourceKind::Network,
+                name: net.name.clone(),
+                owner: net.owner.clone(),
+            });
+        }
+        for (host, existing) in seen {
+            let done = match existing {
+                None => host.create_network(spec, owner).await,
+                Some(_) => host.start_network(spec.name()).await,
+            };
+            if let Err(err) = done {
+                failure.get_or_insert(err);
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     async fn start_network(&self, name: &str) -> Result<()> {
-        for (_, host) in &self.hosts {
-            host.start_network(name).await?;
-        }
-        Ok(())
+        self.on_every_host(|host| host.start_network(name)).await
     }
 
     async fn delete_network(&self, name: &str) -> Result<()> {
+        self.on_every_host(|host| host.delete_network(name)).await
+    }
+}
+
+impl<H: VmHost> MultiHost<H> {
+    /// Runs `change` on every host: one that fails holds up none of the others, and the
+    /// first failure is returned once all were tried.
+    async fn on_every_host<'a, F, Fut>(&'a self, change: F) -> Result<()>
+    where
+        F: Fn(&'a H) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut failure = None;
         for (_, host) in &self.hosts {
-            host.delete_network(name).await?;
+            if let Err(err) = change(host).await {
+                failure.get_or_insert(err);
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::score::{Change, NetworkScore, Score};
+
+    /// A host with networks only, which can be lost (every call then fails).
+    #[derive(Debug, Default)]
+    struct Fake {
+        networks: Mutex<Vec<ObservedNetwork>>,
+        lost: AtomicBool,
+        /// Every change made, in order: `create lab`, `start lab`, `delete lab`.
+        changes: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn answer(&self) -> Result<()> {
+            if self.lost.load(Ordering::SeqCst) {
+                return Err(Error::HostUnreachable {
+                    host: "fake".to_owned(),
+                    resource: "anything".to_owned(),
+                    reason: "lost".to_owned(),
+                });
+            }
+            Ok(())
+        }
+
+        fn with(network: &NetworkSpec, owner: &str) -> Self {
+            let fake = Self::default();
+            fake.networks.lock().unwrap().push(observed(network, owner));
+            fake
+        }
+
+        fn changes(&self) -> Vec<String> {
+            self.changes.lock().unwrap().clone()
+        }
+    }
+
+    fn observed(spec: &NetworkSpec, owner: &str) -> ObservedNetwork {
+        ObservedNetwork {
+            name: spec.name().to_owned(),
+            owner: Some(owner.to_owned()),
+            spec: Some(spec.clone()),
+            subnets: vec![spec.subnet()],
+            active: true,
+        }
+    }
+
+    #[async_trait]
+    impl Topology for Fake {
+        fn describe(&self) -> String {
+            "fake".to_owned()
+        }
+
+        async fn ensure_ready(&self, _: &dyn Reporter) -> Result<()> {
+            self.answer()
+        }
+    }
+
+    #[async_trait]
+    impl VmHost for Fake {
+        async fn observe_vms(&self) -> Result<Vec<ObservedVm>> {
+            self.answer().map(|()| Vec::new())
+        }
+
+        async fn check_vms(&self, _: &[&VmSpec]) -> Result<()> {
+            unimplemented!("networks only")
+        }
+
+        async fn create_vm(&self, _: &VmSpec, _: &str, _: &dyn Reporter) -> Result<()> {
+            unimplemented!("networks only")
+        }
+
+        async fn update_vm(&self, _: &VmSpec, _: &str, _: &dyn Reporter) -> Result<()> {
+            unimplemented!("networks only")
+        }
+
+        async fn delete_vm(&self, _: &str, _: &dyn Reporter) -> Result<()> {
+            unimplemented!("networks only")
+        }
+
+        async fn vm_agent(&self, _: &str, _: Duration) -> Result<AgentClient> {
+            unimplemented!("networks only")
+        }
+    }
+
+    #[async_trait]
+    impl NetworkHost for Fake {
+        async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>> {
+            self.answer()?;
+            Ok(self.networks.lock().unwrap().clone())
+        }
+
+        async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
+            self.answer()?;
+            self.changes
+                .lock()
+                .unwrap()
+                .push(format!("create {}", spec.name()));
+            self.networks.lock().unwrap().push(observed(spec, owner));
+            Ok(())
+        }
+
+        async fn start_network(&self, name: &str) -> Result<()> {
+            self.answer()?;
+            self.changes.lock().unwrap().push(format!("start {name}"));
+            Ok(())
+        }
+
+        async fn delete_network(&self, name: &str) -> Result<()> {
+            self.answer()?;
+            self.changes.lock().unwrap().push(format!("delete {name}"));
+            self.networks.lock().unwrap().retain(|n| n.name != name);
+            Ok(())
+        }
+    }
+
+    fn lab() -> NetworkSpec {
+        NetworkSpec::nat("lab", "10.20.0.0/24").build().unwrap()
+    }
+
+    type Topo = MultiHost<Fake>;
+
+    fn host<'a>(topology: &'a Topo, name: &str) -> &'a Fake {
+        topology.hosts().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    async fn apply(topology: &Topo, score: &NetworkScore) -> Result<Vec<Change>> {
+        let interpret = Score::<Topo>::create_interpret(score);
+        let plan = interpret.plan(topology).await?;
+        interpret.execute(topology, &NoProgress).await?;
+        Ok(plan.resources.iter().map(|r| r.change).collect())
+    }
+
+    #[tokio::test]
+    async fn a_network_one_host_lacks_is_made_there_and_left_alone_where_it_is() {
+        let topology = MultiHost::new()
+            .with_host("a", Fake::with(&lab(), "net"))
+            .with_host("b", Fake::default());
+        let (a, b) = (host(&topology, "a"), host(&topology, "b"));
+        let score = NetworkScore::new("net", [lab()]).unwrap();
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Create]);
+        // Never replaced: host a's VMs keep the network they use.
+        assert_eq!(a.changes(), ["start lab"]);
+        assert_eq!(b.changes(), ["create lab"]);
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Unchanged]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_host_leaves_the_others_converged_and_the_apply_incomplete() {
+        let topology = MultiHost::new()
+            .with_host("a", Fake::default())
+            .with_host("b", Fake::default())
+            .with_host("c", Fake::default());
+        let (a, b, c) = (
+            host(&topology, "a"),
+            host(&topology, "b"),
+            host(&topology, "c"),
+        );
+        c.lost.store(true, Ordering::SeqCst);
+        let score = NetworkScore::new("net", [lab()]).unwrap();
+        match apply(&topology, &score).await {
+            Err(Error::ApplyIncomplete { failures, .. }) => {
+                assert!(
+                    failures.iter().any(|f| f.contains("host c")),
+                    "{failures:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            (a.changes(), b.changes()),
+            (vec!["create lab".to_owned()], vec!["create lab".to_owned()])
+        );
+        // Back again: made there, and nothing else changes.
+        c.lost.store(false, Ordering::SeqCst);
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Create]);
+        assert_eq!(c.changes(), ["create lab"]);
+        assert_eq!(a.changes().len(), 2, "{:?}", a.changes()); // started again, not made
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Unchanged]);
+        // A destroy with a host lost removes what it can and says what it could not.
+        b.lost.store(true, Ordering::SeqCst);
+        let interpret = Score::<Topo>::create_interpret(&score);
+        let err = interpret.destroy(&topology, &NoProgress).await.unwrap_err();
+        assert!(err.to_string().contains("host b does not answer"), "{err}");
+        assert!(a.networks.lock().unwrap().is_empty() && c.networks.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_network_another_owner_holds_on_one_host_is_refused_before_any_change() {
+        let topology = MultiHost::new()
+            .with_host("a", Fake::default())
+            .with_host("b", Fake::with(&lab(), "someone-else"));
+        let (a, b) = (host(&topology, "a"), host(&topology, "b"));
+        let score = NetworkScore::new("net", [lab()]).unwrap();
+        let interpret = Score::<Topo>::create_interpret(&score);
+        let err = interpret.execute(&topology, &NoProgress).await.unwrap_err();
+        assert!(err.to_string().contains("lab"), "{err}");
+        assert!(a.changes().is_empty() && b.changes().is_empty());
     }
 }
