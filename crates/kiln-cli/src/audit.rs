@@ -5,9 +5,12 @@
 use kiln::state::audit::AuditEntry;
 
 use crate::Command;
-use crate::commands::{cache, image, net, snapshot};
+use crate::commands::{cache, cp, image, net, snapshot};
 
-/// The entry for `command`, if it changes state.
+/// Verbs whose exit code is the guest command's: a non-zero one is not kiln failing.
+pub const GUEST_CODE_VERBS: [&str; 3] = ["run", "exec", "console"];
+
+/// The entry for `command`, if it changes state or reaches into a VM.
 pub fn entry(command: &Command) -> Option<AuditEntry> {
     let many = |m: &crate::commands::Many| {
         if m.all {
@@ -70,6 +73,19 @@ pub fn entry(command: &Command) -> Option<AuditEntry> {
             ("metadata", vec![a.name.clone()], a.target.connect.clone())
         }
         Command::Run(_) => ("run", Vec::new(), None),
+        // Who ran something in which VM, never what (the argv may hold secrets).
+        Command::Exec(a) => ("exec", vec![a.name.clone()], a.target.connect.clone()),
+        Command::Console(a) => ("console", vec![a.name.clone()], a.target.connect.clone()),
+        Command::Cp(a) => match (&a.src, &a.dest) {
+            (_, cp::Location::Guest { vm, .. }) => {
+                ("cp to", vec![vm.clone()], a.target.connect.clone())
+            }
+            (cp::Location::Guest { vm, .. }, _) => {
+                ("cp from", vec![vm.clone()], a.target.connect.clone())
+            }
+            _ => return None,
+        },
+        Command::Init(_) => ("init", Vec::new(), None),
         Command::Image(image::Command::Build { name, .. }) => {
             ("image build", vec![name.clone()], None)
         }

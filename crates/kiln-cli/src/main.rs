@@ -198,7 +198,7 @@ fn main() -> ExitCode {
         // A session's exit code is its command's; any other command's non-zero code is a
         // part of the work that failed (one VM of several).
         let outcome = match &result {
-            Ok(code) if *code != 0 && entry.verb != "run" => {
+            Ok(code) if *code != 0 && !audit::GUEST_CODE_VERBS.contains(&entry.verb.as_str()) => {
                 Err(format!("exit code {code}: some of it failed"))
             }
             Ok(_) => Ok(()),

@@ -473,6 +473,9 @@ fn several_vms_at_once_restart_force_and_tail() {
     assert_eq!(stderr(&out), "");
     let out = run(&env, &["exec", "many-1", "--", "true"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The guest's exit code is not kiln failing: the audit log says ok.
+    let out = run(&env, &["exec", "many-1", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 
     let out = run(&env, &["stop", "--force", "many-1", "many-2"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -502,8 +505,8 @@ fn several_vms_at_once_restart_force_and_tail() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&run(&env, &["ls", "--json"])).trim(), "[]");
 
-    // Every state-changing command is one line of the audit log, failures too; nothing
-    // else (ls, logs, inspect, exec) is.
+    // Every state-changing command is one line of the audit log, failures too, and so is
+    // every command run in a VM (without its argv); nothing else (ls, logs, inspect) is.
     let log = std::fs::read_to_string(env.home().join("data/state/audit.log")).unwrap();
     let entries: Vec<serde_json::Value> = log
         .lines()
@@ -521,6 +524,8 @@ fn several_vms_at_once_restart_force_and_tail() {
             "up",
             "restart",
             "restart",
+            "exec",
+            "exec",
             "stop",
             "start",
             "snapshot save",
@@ -530,16 +535,19 @@ fn several_vms_at_once_restart_force_and_tail() {
         "{log}"
     );
     assert_eq!(entries[2]["result"], "error", "{log}");
+    assert_eq!(entries[6]["targets"], serde_json::json!(["many-1"]));
+    assert_eq!(entries[6]["result"], "ok", "{log}");
+    assert!(!log.contains("exit 3"), "no argv in the log: {log}");
     assert_eq!(
-        entries[5]["targets"],
+        entries[7]["targets"],
         serde_json::json!(["many-1", "many-2"])
     );
-    assert_eq!(entries[8]["result"], "error", "{log}");
+    assert_eq!(entries[10]["result"], "error", "{log}");
     assert_eq!(
-        entries[8]["targets"],
+        entries[10]["targets"],
         serde_json::json!(["ghost", "many-1"])
     );
-    assert_eq!(entries[9]["targets"], serde_json::json!(["--all"]));
+    assert_eq!(entries[11]["targets"], serde_json::json!(["--all"]));
     assert!(
         entries
             .iter()

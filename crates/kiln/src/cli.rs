@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 use crate::progress::{Event, Reporter};
 use crate::score::{Outcome, Plan, Score, Topology};
+use crate::state::audit::{self, AuditEntry};
 
 #[derive(Debug, Parser)]
 #[command(about = "Plan, apply or destroy this program's scores")]
@@ -94,6 +95,30 @@ fn show(plans: &[Plan], json: bool) {
     }
 }
 
+/// Writes an apply or destroy to the audit log under `paths`, as the `kiln` commands that
+/// change state are: the scores' names, the topology, and what failed.
+fn audit<'a, T: Topology>(
+    paths: Option<&crate::Paths>,
+    verb: &str,
+    topology: &T,
+    scores: &[Box<dyn Score<T>>],
+    failures: impl Iterator<Item = &'a crate::Error>,
+) {
+    let names = scores.iter().map(|s| s.name().to_owned()).collect();
+    let failures: Vec<String> = failures.map(ToString::to_string).collect();
+    let outcome = if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    };
+    let entry = AuditEntry::new(verb, names, Some(topology.describe())).ended(outcome);
+    match paths.map(|paths| audit::append(paths, &entry)) {
+        Some(Ok(())) => {}
+        Some(Err(err)) => eprintln!("warning: the audit log was not written: {err}"),
+        None => eprintln!("warning: the audit log was not written: no state directory"),
+    }
+}
+
 fn fail(err: &crate::Error) -> ExitCode {
     eprintln!("error: {err}");
     let mut source = std::error::Error::source(err);
@@ -129,7 +154,8 @@ where
         Ok(setup) => setup,
         Err(err) => return fail(&err),
     };
-    match run_args(&args, &topology, &scores).await {
+    let paths = crate::Paths::from_env();
+    match run_args(&args, &topology, &scores, paths.as_ref().ok()).await {
         Ok(code) => code,
         Err(err) => fail(&err),
     }
@@ -146,10 +172,12 @@ async fn plan_all<T: Topology>(
     Ok(plans)
 }
 
+/// Runs the command `args` name; an apply or destroy goes to the audit log under `paths`.
 async fn run_args<T: Topology>(
     args: &Args,
     topology: &T,
     scores: &[Box<dyn Score<T>>],
+    paths: Option<&crate::Paths>,
 ) -> crate::Result<ExitCode> {
     eprintln!("topology: {}", topology.describe());
     topology.ensure_ready(&Lines).await?;
@@ -168,16 +196,21 @@ async fn run_args<T: Topology>(
                 }
             }
             let mut outcomes: Vec<Outcome> = Vec::new();
+            let mut failed = None;
             for score in scores {
                 match score.create_interpret().execute(topology, &Lines).await {
                     Ok(outcome) => outcomes.push(outcome),
                     Err(err) => {
-                        show(&outcomes, args.json);
-                        return Err(err);
+                        failed = Some(err);
+                        break;
                     }
                 }
             }
             show(&outcomes, args.json);
+            audit(paths, "score apply", topology, scores, failed.iter());
+            if let Some(err) = failed {
+                return Err(err);
+            }
         }
         Command::Destroy { yes } => {
             if !yes && !confirm("destroy everything these scores own?") {
@@ -192,6 +225,7 @@ async fn run_args<T: Topology>(
                 }
             }
             show(&outcomes, args.json);
+            audit(paths, "score destroy", topology, scores, failed.iter());
             if !failed.is_empty() {
                 for err in &failed {
                     fail(err);
@@ -284,8 +318,21 @@ mod tests {
             command: Command::Destroy { yes: true },
             json: true,
         };
-        let code = run_args(&args, &Nowhere, &scores).await.unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let paths = crate::Paths::under(home.path());
+        let code = run_args(&args, &Nowhere, &scores, Some(&paths))
+            .await
+            .unwrap();
         assert_eq!(code, ExitCode::FAILURE);
         assert_eq!(*destroyed.lock().unwrap(), ["db", "vms", "net"]);
+        // The audit log has the destroy: every score, the topology, what failed.
+        let logged = audit::read(&paths).unwrap();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        let entry = &logged[0];
+        assert_eq!(entry.verb, "score destroy");
+        assert_eq!(entry.targets, ["net", "vms", "db"]);
+        assert_eq!(entry.host.as_deref(), Some("nowhere"));
+        assert_eq!(entry.result, "error");
+        assert!(entry.error.as_deref().unwrap().contains("vms"), "{entry:?}");
     }
 }
