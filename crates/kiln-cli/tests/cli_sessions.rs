@@ -38,6 +38,39 @@ fn run_returns_files_and_the_exit_code_and_removes_the_vm() {
     );
     let out = run(&env, &["ls", "--json"]);
     assert_eq!(stdout(&out).trim(), "[]");
+
+    // --json: the command's output goes to stderr, stdout is the session's report.
+    std::fs::write(ws.join("in.txt"), "changed on the host\n").unwrap();
+    let out = run(
+        &env,
+        &[
+            "run",
+            "--json",
+            "--memory",
+            "384M",
+            "-w",
+            ws.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo to-stdout; echo new > new.txt; exit 4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("to-stdout"), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exit_code"], 4, "{report}");
+    assert_eq!(
+        report["pulled"]["created"],
+        serde_json::json!(["new.txt"]),
+        "{report}"
+    );
+    let stages = report["timings"].as_array().unwrap();
+    assert_eq!(stages.last().unwrap()["stage"], "total", "{report}");
+    assert!(
+        stages.iter().all(|s| s["ms"].as_f64().unwrap() >= 0.0),
+        "{report}"
+    );
 }
 
 /// Ctrl-C on `kiln run` leaves no VM and no QEMU process: once during boot, and once in the

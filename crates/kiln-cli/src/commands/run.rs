@@ -1,7 +1,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use kiln::session::Session;
+use kiln::session::{Session, SyncReport};
 use kiln::{ByteSize, ExecEvent, ExecRequest, VmSpec};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -34,6 +34,10 @@ pub struct Args {
     /// Print how long each stage took (boot or warm start, push, the command, pull, removal)
     #[arg(long)]
     pub timings: bool,
+    /// Print the session as JSON on stdout once it ends (exit code, files pushed and pulled,
+    /// each stage's time); the command's own output then goes to stderr
+    #[arg(long)]
+    pub json: bool,
     /// What the command's network reaches: nat (out, but not the host's loopback), none
     /// (nothing) or host (also every service on the host's 127.0.0.1)
     #[arg(long = "net", value_name = "POLICY", default_value_t = kiln::NetPolicy::Nat, value_parser = crate::ui::parse_net_policy)]
@@ -70,26 +74,79 @@ pub async fn run(args: Args) -> Outcome {
 
     let mut interrupts = Interrupts::new()?;
     let started = std::time::Instant::now();
-    let mut ran = None;
+    let mut ran = Ran {
+        json: args.json,
+        ..Ran::default()
+    };
     let result = drive(&mut session, request, &timings, &mut interrupts, &mut ran).await;
+    let (name, pushed) = (session.name().to_owned(), session.first_push().cloned());
     // The VM goes whatever happened: a failed command, a failed boot, an interruption.
     let removed = session.shutdown(&timings).await;
+    let mut entries = timings.entries();
+    if let Some(took) = ran.took {
+        // The command ran between the push and the pull.
+        let at = entries
+            .iter()
+            .position(|(what, _)| *what == kiln::progress::Stage::PullChanges.label())
+            .unwrap_or(entries.len());
+        entries.insert(at, ("run the command", took));
+    }
+    entries.push(("total", started.elapsed()));
     if args.timings {
-        let mut entries = timings.entries();
-        if let Some(ran) = ran {
-            // The command ran between the push and the pull.
-            let at = entries
-                .iter()
-                .position(|(what, _)| *what == kiln::progress::Stage::PullChanges.label())
-                .unwrap_or(entries.len());
-            entries.insert(at, ("run the command", ran));
-        }
-        entries.push(("total", started.elapsed()));
         crate::ui::print_timings(&entries);
     }
     let code = result?;
     removed?;
+    if args.json {
+        crate::ui::print_json(&Report {
+            name: &name,
+            exit_code: code,
+            pushed: pushed.as_ref(),
+            pulled: ran.pulled.as_ref(),
+            timings: entries
+                .iter()
+                .map(|(stage, took)| StageTime {
+                    stage,
+                    ms: took.as_secs_f64() * 1e3,
+                })
+                .collect(),
+        })?;
+    }
     Ok(code)
+}
+
+/// What `kiln run --json` prints once the session ended.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    /// The session VM's name (it is removed by now).
+    name: &'a str,
+    /// The command's exit code, as `kiln run` exits with it (130: interrupted).
+    exit_code: i32,
+    /// What went over the agent when the session started: the files that changed since its
+    /// workspace image was written. Absent without a workspace.
+    pushed: Option<&'a SyncReport>,
+    /// What came back from the workspace. Absent without a workspace, or when the command
+    /// was interrupted before the pull.
+    pulled: Option<&'a SyncReport>,
+    /// Each stage and its time, as `--timings` prints them, ending with the total.
+    timings: Vec<StageTime<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct StageTime<'a> {
+    stage: &'a str,
+    ms: f64,
+}
+
+/// What the run of the command left for the report.
+#[derive(Default)]
+struct Ran {
+    /// Whether the command's stdout goes to stderr (stdout is the JSON report's).
+    json: bool,
+    /// How long the command ran.
+    took: Option<std::time::Duration>,
+    /// What the pull brought back.
+    pulled: Option<SyncReport>,
 }
 
 /// Boots, pushes, runs and pulls; returns the command's exit code.
@@ -98,7 +155,7 @@ async fn drive(
     request: ExecRequest,
     progress: &dyn kiln::progress::Reporter,
     interrupts: &mut Interrupts,
-    ran: &mut Option<std::time::Duration>,
+    ran: &mut Ran,
 ) -> Outcome {
     tokio::select! {
         ready = session.ensure_ready(progress) => ready?,
@@ -122,13 +179,14 @@ async fn drive(
             }
         };
         match event {
+            Some(ExecEvent::Stdout(data)) if ran.json => write_all(&mut std::io::stderr(), &data),
             Some(ExecEvent::Stdout(data)) => write_all(&mut std::io::stdout(), &data),
             Some(ExecEvent::Stderr(data)) => write_all(&mut std::io::stderr(), &data),
             Some(ExecEvent::Exited(status)) => break status.shell_code(),
             None => break 0,
         }
     };
-    *ran = Some(running.elapsed());
+    ran.took = Some(running.elapsed());
     let report = tokio::select! {
         report = session.pull_changes(progress) => report?,
         () = interrupts.next() => return Ok(INTERRUPTED),
@@ -152,6 +210,9 @@ async fn drive(
                 report.deleted.join(", ")
             );
         }
+    }
+    if session.first_push().is_some() {
+        ran.pulled = Some(report);
     }
     Ok(code)
 }
