@@ -95,6 +95,7 @@ pub struct Progress {
 /// The stage on screen: its spinner (on a terminal), and the bytes it counted so far.
 #[derive(Default)]
 struct Current {
+    stage: Option<kiln::progress::Stage>,
     bar: Option<ProgressBar>,
     /// Whether the spinner became a byte display.
     metered: bool,
@@ -115,6 +116,7 @@ impl Progress {
         if let Some(bar) = current.bar.take() {
             bar.finish_and_clear();
         }
+        current.stage = None;
         current.metered = false;
         match current.bytes.take() {
             Some((counted, bytes)) if Some(counted) == stage => Some(bytes),
@@ -127,6 +129,10 @@ impl Progress {
             return;
         };
         current.bytes = Some((stage, done));
+        // Another stage's bytes (an outer one's, under a nested stage) move no bar.
+        if current.stage != Some(stage) {
+            return;
+        }
         let first = !current.metered;
         current.metered = true;
         let Some(bar) = &current.bar else {
@@ -171,6 +177,9 @@ impl Reporter for Progress {
                         current.bar = Some(bar);
                     }
                 }
+                if let Ok(mut current) = self.current.lock() {
+                    current.stage = Some(stage);
+                }
             }
             Event::Bytes { stage, done, total } => self.show_bytes(stage, done, total),
             Event::StageDone { stage, elapsed } => {
@@ -193,6 +202,8 @@ impl Reporter for Progress {
                 self.finish_current(None);
                 eprintln!("  note      {}", kiln::progress::start_line(warm, &detail));
             }
+            // Events of a newer library: nothing to show for them.
+            _ => {}
         }
     }
 }

@@ -95,6 +95,34 @@ fn show(plans: &[Plan], json: bool) {
     }
 }
 
+/// Applies (or destroys) `scores` in turn, stopping at the first that fails: the scores
+/// after it in this order may depend on it (VMs on a network it makes) or it on them (a
+/// network under VMs not removed). Returns what was done, the failure, and the scores left.
+async fn in_turn<'a, T: Topology>(
+    scores: impl Iterator<Item = &'a Box<dyn Score<T>>>,
+    destroy: bool,
+    topology: &T,
+) -> (Vec<Outcome>, Option<crate::Error>, Vec<String>) {
+    let (mut outcomes, mut failed, mut left) = (Vec::new(), None, Vec::new());
+    for score in scores {
+        if failed.is_some() {
+            left.push(score.name().to_owned());
+            continue;
+        }
+        let interpret = score.create_interpret();
+        let done = if destroy {
+            interpret.destroy(topology, &Lines).await
+        } else {
+            interpret.execute(topology, &Lines).await
+        };
+        match done {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(err) => failed = Some(err),
+        }
+    }
+    (outcomes, failed, left)
+}
+
 /// Writes an apply or destroy to the audit log under `paths`, as the `kiln` commands that
 /// change state are: the scores' names, the topology, and what failed.
 fn audit<'a, T: Topology>(
@@ -134,8 +162,8 @@ fn fail(err: &crate::Error) -> ExitCode {
 
 /// Parses the program's arguments and plans, applies or destroys `scores` on `topology`.
 /// Scores are applied in order and destroyed in reverse (networks before the VMs on them).
-/// An apply stops at a score that fails (later ones may need what it makes), after showing
-/// what the earlier ones did; a destroy goes on past one and reports each that failed.
+/// Either stops at a score that fails, after showing what the others did and naming the
+/// scores left (they may depend on the one that failed, or it on them).
 pub async fn run<T: Topology>(topology: T, scores: Vec<Box<dyn Score<T>>>) -> ExitCode {
     run_with(|| async { Ok((topology, scores)) }).await
 }
@@ -195,20 +223,16 @@ async fn run_args<T: Topology>(
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            let mut outcomes: Vec<Outcome> = Vec::new();
-            let mut failed = None;
-            for score in scores {
-                match score.create_interpret().execute(topology, &Lines).await {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(err) => {
-                        failed = Some(err);
-                        break;
-                    }
-                }
-            }
+            let (outcomes, failed, left) = in_turn(scores.iter(), false, topology).await;
             show(&outcomes, args.json);
             audit(paths, "score apply", topology, scores, failed.iter());
             if let Some(err) = failed {
+                if !left.is_empty() {
+                    eprintln!(
+                        "not applied (they may need what failed): {}",
+                        left.join(", ")
+                    );
+                }
                 return Err(err);
             }
         }
@@ -216,21 +240,17 @@ async fn run_args<T: Topology>(
             if !yes && !confirm("destroy everything these scores own?") {
                 return Ok(ExitCode::FAILURE);
             }
-            let mut outcomes: Vec<Outcome> = Vec::new();
-            let mut failed = Vec::new();
-            for score in scores.iter().rev() {
-                match score.create_interpret().destroy(topology, &Lines).await {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(err) => failed.push(err),
-                }
-            }
+            let (outcomes, failed, left) = in_turn(scores.iter().rev(), true, topology).await;
             show(&outcomes, args.json);
             audit(paths, "score destroy", topology, scores, failed.iter());
-            if !failed.is_empty() {
-                for err in &failed {
-                    fail(err);
+            if let Some(err) = failed {
+                if !left.is_empty() {
+                    eprintln!(
+                        "not destroyed (what failed may still need them): {}",
+                        left.join(", ")
+                    );
                 }
-                return Ok(ExitCode::FAILURE);
+                return Err(err);
             }
         }
     }
@@ -304,7 +324,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_destroy_goes_on_past_a_score_that_fails_and_exits_with_failure() {
+    async fn a_destroy_stops_at_a_score_that_fails_and_audits_it() {
         let destroyed = Arc::new(Mutex::new(Vec::new()));
         let score = |name, fails| -> Box<dyn Score<Nowhere>> {
             Box::new(Named {
@@ -320,11 +340,12 @@ mod tests {
         };
         let home = tempfile::tempdir().unwrap();
         let paths = crate::Paths::under(home.path());
-        let code = run_args(&args, &Nowhere, &scores, Some(&paths))
+        let err = run_args(&args, &Nowhere, &scores, Some(&paths))
             .await
-            .unwrap();
-        assert_eq!(code, ExitCode::FAILURE);
-        assert_eq!(*destroyed.lock().unwrap(), ["db", "vms", "net"]);
+            .unwrap_err();
+        assert!(matches!(err, crate::Error::VmNotFound { .. }), "{err}");
+        // The network under the VMs that failed to go is left.
+        assert_eq!(*destroyed.lock().unwrap(), ["db", "vms"]);
         // The audit log has the destroy: every score, the topology, what failed.
         let logged = audit::read(&paths).unwrap();
         assert_eq!(logged.len(), 1, "{logged:?}");

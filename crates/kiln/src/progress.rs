@@ -9,6 +9,7 @@ use crate::Accel;
 /// the variant in snake case (`stage_done`), with durations in milliseconds.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// The accelerator was chosen, with the probe's reason.
     AccelChosen {
@@ -71,6 +72,7 @@ fn millis<S: serde::Serializer>(elapsed: &Duration, serializer: S) -> Result<S::
 /// The stages of long operations, each reported as it starts and ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stage {
     /// Downloading Debian's kernel package, for an image build.
     DownloadKernel,
@@ -284,9 +286,11 @@ impl<'a> Meter<'a> {
         }
     }
 
-    /// Reports the count as it ends.
+    /// Reports the count as it ends; a meter that counted nothing reports nothing.
     pub(crate) fn finish(mut self) {
-        self.report();
+        if self.last.is_some() || self.done > 0 {
+            self.report();
+        }
     }
 
     fn report(&mut self) {
@@ -457,5 +461,12 @@ mod tests {
             bytes_seen(&recorder),
             vec![(1, Some(100)), (50, Some(100)), (50, Some(100))]
         );
+    }
+
+    #[test]
+    fn a_meter_that_counted_nothing_reports_nothing() {
+        let recorder = Recorder::default();
+        Meter::new(&recorder, Stage::PushWorkspace, Some(1024)).finish();
+        assert_eq!(bytes_seen(&recorder), vec![]);
     }
 }

@@ -14,14 +14,18 @@ pub(crate) const TAR_END: u64 = 2 * BLOCK;
 
 /// The bytes one entry takes in a tar stream: its header, a GNU long-name entry before it
 /// when its name is past tar's 100 bytes, and its contents in whole blocks. An estimate:
-/// a long symlink target adds a block or two more.
+/// a long symlink target adds a block or two more. Saturates: a size a guest claims may be
+/// anything.
 pub(crate) fn tar_entry(name_len: usize, contents: u64) -> u64 {
+    let blocks = |bytes: u64| bytes.checked_next_multiple_of(BLOCK).unwrap_or(u64::MAX);
     let long_name = if name_len > 100 {
-        BLOCK + (name_len as u64 + 1).next_multiple_of(BLOCK)
+        BLOCK.saturating_add(blocks(name_len as u64 + 1))
     } else {
         0
     };
-    long_name + BLOCK + contents.next_multiple_of(BLOCK)
+    long_name
+        .saturating_add(BLOCK)
+        .saturating_add(blocks(contents))
 }
 
 /// What is below `path` (itself included) when sent under a name of `name_len` bytes.
@@ -92,5 +96,6 @@ mod tests {
         assert_eq!(tar_entry(5, 512), 1024);
         assert_eq!(tar_entry(101, 0), 512 + 512 + 512);
         assert_eq!(tar_entry(600, 0), 512 + 1024 + 512);
+        assert_eq!(tar_entry(5, u64::MAX), u64::MAX);
     }
 }

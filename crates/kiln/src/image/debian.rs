@@ -105,17 +105,28 @@ pub async fn download(
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let statuses = async {
         let Some(stdout) = stdout else { return };
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let (Some(percent), Some(size)) = (download_percent(&line), size) {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // apt's own lines are short; the cap keeps a strange one from growing memory.
+            match (&mut stdout).take(4096).read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            if let (Some(percent), Some(size)) = (download_percent(text.trim_end()), size) {
                 meter.set((percent / 100.0 * size as f64) as u64, Some(size));
             }
         }
+        // Whatever else it writes is read, so apt never blocks on a full pipe.
+        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
     };
     let errors = async {
         let mut kept = Vec::new();
-        if let Some(stderr) = stderr {
-            let _ = stderr.take(STDERR_KEPT).read_to_end(&mut kept).await;
+        if let Some(mut stderr) = stderr {
+            let _ = (&mut stderr).take(STDERR_KEPT).read_to_end(&mut kept).await;
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
         }
         kept
     };
@@ -134,6 +145,10 @@ pub async fn download(
     };
     if !status.success() {
         return Err(failed(String::from_utf8_lossy(&stderr).trim().to_owned()));
+    }
+    // The last status line may say less than all of it.
+    if let Some(size) = size {
+        meter.set(size, Some(size));
     }
     find_deb(dir, package)?
         .ok_or_else(|| failed(format!("no {package}_*.deb appeared in {}", dir.display())))

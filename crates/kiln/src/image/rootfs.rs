@@ -480,15 +480,33 @@ fn convert(raw: &Path, qcow2: &Path, size: u64, meter: &mut Meter<'_>) -> crate:
         program: program.to_owned(),
         source,
     })?;
-    // qemu-img writes `(12.34/100%)\r` as it goes: a few bytes, never enough to fill a
-    // pipe, so stderr is read once it exits.
+    // Its stderr is kept (the first 64 KiB) on a thread of its own while stdout is read.
+    let stderr = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let mut stderr = stderr;
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+            kept
+        })
+    });
+    // qemu-img writes `(12.34/100%)\r` as it goes.
     if let Some(mut stdout) = child.stdout.take() {
         let mut buf = [0u8; 256];
         let mut line = Vec::new();
-        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
             for &byte in &buf[..n] {
                 if byte != b'\r' && byte != b'\n' {
-                    line.push(byte);
+                    // A line is a few bytes: one that is not is not a progress line.
+                    if line.len() < 64 {
+                        line.push(byte);
+                    }
                     continue;
                 }
                 if let Some(percent) = convert_percent(&line) {
@@ -498,8 +516,19 @@ fn convert(raw: &Path, qcow2: &Path, size: u64, meter: &mut Meter<'_>) -> crate:
             }
         }
     }
-    let output = child.wait_with_output();
-    super::debian::checked(program, output)?;
+    let status = child.wait().map_err(|source| ImageError::ToolMissing {
+        program: program.to_owned(),
+        source,
+    })?;
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if !status.success() {
+        return Err(ImageError::ToolFailed {
+            program: program.to_owned(),
+            status: status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        }
+        .into());
+    }
     Ok(())
 }
 

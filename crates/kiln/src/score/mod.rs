@@ -79,6 +79,17 @@ async fn incomplete<T: Topology>(
     })
 }
 
+/// Refuses to replace `resource` while a host of the topology does not answer (the old one
+/// could stay there, or the new one be made twice); `None` when every host answers.
+async fn replace_refused<T: Topology>(topology: &T, resource: String) -> Option<crate::Error> {
+    let (host, _) = topology.unreachable_hosts().await.into_iter().next()?;
+    Some(crate::Error::HostUnreachable {
+        host,
+        resource,
+        reason: "a replace waits until every host of the topology answers".to_owned(),
+    })
+}
+
 /// A resource of this name exists but belongs to someone else.
 fn not_owned(kind: ResourceKind, name: &str, owner: Option<&str>) -> crate::Error {
     crate::Error::NotOwned {

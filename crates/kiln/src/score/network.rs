@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::plan::spec_diffs;
 use super::{
     Change, Interpret, NetworkHost, ObservedNetwork, Outcome, Plan, ResourceKind, ResourcePlan,
-    Score, check_unique_names, incomplete, not_owned, validate_score_name,
+    Score, check_unique_names, incomplete, not_owned, replace_refused, validate_score_name,
 };
 use crate::Result;
 use crate::progress::{Event, Reporter};
@@ -76,6 +76,8 @@ impl NetworkInterpret {
                         net.owner.as_deref(),
                     ));
                 }
+                // Missing on some hosts: made there, left alone where it is.
+                Some(net) if net.partial => Change::Create,
                 Some(net) => {
                     let diffs = spec_diffs(net.spec.as_ref(), spec);
                     if !diffs.is_empty() {
@@ -158,29 +160,27 @@ impl<T: NetworkHost> Interpret<T> for NetworkInterpret {
                     message: format!("{resource}"),
                 });
             }
-            let done = match (resource.change, self.spec(&resource.name)) {
-                (Change::Create, Some(spec)) => topology.create_network(spec, owner).await,
-                (Change::Update, _) => topology.start_network(&resource.name).await,
-                // Replaced only while every host answers: a lost one would keep the old.
-                (Change::Replace, Some(_)) if !topology.unreachable_hosts().await.is_empty() => {
-                    let lost = topology.unreachable_hosts().await;
-                    Err(crate::Error::HostUnreachable {
-                        host: lost
-                            .into_iter()
-                            .map(|(host, _)| host)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        resource: format!("network {}", resource.name),
-                        reason: "a lost host would keep the old one; replaced once all answer"
-                            .to_owned(),
-                    })
+            // Replaced only while every host answers: a lost one would keep the old.
+            let refused = match resource.change {
+                Change::Replace => {
+                    replace_refused(topology, format!("network {}", resource.name)).await
                 }
-                (Change::Replace, Some(spec)) => match topology.delete_network(spec.name()).await {
-                    Ok(()) => topology.create_network(spec, owner).await,
-                    Err(err) => Err(err),
+                _ => None,
+            };
+            let done = match refused {
+                Some(err) => Err(err),
+                None => match (resource.change, self.spec(&resource.name)) {
+                    (Change::Create, Some(spec)) => topology.create_network(spec, owner).await,
+                    (Change::Update, _) => topology.start_network(&resource.name).await,
+                    (Change::Replace, Some(spec)) => {
+                        // Made again wherever it was removed, even if some host kept the old.
+                        let deleted = topology.delete_network(spec.name()).await;
+                        let created = topology.create_network(spec, owner).await;
+                        deleted.and(created)
+                    }
+                    (Change::Delete, _) => topology.delete_network(&resource.name).await,
+                    _ => Ok(()),
                 },
-                (Change::Delete, _) => topology.delete_network(&resource.name).await,
-                _ => Ok(()),
             };
             if let Err(err) = done {
                 failures.push(format!("{resource}: {err}"));
@@ -233,6 +233,7 @@ mod tests {
             spec: Some(spec.clone()),
             subnets: vec![spec.subnet()],
             active: true,
+            partial: false,
         }
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::plan::spec_diffs;
 use super::{
     Change, FieldDiff, Interpret, ObservedVm, Outcome, Plan, ResourceKind, ResourcePlan, Score,
-    VmHost, check_unique_names, incomplete, not_owned, validate_score_name,
+    VmHost, check_unique_names, incomplete, not_owned, replace_refused, validate_score_name,
 };
 use crate::progress::{Event, Reporter};
 use crate::spec::SpecError;
@@ -160,27 +160,26 @@ impl<T: VmHost> Interpret<T> for VmInterpret {
                 });
             }
             let spec = self.spec(&resource.name);
-            let done = match (resource.change, spec) {
-                (Change::Create, Some(spec)) => topology.create_vm(spec, owner, reporter).await,
-                (Change::Update, Some(spec)) => topology.update_vm(spec, owner, reporter).await,
-                // Replaced only while every host answers: it may go to another host, and
-                // must not be removed and then refused.
-                (Change::Replace, Some(_)) if !topology.unreachable_hosts().await.is_empty() => {
-                    Err(crate::Error::HostUnreachable {
-                        host: resource.host.clone().unwrap_or_default(),
-                        resource: format!("VM {}", resource.name),
-                        reason: "a host of the topology does not answer; replaced once all do"
-                            .to_owned(),
-                    })
-                }
-                (Change::Replace, Some(spec)) => {
-                    match topology.delete_vm(spec.name(), reporter).await {
-                        Ok(()) => topology.create_vm(spec, owner, reporter).await,
-                        Err(err) => Err(err),
+            // Replaced only while every host answers: it may go to another host, and must not
+            // be removed and then refused.
+            let refused = match resource.change {
+                Change::Replace => replace_refused(topology, format!("VM {}", resource.name)).await,
+                _ => None,
+            };
+            let done = match refused {
+                Some(err) => Err(err),
+                None => match (resource.change, spec) {
+                    (Change::Create, Some(spec)) => topology.create_vm(spec, owner, reporter).await,
+                    (Change::Update, Some(spec)) => topology.update_vm(spec, owner, reporter).await,
+                    (Change::Replace, Some(spec)) => {
+                        match topology.delete_vm(spec.name(), reporter).await {
+                            Ok(()) => topology.create_vm(spec, owner, reporter).await,
+                            Err(err) => Err(err),
+                        }
                     }
-                }
-                (Change::Delete, _) => topology.delete_vm(&resource.name, reporter).await,
-                _ => Ok(()),
+                    (Change::Delete, _) => topology.delete_vm(&resource.name, reporter).await,
+                    _ => Ok(()),
+                },
             };
             if let Err(err) = done {
                 failures.push(format!("{resource}: {err}"));

@@ -432,19 +432,19 @@ async fn send_changes(
     Ok(sent.bytes)
 }
 
-/// The size of the tar stream that carries `paths`, roughly, with their sizes from `stamps`.
+/// The size of the tar stream that carries `paths`, roughly, with their sizes from `stamps`
+/// (the guest's, for a pull: any number, so the sum saturates).
 fn tar_estimate<'a>(
     paths: impl IntoIterator<Item = &'a GuestPath>,
     stamps: &BTreeMap<GuestPath, Stamp>,
 ) -> u64 {
-    let entries: u64 = paths
+    paths
         .into_iter()
         .map(|path| {
             let size = stamps.get(path).map_or(0, |stamp| stamp.size);
             copy::tar_entry(path.to_path_buf().as_os_str().len(), size)
         })
-        .sum();
-    entries + copy::TAR_END
+        .fold(copy::TAR_END, u64::saturating_add)
 }
 
 /// Deletes files, and what is in the way of new ones (relative to the guest's workspace).
@@ -627,5 +627,28 @@ impl<'a> Diff<'a> {
             deleted: names(&self.deleted),
             ..SyncReport::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_estimate_saturates_whatever_sizes_a_guest_claims() {
+        let stamps: BTreeMap<GuestPath, Stamp> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| {
+                let stamp = Stamp {
+                    size: u64::MAX - 7,
+                    mtime: 0,
+                };
+                (GuestPath::parse(name.as_bytes()).unwrap(), stamp)
+            })
+            .collect();
+        assert_eq!(tar_estimate(stamps.keys(), &stamps), u64::MAX);
+        let small =
+            BTreeMap::from([(GuestPath::parse(b"x").unwrap(), Stamp { size: 3, mtime: 0 })]);
+        assert_eq!(tar_estimate(small.keys(), &small), 1024 + 1024);
     }
 }

@@ -57,6 +57,9 @@ pub struct ObservedNetwork {
     pub subnets: Vec<Ipv4Net>,
     /// Whether it is up.
     pub active: bool,
+    /// On a topology of several hosts: whether some host that answered lacks it (a plan
+    /// makes it there). Always false on one host.
+    pub partial: bool,
 }
 
 /// A topology that runs VMs.

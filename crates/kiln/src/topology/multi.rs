@@ -24,7 +24,7 @@ pub enum Placement {
 pub struct MultiHost<H = LibvirtHost> {
     hosts: Vec<(String, H)>,
     placements: BTreeMap<String, String>,
-    /// The hosts the last observation left out, with why ([`VmHost::unreachable_hosts`]):
+    /// The hosts the last observation left out, with why ([`Topology::unreachable_hosts`]):
     /// kept, so reporting them costs no second round of listings.
     lost: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
@@ -305,10 +305,11 @@ impl<H: VmHost> VmHost for MultiHost<H> {
 #[async_trait]
 impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
     /// Networks of the hosts that answer, merged by name (a host that does not is left out,
-    /// and is an unreachable host). One that some answering host lacks is left out too, so a
-    /// plan creates it, which makes it where it is missing and leaves it where it is (never a
-    /// replace, which would take it from the VMs that use it). The subnets of every other
-    /// network on every host are reported, so a new subnet is checked against each host.
+    /// and is an unreachable host). One that some answering host lacks is `partial`, so a plan
+    /// creates it, which makes it where it is missing and leaves it where it is (never a
+    /// replace, which would take it from the VMs that use it). One whose owner or spec
+    /// differs between hosts has none. The subnets of every network on every host are
+    /// reported, so a new subnet is checked against each host.
     async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>> {
         let (per_host, lost) = self.observe_each_with(|host| host.observe_networks()).await;
         if per_host.is_empty()
@@ -334,13 +335,19 @@ impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
                         if m.owner != net.owner {
                             m.owner = None;
                         }
+                        if m.spec != net.spec {
+                            m.spec = None;
+                        }
                     })
                     .or_insert_with(|| net.clone());
             }
         }
         Ok(merged
             .into_values()
-            .filter(|net| seen_on.get(&net.name) == Some(&answered))
+            .map(|mut net| {
+                net.partial = seen_on.get(&net.name) != Some(&answered);
+                net
+            })
             .collect())
     }
 
@@ -391,15 +398,20 @@ impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
 }
 
 impl<H: VmHost> MultiHost<H> {
-    /// Runs `change` on every host: one that fails holds up none of the others, and the
-    /// first failure is returned once all were tried.
+    /// Runs `change` on every host the last observation saw answer (one it left out is an
+    /// unreachable host, and what it holds was never checked): one that fails holds up none
+    /// of the others, and the first failure is returned once all were tried.
     async fn on_every_host<'a, F, Fut>(&'a self, change: F) -> Result<()>
     where
         F: Fn(&'a H) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
+        let lost = self.unreachable_hosts().await;
         let mut failure = None;
-        for (_, host) in &self.hosts {
+        for (name, host) in &self.hosts {
+            if lost.iter().any(|(gone, _)| gone == name) {
+                continue;
+            }
             if let Err(err) = change(host).await {
                 failure.get_or_insert(err);
             }
@@ -456,6 +468,7 @@ mod tests {
             spec: Some(spec.clone()),
             subnets: vec![spec.subnet()],
             active: true,
+            partial: false,
         }
     }
 
@@ -608,7 +621,43 @@ mod tests {
         let score = NetworkScore::new("net", [lab()]).unwrap();
         let interpret = Score::<Topo>::create_interpret(&score);
         let err = interpret.execute(&topology, &NoProgress).await.unwrap_err();
-        assert!(err.to_string().contains("lab"), "{err}");
+        assert!(matches!(err, Error::NotOwned { .. }), "{err}");
         assert!(a.changes().is_empty() && b.changes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_destroy_after_an_apply_that_lost_a_host_removes_the_network_where_it_is() {
+        let topology = MultiHost::new()
+            .with_host("a", Fake::default())
+            .with_host("b", Fake::default());
+        let (a, b) = (host(&topology, "a"), host(&topology, "b"));
+        b.lost.store(true, Ordering::SeqCst);
+        let score = NetworkScore::new("net", [lab()]).unwrap();
+        assert!(apply(&topology, &score).await.is_err());
+        b.lost.store(false, Ordering::SeqCst);
+        // On a only: a destroy still finds it, and a score without it deletes it.
+        let interpret = Score::<Topo>::create_interpret(&score);
+        let outcome = interpret.destroy(&topology, &NoProgress).await.unwrap();
+        assert_eq!(outcome.resources.len(), 1, "{outcome:?}");
+        assert!(a.networks.lock().unwrap().is_empty());
+        assert!(
+            b.changes().iter().all(|c| c != "create lab"),
+            "{:?}",
+            b.changes()
+        );
+    }
+
+    #[tokio::test]
+    async fn hosts_that_disagree_on_a_network_get_it_replaced_once_all_answer() {
+        let old = NetworkSpec::nat("lab", "10.30.0.0/24").build().unwrap();
+        let topology = MultiHost::new()
+            .with_host("a", Fake::with(&old, "net"))
+            .with_host("b", Fake::with(&lab(), "net"));
+        let (a, b) = (host(&topology, "a"), host(&topology, "b"));
+        let score = NetworkScore::new("net", [lab()]).unwrap();
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Replace]);
+        assert_eq!(a.changes(), ["delete lab", "create lab"]);
+        assert_eq!(b.changes(), ["delete lab", "create lab"]);
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Unchanged]);
     }
 }

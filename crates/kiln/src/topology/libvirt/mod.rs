@@ -351,6 +351,7 @@ impl NetworkHost for LibvirtHost {
                     spec,
                     subnets: state.observed.subnets,
                     active: state.active,
+                    partial: false,
                 }
             })
             .collect())
