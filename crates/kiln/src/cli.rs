@@ -95,16 +95,23 @@ fn show(plans: &[Plan], json: bool) {
     }
 }
 
-/// Applies (or destroys) `scores` in turn, stopping at the first that fails: the scores
-/// after it in this order may depend on it (VMs on a network it makes) or it on them (a
-/// network under VMs not removed). Returns what was done, the failure, and the scores left.
-async fn in_turn<'a, T: Topology>(
-    scores: impl Iterator<Item = &'a Box<dyn Score<T>>>,
+/// Applies `scores` in order (or destroys them in reverse), stopping at the first that
+/// fails: the scores after it may depend on it (VMs on a network it makes) or it on them (a
+/// network under VMs not removed). Shows what was done, audits it, and names the scores left.
+async fn in_turn<T: Topology>(
     destroy: bool,
+    args: &Args,
     topology: &T,
-) -> (Vec<Outcome>, Option<crate::Error>, Vec<String>) {
-    let (mut outcomes, mut failed, mut left) = (Vec::new(), None, Vec::new());
-    for score in scores {
+    scores: &[Box<dyn Score<T>>],
+    paths: Option<&crate::Paths>,
+) -> crate::Result<()> {
+    let order: Vec<&Box<dyn Score<T>>> = if destroy {
+        scores.iter().rev().collect()
+    } else {
+        scores.iter().collect()
+    };
+    let (mut outcomes, mut failed, mut left) = (Vec::<Outcome>::new(), None, Vec::new());
+    for score in order {
         if failed.is_some() {
             left.push(score.name().to_owned());
             continue;
@@ -120,7 +127,26 @@ async fn in_turn<'a, T: Topology>(
             Err(err) => failed = Some(err),
         }
     }
-    (outcomes, failed, left)
+    show(&outcomes, args.json);
+    let verb = if destroy {
+        "score destroy"
+    } else {
+        "score apply"
+    };
+    audit(paths, verb, topology, scores, failed.iter());
+    match failed {
+        None => Ok(()),
+        Some(err) => {
+            if !left.is_empty() {
+                let done = if destroy { "destroyed" } else { "applied" };
+                eprintln!(
+                    "not {done} (after the one that failed): {}",
+                    left.join(", ")
+                );
+            }
+            Err(err)
+        }
+    }
 }
 
 /// Writes an apply or destroy to the audit log under `paths`, as the `kiln` commands that
@@ -223,35 +249,13 @@ async fn run_args<T: Topology>(
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            let (outcomes, failed, left) = in_turn(scores.iter(), false, topology).await;
-            show(&outcomes, args.json);
-            audit(paths, "score apply", topology, scores, failed.iter());
-            if let Some(err) = failed {
-                if !left.is_empty() {
-                    eprintln!(
-                        "not applied (they may need what failed): {}",
-                        left.join(", ")
-                    );
-                }
-                return Err(err);
-            }
+            in_turn(false, args, topology, scores, paths).await?;
         }
         Command::Destroy { yes } => {
             if !yes && !confirm("destroy everything these scores own?") {
                 return Ok(ExitCode::FAILURE);
             }
-            let (outcomes, failed, left) = in_turn(scores.iter().rev(), true, topology).await;
-            show(&outcomes, args.json);
-            audit(paths, "score destroy", topology, scores, failed.iter());
-            if let Some(err) = failed {
-                if !left.is_empty() {
-                    eprintln!(
-                        "not destroyed (what failed may still need them): {}",
-                        left.join(", ")
-                    );
-                }
-                return Err(err);
-            }
+            in_turn(true, args, topology, scores, paths).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
