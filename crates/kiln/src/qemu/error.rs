@@ -22,6 +22,16 @@ pub enum QemuError {
         /// What it wrote to stderr, trimmed.
         stderr: String,
     },
+    /// QEMU started, then ended before kiln could connect its network to it.
+    #[error(
+        "qemu (pid {pid}) ended right after it started, before its network was connected: {reason}"
+    )]
+    EndedAtStart {
+        /// The QEMU that ended.
+        pid: u32,
+        /// What kiln saw when connecting (its network socket gone, say).
+        reason: String,
+    },
     /// QEMU started but its pidfile is missing or holds no pid.
     #[error("qemu wrote no usable pid to {}", path.display())]
     NoPid {
@@ -104,6 +114,9 @@ impl QemuError {
                 .to_owned(),
             ),
             Self::StartFailed { .. } => Some("run `kiln doctor` to check this host".to_owned()),
+            Self::EndedAtStart { .. } => Some(
+                "`kiln logs NAME` shows the console; try again, and run `kiln doctor`".to_owned(),
+            ),
             Self::NetworkHelper { .. } => Some(
                 "install passt (scripts/setup.sh does), or pick another policy: --net none, \
                  or --net host to also reach the host's loopback"

@@ -305,8 +305,18 @@ impl Backend for QemuBackend {
                 &launch.paths.net_pidfile(),
             )
         {
+            // QEMU removes its socket when it ends: say so rather than "no such file".
+            let ended = !process::is_alive(pid, &plan.qmp_socket);
             process::wait_or_kill(pid, &plan.qmp_socket, Duration::ZERO).await;
-            return Err(err);
+            return Err(if ended {
+                QemuError::EndedAtStart {
+                    pid,
+                    reason: err.to_string(),
+                }
+                .into()
+            } else {
+                err
+            });
         }
         if !launch.attachments.is_empty() {
             // QEMU made the taps; they go away with it. Put them into their bridges.
