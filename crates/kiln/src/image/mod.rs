@@ -7,6 +7,7 @@
 mod boot;
 mod bootkit;
 pub(crate) mod config_drive;
+mod convert;
 pub(crate) mod workspace_drive;
 /// What kiln's init prints on the serial console just before it starts the agent.
 pub const INIT_MARKER: &str = "kiln-init: starting agent";
