@@ -76,7 +76,7 @@ pub enum CopyError {
         /// What is wrong with the header.
         reason: String,
     },
-    /// The copy went past one of its [`CopyLimits`]; nothing past the limit was written.
+    /// The copy went past one of its [`CopyLimits`](super::CopyLimits); nothing past the limit was written.
     #[error("the guest went past the copy's {limit} limit ({max})")]
     LimitExceeded {
         /// Which bound was exceeded.
