@@ -128,11 +128,11 @@ impl Progress {
         let Ok(mut current) = self.current.lock() else {
             return;
         };
-        current.bytes = Some((stage, done));
-        // Another stage's bytes (an outer one's, under a nested stage) move no bar.
+        // Another stage's bytes (an outer one's, under a nested stage) are not this one's.
         if current.stage != Some(stage) {
             return;
         }
+        current.bytes = Some((stage, done));
         let first = !current.metered;
         current.metered = true;
         let Some(bar) = &current.bar else {

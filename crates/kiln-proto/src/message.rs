@@ -204,7 +204,8 @@ impl ExitStatus {
     pub fn shell_code(self) -> i32 {
         match self {
             Self::Code(code) => code,
-            Self::Signal(signal) => 128 + signal,
+            // The guest says which signal: any number, so the sum saturates.
+            Self::Signal(signal) => 128i32.saturating_add(signal.clamp(0, 127)),
         }
     }
 

@@ -241,7 +241,16 @@ async fn run_args<T: Topology>(
             let plans = plan_all(topology, scores).await?;
             if plans.iter().all(Plan::is_unchanged) {
                 show(&plans, args.json);
-                return Ok(ExitCode::SUCCESS);
+                // Unchanged where it was looked at: a host left out may still differ.
+                let lost = topology.unreachable_hosts().await;
+                for (host, why) in &lost {
+                    eprintln!("warning: host {host} does not answer ({why}): not checked");
+                }
+                return Ok(if lost.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
             }
             if !yes {
                 show(&plans, false);

@@ -124,9 +124,11 @@ struct Report<'a> {
     exit_code: i32,
     /// What went over the agent when the session started: the files that changed since its
     /// workspace image was written. Absent without a workspace.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pushed: Option<&'a SyncReport>,
     /// What came back from the workspace. Absent without a workspace, or when the command
     /// was interrupted before the pull.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pulled: Option<&'a SyncReport>,
     /// Each stage and its time, as `--timings` prints them, ending with the total.
     timings: Vec<StageTime<'a>>,

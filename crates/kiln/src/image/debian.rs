@@ -119,8 +119,6 @@ pub async fn download(
                 meter.set((percent / 100.0 * size as f64) as u64, Some(size));
             }
         }
-        // Whatever else it writes is read, so apt never blocks on a full pipe.
-        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
     };
     let errors = async {
         let mut kept = Vec::new();

@@ -76,8 +76,11 @@ impl NetworkInterpret {
                         net.owner.as_deref(),
                     ));
                 }
-                // Missing on some hosts: made there, left alone where it is.
-                Some(net) if net.partial => Change::Create,
+                // Missing on some hosts, the same where it is: made there, left alone
+                // where it is (a copy that differs is replaced, below).
+                Some(net) if net.partial && spec_diffs(net.spec.as_ref(), spec).is_empty() => {
+                    Change::Create
+                }
                 Some(net) => {
                     let diffs = spec_diffs(net.spec.as_ref(), spec);
                     if !diffs.is_empty() {

@@ -355,9 +355,16 @@ impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
     /// One held by another owner on any host is refused before anything changes; a host that
     /// fails holds up none of the others, and its error is returned once they have it.
     async fn create_network(&self, spec: &NetworkSpec, owner: &str) -> Result<()> {
-        let mut failure = None;
+        let (mut failure, mut left_out) = (None, None);
         let mut seen = Vec::new();
-        for (_, host) in &self.hosts {
+        let lost = self.unreachable_hosts().await;
+        for (name, host) in &self.hosts {
+            // Left out of the plan: its subnets were never checked. Reported once all others
+            // have it.
+            if let Some(skipped) = skipped(&lost, name, spec.name()) {
+                left_out.get_or_insert(skipped);
+                continue;
+            }
             match host.observe_networks().await {
                 Ok(nets) => seen.push((host, nets.into_iter().find(|n| n.name == spec.name()))),
                 Err(err) => {
@@ -385,39 +392,54 @@ impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
                 failure.get_or_insert(err);
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.or(left_out).map_or(Ok(()), Err)
     }
 
     async fn start_network(&self, name: &str) -> Result<()> {
-        self.on_every_host(|host| host.start_network(name)).await
+        self.on_every_host(name, |host| host.start_network(name))
+            .await
     }
 
     async fn delete_network(&self, name: &str) -> Result<()> {
-        self.on_every_host(|host| host.delete_network(name)).await
+        self.on_every_host(name, |host| host.delete_network(name))
+            .await
     }
 }
 
 impl<H: VmHost> MultiHost<H> {
-    /// Runs `change` on every host the last observation saw answer (one it left out is an
-    /// unreachable host, and what it holds was never checked): one that fails holds up none
-    /// of the others, and the first failure is returned once all were tried.
-    async fn on_every_host<'a, F, Fut>(&'a self, change: F) -> Result<()>
+    /// Runs `change` on network `network` of every host the last observation saw answer (one
+    /// it left out is not touched: what it holds was never checked): one that fails holds up
+    /// none of the others, and the first failure (or host left out) is returned once all
+    /// were tried.
+    async fn on_every_host<'a, F, Fut>(&'a self, network: &str, change: F) -> Result<()>
     where
         F: Fn(&'a H) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
         let lost = self.unreachable_hosts().await;
-        let mut failure = None;
+        let (mut failure, mut left_out) = (None, None);
         for (name, host) in &self.hosts {
-            if lost.iter().any(|(gone, _)| gone == name) {
+            if let Some(skipped) = skipped(&lost, name, network) {
+                left_out.get_or_insert(skipped);
                 continue;
             }
             if let Err(err) = change(host).await {
                 failure.get_or_insert(err);
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.or(left_out).map_or(Ok(()), Err)
     }
+}
+
+/// The error for host `name` when the last observation left it out (`lost`), for network
+/// `network`.
+fn skipped(lost: &[(String, String)], name: &str, network: &str) -> Option<Error> {
+    let (host, reason) = lost.iter().find(|(gone, _)| gone == name)?;
+    Some(Error::HostUnreachable {
+        host: host.clone(),
+        resource: format!("network {network}"),
+        reason: reason.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -645,6 +667,20 @@ mod tests {
             "{:?}",
             b.changes()
         );
+    }
+
+    #[tokio::test]
+    async fn a_network_one_host_lacks_and_another_holds_an_old_copy_of_is_replaced() {
+        let old = NetworkSpec::nat("lab", "10.30.0.0/24").build().unwrap();
+        let topology = MultiHost::new()
+            .with_host("a", Fake::with(&old, "net"))
+            .with_host("b", Fake::default());
+        let (a, b) = (host(&topology, "a"), host(&topology, "b"));
+        let score = NetworkScore::new("net", [lab()]).unwrap();
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Replace]);
+        assert_eq!(a.changes(), ["delete lab", "create lab"]);
+        assert_eq!(b.changes(), ["delete lab", "create lab"]);
+        assert_eq!(apply(&topology, &score).await.unwrap(), [Change::Unchanged]);
     }
 
     #[tokio::test]

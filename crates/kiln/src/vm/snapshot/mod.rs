@@ -510,10 +510,10 @@ fn sync_file(path: &Path) -> Result<()> {
 }
 
 /// In a VM's directory while a restore loads saved state: the disks it gives the machine.
-pub(super) const RESTORING_MARKER: &str = "restoring";
+const RESTORING_MARKER: &str = "restoring";
 
 /// In an unfinished snapshot's directory: the save paused a running VM.
-pub(super) const RESUME_MARKER: &str = "resume";
+const RESUME_MARKER: &str = "resume";
 
 /// Waits for the agent of a restored guest. Its virtio-serial port was saved with no host
 /// connected, and the first connection after the load can go unanswered: retry on fresh
