@@ -110,14 +110,22 @@ impl Progress {
         }
     }
 
-    /// Clears the spinner; returns the bytes `stage` counted, if it counted any.
-    fn finish_current(&self, stage: Option<kiln::progress::Stage>) -> Option<u64> {
-        let mut current = self.current.lock().ok()?;
-        if let Some(bar) = current.bar.take() {
-            bar.finish_and_clear();
+    /// Clears the spinner (for a line printed in the middle of a stage); the stage and its
+    /// bytes stay.
+    fn clear_bar(&self) {
+        if let Ok(mut current) = self.current.lock() {
+            if let Some(bar) = current.bar.take() {
+                bar.finish_and_clear();
+            }
+            current.metered = false;
         }
+    }
+
+    /// Ends the stage on screen; returns the bytes `stage` counted, if it counted any.
+    fn finish_current(&self, stage: Option<kiln::progress::Stage>) -> Option<u64> {
+        self.clear_bar();
+        let mut current = self.current.lock().ok()?;
         current.stage = None;
-        current.metered = false;
         match current.bytes.take() {
             Some((counted, bytes)) if Some(counted) == stage => Some(bytes),
             _ => None,
@@ -195,11 +203,11 @@ impl Reporter for Progress {
             // Parts of a stage: shown by --timings, not as progress.
             Event::Phase { .. } => {}
             Event::Note { message } => {
-                self.finish_current(None);
+                self.clear_bar();
                 eprintln!("  note      {message}");
             }
             Event::Start { warm, detail } => {
-                self.finish_current(None);
+                self.clear_bar();
                 eprintln!("  note      {}", kiln::progress::start_line(warm, &detail));
             }
             // Events of a newer library: nothing to show for them.
