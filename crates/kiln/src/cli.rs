@@ -133,7 +133,7 @@ async fn in_turn<T: Topology>(
     } else {
         "score apply"
     };
-    audit(paths, verb, topology, scores, failed.iter());
+    audit(paths, verb, topology, scores, failed.as_ref());
     match failed {
         None => Ok(()),
         Some(err) => {
@@ -151,20 +151,15 @@ async fn in_turn<T: Topology>(
 
 /// Writes an apply or destroy to the audit log under `paths`, as the `kiln` commands that
 /// change state are: the scores' names, the topology, and what failed.
-fn audit<'a, T: Topology>(
+fn audit<T: Topology>(
     paths: Option<&crate::Paths>,
     verb: &str,
     topology: &T,
     scores: &[Box<dyn Score<T>>],
-    failures: impl Iterator<Item = &'a crate::Error>,
+    failed: Option<&crate::Error>,
 ) {
     let names = scores.iter().map(|s| s.name().to_owned()).collect();
-    let failures: Vec<String> = failures.map(ToString::to_string).collect();
-    let outcome = if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    };
+    let outcome = failed.map_or(Ok(()), |err| Err(err.to_string()));
     let entry = AuditEntry::new(verb, names, Some(topology.describe())).ended(outcome);
     match paths.map(|paths| audit::append(paths, &entry)) {
         Some(Ok(())) => {}
