@@ -232,15 +232,7 @@ impl<H: VmHost> VmHost for MultiHost<H> {
     /// made twice. When no host answers, that is the error.
     async fn observe_vms(&self) -> Result<Vec<ObservedVm>> {
         let (seen, lost) = self.observe_each().await;
-        if seen.is_empty()
-            && let Some((host, reason)) = lost.into_iter().next()
-        {
-            return Err(Error::HostUnreachable {
-                host,
-                resource: "any VM".to_owned(),
-                reason,
-            });
-        }
+        none_answered(&seen, lost, "any VM")?;
         let mut all = Vec::new();
         for (name, vms) in seen {
             for mut vm in vms {
@@ -312,15 +304,7 @@ impl<H: VmHost + NetworkHost> NetworkHost for MultiHost<H> {
     /// reported, so a new subnet is checked against each host.
     async fn observe_networks(&self) -> Result<Vec<ObservedNetwork>> {
         let (per_host, lost) = self.observe_each_with(|host| host.observe_networks()).await;
-        if per_host.is_empty()
-            && let Some((host, reason)) = lost.into_iter().next()
-        {
-            return Err(Error::HostUnreachable {
-                host,
-                resource: "any network".to_owned(),
-                reason,
-            });
-        }
+        none_answered(&per_host, lost, "any network")?;
         let answered = per_host.len();
         let mut merged: BTreeMap<String, ObservedNetwork> = BTreeMap::new();
         let mut seen_on: BTreeMap<String, usize> = BTreeMap::new();
@@ -428,6 +412,19 @@ impl<H: VmHost> MultiHost<H> {
             }
         }
         failure.or(left_out).map_or(Ok(()), Err)
+    }
+}
+
+/// An observation that no host answered is the first lost host's error (`resource`: what
+/// could not be seen); one host answering is enough.
+fn none_answered<T>(seen: &[T], lost: Vec<(String, String)>, resource: &str) -> Result<()> {
+    match lost.into_iter().next() {
+        Some((host, reason)) if seen.is_empty() => Err(Error::HostUnreachable {
+            host,
+            resource: resource.to_owned(),
+            reason,
+        }),
+        _ => Ok(()),
     }
 }
 
