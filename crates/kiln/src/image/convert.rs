@@ -68,19 +68,13 @@ pub(super) fn to_qcow2(
             }
         }
     }
-    let status = child.wait().map_err(|source| ImageError::ToolMissing {
-        program: program.to_owned(),
-        source,
-    })?;
     let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
-    if !status.success() {
-        return Err(ImageError::ToolFailed {
-            program: program.to_owned(),
-            status: status.code().unwrap_or(-1),
-            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
-        }
-        .into());
-    }
+    let output = child.wait().map(|status| std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    });
+    super::debian::checked(program, output)?;
     Ok(())
 }
 

@@ -129,27 +129,21 @@ pub async fn download(
         kept
     };
     let ((), stderr) = tokio::join!(statuses, errors);
-    let status = child
-        .wait()
-        .await
-        .map_err(|source| ImageError::ToolMissing {
-            program: program.to_owned(),
-            source,
-        })?;
-    let failed = |stderr: String| ImageError::ToolFailed {
-        program: program.to_owned(),
-        status: status.code().unwrap_or(-1),
+    let output = child.wait().await.map(|status| std::process::Output {
+        status,
+        stdout: Vec::new(),
         stderr,
-    };
-    if !status.success() {
-        return Err(failed(String::from_utf8_lossy(&stderr).trim().to_owned()));
-    }
+    });
+    checked(program, output)?;
     // The last status line may say less than all of it.
     if let Some(size) = size {
         meter.set(size, Some(size));
     }
-    find_deb(dir, package)?
-        .ok_or_else(|| failed(format!("no {package}_*.deb appeared in {}", dir.display())))
+    find_deb(dir, package)?.ok_or_else(|| ImageError::ToolFailed {
+        program: program.to_owned(),
+        status: 0,
+        stderr: format!("no {package}_*.deb appeared in {}", dir.display()),
+    })
 }
 
 /// The stderr of `apt-get download` kept for an error message.
