@@ -155,12 +155,14 @@ pub(super) fn build(
 
     let tree = kernel::ModuleTree::open(&unpacked.join("lib/modules").join(&release))?;
     let modules = tree.closure(kernel::GUEST_MODULES)?;
+    let share_modules = tree.closure_beyond(kernel::SHARE_MODULES, &modules)?;
     let initramfs_path = out.join("initramfs.cpio");
     initramfs::write(
         &initramfs::InitramfsParts {
             busybox: &inputs.busybox,
             agent: &inputs.agent,
             modules: &modules,
+            share_modules: &share_modules,
         },
         &initramfs_path,
     )?;
@@ -186,7 +188,11 @@ pub(super) fn build(
         },
         vmlinux: FileStamp::of(&dir.join("vmlinux"))?,
         initramfs: FileStamp::of(&dir.join("initramfs.cpio"))?,
-        modules: modules.into_iter().map(|m| m.name).collect(),
+        modules: modules
+            .into_iter()
+            .chain(share_modules)
+            .map(|m| m.name)
+            .collect(),
         built_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

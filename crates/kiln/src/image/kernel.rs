@@ -24,11 +24,13 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_rng",
     "qemu_fw_cfg",
-    "9pnet_virtio",
-    "9p",
     "crc32c_generic",
     "ext4",
 ];
+
+/// Modules a guest with shares loads as well (those [`GUEST_MODULES`] brought are not
+/// repeated): a guest without shares boots faster without them.
+pub const SHARE_MODULES: &[&str] = &["9pnet_virtio", "9p"];
 
 /// Finds the XZ payload in a bzImage and decompresses it to the ELF `vmlinux`.
 pub fn extract_vmlinux(bzimage: &[u8], source: &Path) -> Result<Vec<u8>, ImageError> {
@@ -135,8 +137,17 @@ impl ModuleTree {
 
     /// `wanted` and everything they depend on, dependencies first.
     pub fn closure(&self, wanted: &[&str]) -> Result<Vec<Module>, ImageError> {
+        self.closure_beyond(wanted, &[])
+    }
+
+    /// Like [`closure`](Self::closure), leaving out the modules of `loaded` (loaded before).
+    pub fn closure_beyond(
+        &self,
+        wanted: &[&str],
+        loaded: &[Module],
+    ) -> Result<Vec<Module>, ImageError> {
         let mut ordered = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<String> = loaded.iter().map(|m| m.name.clone()).collect();
         for name in wanted {
             self.visit(name, &mut seen, &mut ordered, 0)?;
         }
