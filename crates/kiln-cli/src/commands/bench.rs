@@ -14,6 +14,9 @@ pub enum Command {
         /// Pings and execs to time
         #[arg(long, default_value_t = 200)]
         count: usize,
+        /// Also measure each kept boot lever: bare boots with it and with it undone
+        #[arg(long)]
+        levers: bool,
         #[arg(long)]
         json: bool,
     },
@@ -132,7 +135,12 @@ fn ms(stats: &Stats) -> String {
 
 pub async fn run(command: Command) -> Outcome {
     match command {
-        Command::Boot { runs, count, json } => boot(runs, count, json).await,
+        Command::Boot {
+            runs,
+            count,
+            levers,
+            json,
+        } => boot(runs, count, levers, json).await,
         Command::Clients {
             clients,
             runs,
@@ -448,13 +456,22 @@ async fn libvirt(connect: Option<String>, runs: u32, json: bool) -> Outcome {
     Ok(0)
 }
 
-async fn boot(runs: u32, count: usize, json: bool) -> Outcome {
+async fn boot(runs: u32, count: usize, levers: bool, json: bool) -> Outcome {
     let kiln = Kiln::from_env()?;
     let progress = Progress::new();
     let boot = bench::boot(&kiln, runs, &progress).await?;
     let latency = bench::latency(&kiln, count, &progress).await?;
+    let levers = if levers {
+        bench::boot_levers(&kiln, runs, &progress).await?
+    } else {
+        Vec::new()
+    };
     if json {
-        ui::print_json(&serde_json::json!({ "boot": boot, "latency": latency }))?;
+        ui::print_json(&serde_json::json!({
+            "boot": boot,
+            "latency": latency,
+            "levers": levers,
+        }))?;
         return Ok(0);
     }
     println!("accelerator: {} ({})", boot.accel, boot.accel_reason);
@@ -483,5 +500,14 @@ async fn boot(runs: u32, count: usize, json: bool) -> Outcome {
         "  exec / (spawn + ping)      {:>7.2}   (goal <= 1.3)",
         latency.exec_ratio
     );
+    if !levers.is_empty() {
+        println!("boot levers, bare qemu -> init marker, {runs} runs each, alternating:");
+        for lever in &levers {
+            println!(
+                "  {:<40} kept {:>6.0} ms   undone {:>6.0} ms   ratio {:.2}",
+                lever.label, lever.kept.p50_ms, lever.undone.p50_ms, lever.ratio
+            );
+        }
+    }
     Ok(0)
 }

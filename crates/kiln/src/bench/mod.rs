@@ -180,24 +180,10 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
     let mut stages = Vec::new();
     let mut bare_stalls = 0;
     for run in 1..=runs {
-        // The same policy as kiln's: a boot silent past the first-output deadline is retried.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match bare_boot(kiln, &image, accel, &probe.reason).await {
-                Ok(elapsed) => {
-                    bare.push(elapsed);
-                    break;
-                }
-                Err(crate::Error::BootFailed { .. }) if attempt < 3 => {
-                    bare_stalls += 1;
-                    reporter.report(Event::Note {
-                        message: "bare qemu boot stalled; retrying".to_owned(),
-                    });
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        let (elapsed, stalls) =
+            bare_boot_retried(kiln, &image, accel, &probe.reason, reporter).await?;
+        bare.push(elapsed);
+        bare_stalls += stalls;
         let name = format!("bench-{run}");
         let timings = crate::progress::Timings::new(&NoProgress);
         let started = Instant::now();
@@ -225,6 +211,101 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
         kiln_up,
         stages: stage_stats(&stages),
     })
+}
+
+/// One boot lever, measured: bare boots with it and with it undone, alternating.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeverReport {
+    /// Which lever.
+    pub lever: crate::qemu::BootLever,
+    /// What it is.
+    pub label: &'static str,
+    /// Bare QEMU until init's marker, as kiln boots now.
+    pub kept: Stats,
+    /// The same with this lever undone.
+    pub undone: Stats,
+    /// kept.p50 / undone.p50 (below 1: the lever helps).
+    pub ratio: f64,
+}
+
+/// Measures each kept [`BootLever`](crate::qemu::BootLever): `runs` bare boots as kiln
+/// boots now and `runs` with that lever undone, alternating, each until init's marker.
+pub async fn boot_levers(
+    kiln: &Kiln,
+    runs: u32,
+    reporter: &dyn Reporter,
+) -> Result<Vec<LeverReport>> {
+    let probe = kiln.accel_probe();
+    let accel = probe.choose(crate::AccelChoice::Auto)?;
+    let image = kiln
+        .images()
+        .ensure(
+            crate::spec::DEFAULT_IMAGE,
+            kiln.image_inputs(),
+            false,
+            reporter,
+        )
+        .await?;
+    let mut reports = Vec::new();
+    for lever in crate::qemu::BootLever::ALL {
+        let before = Kiln::new(
+            kiln.paths().clone(),
+            crate::qemu::QemuBackend::new().without_lever(lever),
+        );
+        let (mut kept, mut undone) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            kept.push(
+                bare_boot_retried(kiln, &image, accel, &probe.reason, reporter)
+                    .await?
+                    .0,
+            );
+            undone.push(
+                bare_boot_retried(&before, &image, accel, &probe.reason, reporter)
+                    .await?
+                    .0,
+            );
+            reporter.report(Event::Note {
+                message: format!(
+                    "{} ({run}/{runs}): {:.2}s, undone {:.2}s",
+                    lever.label(),
+                    kept[kept.len() - 1].as_secs_f64(),
+                    undone[undone.len() - 1].as_secs_f64()
+                ),
+            });
+        }
+        let (kept, undone) = (Stats::of(&kept), Stats::of(&undone));
+        reports.push(LeverReport {
+            lever,
+            label: lever.label(),
+            ratio: kept.p50_ms / undone.p50_ms.max(f64::EPSILON),
+            kept,
+            undone,
+        });
+    }
+    Ok(reports)
+}
+
+/// A bare boot, retried with kiln's own policy (a boot silent past the first-output deadline
+/// is tried again, three tries in all); returns its time and how many tries stalled.
+async fn bare_boot_retried(
+    kiln: &Kiln,
+    image: &crate::image::Image,
+    accel: crate::Accel,
+    accel_reason: &str,
+    reporter: &dyn Reporter,
+) -> Result<(Duration, u32)> {
+    let mut stalls = 0;
+    loop {
+        match bare_boot(kiln, image, accel, accel_reason).await {
+            Err(crate::Error::BootFailed { .. }) if stalls < 2 => {
+                stalls += 1;
+                reporter.report(Event::Note {
+                    message: "bare qemu boot stalled; retrying".to_owned(),
+                });
+            }
+            done => return done.map(|elapsed| (elapsed, stalls)),
+        }
+    }
 }
 
 /// QEMU started with exactly the argv kiln uses, timed until init prints its marker.

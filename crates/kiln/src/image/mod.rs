@@ -27,7 +27,7 @@ pub(crate) use boot::ipxe_script;
 pub(crate) use boot::{boot_root, machine_disks};
 pub use bootkit::ImageInputs;
 pub use error::ImageError;
-pub(crate) use initramfs::{Addressing, BootRoot, guest_cmdline, user_net};
+pub(crate) use initramfs::{Addressing, BootRoot, SKIP_CRYPTO_TESTS, guest_cmdline, user_net};
 pub(crate) use manifest::Manifest;
 pub use recipe::{
     BASE_PACKAGES, DEFAULT_SUITE, ImageFile, ImageSpec, ImageSpecBuilder, InitMode, RecipeError,

@@ -19,6 +19,8 @@ pub struct QemuLaunch {
     pub name: String,
     pub machine: Machine,
     pub accel: Accel,
+    /// The guest CPU model (`host` with KVM).
+    pub cpu: String,
     pub cpus: u32,
     pub memory_mib: u64,
     pub firmware: Option<PathBuf>,
@@ -157,10 +159,11 @@ pub fn render(l: &QemuLaunch) -> Vec<OsString> {
         }
     }
     argv.push(["-machine", &format!("{machine},memory-backend=ram")]);
-    match l.accel {
-        Accel::Kvm => argv.push(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => argv.push(["-accel", "tcg", "-cpu", "max"]),
-    }
+    let accel = match l.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    argv.push(["-accel", accel, "-cpu", &l.cpu]);
     argv.push(["-smp", &l.cpus.to_string()]);
     argv.push(["-m", &format!("{}M", l.memory_mib)]);
     argv.push(["-nodefaults", "-no-user-config", "-display", "none"]);
@@ -408,6 +411,10 @@ mod tests {
             name: "web-1".into(),
             machine,
             accel,
+            cpu: match accel {
+                Accel::Kvm => "host".into(),
+                Accel::Tcg => super::super::TCG_CPU.into(),
+            },
             cpus: 2,
             memory_mib: 1024,
             firmware: Some(PathBuf::from("/usr/share/qemu/qboot.rom")),
@@ -484,7 +491,7 @@ mod tests {
     #[test]
     fn microvm_tcg_golden() {
         let expected = "-name guest=web-1,debug-threads=on -object memory-backend-ram,id=ram,size=1024M \
--machine microvm,memory-backend=ram -accel tcg -cpu max \
+-machine microvm,memory-backend=ram -accel tcg -cpu qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16 \
 -smp 2 -m 1024M -nodefaults -no-user-config -display none -sandbox on,obsolete=deny,resourcecontrol=deny \
 -bios /usr/share/qemu/qboot.rom \
 -kernel /k/images/default/vmlinux -initrd /k/images/default/initramfs.cpio \

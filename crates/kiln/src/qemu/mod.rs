@@ -34,6 +34,36 @@ use crate::backend::{Backend, Launch};
 use crate::state::{MachineRecord, VmPaths};
 use crate::{Result, VmSpec};
 
+/// The guest CPU under TCG: x86-64-v2 on QEMU's plain `qemu64`. With `max` (every feature
+/// TCG emulates) a cold boot of kiln's guest takes about 10% longer (`kiln bench boot
+/// --levers`), and what `max` adds (AVX, PCID, …) would run emulated anyway. With KVM the
+/// guest gets the host's CPU.
+pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
+
+/// A setting kept because it makes a cold boot faster. `kiln bench boot --levers` boots with
+/// each one undone, against kiln as it is, to show what it is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootLever {
+    /// The kernel skips its crypto self-tests (`cryptomgr.notests`); undone, it runs them.
+    SkipCryptoTests,
+    /// [`TCG_CPU`] under TCG; undone, `-cpu max`.
+    PlainTcgCpu,
+}
+
+impl BootLever {
+    /// Every lever, in the order the bench measures them.
+    pub const ALL: [BootLever; 2] = [BootLever::SkipCryptoTests, BootLever::PlainTcgCpu];
+
+    /// What it is, in a few words.
+    pub fn label(self) -> &'static str {
+        match self {
+            BootLever::SkipCryptoTests => "kernel crypto self-tests skipped",
+            BootLever::PlainTcgCpu => "x86-64-v2 CPU under TCG instead of max",
+        }
+    }
+}
+
 /// Where QEMU and its firmware are.
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
@@ -44,6 +74,8 @@ pub struct QemuBackend {
     machine: Machine,
     /// The most of one boot's console kept in `serial.log`.
     console_log_max: u64,
+    /// A boot lever turned off, to measure it (benchmarks only).
+    undone: Option<BootLever>,
 }
 
 impl Default for QemuBackend {
@@ -68,7 +100,14 @@ impl QemuBackend {
             firmware,
             machine: Machine::Microvm,
             console_log_max: console::DEFAULT_CONSOLE_LOG_MAX,
+            undone: None,
         }
+    }
+
+    /// Boots with `lever` undone: what kiln did before it was kept (benchmarks only).
+    pub(crate) fn without_lever(mut self, lever: BootLever) -> Self {
+        self.undone = Some(lever);
+        self
     }
 
     /// Keeps at most `bytes` of each boot's console in `serial.log` (default 8 MiB); what

@@ -2,7 +2,8 @@
 //! acceleration, NICs, disks) becomes a [`QemuLaunch`], which `argv` renders (golden-tested).
 
 use super::{
-    DriveFile, FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet,
+    BootLever, DriveFile, FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p,
+    TCG_CPU, TapNic, UserNet,
 };
 use crate::backend::Launch;
 use crate::backend::Memory;
@@ -35,6 +36,13 @@ impl QemuBackend {
             name: launch.spec.name().to_owned(),
             machine,
             accel: launch.accel,
+            cpu: match launch.accel {
+                crate::Accel::Kvm => "host".to_owned(),
+                crate::Accel::Tcg if self.undone == Some(BootLever::PlainTcgCpu) => {
+                    "max".to_owned()
+                }
+                crate::Accel::Tcg => TCG_CPU.to_owned(),
+            },
             cpus: launch.spec.cpus(),
             memory_mib: launch.spec.memory_mib(),
             firmware: match machine {
@@ -57,6 +65,9 @@ impl QemuBackend {
                     && let Some(khz) = crate::accel::host_tsc_khz()
                 {
                     cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+                if self.undone == Some(BootLever::SkipCryptoTests) {
+                    cmdline = cmdline.replace(crate::image::SKIP_CRYPTO_TESTS, "");
                 }
                 cmdline
             },

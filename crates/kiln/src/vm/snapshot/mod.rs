@@ -26,7 +26,8 @@ use crate::{Error, IoError, Result, VmSpec};
 /// 3: saved and loaded with `x-ignore-shared` (templates leave their RAM file out).
 /// 4: RAM is the memory backend `ram` on every machine (its block's name in the state).
 /// 5: every machine has a workspace drive.
-pub(super) const SNAPSHOT_FORMAT: u32 = 5;
+/// 6: under TCG the guest CPU is [`crate::qemu::TCG_CPU`], not `max`.
+pub(super) const SNAPSHOT_FORMAT: u32 = 6;
 /// The oldest format whose disk-only snapshots this kiln restores: they hold no machine
 /// state, only frozen disks in the same layout.
 const DISK_ONLY_SINCE: u32 = 2;
