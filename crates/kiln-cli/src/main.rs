@@ -24,6 +24,7 @@ Environment:
   KILN_LIBVIRT_URI     the libvirt URI of --backend libvirt (default qemu:///system)
   KILN_LIBVIRT_POOL    the storage pool kiln uses on libvirt hosts (default kiln)
   KILN_QEMU            the QEMU binary (default qemu-system-x86_64)
+  KILN_TCG_CPU         the guest CPU model without KVM (default x86-64-v2; max for AVX)
   KILN_PASST           the passt binary of the nat network policy
   KILN_KERNEL_DEB      a Debian kernel package to build images from
   KILN_DEBIAN_MIRROR   the Debian mirror images are built from

@@ -30,6 +30,9 @@ pub struct Launch<'a> {
     /// A session's workspace image, to be the workspace drive (else the drive is kept, or
     /// made blank).
     pub workspace: Option<&'a std::path::Path>,
+    /// The guest CPU model: a saved machine's, which its state must be loaded into; `None`
+    /// for the backend's own ([`Backend::cpu_model`]).
+    pub cpu: Option<&'a str>,
 }
 
 /// Where a machine's RAM lives. Warm starts share one template's RAM between its clones:
@@ -77,6 +80,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The hypervisor's version (recorded in snapshots: a restore needs the same).
     async fn version(&self) -> Result<String>;
+
+    /// The guest CPU model a machine started now with `accel` gets (recorded in snapshots
+    /// and templates: saved state loads only into the model it was saved from).
+    fn cpu_model(&self, accel: crate::Accel) -> String;
 
     /// Creates a qcow2 overlay at `path` on top of `base`.
     async fn create_overlay(&self, base: &std::path::Path, path: &std::path::Path) -> Result<()>;

@@ -493,3 +493,47 @@ async fn warm_clones_share_the_template_ram_and_never_change_it() {
         warm.remove(name, true, &NoProgress).await.unwrap();
     }
 }
+
+/// A snapshot comes back on the CPU model it was saved from, even when kiln now gives new
+/// machines another one: its saved state would not load (or the guest would meet missing
+/// instructions) on a different model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_restores_on_the_cpu_model_it_was_saved_from() {
+    let env = TestEnv::new();
+    let flags = "grep -m1 '^flags' /proc/cpuinfo";
+    let max = kiln::Kiln::new(
+        env.paths(),
+        kiln::qemu::QemuBackend::new().with_tcg_cpu("max"),
+    )
+    .with_image_inputs(kiln_testkit::image_inputs())
+    .with_warm_starts(false);
+    let spec = VmSpec::builder("cpu").memory_mib(256).build().unwrap();
+    let vm = max.up(spec, &NoProgress).await.unwrap();
+    let saved = vm.exec_output(sh(flags)).await.unwrap().stdout;
+    max.save_snapshot("cpu", "s1", false, &NoProgress)
+        .await
+        .unwrap();
+
+    let kiln = env.kiln().with_warm_starts(false);
+    let vm = kiln.restore("cpu", "s1", &NoProgress).await.unwrap();
+    let restored = vm.exec_output(sh(flags)).await.unwrap().stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&restored),
+        String::from_utf8_lossy(&saved)
+    );
+    let fresh = kiln
+        .up(
+            VmSpec::builder("fresh").memory_mib(256).build().unwrap(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    let fresh_flags = fresh.exec_output(sh(flags)).await.unwrap().stdout;
+    if fresh.record().machine.as_ref().map(|m| m.accel) == Some(kiln::Accel::Tcg) {
+        // Under TCG the default model is a plainer one than `max`.
+        assert_ne!(fresh_flags, saved, "{}", String::from_utf8_lossy(&saved));
+    }
+    for name in ["cpu", "fresh"] {
+        kiln.remove(name, true, &NoProgress).await.unwrap();
+    }
+}

@@ -504,8 +504,15 @@ async fn boot(runs: u32, count: usize, levers: bool, json: bool) -> Outcome {
         println!("boot levers, bare qemu -> init marker, {runs} runs each, alternating:");
         for lever in &levers {
             println!(
-                "  {:<40} kept {:>6.0} ms   undone {:>6.0} ms   ratio {:.2}",
-                lever.label, lever.kept.p50_ms, lever.undone.p50_ms, lever.ratio
+                "  {:<40} kept {:>6.0} ms   undone {:>6.0} ms   ratio {:.2}{}",
+                lever.label,
+                lever.kept.p50_ms,
+                lever.undone.p50_ms,
+                lever.ratio,
+                match lever.stalls {
+                    0 => String::new(),
+                    n => format!("   ({n} stalled and retried)"),
+                }
             );
         }
     }

@@ -165,17 +165,7 @@ pub(super) fn spec(name: &str) -> Result<VmSpec> {
 
 /// Boots `runs` times each way, alternating, and compares medians.
 pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<BootReport> {
-    let probe = kiln.accel_probe();
-    let accel = probe.choose(crate::AccelChoice::Auto)?;
-    let image = kiln
-        .images()
-        .ensure(
-            crate::spec::DEFAULT_IMAGE,
-            kiln.image_inputs(),
-            false,
-            reporter,
-        )
-        .await?;
+    let (image, accel, probe) = boot_inputs(kiln, reporter).await?;
     let (mut bare, mut up) = (Vec::new(), Vec::new());
     let mut stages = Vec::new();
     let mut bare_stalls = 0;
@@ -213,6 +203,25 @@ pub async fn boot(kiln: &Kiln, runs: u32, reporter: &dyn Reporter) -> Result<Boo
     })
 }
 
+/// The accelerator (and its probe) and the default image every bare boot runs with.
+async fn boot_inputs(
+    kiln: &Kiln,
+    reporter: &dyn Reporter,
+) -> Result<(crate::image::Image, crate::Accel, crate::AccelProbe)> {
+    let probe = kiln.accel_probe();
+    let accel = probe.choose(crate::AccelChoice::Auto)?;
+    let image = kiln
+        .images()
+        .ensure(
+            crate::spec::DEFAULT_IMAGE,
+            kiln.image_inputs(),
+            false,
+            reporter,
+        )
+        .await?;
+    Ok((image, accel, probe))
+}
+
 /// One boot lever, measured: bare boots with it and with it undone, alternating.
 #[derive(Debug, Clone, Serialize)]
 pub struct LeverReport {
@@ -226,44 +235,47 @@ pub struct LeverReport {
     pub undone: Stats,
     /// kept.p50 / undone.p50 (below 1: the lever helps).
     pub ratio: f64,
+    /// Boots of either kind that stalled in early boot and were tried again.
+    pub stalls: u32,
 }
 
-/// Measures each kept [`BootLever`](crate::qemu::BootLever): `runs` bare boots as kiln
-/// boots now and `runs` with that lever undone, alternating, each until init's marker.
+/// Measures each kept [`BootLever`](crate::qemu::BootLever) that applies on this host's
+/// accelerator: `runs` bare boots as kiln boots now and `runs` with that lever undone,
+/// alternating (which goes first alternates too), each until init's marker. The undone side
+/// runs a default [`QemuBackend`](crate::qemu::QemuBackend) with the lever off, as the CLI's
+/// kiln is a default one.
 pub async fn boot_levers(
     kiln: &Kiln,
     runs: u32,
     reporter: &dyn Reporter,
 ) -> Result<Vec<LeverReport>> {
-    let probe = kiln.accel_probe();
-    let accel = probe.choose(crate::AccelChoice::Auto)?;
-    let image = kiln
-        .images()
-        .ensure(
-            crate::spec::DEFAULT_IMAGE,
-            kiln.image_inputs(),
-            false,
-            reporter,
-        )
-        .await?;
+    let (image, accel, probe) = boot_inputs(kiln, reporter).await?;
     let mut reports = Vec::new();
-    for lever in crate::qemu::BootLever::ALL {
+    for &lever in crate::qemu::BootLever::ALL {
+        if !lever.applies_to(accel) {
+            continue;
+        }
         let before = Kiln::new(
             kiln.paths().clone(),
             crate::qemu::QemuBackend::new().without_lever(lever),
         );
-        let (mut kept, mut undone) = (Vec::new(), Vec::new());
+        let (mut kept, mut undone, mut stalls) = (Vec::new(), Vec::new(), 0);
         for run in 1..=runs {
-            kept.push(
-                bare_boot_retried(kiln, &image, accel, &probe.reason, reporter)
-                    .await?
-                    .0,
-            );
-            undone.push(
-                bare_boot_retried(&before, &image, accel, &probe.reason, reporter)
-                    .await?
-                    .0,
-            );
+            let order = if run % 2 == 1 {
+                [(kiln, true), (&before, false)]
+            } else {
+                [(&before, false), (kiln, true)]
+            };
+            for (which, is_kept) in order {
+                let (elapsed, stalled) =
+                    bare_boot_retried(which, &image, accel, &probe.reason, reporter).await?;
+                stalls += stalled;
+                if is_kept {
+                    kept.push(elapsed);
+                } else {
+                    undone.push(elapsed);
+                }
+            }
             reporter.report(Event::Note {
                 message: format!(
                     "{} ({run}/{runs}): {:.2}s, undone {:.2}s",
@@ -280,6 +292,7 @@ pub async fn boot_levers(
             ratio: kept.p50_ms / undone.p50_ms.max(f64::EPSILON),
             kept,
             undone,
+            stalls,
         });
     }
     Ok(reports)
@@ -335,6 +348,7 @@ async fn bare_boot(
         incoming: None,
         memory: crate::backend::Memory::Private,
         workspace: None,
+        cpu: None,
     };
     let started = Instant::now();
     kiln.backend().start(&launch).await?;

@@ -34,16 +34,25 @@ use crate::backend::{Backend, Launch};
 use crate::state::{MachineRecord, VmPaths};
 use crate::{Result, VmSpec};
 
-/// The guest CPU under TCG: x86-64-v2 on QEMU's plain `qemu64`. With `max` (every feature
-/// TCG emulates) a cold boot of kiln's guest takes about 10% longer (`kiln bench boot
-/// --levers`), and what `max` adds (AVX, PCID, …) would run emulated anyway. With KVM the
-/// guest gets the host's CPU.
+/// The guest CPU under TCG unless `KILN_TCG_CPU` names another: x86-64-v2 on QEMU's plain
+/// `qemu64`. With `max` (every feature TCG emulates) a cold boot of kiln's guest takes about
+/// 10% longer (`kiln bench boot --levers`). Guest programs built for newer CPUs (AVX2,
+/// x86-64-v3) need `KILN_TCG_CPU=max`. With KVM the guest gets the host's CPU.
 pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
+
+/// The CPU model of machines started by a kiln that did not record it.
+pub(crate) fn legacy_cpu_model(accel: crate::Accel) -> &'static str {
+    match accel {
+        crate::Accel::Kvm => "host",
+        crate::Accel::Tcg => "max",
+    }
+}
 
 /// A setting kept because it makes a cold boot faster. `kiln bench boot --levers` boots with
 /// each one undone, against kiln as it is, to show what it is worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum BootLever {
     /// The kernel skips its crypto self-tests (`cryptomgr.notests`); undone, it runs them.
     SkipCryptoTests,
@@ -53,7 +62,15 @@ pub enum BootLever {
 
 impl BootLever {
     /// Every lever, in the order the bench measures them.
-    pub const ALL: [BootLever; 2] = [BootLever::SkipCryptoTests, BootLever::PlainTcgCpu];
+    pub const ALL: &'static [BootLever] = &[BootLever::SkipCryptoTests, BootLever::PlainTcgCpu];
+
+    /// Whether it changes anything for a machine on `accel`.
+    pub fn applies_to(self, accel: crate::Accel) -> bool {
+        match self {
+            BootLever::SkipCryptoTests => true,
+            BootLever::PlainTcgCpu => accel == crate::Accel::Tcg,
+        }
+    }
 
     /// What it is, in a few words.
     pub fn label(self) -> &'static str {
@@ -74,6 +91,8 @@ pub struct QemuBackend {
     machine: Machine,
     /// The most of one boot's console kept in `serial.log`.
     console_log_max: u64,
+    /// The guest CPU model under TCG.
+    tcg_cpu: String,
     /// A boot lever turned off, to measure it (benchmarks only).
     undone: Option<BootLever>,
 }
@@ -100,8 +119,37 @@ impl QemuBackend {
             firmware,
             machine: Machine::Microvm,
             console_log_max: console::DEFAULT_CONSOLE_LOG_MAX,
+            tcg_cpu: std::env::var("KILN_TCG_CPU")
+                .ok()
+                .filter(|model| !model.trim().is_empty())
+                .unwrap_or_else(|| TCG_CPU.to_owned()),
             undone: None,
         }
+    }
+
+    /// Gives guests under TCG this CPU model (QEMU's `-cpu` syntax, e.g. `max`) instead of
+    /// [`TCG_CPU`] or `KILN_TCG_CPU`. Saved state remembers its model: a snapshot is restored
+    /// into the model it was saved from, whatever this says.
+    pub fn with_tcg_cpu(mut self, model: impl Into<String>) -> Self {
+        self.tcg_cpu = model.into();
+        self
+    }
+
+    /// The guest CPU model a machine started now on `accel` gets.
+    fn default_cpu(&self, accel: crate::Accel) -> String {
+        match accel {
+            crate::Accel::Kvm => "host".to_owned(),
+            crate::Accel::Tcg if self.undone == Some(BootLever::PlainTcgCpu) => "max".to_owned(),
+            crate::Accel::Tcg => self.tcg_cpu.clone(),
+        }
+    }
+
+    /// The kernel command line as this backend boots it (with a lever undone for the bench).
+    fn kernel_cmdline(&self, mut cmdline: String) -> String {
+        if self.undone == Some(BootLever::SkipCryptoTests) {
+            cmdline = cmdline.replace(crate::image::SKIP_CRYPTO_TESTS, "");
+        }
+        cmdline
     }
 
     /// Boots with `lever` undone: what kiln did before it was kept (benchmarks only).
@@ -332,6 +380,7 @@ impl Backend for QemuBackend {
             accel: launch.accel,
             accel_reason: launch.accel_reason.to_owned(),
             started_at: crate::vm::now_secs(),
+            cpu: Some(plan.cpu),
         })
     }
 
@@ -386,6 +435,10 @@ impl Backend for QemuBackend {
 
     async fn version(&self) -> Result<String> {
         QemuBackend::version(self).await
+    }
+
+    fn cpu_model(&self, accel: crate::Accel) -> String {
+        self.default_cpu(accel)
     }
 
     async fn create_overlay(&self, base: &std::path::Path, path: &std::path::Path) -> Result<()> {
@@ -540,5 +593,58 @@ impl Backend for QemuBackend {
             .into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Accel;
+
+    #[test]
+    fn a_lever_undone_boots_as_kiln_did_before_it() {
+        let kept = QemuBackend::new();
+        let cmdline = format!(
+            "console=ttyS0 quiet{} kiln.name=a",
+            crate::image::SKIP_CRYPTO_TESTS
+        );
+        assert_eq!(kept.kernel_cmdline(cmdline.clone()), cmdline);
+        assert_eq!(kept.default_cpu(Accel::Kvm), "host");
+
+        let tests_run = QemuBackend::new().without_lever(BootLever::SkipCryptoTests);
+        assert_eq!(
+            tests_run.kernel_cmdline(cmdline.clone()),
+            "console=ttyS0 quiet kiln.name=a"
+        );
+        assert_eq!(
+            tests_run.default_cpu(Accel::Tcg),
+            kept.default_cpu(Accel::Tcg)
+        );
+
+        let max = QemuBackend::new().without_lever(BootLever::PlainTcgCpu);
+        assert_eq!(max.default_cpu(Accel::Tcg), "max");
+        assert_eq!(max.default_cpu(Accel::Kvm), "host");
+        assert_eq!(max.kernel_cmdline(cmdline.clone()), cmdline);
+        assert!(!BootLever::PlainTcgCpu.applies_to(Accel::Kvm));
+    }
+
+    #[test]
+    fn machines_from_before_the_cpu_was_recorded_ran_max_or_host() {
+        let record: MachineRecord = serde_json::from_str(
+            r#"{"pid": 7, "accel": "tcg", "accel_reason": "test", "started_at": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(record.cpu_model(), "max");
+        let record = MachineRecord {
+            accel: Accel::Kvm,
+            ..record
+        };
+        assert_eq!(record.cpu_model(), "host");
+        let record = MachineRecord {
+            cpu: Some(TCG_CPU.to_owned()),
+            ..record
+        };
+        assert_eq!(record.cpu_model(), TCG_CPU);
+        assert!(serde_json::to_string(&record).unwrap().contains(TCG_CPU));
     }
 }

@@ -2,8 +2,7 @@
 //! acceleration, NICs, disks) becomes a [`QemuLaunch`], which `argv` renders (golden-tested).
 
 use super::{
-    BootLever, DriveFile, FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p,
-    TCG_CPU, TapNic, UserNet,
+    DriveFile, FirmwareBoot, Machine, MemoryFile, QemuBackend, QemuLaunch, Share9p, TapNic, UserNet,
 };
 use crate::backend::Launch;
 use crate::backend::Memory;
@@ -36,13 +35,9 @@ impl QemuBackend {
             name: launch.spec.name().to_owned(),
             machine,
             accel: launch.accel,
-            cpu: match launch.accel {
-                crate::Accel::Kvm => "host".to_owned(),
-                crate::Accel::Tcg if self.undone == Some(BootLever::PlainTcgCpu) => {
-                    "max".to_owned()
-                }
-                crate::Accel::Tcg => TCG_CPU.to_owned(),
-            },
+            cpu: launch
+                .cpu
+                .map_or_else(|| self.default_cpu(launch.accel), str::to_owned),
             cpus: launch.spec.cpus(),
             memory_mib: launch.spec.memory_mib(),
             firmware: match machine {
@@ -66,10 +61,7 @@ impl QemuBackend {
                 {
                     cmdline.push_str(&format!(" tsc_early_khz={khz}"));
                 }
-                if self.undone == Some(BootLever::SkipCryptoTests) {
-                    cmdline = cmdline.replace(crate::image::SKIP_CRYPTO_TESTS, "");
-                }
-                cmdline
+                self.kernel_cmdline(cmdline)
             },
             console: paths.console_fifo(),
             qmp_socket: paths.qmp_socket(),

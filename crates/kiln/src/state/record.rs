@@ -96,4 +96,18 @@ pub struct MachineRecord {
     pub accel: Accel,
     pub accel_reason: String,
     pub started_at: u64,
+    /// The guest CPU model QEMU was started with; `None` in the records of a kiln that did
+    /// not write it down (see [`cpu_model`](Self::cpu_model)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+impl MachineRecord {
+    /// The guest CPU model the machine runs: the one recorded, else what kiln used before
+    /// it recorded one (`max` under TCG, `host` under KVM).
+    pub fn cpu_model(&self) -> String {
+        self.cpu
+            .clone()
+            .unwrap_or_else(|| crate::qemu::legacy_cpu_model(self.accel).to_owned())
+    }
 }

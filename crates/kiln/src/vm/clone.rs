@@ -150,6 +150,7 @@ impl Kiln {
         if let Err(err) = std::fs::copy(src.paths().serial_log(), paths.serial_log()) {
             log::debug!("no console log to carry over: {err}");
         }
+        let cpu = meta.cpu_model(accel);
         let launch = Launch {
             spec: &record.spec,
             id: &record.id,
@@ -165,6 +166,7 @@ impl Kiln {
                 .as_deref()
                 .map_or(Memory::Private, Memory::CopyOf),
             workspace: self.workspace_image.as_deref(),
+            cpu: Some(&cpu),
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;

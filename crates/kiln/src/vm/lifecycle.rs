@@ -272,6 +272,7 @@ impl Kiln {
                     Memory::Private
                 },
                 workspace: self.workspace_image.as_deref(),
+                cpu: None,
             };
             if self.template {
                 fresh_private_file(&ram)?;

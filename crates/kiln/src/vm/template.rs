@@ -186,8 +186,8 @@ impl Kiln {
             image.digest(),
             qemu,
             accel.to_string(),
-            // The guest CPU model the state was saved with.
-            crate::qemu::TCG_CPU.to_owned(),
+            // The guest CPU model the state is saved from.
+            self.backend.cpu_model(accel),
             spec.cpus().to_string(),
             spec.memory_mib().to_string(),
             // The NICs' backends differ by policy, and QEMU loads saved state only into the

@@ -26,8 +26,7 @@ use crate::{Error, IoError, Result, VmSpec};
 /// 3: saved and loaded with `x-ignore-shared` (templates leave their RAM file out).
 /// 4: RAM is the memory backend `ram` on every machine (its block's name in the state).
 /// 5: every machine has a workspace drive.
-/// 6: under TCG the guest CPU is [`crate::qemu::TCG_CPU`], not `max`.
-pub(super) const SNAPSHOT_FORMAT: u32 = 6;
+pub(super) const SNAPSHOT_FORMAT: u32 = 5;
 /// The oldest format whose disk-only snapshots this kiln restores: they hold no machine
 /// state, only frozen disks in the same layout.
 const DISK_ONLY_SINCE: u32 = 2;
@@ -52,6 +51,19 @@ pub(super) struct SnapshotMeta {
     /// it maps this file copy-on-write.
     #[serde(default)]
     pub(super) shared_memory: Option<PathBuf>,
+    /// The guest CPU model the state was saved from, which a restore starts QEMU with. Not
+    /// written by older kilns, whose machines had `max` under TCG and `host` under KVM.
+    #[serde(default)]
+    pub(super) cpu: Option<String>,
+}
+
+impl SnapshotMeta {
+    /// The CPU model to load this snapshot's state into, for a machine on `accel`.
+    pub(super) fn cpu_model(&self, accel: crate::Accel) -> String {
+        self.cpu
+            .clone()
+            .unwrap_or_else(|| crate::qemu::legacy_cpu_model(accel).to_owned())
+    }
 }
 
 impl SnapshotMeta {
@@ -265,6 +277,7 @@ impl Kiln {
             disks: frozen,
             disk_only,
             shared_memory: (self.template && !disk_only).then(|| vm.paths().ram_file()),
+            cpu: record.machine.as_ref().map(state::MachineRecord::cpu_model),
         };
         state::write_json_atomic(&tmp.join("meta.json"), &meta)?;
         std::fs::rename(tmp, dir).map_err(IoError::at("move into place", dir))?;
@@ -335,6 +348,7 @@ impl Kiln {
             .as_ref()
             .map_or(crate::Accel::Tcg, |m| m.accel);
         let attachments = self.networks().attachments(&record.spec).await?;
+        let cpu = meta.cpu_model(accel);
         let launch = Launch {
             spec: &record.spec,
             id: &record.id,
@@ -351,6 +365,7 @@ impl Kiln {
                 .map_or(Memory::Private, Memory::CopyOf),
             // The drive as it was: the saved guest may have it mounted.
             workspace: None,
+            cpu: Some(&cpu),
         };
         let machine =
             progress::stage(reporter, Stage::StartQemu, self.backend.start(&launch)).await?;
