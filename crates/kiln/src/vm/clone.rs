@@ -4,9 +4,11 @@
 //! random seed) over the connection the saved secret still opens.
 
 use super::lifecycle::{lock, shared_lock};
-use super::snapshot::{SnapshotMeta, read_meta, snapshot_dir, wait_restored_agent};
+use super::snapshot::{
+    SAVED_ACCEL_REASON, SnapshotMeta, read_meta, snapshot_dir, wait_restored_agent,
+};
 use super::{Kiln, Vm, now_secs, read_record};
-use crate::backend::{Launch, Memory};
+use crate::backend::Launch;
 use crate::progress::{self, Reporter, Stage};
 use crate::state::{self, VmPaths};
 use crate::{Error, IoError, Result, VmSpec};
@@ -125,11 +127,7 @@ impl Kiln {
             self.backend.create_overlay(frozen, &overlay).await?;
             disks.push(overlay);
         }
-        let accel = src
-            .record()
-            .machine
-            .as_ref()
-            .map_or(crate::Accel::Tcg, |m| m.accel);
+        let accel = meta.accel(src.record().machine.as_ref());
         let mut record = state::VmRecord {
             version: state::RECORD_VERSION,
             id: state::new_vm_id(),
@@ -157,14 +155,11 @@ impl Kiln {
             image,
             paths,
             accel,
-            accel_reason: "as when the snapshot was taken",
+            accel_reason: SAVED_ACCEL_REASON,
             attachments: &[],
             disks: &disks,
             incoming: Some(&memory),
-            memory: meta
-                .shared_memory
-                .as_deref()
-                .map_or(Memory::Private, Memory::CopyOf),
+            memory: meta.memory(),
             workspace: self.workspace_image.as_deref(),
             cpu: Some(&cpu),
         };

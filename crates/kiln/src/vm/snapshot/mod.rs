@@ -55,18 +55,39 @@ pub(super) struct SnapshotMeta {
     /// written by older kilns, whose machines had `max` under TCG and `host` under KVM.
     #[serde(default)]
     pub(super) cpu: Option<String>,
+    /// The accelerator the state was saved on. Not written by older kilns: the VM's machine
+    /// at restore time is asked instead.
+    #[serde(default)]
+    pub(super) accel: Option<crate::Accel>,
 }
 
+/// Why a machine loading saved state runs on the accelerator it does.
+pub(super) const SAVED_ACCEL_REASON: &str = "as when the snapshot was taken";
+
 impl SnapshotMeta {
+    /// Where the RAM of a machine loading this state lives: a template's RAM file, mapped
+    /// copy-on-write, or memory of its own that the state fills.
+    pub(super) fn memory(&self) -> Memory<'_> {
+        self.shared_memory
+            .as_deref()
+            .map_or(Memory::Private, Memory::CopyOf)
+    }
+
+    /// The accelerator to load this state on: the one it was saved on, else that of
+    /// `machine` (the VM's), else TCG.
+    pub(super) fn accel(&self, machine: Option<&state::MachineRecord>) -> crate::Accel {
+        self.accel
+            .or(machine.map(|m| m.accel))
+            .unwrap_or(crate::Accel::Tcg)
+    }
+
     /// The CPU model to load this snapshot's state into, for a machine on `accel`.
     pub(super) fn cpu_model(&self, accel: crate::Accel) -> String {
         self.cpu
             .clone()
             .unwrap_or_else(|| crate::qemu::legacy_cpu_model(accel).to_owned())
     }
-}
 
-impl SnapshotMeta {
     /// Whether `other` describes the same save (not a snapshot of the same name made since).
     pub(super) fn same_save(&self, other: &SnapshotMeta) -> bool {
         self.name == other.name
@@ -278,6 +299,7 @@ impl Kiln {
             disk_only,
             shared_memory: (self.template && !disk_only).then(|| vm.paths().ram_file()),
             cpu: record.machine.as_ref().map(state::MachineRecord::cpu_model),
+            accel: record.machine.as_ref().map(|m| m.accel),
         };
         state::write_json_atomic(&tmp.join("meta.json"), &meta)?;
         std::fs::rename(tmp, dir).map_err(IoError::at("move into place", dir))?;
@@ -343,10 +365,7 @@ impl Kiln {
         // restore interrupted (see `finish_interrupted_restore`).
         let marker = vm.paths().dir().join(RESTORING_MARKER);
         state::write_json_atomic(&marker, &disks)?;
-        let accel = record
-            .machine
-            .as_ref()
-            .map_or(crate::Accel::Tcg, |m| m.accel);
+        let accel = meta.accel(record.machine.as_ref());
         let attachments = self.networks().attachments(&record.spec).await?;
         let cpu = meta.cpu_model(accel);
         let launch = Launch {
@@ -355,14 +374,11 @@ impl Kiln {
             image: &image,
             paths: vm.paths(),
             accel,
-            accel_reason: "as when the snapshot was taken",
+            accel_reason: SAVED_ACCEL_REASON,
             attachments: &attachments,
             disks: &disks,
             incoming: Some(&memory),
-            memory: meta
-                .shared_memory
-                .as_deref()
-                .map_or(Memory::Private, Memory::CopyOf),
+            memory: meta.memory(),
             // The drive as it was: the saved guest may have it mounted.
             workspace: None,
             cpu: Some(&cpu),
@@ -556,5 +572,50 @@ fn info_of(dir: &Path, meta: &SnapshotMeta) -> SnapshotInfo {
         disks: meta.disks.len(),
         qemu_version: meta.qemu_version.clone(),
         disk_only: meta.disk_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Accel;
+
+    /// A `meta.json` as a kiln before CPU models were recorded wrote it.
+    fn older_meta(spec: &VmSpec) -> SnapshotMeta {
+        let json = serde_json::json!({
+            "format": SNAPSHOT_FORMAT,
+            "name": "s1",
+            "created_at": 1,
+            "kiln_version": "0.1.0",
+            "qemu_version": "10.0.2",
+            "spec": spec,
+            "image_digest": "abc",
+            "disks": [],
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_loads_on_the_accelerator_and_cpu_it_was_saved_on() {
+        let spec = VmSpec::builder("a").build().unwrap();
+        let machine = |accel| state::MachineRecord {
+            pid: 1,
+            accel,
+            accel_reason: String::new(),
+            started_at: 0,
+            cpu: None,
+        };
+        let mut meta = older_meta(&spec);
+        // Older snapshots: the VM's machine says, and its model is what kiln used then.
+        assert_eq!(meta.accel(Some(&machine(Accel::Kvm))), Accel::Kvm);
+        assert_eq!(meta.accel(None), Accel::Tcg);
+        assert_eq!(meta.cpu_model(Accel::Tcg), "max");
+        assert_eq!(meta.cpu_model(Accel::Kvm), "host");
+        assert_eq!(meta.memory(), Memory::Private);
+        // Newer ones say themselves, whatever the VM runs now.
+        meta.accel = Some(Accel::Kvm);
+        meta.cpu = Some("host".to_owned());
+        assert_eq!(meta.accel(Some(&machine(Accel::Tcg))), Accel::Kvm);
+        assert_eq!(meta.cpu_model(Accel::Tcg), "host");
     }
 }
