@@ -256,15 +256,19 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 pub fn print_json<T: serde::Serialize>(value: &T) -> kiln::Result<()> {
-    match serde_json::to_string_pretty(value) {
-        Ok(json) => {
-            println!("{json}");
-            Ok(())
-        }
+    use std::io::Write;
+    let json = match serde_json::to_string_pretty(value) {
+        Ok(json) => json,
         Err(err) => {
             eprintln!("error: cannot render JSON: {err}");
-            Ok(())
+            return Ok(());
         }
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{json}").and_then(|()| out.flush()) {
+        // The reader is gone (`kiln ls --json | head -1`): nobody is left to tell.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.map_err(|err| kiln::IoError::new("write JSON to", "stdout", err).into()),
     }
 }
 

@@ -235,3 +235,24 @@ fn a_record_from_a_newer_kiln_is_refused_and_left_as_it_is() {
     );
     assert!(dir.join("vm.json").exists());
 }
+
+/// A reader that went away before the JSON came (`kiln ls --json | true`) is no panic and no
+/// error: the output had nowhere to go.
+#[test]
+fn json_into_a_closed_pipe_ends_quietly() {
+    let env = TestEnv::new();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = env
+        .cli(KILN)
+        .args(["ls", "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
