@@ -340,7 +340,9 @@ impl Backend for QemuBackend {
                 &net_socket,
                 &launch.paths.net_log(),
                 &launch.paths.net_pidfile(),
+                || process::is_alive(pid, &plan.qmp_socket),
             )
+            .await
         {
             // QEMU removes its socket when it ends: say so rather than "no such file".
             let ended = !process::is_alive(pid, &plan.qmp_socket);

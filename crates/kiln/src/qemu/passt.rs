@@ -155,11 +155,46 @@ pub fn installed(program: &Path) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// Connects passt to the netdev QEMU listens on at `socket`. passt runs on after kiln exits
-/// and ends with QEMU; what it says goes to `log`, its pid to `pidfile`.
-pub fn attach(program: &Path, socket: &Path, log: &Path, pidfile: &Path) -> Result<()> {
-    let stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(IoError::at("connect to", socket))?;
+/// How long QEMU may take to listen on its netdev socket once it has daemonized.
+const LISTEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects to the netdev socket QEMU listens on. QEMU binds it from a thread of its own
+/// (`-netdev stream,server=on` listens asynchronously), so right after QEMU has daemonized
+/// the socket may not exist yet, or not listen yet: tried again, every few milliseconds,
+/// while `alive` says QEMU runs and until [`LISTEN_DEADLINE`].
+async fn connect(
+    socket: &Path,
+    alive: impl Fn() -> bool,
+) -> Result<std::os::unix::net::UnixStream> {
+    let deadline = tokio::time::Instant::now() + LISTEN_DEADLINE;
+    loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(stream) => return Ok(stream),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && tokio::time::Instant::now() < deadline
+                    && alive() =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(err) => return Err(IoError::new("connect to", socket, err).into()),
+        }
+    }
+}
+
+/// Connects passt to the netdev QEMU (alive while `alive` says so) listens on at `socket`.
+/// passt runs on after kiln exits and ends with QEMU; what it says goes to `log`, its pid to
+/// `pidfile`.
+pub async fn attach(
+    program: &Path,
+    socket: &Path,
+    log: &Path,
+    pidfile: &Path,
+    alive: impl Fn() -> bool,
+) -> Result<()> {
+    let stream = connect(socket, alive).await?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -197,6 +232,27 @@ pub fn attach(program: &Path, socket: &Path, log: &Path, pidfile: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// QEMU binds its netdev socket from a thread: a socket that comes a little after QEMU
+    /// daemonized is waited for; one whose QEMU is gone is not.
+    #[tokio::test]
+    async fn the_netdev_socket_is_waited_for_while_qemu_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("net.sock");
+        let binding = socket.clone();
+        let listener = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::os::unix::net::UnixListener::bind(&binding).unwrap()
+        });
+        connect(&socket, || true).await.unwrap();
+        drop(listener.await.unwrap());
+
+        let gone = dir.path().join("gone.sock");
+        let started = std::time::Instant::now();
+        let err = connect(&gone, || false).await.unwrap_err();
+        assert!(err.to_string().contains("gone.sock"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
 
     #[test]
     fn passt_never_maps_the_gateway_and_forwards_nothing_itself() {
