@@ -4,6 +4,7 @@
 mod argv;
 mod boot;
 mod console;
+mod cpu;
 mod error;
 mod migration;
 mod passt;
@@ -12,12 +13,14 @@ mod process;
 mod qmp;
 mod qmp_commands;
 
+pub use cpu::{BootLever, TCG_CPU};
 pub use error::QemuError;
 
 pub(crate) use argv::{
     DriveFile, FORWARDS_NETDEV, FirmwareBoot, Machine, MemoryFile, QemuLaunch, Share9p, TapNic,
     UserNet, render,
 };
+pub(crate) use cpu::cpu_or_legacy;
 pub(crate) use passt::user_uid as passt_user_uid;
 pub(crate) use passt::{USER as PASST_USER, binary as passt_binary, installed as passt_installed};
 pub(crate) use qmp::{QmpClient, QmpReply};
@@ -33,53 +36,6 @@ use log::{debug, info};
 use crate::backend::{Backend, Launch};
 use crate::state::{MachineRecord, VmPaths};
 use crate::{Result, VmSpec};
-
-/// The guest CPU under TCG unless `KILN_TCG_CPU` names another: x86-64-v2 on QEMU's plain
-/// `qemu64`. With `max` (every feature TCG emulates) a cold boot of kiln's guest takes about
-/// 10% longer (`kiln bench boot --levers`). Guest programs built for newer CPUs (AVX2,
-/// x86-64-v3) need `KILN_TCG_CPU=max`. With KVM the guest gets the host's CPU.
-pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
-
-/// The CPU model of machines started by a kiln that did not record it.
-pub(crate) fn legacy_cpu_model(accel: crate::Accel) -> &'static str {
-    match accel {
-        crate::Accel::Kvm => "host",
-        crate::Accel::Tcg => "max",
-    }
-}
-
-/// A setting kept because it makes a cold boot faster. `kiln bench boot --levers` boots with
-/// each one undone, against kiln as it is, to show what it is worth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum BootLever {
-    /// The kernel skips its crypto self-tests (`cryptomgr.notests`); undone, it runs them.
-    SkipCryptoTests,
-    /// [`TCG_CPU`] under TCG; undone, `-cpu max`.
-    PlainTcgCpu,
-}
-
-impl BootLever {
-    /// Every lever, in the order the bench measures them.
-    pub const ALL: &'static [BootLever] = &[BootLever::SkipCryptoTests, BootLever::PlainTcgCpu];
-
-    /// Whether it changes anything for a machine on `accel`.
-    pub fn applies_to(self, accel: crate::Accel) -> bool {
-        match self {
-            BootLever::SkipCryptoTests => true,
-            BootLever::PlainTcgCpu => accel == crate::Accel::Tcg,
-        }
-    }
-
-    /// What it is, in a few words.
-    pub fn label(self) -> &'static str {
-        match self {
-            BootLever::SkipCryptoTests => "kernel crypto self-tests skipped",
-            BootLever::PlainTcgCpu => "x86-64-v2 CPU under TCG instead of max",
-        }
-    }
-}
 
 /// Where QEMU and its firmware are.
 #[derive(Debug, Clone)]

@@ -106,8 +106,6 @@ impl MachineRecord {
     /// The guest CPU model the machine runs: the one recorded, else what kiln used before
     /// it recorded one (`max` under TCG, `host` under KVM).
     pub fn cpu_model(&self) -> String {
-        self.cpu
-            .clone()
-            .unwrap_or_else(|| crate::qemu::legacy_cpu_model(self.accel).to_owned())
+        crate::qemu::cpu_or_legacy(self.cpu.as_deref(), self.accel)
     }
 }

@@ -83,9 +83,7 @@ impl SnapshotMeta {
 
     /// The CPU model to load this snapshot's state into, for a machine on `accel`.
     pub(super) fn cpu_model(&self, accel: crate::Accel) -> String {
-        self.cpu
-            .clone()
-            .unwrap_or_else(|| crate::qemu::legacy_cpu_model(accel).to_owned())
+        crate::qemu::cpu_or_legacy(self.cpu.as_deref(), accel)
     }
 
     /// Whether `other` describes the same save (not a snapshot of the same name made since).
